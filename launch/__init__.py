@@ -1,0 +1,1 @@
+"""Launcher: `python -m launch` builds and runs the training commands; no training logic here."""

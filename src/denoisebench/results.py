@@ -1,0 +1,217 @@
+"""The results folder: layout, record schemas and atomic writes, shared by both trainers.
+
+    results/<run-id>/
+        config.json           resolved config (profile < file < overrides)
+        data.json             what data was used (source, description, counts)
+        split.json            train and test indices into the canonical image order
+        <framework>/          one per framework run: torch/ or tf/
+            environment.json  library versions, CPU/GPU model, driver, git commit
+            steps.jsonl       one STEP record per optimizer step
+            epochs.jsonl      one EPOCH record per finished epoch
+            summary.json      status and final figures (SUMMARY)
+            checkpoints/      the last finished epoch, to --resume from
+
+Every JSON file is written to a temporary name and renamed into place, so a reader never sees
+half a file. The JSONL records are appended and fsynced at each epoch end; on resume, records
+past the last checkpoint are dropped so the finished run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FRAMEWORKS = ("torch", "tf")
+
+# One schema for both frameworks. Name -> meaning (units in the name).
+STEP_FIELDS: dict[str, str] = {
+    "framework": "torch or tf",
+    "epoch": "epoch index, from 0",
+    "step": "global optimizer step, from 0",
+    "batch_size": "images in this step",
+    "loss": "training loss of this batch (before the update)",
+    "step_time_s": "wall time of the step, host clock, loss fetched (so the device has finished)",
+}
+EPOCH_FIELDS: dict[str, str] = {
+    "framework": "torch or tf",
+    "epoch": "epoch index, from 0",
+    "steps": "optimizer steps in the epoch",
+    "train_loss": "mean training loss over the epoch's batches",
+    "test_loss": "loss on the noisy test split (same loss as training)",
+    "test_mae": "mean absolute error of the outputs against the clean test images",
+    "test_psnr_db": "mean per-image PSNR of the outputs, dB",
+    "test_ssim": "mean per-image SSIM of the outputs",
+    "noisy_psnr_db": "mean PSNR of the noisy inputs themselves (the baseline to beat), dB",
+    "noisy_ssim": "mean SSIM of the noisy inputs",
+    "train_time_s": "wall time of the epoch's training steps",
+    "eval_time_s": "wall time of the test evaluation",
+    "throughput_img_s": "training images per second over the epoch",
+}
+SUMMARY_FIELDS: dict[str, str] = {
+    "framework": "torch or tf",
+    "status": "running, completed or failed",
+    "error": "the exception, when status is failed",
+    "epochs_completed": "finished epochs",
+    "epochs": "epochs asked for",
+    "final": "the last EPOCH record",
+    "wall_time_s": "training and evaluation time of all epochs, resumed parts summed",
+    "throughput_img_s": "training images per second over all epochs",
+    "device": "what the model ran on",
+    "parameters": "trainable parameters",
+    "data": "data description (never calls other images EuroSAT)",
+}
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def new_run_id(profile: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{Path(profile).stem}"
+
+
+def git_commit() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.CalledProcessError) as e:
+        return {"commit": None, "reason": f"git unavailable: {e}"}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def gpu_info() -> dict[str, Any]:
+    """GPU names and driver from NVML; missing with the reason where there is none."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as e:  # no library, no driver, no device: all mean "no NVML here"
+        return {"gpus": None, "reason": f"NVML unavailable: {e}"}
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        gpus = []
+        for i in range(count):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append({"index": i, "name": pynvml.nvmlDeviceGetName(handle),
+                         "memory_total_gib": mem.total / 2**30})
+        return {"gpus": gpus, "driver": pynvml.nvmlSystemGetDriverVersion()}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def environment(framework: str) -> dict[str, Any]:
+    packages = ["numpy", "scikit-image", "nvidia-ml-py"]
+    packages += ["torch"] if framework == "torch" else ["tensorflow", "tensorflow-cpu", "keras"]
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+        "git": git_commit(),
+        **gpu_info(),
+    }
+
+
+class RunRecorder:
+    """Writes one framework's records into results/<run-id>/<framework>/."""
+
+    def __init__(self, run_dir: Path, framework: str) -> None:
+        self.dir = Path(run_dir) / framework
+        self.framework = framework
+        self.checkpoint_dir = self.dir / "checkpoints"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self._steps: list[dict[str, Any]] = []
+
+    def write_environment(self, env: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / "environment.json", env)
+
+    def truncate_after(self, epochs_done: int) -> None:
+        """Drop records of epochs that no checkpoint covers (an interrupted epoch)."""
+        for name in ("steps.jsonl", "epochs.jsonl"):
+            kept = [r for r in read_jsonl(self.dir / name) if r["epoch"] < epochs_done]
+            atomic_write_text(self.dir / name, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def step(self, record: dict[str, Any]) -> None:
+        self._steps.append(record)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        """Append the buffered step records and this epoch's record, durably."""
+        for name, rows in (("steps.jsonl", self._steps), ("epochs.jsonl", [record])):
+            with open(self.dir / name, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+                f.flush()
+                os.fsync(f.fileno())
+        self._steps = []
+
+    def epochs(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.dir / "epochs.jsonl")
+
+    def summary(self, **fields: Any) -> None:
+        path = self.dir / "summary.json"
+        current = read_json(path) if path.exists() else {}
+        current.update(fields, framework=self.framework, updated=utc_now())
+        atomic_write_json(path, current)
