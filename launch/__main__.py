@@ -19,7 +19,6 @@ from pathlib import Path
 from denoisebench.compare import comparison_table
 from denoisebench.config import Config, ConfigError, load_config, load_resolved, parse_overrides
 from denoisebench.results import FRAMEWORKS, atomic_write_text, new_run_id, read_json
-
 from launch.commands import build_train_cmd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,42 +30,77 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--profile", default="default",
-                   help="profiles/<name>.toml or a path to a TOML file: paper (the paper's setup), "
-                        "default (short embedded run), smoke (tests) (default: %(default)s)")
-    p.add_argument("--framework", choices=["torch", "tf", "both"], default="both",
-                   help="which framework(s) to train, one after the other (default: %(default)s)")
-    p.add_argument("--data", metavar="SOURCE",
-                   help="builtin (photographs shipped with scikit-image, cut into 64x64 patches; "
-                        "not EuroSAT), synthetic (random images), tfds (tensorflow-datasets "
-                        "eurosat/rgb, see --tfds-dir), or a path to EuroSAT.zip or its folder")
+    p.add_argument(
+        "--profile",
+        default="default",
+        help="profiles/<name>.toml or a path to a TOML file: paper (the paper's setup), "
+        "default (short embedded run), smoke (tests) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--framework",
+        choices=["torch", "tf", "both"],
+        default="both",
+        help="which framework(s) to train, one after the other (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="builtin (photographs shipped with scikit-image, cut into 64x64 patches; "
+        "not EuroSAT), synthetic (random images), tfds (tensorflow-datasets "
+        "eurosat/rgb, see --tfds-dir), or a path to EuroSAT.zip or its folder",
+    )
     p.add_argument("--tfds-dir", metavar="DIR", help="TFDS data dir (with --data tfds)")
-    p.add_argument("--manual-dir", metavar="DIR",
-                   help="folder holding EuroSAT.zip, to build the TFDS dataset offline")
-    p.add_argument("--download", action="store_true",
-                   help="let tensorflow-datasets download EuroSAT (needs internet)")
+    p.add_argument(
+        "--manual-dir",
+        metavar="DIR",
+        help="folder holding EuroSAT.zip, to build the TFDS dataset offline",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="let tensorflow-datasets download EuroSAT (needs internet)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N images")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--batch-size", type=int, help="images per optimizer step")
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--loss", choices=["mae", "mse", "ssim"], help="training loss")
-    p.add_argument("--noise", choices=["gaussian", "salt_and_pepper", "poisson", "speckle"],
-                   help="noise model (its level: --set noise.sigma=, noise.amount=, noise.peak=)")
-    p.add_argument("--init", choices=["native", "shared"],
-                   help="native: each framework's own initialisers; shared: the same seeded "
-                        "weights in both")
+    p.add_argument(
+        "--noise",
+        choices=["gaussian", "salt_and_pepper", "poisson", "speckle"],
+        help="noise model (its level: --set noise.sigma=, noise.amount=, noise.peak=)",
+    )
+    p.add_argument(
+        "--init",
+        choices=["native", "shared"],
+        help="native: each framework's own initialisers; shared: the same seeded weights in both",
+    )
     p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and noise")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], help="where to train")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config field, e.g. --set model.encoder_widths=32,64,128,256 "
-                        "(repeatable; sections: model, data, noise, train)")
-    p.add_argument("--results", type=Path, default=REPO_ROOT / "results",
-                   help="folder that receives results/<run-id>/ (default: %(default)s)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config field, e.g. --set model.encoder_widths=32,64,128,256 "
+        "(repeatable; sections: model, data, noise, train)",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=REPO_ROOT / "results",
+        help="folder that receives results/<run-id>/ (default: %(default)s)",
+    )
     p.add_argument("--run-id", help="name of the run folder (default: <UTC time>-<profile>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last checkpoint, with its saved config")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config as JSON and exit")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint, with its saved config",
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as JSON and exit"
+    )
     return p
 
 
@@ -79,10 +113,17 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         else:
             out += ["data.source=eurosat", f"data.path={args.data}"]
     flags = {
-        "tfds_dir": "data.path", "manual_dir": "data.manual_dir", "limit": "data.limit",
-        "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
-        "loss": "train.loss", "noise": "noise.kind", "init": "train.init",
-        "seed": "train.seed", "device": "train.device",
+        "tfds_dir": "data.path",
+        "manual_dir": "data.manual_dir",
+        "limit": "data.limit",
+        "epochs": "train.epochs",
+        "batch_size": "train.batch_size",
+        "lr": "train.lr",
+        "loss": "train.loss",
+        "noise": "noise.kind",
+        "init": "train.init",
+        "seed": "train.seed",
+        "device": "train.device",
     }
     for attr, key in flags.items():
         value = getattr(args, attr)

@@ -30,17 +30,19 @@ def comparison_frame(run_dir: Path) -> pd.DataFrame:
             continue
         summary = read_json(path)
         final = summary.get("final") or {}
-        rows.append({
-            "framework": framework,
-            "status": summary.get("status"),
-            "epochs": summary.get("epochs_completed"),
-            "test_mae": final.get("test_mae"),
-            "test_psnr_db": final.get("test_psnr_db"),
-            "test_ssim": final.get("test_ssim"),
-            "noisy_psnr_db": final.get("noisy_psnr_db"),
-            "throughput_img_s": summary.get("throughput_img_s"),
-            "wall_time_s": summary.get("wall_time_s"),
-        })
+        rows.append(
+            {
+                "framework": framework,
+                "status": summary.get("status"),
+                "epochs": summary.get("epochs_completed"),
+                "test_mae": final.get("test_mae"),
+                "test_psnr_db": final.get("test_psnr_db"),
+                "test_ssim": final.get("test_ssim"),
+                "noisy_psnr_db": final.get("noisy_psnr_db"),
+                "throughput_img_s": summary.get("throughput_img_s"),
+                "wall_time_s": summary.get("wall_time_s"),
+            }
+        )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 

@@ -208,10 +208,15 @@ def _validate(cfg: Config) -> None:
         (0 <= cfg.noise.amount <= 1, "noise.amount must be in [0, 1]"),
         (cfg.noise.peak > 0, "noise.peak must be > 0"),
         (cfg.data.limit >= 0, "data.limit must be >= 0"),
-        (cfg.data.n_train >= 1 and cfg.data.n_test >= 1, "data.n_train and data.n_test must be >= 1"),
+        (
+            cfg.data.n_train >= 1 and cfg.data.n_test >= 1,
+            "data.n_train and data.n_test must be >= 1",
+        ),
         (cfg.data.synthetic_images >= 2, "data.synthetic_images must be >= 2"),
-        (cfg.data.source != "eurosat" or bool(cfg.data.path),
-         "data.source=eurosat needs data.path (EuroSAT.zip or its folder): pass --data PATH"),
+        (
+            cfg.data.source != "eurosat" or bool(cfg.data.path),
+            "data.source=eurosat needs data.path (EuroSAT.zip or its folder): pass --data PATH",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -249,7 +254,9 @@ def load_config(
     path = profile_path(profile)
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
-        raise ConfigError(f"profile {profile!r}: no file {path} (known profiles: {', '.join(known)})")
+        raise ConfigError(
+            f"profile {profile!r}: no file {path} (known profiles: {', '.join(known)})"
+        )
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

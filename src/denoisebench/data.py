@@ -316,9 +316,10 @@ def load_tfds(
                     "(needs internet). Or use data.source=eurosat with data.path=EuroSAT.zip."
                 )
         except NonMatchingChecksumError as e:
+            got = Path(manual_dir).expanduser() / "EuroSAT.zip" if manual_dir else "the download"
             raise DataError(
-                f"{manual_dir}/EuroSAT.zip: tensorflow-datasets accepts only the published "
-                f"EuroSAT.zip (checksum mismatch); use data.source=eurosat for other copies. {e}"
+                f"{got}: tensorflow-datasets accepts only the published EuroSAT.zip (checksum "
+                f"mismatch); use data.source=eurosat for other copies. {e}"
             ) from e
 
     # SkipDecoding keeps each image as its stored bytes, which are the zip member's bytes

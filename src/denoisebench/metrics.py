@@ -24,8 +24,13 @@ def image_quality(clean: np.ndarray, images: np.ndarray) -> dict[str, float]:
         psnr.append(min(peak_signal_noise_ratio(ref, img, data_range=1.0), 100.0))
         ssim.append(
             structural_similarity(
-                ref, img, data_range=1.0, channel_axis=-1,
-                gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                ref,
+                img,
+                data_range=1.0,
+                channel_axis=-1,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
             )
         )
     return {

@@ -35,7 +35,9 @@ def build_model(spec: ModelSpec, dtype: str = "float32") -> keras.Sequential:
 
 
 def _weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    return [m for m in model.layers if isinstance(m, keras.layers.Conv2D | keras.layers.Conv2DTranspose)]
+    return [
+        m for m in model.layers if isinstance(m, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
+    ]
 
 
 def get_weights(model: keras.Model) -> list[np.ndarray]:
@@ -72,7 +74,10 @@ def add_noise(x: tf.Tensor, cfg: NoiseConfig, seed: tf.Tensor) -> tf.Tensor:
         u = tf.random.stateless_uniform(tf.shape(x), seed, dtype=x.dtype)
         y = tf.where(u < cfg.amount / 2, 0.0, tf.where(u < cfg.amount, 1.0, x))
     elif cfg.kind == "poisson":
-        y = tf.random.stateless_poisson(tf.shape(x), seed, lam=cfg.peak * x, dtype=x.dtype) / cfg.peak
+        y = (
+            tf.random.stateless_poisson(tf.shape(x), seed, lam=cfg.peak * x, dtype=x.dtype)
+            / cfg.peak
+        )
     elif cfg.kind == "speckle":
         n = tf.random.stateless_normal(tf.shape(x), seed, dtype=x.dtype)
         y = x + x * cfg.sigma * n
@@ -88,8 +93,11 @@ def loss_fn(name: str):
     if name == "mse":
         return lambda target, out: tf.reduce_mean(tf.square(out - target))
     if name == "ssim":
-        return lambda target, out: 1.0 - tf.reduce_mean(
-            tf.image.ssim(out, target, max_val=1.0, filter_size=11, filter_sigma=1.5)
+        return lambda target, out: (
+            1.0
+            - tf.reduce_mean(
+                tf.image.ssim(out, target, max_val=1.0, filter_size=11, filter_sigma=1.5)
+            )
         )
     raise ValueError(f"train.loss={name!r} is not one of mae, mse, ssim")
 

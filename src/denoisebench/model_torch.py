@@ -85,7 +85,9 @@ def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
 def add_noise(x: torch.Tensor, cfg: NoiseConfig, generator: torch.Generator) -> torch.Tensor:
     """noise.add_noise on the device, drawn from `generator` (see noise.py for the formulas)."""
     if cfg.kind == "gaussian":
-        y = x + cfg.sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        y = x + cfg.sigma * torch.randn(
+            x.shape, generator=generator, device=x.device, dtype=x.dtype
+        )
     elif cfg.kind == "salt_and_pepper":
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         y = torch.where(u < cfg.amount / 2, 0.0, torch.where(u < cfg.amount, 1.0, x))
@@ -107,8 +109,8 @@ def loss_fn(name: str) -> nn.Module | object:
         return nn.MSELoss()
     if name == "ssim":
         # 1 - SSIM with the 11x11, sigma 1.5 Gaussian window of tf.image.ssim
-        return lambda out, target: 1.0 - ssim(
-            out, target, data_range=1.0, win_size=11, win_sigma=1.5, size_average=True
+        return lambda out, target: (
+            1.0 - ssim(out, target, data_range=1.0, win_size=11, win_sigma=1.5, size_average=True)
         )
     raise ValueError(f"train.loss={name!r} is not one of mae, mse, ssim")
 
@@ -121,4 +123,3 @@ def pick_device(choice: str) -> torch.device:
     if choice == "gpu":
         raise RuntimeError("train.device=gpu, but PyTorch sees no CUDA device")
     return torch.device("cpu")
-

@@ -148,8 +148,13 @@ def gpu_info() -> dict[str, Any]:
         for i in range(count):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append({"index": i, "name": pynvml.nvmlDeviceGetName(handle),
-                         "memory_total_gib": mem.total / 2**30})
+            gpus.append(
+                {
+                    "index": i,
+                    "name": pynvml.nvmlDeviceGetName(handle),
+                    "memory_total_gib": mem.total / 2**30,
+                }
+            )
         return {"gpus": gpus, "driver": pynvml.nvmlSystemGetDriverVersion()}
     finally:
         pynvml.nvmlShutdown()

@@ -10,6 +10,7 @@ crop after each transposed convolution), so the two models are the same function
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 import numpy as np
@@ -92,10 +93,10 @@ class ModelSpec:
         """Every layer in order: depth convolutions, then depth transposed convolutions."""
         widths = (self.in_channels, *self.encoder_widths)
         out: list[ConvLayer] = []
-        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+        for c_in, c_out in pairwise(widths):
             out.append(ConvLayer("conv", c_in, c_out, self.activation))
         back = widths[::-1]
-        for i, (c_in, c_out) in enumerate(zip(back[:-1], back[1:], strict=True)):
+        for i, (c_in, c_out) in enumerate(pairwise(back)):
             last = i == self.depth - 1
             act = self.output_activation if last else self.activation
             out.append(ConvLayer("conv_transpose", c_in, c_out, act))
@@ -103,8 +104,10 @@ class ModelSpec:
 
     def num_parameters(self) -> int:
         k2 = self.kernel_size**2
-        return sum(k2 * layer.in_channels * layer.out_channels + layer.out_channels
-                   for layer in self.layers())
+        return sum(
+            k2 * layer.in_channels * layer.out_channels + layer.out_channels
+            for layer in self.layers()
+        )
 
     def forward_flops_per_image(self) -> int:
         """Multiply-adds x 2 of one forward pass on one image (bias and activations ignored)."""

@@ -77,15 +77,18 @@ def _train(cfg: Config, run_dir: Path, rec: RunRecorder, resume: bool) -> dict[s
         if cfg.train.init == "shared":
             set_weights(model, shared_weights(cfg.model, cfg.train.seed))
         optimizer = tf.keras.optimizers.Adam(
-            learning_rate=cfg.train.lr, beta_1=cfg.train.beta1, beta_2=cfg.train.beta2,
+            learning_rate=cfg.train.lr,
+            beta_1=cfg.train.beta1,
+            beta_2=cfg.train.beta2,
             epsilon=cfg.train.eps,
         )
         optimizer.build(model.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
         wall_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
     criterion = loss_fn(cfg.train.loss)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var,
-                                     wall_time_s=wall_var)
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, epoch=epoch_var, wall_time_s=wall_var
+    )
     manager = tf.train.CheckpointManager(checkpoint, str(rec.checkpoint_dir), max_to_keep=1)
     if resume and manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_consumed()
@@ -126,15 +129,32 @@ def _train(cfg: Config, run_dir: Path, rec: RunRecorder, resume: bool) -> dict[s
             dt = time.perf_counter() - t0
             losses.append(loss_value)
             sizes.append(len(idx))
-            rec.step({"framework": FRAMEWORK, "epoch": epoch, "step": step,
-                      "batch_size": len(idx), "loss": loss_value, "step_time_s": dt})
+            rec.step(
+                {
+                    "framework": FRAMEWORK,
+                    "epoch": epoch,
+                    "step": step,
+                    "batch_size": len(idx),
+                    "loss": loss_value,
+                    "step_time_s": dt,
+                }
+            )
             step += 1
         train_time = time.perf_counter() - t_epoch
 
         t_eval = time.perf_counter()
         test_loss, outputs = evaluate(model, data, cfg, criterion)
-        record = epoch_record(FRAMEWORK, epoch, losses, sizes, train_time,
-                              time.perf_counter() - t_eval, test_loss, outputs, data)
+        record = epoch_record(
+            FRAMEWORK,
+            epoch,
+            losses,
+            sizes,
+            train_time,
+            time.perf_counter() - t_eval,
+            test_loss,
+            outputs,
+            data,
+        )
         wall_time_s += time.perf_counter() - t_epoch
         rec.epoch(record)
         epoch_var.assign(epoch + 1)

@@ -12,8 +12,8 @@ epoch; --resume continues from it and reproduces the uninterrupted run.
 from __future__ import annotations
 
 import argparse
-import sys
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,9 @@ def to_nchw(x: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: RunData, cfg: Config, device: torch.device,
-             criterion: Any) -> tuple[float, np.ndarray]:
+def evaluate(
+    model: torch.nn.Module, data: RunData, cfg: Config, device: torch.device, criterion: Any
+) -> tuple[float, np.ndarray]:
     """Test loss and the outputs (NHWC float32) on the fixed noisy test split."""
     model.eval()
     outputs, total = [], 0.0
@@ -82,15 +83,23 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         raise
 
 
-def _train(cfg: Config, run_dir: Path, rec: RunRecorder, ckpt_path: Path,
-           device: torch.device, resume: bool) -> dict[str, Any]:
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    rec: RunRecorder,
+    ckpt_path: Path,
+    device: torch.device,
+    resume: bool,
+) -> dict[str, Any]:
     data = prepare_data(cfg, run_dir)
     torch.manual_seed(cfg.train.seed)  # native init draws from the global generator
     model = build_model(cfg.model).to(device)
     if cfg.train.init == "shared":
         set_weights(model, shared_weights(cfg.model, cfg.train.seed))
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
+        model.parameters(),
+        lr=cfg.train.lr,
+        betas=(cfg.train.beta1, cfg.train.beta2),
         eps=cfg.train.eps,
     )
     criterion = loss_fn(cfg.train.loss)
@@ -125,24 +134,49 @@ def _train(cfg: Config, run_dir: Path, rec: RunRecorder, ckpt_path: Path,
             dt = time.perf_counter() - t0
             losses.append(loss_value)
             sizes.append(len(idx))
-            rec.step({"framework": FRAMEWORK, "epoch": epoch, "step": step,
-                      "batch_size": len(idx), "loss": loss_value, "step_time_s": dt})
+            rec.step(
+                {
+                    "framework": FRAMEWORK,
+                    "epoch": epoch,
+                    "step": step,
+                    "batch_size": len(idx),
+                    "loss": loss_value,
+                    "step_time_s": dt,
+                }
+            )
             step += 1
         train_time = time.perf_counter() - t_epoch
 
         t_eval = time.perf_counter()
         test_loss, outputs = evaluate(model, data, cfg, device, criterion)
-        record = epoch_record(FRAMEWORK, epoch, losses, sizes, train_time,
-                              time.perf_counter() - t_eval, test_loss, outputs, data)
+        record = epoch_record(
+            FRAMEWORK,
+            epoch,
+            losses,
+            sizes,
+            train_time,
+            time.perf_counter() - t_eval,
+            test_loss,
+            outputs,
+            data,
+        )
         wall_time_s += time.perf_counter() - t_epoch
         rec.epoch(record)
-        save_checkpoint(ckpt_path, {"model": model.state_dict(),
-                                    "optimizer": optimizer.state_dict(),
-                                    "epoch": epoch + 1, "wall_time_s": wall_time_s})
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "wall_time_s": wall_time_s,
+            },
+        )
         rec.summary(epochs_completed=epoch + 1)
         print(epoch_line(record, cfg.train.epochs), flush=True)
 
-    summary = final_summary(rec, n_train, wall_time_s, sum(p.numel() for p in model.parameters()), data)
+    summary = final_summary(
+        rec, n_train, wall_time_s, sum(p.numel() for p in model.parameters()), data
+    )
     rec.summary(**summary)
     return summary
 
