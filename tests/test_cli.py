@@ -1,0 +1,117 @@
+"""`python -m launch` end to end on the built-in images, and its errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from denoisebench.config import load_config, load_resolved
+from denoisebench.results import (
+    EPOCH_FIELDS,
+    STEP_FIELDS,
+    SUMMARY_FIELDS,
+    read_json,
+    read_jsonl,
+)
+
+from launch.commands import build_train_cmd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launch", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=600,
+    )
+
+
+def test_cli_end_to_end_writes_a_valid_results_folder(tmp_path):
+    proc = launch("--profile", "smoke", "--results", str(tmp_path), "--run-id", "e2e")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "e2e"
+
+    assert load_resolved(run / "config.json") == load_config("smoke")
+    data = read_json(run / "data.json")
+    assert data["source"] == "builtin" and "NOT EuroSAT" in data["description"]
+    split = read_json(run / "split.json")
+    assert len(split["train"]) == data["train"] and len(split["test"]) == data["test"]
+    assert data["train"] + data["test"] == data["images"] == 160
+    assert not set(split["train"]) & set(split["test"])
+
+    for framework in ("torch", "tf"):
+        folder = run / framework
+        env = read_json(folder / "environment.json")
+        assert env["packages"]["numpy"] and env["git"] and env["cpu"]
+        assert ("torch" in env["packages"]) == (framework == "torch")
+        steps = read_jsonl(folder / "steps.jsonl")
+        epochs = read_jsonl(folder / "epochs.jsonl")
+        assert all(set(s) == set(STEP_FIELDS) for s in steps)
+        assert all(set(e) == set(EPOCH_FIELDS) for e in epochs)
+        assert [e["epoch"] for e in epochs] == [0, 1]
+        assert sum(s["batch_size"] for s in steps) == 2 * data["train"]
+        summary = read_json(folder / "summary.json")
+        assert set(SUMMARY_FIELDS) - {"error"} <= set(summary)
+        assert summary["status"] == "completed" and summary["final"] == epochs[-1]
+        assert (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+        # the printed table carries this framework's figures
+        row = next(line for line in proc.stdout.splitlines() if line.strip().startswith(framework))
+        assert f"{summary['final']['test_psnr_db']:.2f}" in row
+        assert f"{summary['final']['noisy_psnr_db']:.2f}" in row
+    assert "epoch 2/2" in proc.stdout
+
+    # resuming a finished run trains nothing and prints the same table
+    before = (run / "torch" / "steps.jsonl").read_text()
+    again = launch("--resume", str(run))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[torch] already completed" in again.stdout and "[tf] already completed" in again.stdout
+    assert (run / "torch" / "steps.jsonl").read_text() == before
+
+
+def test_bad_data_path_fails_fast_with_its_name(tmp_path):
+    missing = tmp_path / "nowhere" / "EuroSAT.zip"
+    proc = launch("--data", str(missing), "--results", str(tmp_path), "--run-id", "bad")
+    assert proc.returncode == 1
+    assert str(missing) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # torch failed on the input; tf was not started; what was written is kept and readable
+    summary = read_json(tmp_path / "bad" / "torch" / "summary.json")
+    assert summary["status"] == "failed" and str(missing) in summary["error"]
+    assert not (tmp_path / "bad" / "tf").exists()
+    assert load_resolved(tmp_path / "bad" / "config.json").data.path == str(missing)
+
+
+def test_bad_override_is_refused_before_anything_is_written(tmp_path):
+    proc = launch("--set", "train.epochs=many", "--results", str(tmp_path))
+    assert proc.returncode == 2
+    assert "train.epochs" in proc.stderr and "'many'" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("precious")
+    proc = launch("--profile", "smoke", "--results", str(tmp_path), "--run-id", "taken")
+    assert proc.returncode == 2 and "exists" in proc.stderr
+    assert (tmp_path / "taken" / "config.json").read_text() == "precious"
+
+
+def test_help_explains_the_options():
+    proc = launch("--help")
+    assert proc.returncode == 0
+    for text in ("--framework", "--profile", "--data", "--resume", "--set", "EuroSAT"):
+        assert text in proc.stdout
+
+
+def test_build_train_cmd_is_pure_and_per_framework(tmp_path):
+    argv, env = build_train_cmd("torch", tmp_path, base_env={"PATH": "/bin"})
+    assert argv == [sys.executable, "-m", "denoisebench.train_torch", str(tmp_path)]
+    assert env == {"PATH": "/bin", "PYTHONUNBUFFERED": "1"}
+    argv, env = build_train_cmd("tf", tmp_path, resume=True, base_env={})
+    assert argv[-3:] == ["denoisebench.train_tf", str(tmp_path), "--resume"]
+    assert env["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    with pytest.raises(ValueError, match="jax"):
+        build_train_cmd("jax", tmp_path)

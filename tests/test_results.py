@@ -1,0 +1,47 @@
+"""Results files are written atomically and records survive a resume's truncation."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from denoisebench import results
+from denoisebench.results import RunRecorder, atomic_write_json, read_json, read_jsonl
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    atomic_write_json(path, {"status": "completed", "epochs": 3})
+
+    def fail(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_json(path, {"status": "running"})
+    assert read_json(path) == {"status": "completed", "epochs": 3}
+    assert os.listdir(tmp_path) == ["summary.json"]  # no temporary file left behind
+
+
+def test_recorder_appends_epochs_and_truncates_for_resume(tmp_path):
+    rec = RunRecorder(tmp_path, "torch")
+    for epoch in range(3):
+        for step in range(2):
+            rec.step({"epoch": epoch, "step": 2 * epoch + step})
+        rec.epoch({"epoch": epoch})
+    rec.step({"epoch": 3, "step": 6})  # buffered, never flushed: an interrupted epoch
+    assert [r["step"] for r in read_jsonl(tmp_path / "torch" / "steps.jsonl")] == list(range(6))
+
+    rec.truncate_after(2)
+    assert [r["epoch"] for r in rec.epochs()] == [0, 1]
+    assert [r["step"] for r in read_jsonl(tmp_path / "torch" / "steps.jsonl")] == [0, 1, 2, 3]
+
+
+def test_summary_updates_merge_fields(tmp_path):
+    rec = RunRecorder(tmp_path, "tf")
+    rec.summary(status="running", epochs=5)
+    rec.summary(epochs_completed=2)
+    summary = read_json(tmp_path / "tf" / "summary.json")
+    assert summary["status"] == "running" and summary["epochs"] == 5
+    assert summary["epochs_completed"] == 2 and summary["framework"] == "tf"

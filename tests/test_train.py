@@ -1,0 +1,94 @@
+"""Short real training runs: the loss goes down, and a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from denoisebench.config import load_config
+from denoisebench.results import read_json, read_jsonl
+
+TIMING = {"step_time_s", "train_time_s", "eval_time_s", "throughput_img_s"}
+
+
+def trainer(framework: str):
+    return importlib.import_module(f"denoisebench.train_{framework}")
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_training_lowers_the_loss(tmp_path, framework):
+    cfg = load_config("smoke", {"train": {"epochs": "3", "lr": "0.005"}})
+    summary = trainer(framework).train(cfg, tmp_path)
+
+    steps = read_jsonl(tmp_path / framework / "steps.jsonl")
+    epochs = read_jsonl(tmp_path / framework / "epochs.jsonl")
+    assert len(epochs) == 3
+    assert len(steps) == 3 * epochs[0]["steps"]
+    first = sum(s["loss"] for s in steps[:5]) / 5
+    last = sum(s["loss"] for s in steps[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert epochs[-1]["test_loss"] < epochs[0]["test_loss"]
+    assert epochs[-1]["test_psnr_db"] > epochs[0]["test_psnr_db"]
+    assert summary["status"] == "completed"
+    assert read_json(tmp_path / framework / "summary.json")["final"] == epochs[-1]
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_resume_after_a_crash_equals_uninterrupted(tmp_path, framework, monkeypatch):
+    cfg = load_config("smoke", {"train": {"epochs": "3"}})
+    module = trainer(framework)
+    module.train(cfg, tmp_path / "straight")
+
+    # Crash in the middle of the second epoch: its steps ran, its record and checkpoint did not.
+    real_epoch_record = module.epoch_record
+
+    def crash_in_epoch_1(framework_, epoch, *args, **kwargs):
+        if epoch == 1:
+            raise RuntimeError("simulated node failure")
+        return real_epoch_record(framework_, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(module, "epoch_record", crash_in_epoch_1)
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        module.train(cfg, tmp_path / "resumed")
+    summary = read_json(tmp_path / "resumed" / framework / "summary.json")
+    assert summary["status"] == "failed"
+    assert "simulated node failure" in summary["error"]
+    assert summary["epochs_completed"] == 1
+    assert len(read_jsonl(tmp_path / "resumed" / framework / "epochs.jsonl")) == 1
+
+    monkeypatch.setattr(module, "epoch_record", real_epoch_record)
+    module.train(cfg, tmp_path / "resumed", resume=True)
+
+    for name in ("steps.jsonl", "epochs.jsonl"):
+        straight = without_timing(read_jsonl(tmp_path / "straight" / framework / name))
+        resumed = without_timing(read_jsonl(tmp_path / "resumed" / framework / name))
+        assert resumed == straight, name
+    assert read_json(tmp_path / "resumed" / framework / "summary.json")["status"] == "completed"
+
+
+def test_both_frameworks_see_the_same_split_and_test_set(tmp_path):
+    """The second framework checks the split the first one wrote."""
+    cfg = load_config("smoke", {"train": {"epochs": "1"}})
+    trainer("torch").train(cfg, tmp_path)
+    split = read_json(tmp_path / "split.json")
+    trainer("tf").train(cfg, tmp_path)
+    assert read_json(tmp_path / "split.json") == split
+    torch_final = read_json(tmp_path / "torch" / "summary.json")["final"]
+    tf_final = read_json(tmp_path / "tf" / "summary.json")["final"]
+    # the noisy test inputs are identical, so their quality is too
+    assert torch_final["noisy_psnr_db"] == tf_final["noisy_psnr_db"]
+    assert torch_final["noisy_ssim"] == tf_final["noisy_ssim"]
+
+
+def test_a_different_split_is_refused(tmp_path):
+    from denoisebench.experiment import SplitMismatchError
+
+    trainer("torch").train(load_config("smoke", {"train": {"epochs": "1"}}), tmp_path)
+    other = load_config("smoke", {"train": {"epochs": "1"}, "data": {"split_seed": "7"}})
+    with pytest.raises(SplitMismatchError, match="split.json"):
+        trainer("torch").train(other, tmp_path)
