@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 def flag_overrides(args: argparse.Namespace) -> list[str]:
     """The dedicated flags, as section.key=value overrides (applied before --set)."""
     out = []
+    if args.tfds_dir is not None and args.data != "tfds":
+        raise ConfigError("--tfds-dir goes with --data tfds (it sets data.path)")
     if args.data is not None:
         if args.data in ("builtin", "synthetic", "tfds"):
             out.append(f"data.source={args.data}")
@@ -143,7 +145,7 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
         if flag_overrides(args) or args.set:
             raise ConfigError("--resume uses the run's saved config; drop the other options")
         return load_resolved(config_path), args.resume
-    overrides = parse_overrides(flag_overrides(args) + args.set)
+    overrides = parse_overrides([*flag_overrides(args), *args.set])
     cfg = load_config(args.profile, overrides)
     run_dir = args.results / (args.run_id or new_run_id(cfg.profile))
     return cfg, run_dir

@@ -16,7 +16,6 @@ from denoisebench.results import (
     read_json,
     read_jsonl,
 )
-
 from launch.commands import build_train_cmd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def launch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "launch", *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "launch", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 

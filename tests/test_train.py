@@ -90,5 +90,5 @@ def test_a_different_split_is_refused(tmp_path):
 
     trainer("torch").train(load_config("smoke", {"train": {"epochs": "1"}}), tmp_path)
     other = load_config("smoke", {"train": {"epochs": "1"}, "data": {"split_seed": "7"}})
-    with pytest.raises(SplitMismatchError, match="split.json"):
+    with pytest.raises(SplitMismatchError, match=r"split\.json"):
         trainer("torch").train(other, tmp_path)

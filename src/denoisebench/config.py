@@ -242,7 +242,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
 def profile_path(profile: str) -> Path:
     """A profile name (profiles/<name>.toml) or a path to a TOML file."""
     path = Path(profile)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or "/" in profile:
         return path
     return PROFILES_DIR / f"{profile}.toml"
 

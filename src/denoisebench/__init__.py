@@ -1,0 +1,1 @@
+"""denoisebench: train one denoising autoencoder in PyTorch and TensorFlow and compare them."""
