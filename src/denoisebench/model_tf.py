@@ -103,7 +103,11 @@ def loss_fn(name: str):
 
 
 def pick_device(choice: str) -> str:
+    """The device to train on. Call before any other TensorFlow work: it sets memory growth."""
     gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # otherwise TensorFlow reserves the whole GPU at start-up and memory figures mean nothing
+        tf.config.experimental.set_memory_growth(gpu, True)
     if choice == "gpu" and not gpus:
         raise RuntimeError("train.device=gpu, but TensorFlow sees no GPU")
     return "/GPU:0" if gpus and choice != "cpu" else "/CPU:0"
