@@ -5,21 +5,49 @@
     python -m launch --profile paper --data /data/EuroSAT.zip
     python -m launch --set noise.kind=poisson --set noise.peak=10
     python -m launch --resume results/<run-id>      # continue an interrupted run
+    python -m launch --gpus 4                       # data parallel on 4 GPUs, both frameworks
+    python -m launch --gpus 4 --nodes 2 --node-rank 0 --master-addr node0 --run-id exp1
 
 Configuration precedence: CLI flags and --set > profile file (profiles/<name>.toml) > defaults.
+
+Batch rule (both frameworks): --batch-size is per device; the global batch is batch size x
+devices (printed at start). --scale-lr multiplies the learning rate by the number of devices.
+With --gpus N, PyTorch runs N DDP ranks under torchrun (NCCL; gloo on CPUs) and TensorFlow
+runs MirroredStrategy over N devices (or, with --tf-strategy multiworker or several nodes,
+MultiWorkerMirroredStrategy). On a machine without GPUs, --gpus N runs N CPU workers instead:
+the same distributed code, on gloo and logical CPU devices. Inside a SLURM allocation the
+nodes, node rank and master address are taken from SLURM's environment.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
+import socket
 import sys
+import time
 from pathlib import Path
 
 from denoisebench.compare import comparison_table
 from denoisebench.config import Config, ConfigError, load_config, load_resolved, parse_overrides
-from denoisebench.results import FRAMEWORKS, atomic_write_text, new_run_id, read_json
-from launch.commands import build_train_cmd
+from denoisebench.distributed import slurm_nodes
+from denoisebench.results import (
+    FRAMEWORKS,
+    atomic_write_text,
+    gpu_info,
+    mark_failed,
+    new_run_id,
+    read_json,
+)
+from launch.commands import (
+    HOROVOD_UNAVAILABLE,
+    Command,
+    Topology,
+    build_tf_cmds,
+    build_torchrun_cmd,
+    build_train_cmd,
+)
+from launch.supervise import run_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,6 +129,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as JSON and exit"
     )
+    d = p.add_argument_group("distributed")
+    d.add_argument(
+        "--gpus",
+        type=int,
+        metavar="N",
+        help="devices per node for data-parallel training (without GPUs: N CPU workers)",
+    )
+    d.add_argument(
+        "--engine",
+        choices=["native", "horovod"],
+        default="native",
+        help="native: torchrun/DDP and tf.distribute; horovod: not available, see README",
+    )
+    d.add_argument(
+        "--tf-strategy",
+        choices=["mirrored", "multiworker"],
+        default="mirrored",
+        help="one node: one MirroredStrategy process, or one MultiWorkerMirroredStrategy "
+        "worker per device (several nodes always use multiworker)",
+    )
+    d.add_argument(
+        "--scale-lr",
+        action="store_true",
+        help="multiply the learning rate by the number of devices",
+    )
+    d.add_argument("--nodes", type=int, help="nodes in the job (default: SLURM's, else 1)")
+    d.add_argument(
+        "--node-rank", type=int, help="this node's index (default: SLURM_NODEID, else 0)"
+    )
+    d.add_argument(
+        "--master-addr",
+        help="rendezvous host, node 0 (default: SLURM's first node, else 127.0.0.1)",
+    )
+    d.add_argument(
+        "--master-port",
+        type=int,
+        default=29500,
+        help="rendezvous port (torch c10d; TensorFlow workers) (default: %(default)s)",
+    )
+    d.add_argument(
+        "--hosts",
+        help="TensorFlow across nodes: every node's host, comma-separated, "
+        "in node-rank order (default: SLURM's node list)",
+    )
     return p
 
 
@@ -133,6 +205,8 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
             out.append(f"{key}={value}")
     if args.download:
         out.append("data.download=true")
+    if args.scale_lr:
+        out.append("train.scale_lr=true")
     return out
 
 
@@ -147,27 +221,113 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
         return load_resolved(config_path), args.resume
     overrides = parse_overrides([*flag_overrides(args), *args.set])
     cfg = load_config(args.profile, overrides)
-    run_dir = args.results / (args.run_id or new_run_id(cfg.profile))
-    return cfg, run_dir
+    run_id = args.run_id or (
+        f"slurm-{os.environ['SLURM_JOB_ID']}"
+        if "SLURM_JOB_ID" in os.environ
+        else new_run_id(cfg.profile)
+    )
+    return cfg, args.results / run_id
+
+
+def resolve_topology(args: argparse.Namespace) -> Topology | None:
+    """The distributed layout, or None for a plain single-device run. Prints the CPU notice."""
+    slurm = slurm_nodes()
+    nodes = args.nodes or (slurm.nodes if slurm else 1)
+    if args.gpus is None and nodes == 1:
+        return None
+    devices = args.gpus or 1
+    if devices < 1 or nodes < 1:
+        raise ConfigError(f"--gpus {devices} and --nodes {nodes} must be >= 1")
+    node_rank = args.node_rank if args.node_rank is not None else (slurm.node_rank if slurm else 0)
+    if not 0 <= node_rank < nodes:
+        raise ConfigError(f"--node-rank {node_rank} outside 0..{nodes - 1}")
+    if nodes > 1 and not args.run_id and "SLURM_JOB_ID" not in os.environ:
+        raise ConfigError("a multi-node run needs --run-id, so every node uses the same folder")
+    info = gpu_info()
+    found = len(info["gpus"] or [])
+    if found and found < devices:
+        raise ConfigError(f"--gpus {devices}, but this node has {found} GPU(s)")
+    if not found:
+        tf_kind = (
+            "workers" if args.tf_strategy == "multiworker" or nodes > 1 else "logical CPU devices"
+        )
+        print(
+            f"notice: no GPU here ({info.get('reason', 'NVML found none')}); running {devices} "
+            f"CPU workers instead (torch: {devices} gloo processes, tf: {devices} {tf_kind})",
+            flush=True,
+        )
+    master = args.master_addr or (slurm.master_addr if slurm else "127.0.0.1")
+    hosts = tuple(args.hosts.split(",")) if args.hosts else (slurm.hosts if slurm else ())
+    return Topology(
+        devices=devices,
+        gpus=bool(found),
+        nodes=nodes,
+        node_rank=node_rank,
+        master_addr=master,
+        master_port=args.master_port,
+        hosts=hosts,
+        cpu_threads=0 if found else max(1, (os.cpu_count() or 1) // devices),
+    )
+
+
+def free_ports(n: int) -> list[int]:
+    """n free TCP ports on 127.0.0.1 (for TensorFlow workers on one machine)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def framework_cmds(
+    framework: str, run_dir: Path, topo: Topology | None, args: argparse.Namespace, resume: bool
+) -> list[Command]:
+    if topo is None:
+        return [build_train_cmd(framework, run_dir, resume=resume)]
+    if framework == "torch":
+        return [build_torchrun_cmd(run_dir, topo, run_id=run_dir.name, resume=resume)]
+    multi = args.tf_strategy == "multiworker"
+    ports = free_ports(topo.devices) if multi and topo.nodes == 1 else None
+    return build_tf_cmds(run_dir, topo, multi_worker=multi, ports=ports, resume=resume)
+
+
+def wait_for_config(run_dir: Path, timeout_s: float = 300.0) -> None:
+    """Nodes other than 0 use the config that node 0 writes (on the shared file system)."""
+    deadline = time.monotonic() + timeout_s
+    while not (run_dir / "config.json").exists():
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"{run_dir}/config.json did not appear within {timeout_s:.0f}s: "
+                "is node 0 running, and is the results folder shared?"
+            )
+        time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.engine == "horovod":
+            raise ConfigError(HOROVOD_UNAVAILABLE)
         cfg, run_dir = resolve(args)
+        if args.print_config:
+            print(cfg.to_json())
+            return 0
+        topo = resolve_topology(args)
+        is_node0 = topo is None or topo.node_rank == 0
+        if args.resume is None and is_node0:
+            if run_dir.exists():
+                raise ConfigError(f"{run_dir} exists; pick another --run-id or --resume it")
+            run_dir.mkdir(parents=True)
+            atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+        elif not is_node0:
+            wait_for_config(run_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.print_config:
-        print(cfg.to_json())
-        return 0
     frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
-    if args.resume is None:
-        if run_dir.exists():
-            print(f"error: {run_dir} exists; pick another --run-id or --resume it", file=sys.stderr)
-            return 2
-        run_dir.mkdir(parents=True)
-        atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
     print(f"run folder: {run_dir}", flush=True)
 
     failed = []
@@ -176,18 +336,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and summary.exists() and read_json(summary).get("status") == "completed":
             print(f"[{framework}] already completed, skipping", flush=True)
             continue
-        argv_, env = build_train_cmd(framework, run_dir, resume=args.resume is not None)
-        print(f"[{framework}] {' '.join(argv_)}", flush=True)
-        rc = subprocess.run(argv_, env=env).returncode
-        if rc != 0:
+        cmds = framework_cmds(framework, run_dir, topo, args, resume=args.resume is not None)
+        for argv_, _env in cmds:
+            print(f"[{framework}] {' '.join(argv_)}", flush=True)
+        names = (
+            [f"{framework} worker {i}" for i in range(len(cmds))] if len(cmds) > 1 else [framework]
+        )
+        result = run_group(cmds, names)
+        if result.returncode != 0:
             failed.append(framework)
-            print(f"[{framework}] failed with exit code {rc}", file=sys.stderr, flush=True)
-            if rc == 2:
+            print(f"[{framework}] failed: {result.failed}", file=sys.stderr, flush=True)
+            mark_failed(run_dir, framework, f"{result.failed} (see its output above)")
+            if result.returncode == 2:
                 break  # bad input (config or data): the next framework would fail the same way
 
-    print()
-    print(comparison_table(run_dir))
-    print(f"\nresults: {run_dir}")
+    if is_node0:
+        print()
+        print(comparison_table(run_dir))
+        print(f"\nresults: {run_dir}")
     return 1 if failed else 0
 
 

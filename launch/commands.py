@@ -1,18 +1,57 @@
-"""Pure functions that build the command lines the launcher runs; no side effects, easy to test."""
+"""Pure functions that build the command lines the launcher runs: no side effects, tested alone.
+
+Each returns `(argv, env)` pairs. `Topology` says where the job runs; the launcher fills it
+from its options or from SLURM's environment and then runs what these functions return.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from denoisebench.distributed import tf_config
+
 TRAINER_MODULES = {"torch": "denoisebench.train_torch", "tf": "denoisebench.train_tf"}
+Command = tuple[list[str], dict[str, str]]
+
+HOROVOD_UNAVAILABLE = (
+    "--engine horovod is not available: Horovod 0.28.1 (its last release) does not build "
+    "against torch 2.13 / tensorflow 2.21 here. It compiles its bindings as C++14, and both "
+    "frameworks' headers require C++17 (see README, 'Horovod'). Use --engine native."
+)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where a job runs: devices per node, nodes, and how the nodes find each other."""
+
+    devices: int = 1
+    """Devices per node: GPUs, or CPU workers on a machine without GPUs."""
+    gpus: bool = False
+    """True when the devices are GPUs."""
+    nodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    """Rendezvous host (torch) and the first worker (TensorFlow multi-worker)."""
+    master_port: int = 29500
+    hosts: tuple[str, ...] = field(default_factory=tuple)
+    """All nodes' hosts, in node-rank order (TensorFlow multi-worker across nodes)."""
+    cpu_threads: int = 0
+    """Threads per CPU worker (0: leave the frameworks' default)."""
+
+
+def _base_env(base_env: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ if base_env is None else base_env)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def build_train_cmd(
     framework: str, run_dir: Path, resume: bool = False, base_env: dict[str, str] | None = None
-) -> tuple[list[str], dict[str, str]]:
-    """(argv, env) that trains one framework into run_dir on this machine.
+) -> Command:
+    """(argv, env) that trains one framework on one device into run_dir.
 
     Each framework runs in its own process, so a PyTorch run never imports TensorFlow.
     """
@@ -21,8 +60,81 @@ def build_train_cmd(
     argv = [sys.executable, "-m", TRAINER_MODULES[framework], str(run_dir)]
     if resume:
         argv.append("--resume")
-    env = dict(os.environ if base_env is None else base_env)
-    env["PYTHONUNBUFFERED"] = "1"
+    env = _base_env(base_env)
     if framework == "tf":
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
     return argv, env
+
+
+def build_torchrun_cmd(
+    run_dir: Path,
+    topo: Topology,
+    run_id: str,
+    resume: bool = False,
+    base_env: dict[str, str] | None = None,
+) -> Command:
+    """torchrun (torch.distributed.run) starting topo.devices DDP ranks on this node.
+
+    One node: --standalone. Several: c10d rendezvous at master_addr:master_port, so every node
+    runs the same command with its own --node-rank.
+    """
+    argv = [sys.executable, "-m", "torch.distributed.run"]
+    if topo.nodes == 1:
+        argv += ["--standalone", "--nnodes=1"]
+    else:
+        argv += [
+            f"--nnodes={topo.nodes}",
+            f"--node-rank={topo.node_rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={topo.master_addr}:{topo.master_port}",
+            f"--rdzv-id={run_id}",
+        ]
+    argv += [f"--nproc-per-node={topo.devices}", "--max-restarts=0", "--monitor-interval=0.5"]
+    argv += ["-m", TRAINER_MODULES["torch"], str(run_dir)]
+    if resume:
+        argv.append("--resume")
+    env = _base_env(base_env)
+    if topo.cpu_threads:
+        env["OMP_NUM_THREADS"] = str(topo.cpu_threads)
+    return argv, env
+
+
+def build_tf_cmds(
+    run_dir: Path,
+    topo: Topology,
+    multi_worker: bool,
+    ports: list[int] | None = None,
+    resume: bool = False,
+    base_env: dict[str, str] | None = None,
+) -> list[Command]:
+    """The TensorFlow processes to start on this node.
+
+    - one node, MirroredStrategy: one process driving topo.devices GPUs (or logical CPUs);
+    - one node, multi_worker: topo.devices worker processes on 127.0.0.1 (ports[i]), one
+      device each: MultiWorkerMirroredStrategy without a cluster;
+    - several nodes: this node's one worker, TF_CONFIG listing every node's host at
+      master_port; each worker drives its node's devices.
+    """
+    argv, env = build_train_cmd("tf", run_dir, resume=resume, base_env=base_env)
+    if topo.cpu_threads:
+        env["TF_NUM_INTRAOP_THREADS"] = str(topo.cpu_threads)
+    if topo.nodes > 1:
+        if len(topo.hosts) != topo.nodes:
+            raise ValueError(
+                f"TensorFlow across {topo.nodes} nodes needs every node's host "
+                f"(--hosts or SLURM's node list), got {list(topo.hosts)}"
+            )
+        worker_env = env | {"TF_CONFIG": tf_config(topo.hosts, topo.master_port, topo.node_rank)}
+        return [([*argv, "--devices", str(topo.devices)], worker_env)]
+    if not multi_worker:
+        return [([*argv, "--devices", str(topo.devices)], env)]
+    if ports is None or len(ports) != topo.devices:
+        raise ValueError(f"multi-worker on one node needs {topo.devices} ports, got {ports}")
+    cmds = []
+    hosts = ["127.0.0.1"] * topo.devices
+    for i in range(topo.devices):
+        worker_env = env | {"TF_CONFIG": tf_config(hosts, ports, i)}
+        if topo.gpus:
+            worker_env["CUDA_VISIBLE_DEVICES"] = str(i)  # one GPU per worker
+        cmds.append(([*argv, "--devices", "1"], worker_env))
+    return cmds

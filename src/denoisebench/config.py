@@ -78,7 +78,9 @@ class TrainConfig:
     epochs: int = 5
     """Passes over the training split."""
     batch_size: int = 64
-    """Images per optimizer step."""
+    """Images per device per optimizer step; the global batch is batch_size x devices."""
+    scale_lr: bool = False
+    """Multiply lr by the number of devices (the linear scaling rule for a larger global batch)."""
     loss: LossName = "mae"
     """mae (the paper), mse, or ssim (1 - SSIM, 11x11 Gaussian window)."""
     lr: float = 1e-3

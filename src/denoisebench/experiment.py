@@ -44,22 +44,25 @@ class SplitMismatchError(RuntimeError):
     """The run folder's split.json disagrees with the split computed now."""
 
 
-def prepare_data(cfg: Config, run_dir: Path) -> RunData:
-    """Load the images, write (or check) split.json and data.json, build the noisy test set."""
+def prepare_data(cfg: Config, run_dir: Path, is_main: bool = True) -> RunData:
+    """Load the images, write (or check) split.json and data.json, build the noisy test set.
+
+    Only the main process (rank 0) touches the run folder; the others compute the same split.
+    """
     t0 = time.perf_counter()
     images: Images = load_images(cfg.data, cfg.model.image_size, seed=cfg.train.seed)
     split = make_split(len(images.images), cfg.data)
     split_json = {"train": split.train.tolist(), "test": split.test.tolist()}
     path = Path(run_dir) / "split.json"
-    if path.exists():
+    if is_main and path.exists():
         if read_json(path) != split_json:
             raise SplitMismatchError(
                 f"{path}: the split on disk differs from the one computed from the config; "
                 "the frameworks would not see the same data"
             )
-    else:
+    elif is_main:
         atomic_write_json(path, split_json)
-    if not (Path(run_dir) / "data.json").exists():
+    if is_main and not (Path(run_dir) / "data.json").exists():
         atomic_write_json(
             Path(run_dir) / "data.json",
             {
@@ -75,11 +78,12 @@ def prepare_data(cfg: Config, run_dir: Path) -> RunData:
     test_u8 = images.images[split.test]
     test_clean = test_u8.astype(np.float32) / 255.0
     test_noisy = noisy_test_set(test_u8, cfg.noise)
-    print(
-        f"data: {images.description}; {len(split.train)} train / {len(split.test)} test "
-        f"({time.perf_counter() - t0:.1f}s)",
-        flush=True,
-    )
+    if is_main:
+        print(
+            f"data: {images.description}; {len(split.train)} train / {len(split.test)} test "
+            f"({time.perf_counter() - t0:.1f}s)",
+            flush=True,
+        )
     return RunData(
         train_u8=images.images[split.train],
         test_clean=test_clean,
@@ -89,31 +93,45 @@ def prepare_data(cfg: Config, run_dir: Path) -> RunData:
     )
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Index batches of one epoch: a permutation of (seed, epoch), the last batch possibly short."""
+def epoch_batches(n: int, global_batch: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Index batches of one epoch: a permutation of (seed, epoch) cut into full global batches.
+
+    The remainder (n mod global_batch images) is skipped for that epoch, a different set each
+    epoch, so every step has exactly the global batch and N devices split it evenly.
+    """
+    if global_batch > n:
+        raise ConfigError(
+            f"the global batch ({global_batch} = train.batch_size x devices) is larger than the "
+            f"training split ({n} images): lower --batch-size or use more data"
+        )
     order = np.random.default_rng([seed, epoch]).permutation(n)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    steps = n // global_batch
+    return [order[i * global_batch : (i + 1) * global_batch] for i in range(steps)]
 
 
 def epoch_record(
     framework: str,
     epoch: int,
-    losses: list[float],
-    batch_sizes: list[int],
+    steps: list[dict[str, Any]],
     train_time_s: float,
     eval_time_s: float,
     test_loss: float,
     outputs: np.ndarray,
     data: RunData,
 ) -> dict[str, Any]:
-    """The EPOCH record (results.EPOCH_FIELDS), with quality computed by metrics.image_quality."""
+    """The EPOCH record (results.EPOCH_FIELDS) from every rank's STEP records of the epoch.
+
+    train_time_s is the slowest rank's, so the throughput is what the whole job achieved.
+    """
     quality = image_quality(data.test_clean, outputs)
-    images = sum(batch_sizes)
+    images = sum(r["batch_size"] for r in steps)
     return {
         "framework": framework,
         "epoch": epoch,
-        "steps": len(losses),
-        "train_loss": float(np.average(losses, weights=batch_sizes)),
+        "steps": len({r["step"] for r in steps}),
+        "train_loss": float(
+            np.average([r["loss"] for r in steps], weights=[r["batch_size"] for r in steps])
+        ),
         "test_loss": float(test_loss),
         "test_mae": quality["mae"],
         "test_psnr_db": quality["psnr_db"],
@@ -138,19 +156,21 @@ def epoch_line(rec: dict[str, Any], epochs: int) -> str:
 
 
 def final_summary(
-    rec: RunRecorder, n_train: int, wall_time_s: float, parameters: int, data: RunData
+    rec: RunRecorder, wall_time_s: float, parameters: int, data: RunData, world: dict[str, Any]
 ) -> dict[str, Any]:
     """The SUMMARY fields of a finished run (results.SUMMARY_FIELDS), from its epoch records."""
     epochs = rec.epochs()
     train_time_s = sum(r["train_time_s"] for r in epochs)
+    images = sum(r["throughput_img_s"] * r["train_time_s"] for r in epochs)
     return {
         "status": "completed",
         "epochs_completed": len(epochs),
         "final": epochs[-1],
         "wall_time_s": wall_time_s,
-        "throughput_img_s": n_train * len(epochs) / train_time_s,
+        "throughput_img_s": images / train_time_s,
         "parameters": parameters,
         "data": data.description,
+        **world,
     }
 
 

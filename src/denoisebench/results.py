@@ -9,6 +9,7 @@
             steps.jsonl       one STEP record per optimizer step
             epochs.jsonl      one EPOCH record per finished epoch
             summary.json      status and final figures (SUMMARY)
+            weights.npz       final weights in the canonical (PyTorch) layout, either framework
             checkpoints/      the last finished epoch, to --resume from
 
 Every JSON file is written to a temporary name and renamed into place, so a reader never sees
@@ -30,6 +31,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FRAMEWORKS = ("torch", "tf")
 
@@ -38,9 +41,11 @@ STEP_FIELDS: dict[str, str] = {
     "framework": "torch or tf",
     "epoch": "epoch index, from 0",
     "step": "global optimizer step, from 0",
-    "batch_size": "images in this step",
-    "loss": "training loss of this batch (before the update)",
-    "step_time_s": "wall time of the step, host clock, loss fetched (so the device has finished)",
+    "rank": "process that measured the row: torch rank, or TensorFlow worker index",
+    "replicas": "devices that process drives (1 for torch; N under MirroredStrategy)",
+    "batch_size": "images this process trained on in this step",
+    "loss": "mean training loss over this process' images (before the update)",
+    "step_time_s": "wall time of the step on this process, loss fetched (device finished)",
 }
 EPOCH_FIELDS: dict[str, str] = {
     "framework": "torch or tf",
@@ -69,6 +74,11 @@ SUMMARY_FIELDS: dict[str, str] = {
     "device": "what the model ran on",
     "parameters": "trainable parameters",
     "data": "data description (never calls other images EuroSAT)",
+    "world_size": "devices (replicas) training together",
+    "processes": "processes (torch ranks, TensorFlow workers)",
+    "global_batch": "images per optimizer step over all devices",
+    "lr": "learning rate used (train.lr, times world_size when train.scale_lr)",
+    "strategy": "how the devices were used: single, ddp, mirrored, multi_worker_mirrored",
 }
 
 
@@ -189,7 +199,6 @@ class RunRecorder:
         self.framework = framework
         self.checkpoint_dir = self.dir / "checkpoints"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self._steps: list[dict[str, Any]] = []
 
     def write_environment(self, env: dict[str, Any]) -> None:
         atomic_write_json(self.dir / "environment.json", env)
@@ -200,17 +209,20 @@ class RunRecorder:
             kept = [r for r in read_jsonl(self.dir / name) if r["epoch"] < epochs_done]
             atomic_write_text(self.dir / name, "".join(json.dumps(r) + "\n" for r in kept))
 
-    def step(self, record: dict[str, Any]) -> None:
-        self._steps.append(record)
-
-    def epoch(self, record: dict[str, Any]) -> None:
-        """Append the buffered step records and this epoch's record, durably."""
-        for name, rows in (("steps.jsonl", self._steps), ("epochs.jsonl", [record])):
+    def epoch(self, record: dict[str, Any], steps: list[dict[str, Any]]) -> None:
+        """Append an epoch's STEP records (every rank's) and its EPOCH record, durably."""
+        for name, rows in (("steps.jsonl", steps), ("epochs.jsonl", [record])):
             with open(self.dir / name, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
                 f.flush()
                 os.fsync(f.fileno())
-        self._steps = []
+
+    def write_weights(self, weights: list[Any]) -> None:
+        """weights.npz: canonical-layout arrays w0, b0, w1, b1, ... (see spec.shared_weights)."""
+        path = self.dir / "weights.npz"
+        tmp = path.with_name(".weights.tmp.npz")
+        np.savez(tmp, *weights)
+        os.replace(tmp, path)
 
     def epochs(self) -> list[dict[str, Any]]:
         return read_jsonl(self.dir / "epochs.jsonl")
@@ -220,3 +232,16 @@ class RunRecorder:
         current = read_json(path) if path.exists() else {}
         current.update(fields, framework=self.framework, updated=utc_now())
         atomic_write_json(path, current)
+
+
+def mark_failed(run_dir: Path, framework: str, error: str) -> None:
+    """Record a failure the trainer could not record itself (it was killed, or never started).
+
+    A summary the trainer already marked failed keeps its own, more precise, error.
+    """
+    path = Path(run_dir) / framework / "summary.json"
+    current = read_json(path) if path.exists() else {}
+    if current.get("status") in ("failed", "completed"):
+        return
+    current.update(framework=framework, status="failed", error=error, updated=utc_now())
+    atomic_write_json(path, current)

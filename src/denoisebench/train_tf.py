@@ -1,19 +1,28 @@
-"""TensorFlow / Keras 3 trainer for the denoising autoencoder.
+"""TensorFlow / Keras 3 trainer for the denoising autoencoder, one device or several.
 
 Launched by `python -m launch` (which writes the run folder and its config.json first):
 
-    python -m denoisebench.train_tf results/<run-id> [--resume]
+    python -m denoisebench.train_tf results/<run-id> [--resume]              # one device
+    python -m denoisebench.train_tf results/<run-id> --devices 4             # MirroredStrategy
+    TF_CONFIG='{...}' python -m denoisebench.train_tf results/<run-id>       # multi-worker
 
 Written the way TensorFlow training loops usually are (Orbit-style): variables created under
-`strategy.scope()`, one `tf.function` step run with `strategy.run`, the loss averaged over the
-global batch. The training images live on the device as uint8 once; noise is drawn on the
-device with stateless random ops seeded by (seed, step), so a resumed run draws the same noise.
+`strategy.scope()`, the input distributed with `strategy.distribute_datasets_from_function`,
+one `tf.function` step run with `strategy.run`, each replica's loss divided by
+`num_replicas_in_sync` so the all-reduced gradient is that of the global batch's mean loss.
+Without GPUs, `--devices N` makes N logical CPU devices. Every replica draws the global batch's
+noise with stateless ops seeded by (seed, step) and trains on its own slice (distributed.py
+states the rule), so a resumed run, or a run on another device count, draws the same noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +32,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from denoisebench.config import Config, load_resolved
+from denoisebench.distributed import maybe_inject_fault, tf_worker_index
 from denoisebench.experiment import (
     USER_ERRORS,
     RunData,
@@ -32,11 +42,40 @@ from denoisebench.experiment import (
     final_summary,
     prepare_data,
 )
-from denoisebench.model_tf import add_noise, build_model, loss_fn, pick_device, set_weights
+from denoisebench.model_tf import (
+    add_noise,
+    build_model,
+    get_weights,
+    loss_fn,
+    pick_device,
+    set_weights,
+)
 from denoisebench.results import RunRecorder, environment
 from denoisebench.spec import shared_weights
 
 FRAMEWORK = "tf"
+
+
+def build_strategy(devices: int, choice: str) -> tuple[tf.distribute.Strategy, str, str]:
+    """(strategy, its name, device description). Must run before any other TensorFlow work."""
+    device = pick_device(choice)  # also turns on GPU memory growth
+    if "TF_CONFIG" in os.environ:
+        return tf.distribute.MultiWorkerMirroredStrategy(), "multi_worker_mirrored", device
+    if devices <= 1:
+        return tf.distribute.OneDeviceStrategy(device), "single", device
+    gpus = tf.config.list_physical_devices("GPU")
+    if device.startswith("/GPU"):
+        if len(gpus) < devices:
+            raise RuntimeError(f"--devices {devices}, but TensorFlow sees {len(gpus)} GPU(s)")
+        names = [f"/GPU:{i}" for i in range(devices)]
+    else:
+        # N logical CPU devices, so the distributed code path runs on machines without GPUs
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * devices
+        )
+        names = [f"/CPU:{i}" for i in range(devices)]
+    return tf.distribute.MirroredStrategy(names), "mirrored", f"{devices} x {names[0][1:4]}"
 
 
 def evaluate(model: Any, data: RunData, cfg: Config, criterion: Any) -> tuple[float, np.ndarray]:
@@ -48,36 +87,74 @@ def evaluate(model: Any, data: RunData, cfg: Config, criterion: Any) -> tuple[fl
         clean = data.test_clean[i : i + cfg.train.eval_batch_size]
         out = model(noisy, training=False)
         total += float(criterion(clean, out)) * len(noisy)
-        outputs.append(out.numpy())
+        outputs.append(np.asarray(out))
     return total / n, np.concatenate(outputs)
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Train `cfg` into run_dir/tf/ and return its summary fields."""
-    rec = RunRecorder(run_dir, FRAMEWORK)
+def raise_on_sigterm() -> None:
+    """SLURM and the launcher stop workers with SIGTERM: make it an exception, so the run
+    folder is marked failed instead of the process vanishing mid-epoch."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) -> dict[str, Any]:
+    """Train `cfg` into run_dir/tf/ and return its summary fields (on the chief)."""
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    device = pick_device(cfg.train.device)
-    rec.write_environment(environment(FRAMEWORK) | {"device": device})
-    rec.summary(status="running", error=None, epochs=cfg.train.epochs, device=device)
+    strategy, name, device = build_strategy(devices, cfg.train.device)
+    worker, workers = tf_worker_index()
+    is_main = worker == 0
+    replicas = strategy.num_replicas_in_sync
+    world = {
+        "world_size": replicas,
+        "processes": workers,
+        "global_batch": cfg.train.batch_size * replicas,
+        "lr": cfg.train.lr * (replicas if cfg.train.scale_lr else 1),
+        "strategy": name,
+        "device": device if workers == 1 else f"{workers} workers, {replicas} replicas",
+    }
+    rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
+    if rec:
+        rec.write_environment(environment(FRAMEWORK) | {"device": world["device"]})
+        rec.summary(status="running", error=None, epochs=cfg.train.epochs, **world)
+        print(
+            f"[tf] {name} on {world['device']}: global batch {world['global_batch']} "
+            f"({cfg.train.batch_size} per device), lr {world['lr']:g}",
+            flush=True,
+        )
     try:
-        with tf.device(device):
-            return _train(cfg, run_dir, rec, resume)
+        return _train(cfg, run_dir, rec, strategy, world, worker, workers, resume)
     except BaseException as e:
-        rec.summary(status="failed", error=f"{type(e).__name__}: {e}")
+        if rec:
+            rec.summary(status="failed", error=f"{type(e).__name__}: {e}")
         raise
 
 
-def _train(cfg: Config, run_dir: Path, rec: RunRecorder, resume: bool) -> dict[str, Any]:
-    data = prepare_data(cfg, run_dir)
-    strategy = tf.distribute.get_strategy()  # the default (one device) strategy
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    rec: RunRecorder | None,
+    strategy: tf.distribute.Strategy,
+    world: dict[str, Any],
+    worker: int,
+    workers: int,
+    resume: bool,
+) -> dict[str, Any]:
+    data = prepare_data(cfg, run_dir, is_main=rec is not None)
+    replicas, global_batch = world["world_size"], world["global_batch"]
+    local_replicas = replicas // workers
+    b = cfg.train.batch_size
     with strategy.scope():
         tf.keras.utils.set_random_seed(cfg.train.seed)  # native init draws from Keras' seed
         model = build_model(cfg.model)
         if cfg.train.init == "shared":
             set_weights(model, shared_weights(cfg.model, cfg.train.seed))
         optimizer = tf.keras.optimizers.Adam(
-            learning_rate=cfg.train.lr,
+            learning_rate=world["lr"],
             beta_1=cfg.train.beta1,
             beta_2=cfg.train.beta2,
             epsilon=cfg.train.eps,
@@ -85,70 +162,111 @@ def _train(cfg: Config, run_dir: Path, rec: RunRecorder, resume: bool) -> dict[s
         optimizer.build(model.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
         wall_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    # uint8, NHWC, one copy on each replica's device, once
+    train_images = strategy.experimental_distribute_values_from_function(
+        lambda _ctx: tf.constant(data.train_u8)
+    )
     criterion = loss_fn(cfg.train.loss)
+
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, epoch=epoch_var, wall_time_s=wall_var
     )
-    manager = tf.train.CheckpointManager(checkpoint, str(rec.checkpoint_dir), max_to_keep=1)
-    if resume and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_consumed()
-        print(f"[tf] resuming after epoch {int(epoch_var.numpy())}", flush=True)
+    ckpt_dir = Path(run_dir) / FRAMEWORK / "checkpoints"
+    # every worker saves (saving may need collectives); only the chief's copy is kept
+    save_dir = ckpt_dir if rec else Path(tempfile.mkdtemp(prefix=f"tf-worker{worker}-"))
+    manager = tf.train.CheckpointManager(checkpoint, str(save_dir), max_to_keep=1)
+    latest = tf.train.latest_checkpoint(str(ckpt_dir))
+    if resume and latest:
+        checkpoint.restore(latest).assert_consumed()
+        if rec:
+            print(f"[tf] resuming after epoch {int(epoch_var.numpy())}", flush=True)
     start_epoch = int(epoch_var.numpy())
-    rec.truncate_after(start_epoch)
+    if rec:
+        rec.truncate_after(start_epoch)
 
-    train_images = tf.constant(data.train_u8)  # uint8, NHWC, on the device once
-    n_train = len(data.train_u8)
-    global_batch = cfg.train.batch_size
-
-    @tf.function(reduce_retracing=True)
-    def train_step(idx: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        def step_fn(idx: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-            clean = tf.cast(tf.gather(train_images, idx), tf.float32) / 255.0
-            noisy = add_noise(clean, cfg.noise, seed)
+    @tf.function
+    def train_step(images: Any, global_idx: Any, seed: tf.Tensor) -> Any:
+        def step_fn(images: tf.Tensor, global_idx: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            clean = tf.cast(tf.gather(images, global_idx), tf.float32) / 255.0
+            noisy = add_noise(clean, cfg.noise, seed)  # the whole global batch's noise
+            clean = clean[replica * b : (replica + 1) * b]
+            noisy = noisy[replica * b : (replica + 1) * b]
             with tf.GradientTape() as tape:
                 out = model(noisy, training=True)
-                # mean over this replica's batch, divided by the replicas so the sum is the mean
-                loss = criterion(clean, out) / strategy.num_replicas_in_sync
+                # this replica's mean; divided by the replicas, the all-reduced sum is the
+                # global batch's mean
+                loss = criterion(clean, out) / replicas
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return loss
+            return loss * replicas
 
-        per_replica = strategy.run(step_fn, args=(idx, seed))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return strategy.run(step_fn, args=(images, global_idx, seed))
 
-    step = sum(r["steps"] for r in rec.epochs())
+    n_train = len(data.train_u8)
+    step = start_epoch * (n_train // global_batch)
     wall_time_s = float(wall_var.numpy())
     for epoch in range(start_epoch, cfg.train.epochs):
-        batches = epoch_batches(n_train, global_batch, cfg.train.seed, epoch)
-        losses, sizes = [], []
+        order = np.stack(epoch_batches(n_train, global_batch, cfg.train.seed, epoch))
+
+        def dataset_fn(ctx: tf.distribute.InputContext, order: np.ndarray = order) -> Any:
+            # one element per local replica: the global batch's indices, each replica
+            # slicing its own rows inside the step
+            per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+            ds = tf.data.Dataset.from_tensor_slices(order)
+            ds = ds.flat_map(lambda g: tf.data.Dataset.from_tensors(g).repeat(per_pipeline))
+            return ds.prefetch(tf.data.AUTOTUNE)
+
+        dist_batches = strategy.distribute_datasets_from_function(dataset_fn)
+        times, losses = [], []
         t_epoch = time.perf_counter()
-        for idx in tqdm(batches, desc=f"tf epoch {epoch + 1}", leave=False, disable=None):
+        for dist_idx in tqdm(
+            dist_batches,
+            total=len(order),
+            desc=f"tf epoch {epoch + 1}",
+            leave=False,
+            disable=None if rec else True,
+        ):
             t0 = time.perf_counter()
-            seed = tf.constant([cfg.train.seed, step], dtype=tf.int64)
-            loss_value = float(train_step(tf.constant(idx), seed))  # waits for the device
-            dt = time.perf_counter() - t0
-            losses.append(loss_value)
-            sizes.append(len(idx))
-            rec.step(
-                {
-                    "framework": FRAMEWORK,
-                    "epoch": epoch,
-                    "step": step,
-                    "batch_size": len(idx),
-                    "loss": loss_value,
-                    "step_time_s": dt,
-                }
-            )
+            maybe_inject_fault(worker, step)
+            seed = tf.constant([cfg.train.seed, step], tf.int64)
+            per_replica = train_step(train_images, dist_idx, seed)
+            local = strategy.experimental_local_results(per_replica)
+            losses.append(float(np.mean([np.asarray(v) for v in local])))  # waits for devices
+            times.append(time.perf_counter() - t0)
             step += 1
         train_time = time.perf_counter() - t_epoch
 
+        first_step = step - len(times)
+        per_worker = gather_per_worker(
+            strategy, workers, local_replicas, np.array([*times, *losses, train_time])
+        )
+        rows = [
+            {
+                "framework": FRAMEWORK,
+                "epoch": epoch,
+                "step": first_step + i,
+                "rank": w,
+                "replicas": local_replicas,
+                "batch_size": b * local_replicas,
+                "loss": float(values[len(times) + i]),
+                "step_time_s": float(values[i]),
+            }
+            for w, values in enumerate(per_worker)
+            for i in range(len(times))
+        ]
+        train_time = max(float(values[-1]) for values in per_worker)  # the slowest worker
+
+        epoch_var.assign(epoch + 1)
+        if rec is None:
+            manager.save()
+            continue
         t_eval = time.perf_counter()
         test_loss, outputs = evaluate(model, data, cfg, criterion)
         record = epoch_record(
             FRAMEWORK,
             epoch,
-            losses,
-            sizes,
+            rows,
             train_time,
             time.perf_counter() - t_eval,
             test_loss,
@@ -156,25 +274,54 @@ def _train(cfg: Config, run_dir: Path, rec: RunRecorder, resume: bool) -> dict[s
             data,
         )
         wall_time_s += time.perf_counter() - t_epoch
-        rec.epoch(record)
-        epoch_var.assign(epoch + 1)
+        rec.epoch(record, rows)
         wall_var.assign(wall_time_s)
         manager.save()
         rec.summary(epochs_completed=epoch + 1)
         print(epoch_line(record, cfg.train.epochs), flush=True)
 
-    summary = final_summary(rec, n_train, wall_time_s, int(model.count_params()), data)
+    if rec is None:
+        shutil.rmtree(save_dir, ignore_errors=True)
+        return {}
+    rec.write_weights(get_weights(model))
+    summary = final_summary(rec, wall_time_s, int(model.count_params()), data, world)
     rec.summary(**summary)
     return summary
+
+
+def gather_per_worker(
+    strategy: tf.distribute.Strategy, workers: int, local_replicas: int, values: np.ndarray
+) -> list[np.ndarray]:
+    """Each worker's `values` (same length on all), on every worker, in worker order."""
+    if workers == 1:
+        return [values]
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda _ctx: tf.constant(values[None, :])
+    )
+    # replicas are numbered worker by worker: take the first replica of each worker
+    gathered = strategy.gather(per_replica, axis=0).numpy()
+    return [gathered[w * local_replicas] for w in range(workers)]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="results/<run-id>, holding config.json")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="replicas on this machine: GPUs, or logical CPU devices without GPUs",
+    )
     args = parser.parse_args(argv)
+    raise_on_sigterm()
     try:
-        train(load_resolved(args.run_dir / "config.json"), args.run_dir, resume=args.resume)
+        train(
+            load_resolved(args.run_dir / "config.json"),
+            args.run_dir,
+            resume=args.resume,
+            devices=args.devices,
+        )
     except USER_ERRORS as e:  # bad input: a clear message, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

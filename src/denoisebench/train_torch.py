@@ -1,18 +1,23 @@
-"""PyTorch trainer for the denoising autoencoder.
+"""PyTorch trainer for the denoising autoencoder, single device or DistributedDataParallel.
 
 Launched by `python -m launch` (which writes the run folder and its config.json first):
 
-    python -m denoisebench.train_torch results/<run-id> [--resume]
+    python -m denoisebench.train_torch results/<run-id> [--resume]            # one device
+    torchrun --nproc-per-node 4 -m denoisebench.train_torch results/<run-id>  # DDP
 
-The training images live on the device as uint8 once; each step gathers a batch, converts it
-to float, and draws fresh noise on the device. A checkpoint is written at the end of every
-epoch; --resume continues from it and reproduces the uninterrupted run.
+Under torchrun (RANK in the environment) it runs DDP: NCCL on GPUs, gloo on CPUs. Every rank
+holds the training images on its device as uint8; each step takes one global batch from the
+shared epoch order, draws its noise from a generator seeded by (seed, epoch) on every rank,
+and trains on its own slice (distributed.py states the rule). Only rank 0 writes the results
+folder; every rank's step timings are gathered into it. A checkpoint is written at the end of
+every epoch; --resume continues from it and reproduces the uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,9 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from denoisebench.config import Config, load_resolved
+from denoisebench.distributed import maybe_inject_fault
 from denoisebench.experiment import (
     USER_ERRORS,
     RunData,
@@ -32,7 +40,14 @@ from denoisebench.experiment import (
     final_summary,
     prepare_data,
 )
-from denoisebench.model_torch import add_noise, build_model, loss_fn, pick_device, set_weights
+from denoisebench.model_torch import (
+    add_noise,
+    build_model,
+    get_weights,
+    loss_fn,
+    pick_device,
+    set_weights,
+)
 from denoisebench.results import RunRecorder, environment
 from denoisebench.spec import shared_weights
 
@@ -67,93 +82,157 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def raise_on_sigterm() -> None:
+    """torchrun and SLURM stop workers with SIGTERM: turn it into an exception, so the run
+    folder is marked failed instead of the process vanishing mid-epoch."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Train `cfg` into run_dir/torch/ and return its summary fields."""
-    rec = RunRecorder(run_dir, FRAMEWORK)
-    ckpt_path = rec.checkpoint_dir / "last.pt"
+    """Train `cfg` into run_dir/torch/ and return its summary fields (on rank 0)."""
+    ddp = "RANK" in os.environ  # set by torchrun
+    if ddp:
+        use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if use_cuda:
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+    else:
+        rank, world_size, device = 0, 1, pick_device(cfg.train.device)
+    is_main = rank == 0
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
-    device = pick_device(cfg.train.device)
-    rec.write_environment(environment(FRAMEWORK) | {"device": str(device)})
-    rec.summary(status="running", error=None, epochs=cfg.train.epochs, device=str(device))
+
+    rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
+    world = {
+        "world_size": world_size,
+        "processes": world_size,
+        "global_batch": cfg.train.batch_size * world_size,
+        "lr": cfg.train.lr * (world_size if cfg.train.scale_lr else 1),
+        "strategy": "ddp" if ddp else "single",
+        "device": str(device) if not ddp else f"{world_size} x {device.type}",
+    }
+    if rec:
+        rec.write_environment(environment(FRAMEWORK) | {"device": world["device"]})
+        rec.summary(status="running", error=None, epochs=cfg.train.epochs, **world)
+        print(
+            f"[torch] {world['strategy']} on {world['device']}: global batch "
+            f"{world['global_batch']} ({cfg.train.batch_size} per device), lr {world['lr']:g}",
+            flush=True,
+        )
     try:
-        return _train(cfg, run_dir, rec, ckpt_path, device, resume)
+        return _train(cfg, run_dir, rec, device, rank, world, resume, ddp)
     except BaseException as e:
-        rec.summary(status="failed", error=f"{type(e).__name__}: {e}")
+        if rec:
+            rec.summary(status="failed", error=f"{type(e).__name__}: {e}")
         raise
+    finally:
+        if ddp and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _train(
     cfg: Config,
     run_dir: Path,
-    rec: RunRecorder,
-    ckpt_path: Path,
+    rec: RunRecorder | None,
     device: torch.device,
+    rank: int,
+    world: dict[str, Any],
     resume: bool,
+    ddp: bool,
 ) -> dict[str, Any]:
-    data = prepare_data(cfg, run_dir)
+    world_size, global_batch = world["world_size"], world["global_batch"]
+    data = prepare_data(cfg, run_dir, is_main=rec is not None)
     torch.manual_seed(cfg.train.seed)  # native init draws from the global generator
-    model = build_model(cfg.model).to(device)
+    raw_model = build_model(cfg.model).to(device)
     if cfg.train.init == "shared":
-        set_weights(model, shared_weights(cfg.model, cfg.train.seed))
+        set_weights(raw_model, shared_weights(cfg.model, cfg.train.seed))
+    model = (
+        DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ddp
+        else raw_model
+    )
     optimizer = torch.optim.Adam(
         model.parameters(),
-        lr=cfg.train.lr,
+        lr=world["lr"],
         betas=(cfg.train.beta1, cfg.train.beta2),
         eps=cfg.train.eps,
     )
     criterion = loss_fn(cfg.train.loss)
 
+    ckpt_path = Path(run_dir) / FRAMEWORK / "checkpoints" / "last.pt"
     start_epoch, wall_time_s = 0, 0.0
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
+        raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, wall_time_s = state["epoch"], state["wall_time_s"]
-        print(f"[torch] resuming after epoch {start_epoch}", flush=True)
-    rec.truncate_after(start_epoch)
+        if rec:
+            print(f"[torch] resuming after epoch {start_epoch}", flush=True)
+    if rec:
+        rec.truncate_after(start_epoch)
 
     train_images = torch.from_numpy(data.train_u8).to(device)  # uint8, NHWC, on the device once
     n_train = len(train_images)
-    step = sum(r["steps"] for r in rec.epochs())
+    b = cfg.train.batch_size
+    mine = slice(rank * b, (rank + 1) * b)
+    step = start_epoch * (n_train // global_batch)
     for epoch in range(start_epoch, cfg.train.epochs):
-        # noise of an epoch depends only on (seed, epoch), so a resumed run draws the same noise
+        # the same generator on every rank: noise depends only on (seed, epoch), not on the
+        # number of devices, and a resumed run draws it again identically
         generator = torch.Generator(device).manual_seed(cfg.train.seed * 100_003 + epoch)
-        batches = epoch_batches(n_train, cfg.train.batch_size, cfg.train.seed, epoch)
-        losses, sizes = [], []
+        batches = epoch_batches(n_train, global_batch, cfg.train.seed, epoch)
+        rows: list[dict[str, Any]] = []
         t_epoch = time.perf_counter()
-        for idx in tqdm(batches, desc=f"torch epoch {epoch + 1}", leave=False, disable=None):
+        for idx in tqdm(
+            batches, desc=f"torch epoch {epoch + 1}", leave=False, disable=None if rec else True
+        ):
             t0 = time.perf_counter()
-            clean = train_images[torch.from_numpy(idx).to(device)].permute(0, 3, 1, 2).float() / 255
-            noisy = add_noise(clean, cfg.noise, generator)
-            loss = criterion(model(noisy), clean)
+            maybe_inject_fault(rank, step)
+            clean = train_images[torch.from_numpy(idx).to(device)].permute(0, 3, 1, 2).float()
+            clean = clean / 255
+            noisy = add_noise(clean, cfg.noise, generator)  # the whole global batch's noise
+            loss = criterion(model(noisy[mine]), clean[mine])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP averages the gradients over ranks here
             optimizer.step()
             loss_value = loss.item()  # waits for the device, so the step time is real
-            dt = time.perf_counter() - t0
-            losses.append(loss_value)
-            sizes.append(len(idx))
-            rec.step(
+            rows.append(
                 {
                     "framework": FRAMEWORK,
                     "epoch": epoch,
                     "step": step,
-                    "batch_size": len(idx),
+                    "rank": rank,
+                    "replicas": 1,
+                    "batch_size": b,
                     "loss": loss_value,
-                    "step_time_s": dt,
+                    "step_time_s": time.perf_counter() - t0,
                 }
             )
             step += 1
         train_time = time.perf_counter() - t_epoch
 
+        if ddp:  # every rank's rows and epoch time, to rank 0
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, (rows, train_time))
+            rows = [r for rank_rows, _ in gathered for r in rank_rows]
+            train_time = max(t for _, t in gathered)  # the job is as fast as its slowest rank
+        if rec is None:
+            continue
         t_eval = time.perf_counter()
-        test_loss, outputs = evaluate(model, data, cfg, device, criterion)
+        test_loss, outputs = evaluate(raw_model, data, cfg, device, criterion)
         record = epoch_record(
             FRAMEWORK,
             epoch,
-            losses,
-            sizes,
+            rows,
             train_time,
             time.perf_counter() - t_eval,
             test_loss,
@@ -161,11 +240,11 @@ def _train(
             data,
         )
         wall_time_s += time.perf_counter() - t_epoch
-        rec.epoch(record)
+        rec.epoch(record, rows)
         save_checkpoint(
             ckpt_path,
             {
-                "model": model.state_dict(),
+                "model": raw_model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch + 1,
                 "wall_time_s": wall_time_s,
@@ -174,9 +253,11 @@ def _train(
         rec.summary(epochs_completed=epoch + 1)
         print(epoch_line(record, cfg.train.epochs), flush=True)
 
-    summary = final_summary(
-        rec, n_train, wall_time_s, sum(p.numel() for p in model.parameters()), data
-    )
+    if rec is None:
+        return {}
+    rec.write_weights(get_weights(raw_model))
+    parameters = sum(p.numel() for p in raw_model.parameters())
+    summary = final_summary(rec, wall_time_s, parameters, data, world)
     rec.summary(**summary)
     return summary
 
@@ -186,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", type=Path, help="results/<run-id>, holding config.json")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = parser.parse_args(argv)
+    raise_on_sigterm()
     try:
         train(load_resolved(args.run_dir / "config.json"), args.run_dir, resume=args.resume)
     except USER_ERRORS as e:  # bad input: a clear message, no traceback

@@ -1,0 +1,97 @@
+"""Plain-Python pieces of distributed training, shared by the launcher and both trainers.
+
+Nothing here imports a framework: how the world is laid out (ranks, nodes, hosts), reading
+SLURM's environment, building TensorFlow's TF_CONFIG, and the fault injection the crash tests
+use.
+
+Batch rule, the same for both frameworks: `train.batch_size` is per device (per replica). The
+global batch is batch_size x devices; every step takes one global batch from the epoch's shared
+permutation, draws its noise from one generator seeded by (seed, epoch) or (seed, step), and
+each device trains on its own contiguous slice. N devices with batch b therefore see exactly
+the images and noise that one device with batch N*b sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+FAULT_ENV = "DENOISEBENCH_FAULT"
+"""For tests: "RANK:STEP" makes that rank raise an exception at that global step."""
+
+
+@dataclass(frozen=True)
+class SlurmNodes:
+    """The node layout of a SLURM job, read from its environment."""
+
+    hosts: tuple[str, ...]
+    node_rank: int
+
+    @property
+    def nodes(self) -> int:
+        return len(self.hosts)
+
+    @property
+    def master_addr(self) -> str:
+        return self.hosts[0]
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compact host list ('gpu[01-03,07],login1') as names, in order.
+
+    The same as `scontrol show hostnames`, without needing scontrol on the PATH.
+    """
+    hosts: list[str] = []
+    # split on commas that are not inside brackets
+    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", nodelist):
+        match = re.fullmatch(r"([^\[]*)\[([^\]]+)\](.*)", item)
+        if not match:
+            hosts.append(item)
+            continue
+        prefix, ranges, suffix = match.groups()
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            if not hi:
+                hosts.append(f"{prefix}{lo}{suffix}")
+                continue
+            width = len(lo)
+            for i in range(int(lo), int(hi) + 1):
+                hosts.append(f"{prefix}{i:0{width}d}{suffix}")
+    return hosts
+
+
+def slurm_nodes(env: Mapping[str, str] | None = None) -> SlurmNodes | None:
+    """The job's nodes when running inside a SLURM allocation, else None."""
+    env = os.environ if env is None else env
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not nodelist:
+        return None
+    return SlurmNodes(tuple(expand_nodelist(nodelist)), int(env.get("SLURM_NODEID", "0")))
+
+
+def tf_config(hosts: list[str] | tuple[str, ...], port: int | list[int], index: int) -> str:
+    """TF_CONFIG for MultiWorkerMirroredStrategy: one worker per host (or per port on one host)."""
+    ports = port if isinstance(port, list) else [port] * len(hosts)
+    workers = [f"{h}:{p}" for h, p in zip(hosts, ports, strict=True)]
+    if not 0 <= index < len(workers):
+        raise ValueError(f"worker index {index} outside 0..{len(workers) - 1}")
+    return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+
+
+def tf_worker_index(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(worker index, number of workers) from TF_CONFIG; (0, 1) without it."""
+    env = os.environ if env is None else env
+    if "TF_CONFIG" not in env:
+        return 0, 1
+    cfg = json.loads(env["TF_CONFIG"])
+    return int(cfg["task"]["index"]), len(cfg["cluster"]["worker"])
+
+
+def maybe_inject_fault(rank: int, step: int) -> None:
+    """Raise where DENOISEBENCH_FAULT=RANK:STEP asks: how the tests crash one worker on purpose."""
+    spec = os.environ.get(FAULT_ENV)
+    if spec and spec == f"{rank}:{step}":
+        raise RuntimeError(f"injected fault ({FAULT_ENV}={spec}) on rank {rank} at step {step}")
