@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         if result.returncode != 0:
             failed.append(framework)
             print(f"[{framework}] failed: {result.failed}", file=sys.stderr, flush=True)
-            mark_failed(run_dir, framework, f"{result.failed} (see its output above)")
+            mark_failed(run_dir, framework, result.failed or "failed")
             if result.returncode == 2:
                 break  # bad input (config or data): the next framework would fail the same way
 

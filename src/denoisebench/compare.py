@@ -43,14 +43,25 @@ def comparison_frame(run_dir: Path) -> pd.DataFrame:
                 "wall_time_s": summary.get("wall_time_s"),
             }
         )
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    numeric = [c for c in COLUMNS if c not in ("framework", "status")]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric)  # None (not measured) -> NaN
+    return frame
 
 
 def comparison_table(run_dir: Path) -> str:
     frame = comparison_frame(run_dir).rename(columns=COLUMNS)
     if frame.empty:
         return f"(no framework results in {run_dir})"
-    formats = {"test MAE": 4, "PSNR dB": 2, "SSIM": 3, "noisy PSNR dB": 2, "img/s": 0, "wall s": 1}
+    formats = {
+        "epochs": 0,
+        "test MAE": 4,
+        "PSNR dB": 2,
+        "SSIM": 3,
+        "noisy PSNR dB": 2,
+        "img/s": 0,
+        "wall s": 1,
+    }
     return frame.to_string(
         index=False,
         na_rep="missing",

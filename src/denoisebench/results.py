@@ -66,6 +66,7 @@ SUMMARY_FIELDS: dict[str, str] = {
     "framework": "torch or tf",
     "status": "running, completed or failed",
     "error": "the exception, when status is failed",
+    "failed_process": "which process failed first, when a distributed job failed",
     "epochs_completed": "finished epochs",
     "epochs": "epochs asked for",
     "final": "the last EPOCH record",
@@ -237,11 +238,12 @@ class RunRecorder:
 def mark_failed(run_dir: Path, framework: str, error: str) -> None:
     """Record a failure the trainer could not record itself (it was killed, or never started).
 
-    A summary the trainer already marked failed keeps its own, more precise, error.
+    A summary that already holds the trainer's own error keeps it; `failed_process` says which
+    process failed first (a worker's crash shows on the others as a broken collective).
     """
     path = Path(run_dir) / framework / "summary.json"
     current = read_json(path) if path.exists() else {}
-    if current.get("status") in ("failed", "completed"):
-        return
-    current.update(framework=framework, status="failed", error=error, updated=utc_now())
+    if current.get("status") != "failed" or not current.get("error"):
+        current.update(status="failed", error=error)
+    current.update(framework=framework, failed_process=error, updated=utc_now())
     atomic_write_json(path, current)

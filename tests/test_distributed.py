@@ -1,0 +1,216 @@
+"""Data-parallel training on CPU: N workers with batch b equal one worker with batch N*b.
+
+Every run here goes through `python -m launch` on the smoke profile (148 training images):
+torchrun with 2 gloo ranks, MirroredStrategy over 2 logical CPUs, MultiWorkerMirroredStrategy
+with 2 workers on 127.0.0.1, and a 2-node torchrun rendezvous on localhost.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from denoisebench.results import read_json, read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCH1 = ["--profile", "smoke", "--epochs", "1"]
+
+
+def launch(*args: str, env: dict[str, str] | None = None, wait: bool = True):
+    cmd = [sys.executable, "-m", "launch", *args]
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    if not wait:
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def weights(run: Path, framework: str) -> list[np.ndarray]:
+    with np.load(run / framework / "weights.npz") as f:
+        return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+def assert_same_training(a: Path, b: Path, framework: str, atol: float) -> None:
+    """Same weights after the same steps, and the weights really moved from their start."""
+    wa, wb = weights(a, framework), weights(b, framework)
+    for x, y in zip(wa, wb, strict=True):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+    ea, eb = read_jsonl(a / framework / "epochs.jsonl"), read_jsonl(b / framework / "epochs.jsonl")
+    assert [e["steps"] for e in ea] == [e["steps"] for e in eb] == [9]
+    assert abs(ea[-1]["train_loss"] - eb[-1]["train_loss"]) < 1e-4
+    assert abs(ea[-1]["test_mae"] - eb[-1]["test_mae"]) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    """Both frameworks on one device with the global batch, 16."""
+    root = tmp_path_factory.mktemp("single")
+    proc = launch(*EPOCH1, "--batch-size", "16", "--results", str(root), "--run-id", "one")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root / "one"
+
+
+def test_torch_ddp_two_ranks_equals_one_device(single, tmp_path):
+    proc = launch(
+        *EPOCH1,
+        "--framework",
+        "torch",
+        "--gpus",
+        "2",
+        "--batch-size",
+        "8",
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "ddp",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "running 2 CPU workers instead" in proc.stdout
+    assert "global batch 16 (8 per device)" in proc.stdout
+    run = tmp_path / "ddp"
+    assert_same_training(run, single, "torch", atol=1e-6)
+    summary = read_json(run / "torch" / "summary.json")
+    assert (summary["strategy"], summary["world_size"], summary["global_batch"]) == ("ddp", 2, 16)
+    # one row per rank and step, gathered by rank 0
+    rows = read_jsonl(run / "torch" / "steps.jsonl")
+    assert sorted({(r["rank"], r["step"]) for r in rows}) == [
+        (k, s) for k in (0, 1) for s in range(9)
+    ]
+    assert all(r["batch_size"] == 8 for r in rows)
+
+
+def test_tf_mirrored_two_logical_cpus_equals_one_device(single, tmp_path):
+    proc = launch(
+        *EPOCH1,
+        "--framework",
+        "tf",
+        "--gpus",
+        "2",
+        "--batch-size",
+        "8",
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "mirrored",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "mirrored"
+    summary = read_json(run / "tf" / "summary.json")
+    assert (summary["strategy"], summary["world_size"], summary["processes"]) == ("mirrored", 2, 1)
+    # TensorFlow's CPU kernels round differently for batch 8 and 16; Adam turns a gradient's
+    # rounding into steps of up to lr. 1e-4 is a tenth of one step: a replica training on the
+    # wrong rows or the wrong noise moves weights by ~1e-3 and fails.
+    assert_same_training(run, single, "tf", atol=1e-4)
+    rows = read_jsonl(run / "tf" / "steps.jsonl")
+    assert {(r["rank"], r["replicas"], r["batch_size"]) for r in rows} == {(0, 2, 16)}
+
+
+def test_tf_multi_worker_two_workers_equals_one_device(single, tmp_path):
+    proc = launch(
+        *EPOCH1,
+        "--framework",
+        "tf",
+        "--gpus",
+        "2",
+        "--batch-size",
+        "8",
+        "--tf-strategy",
+        "multiworker",
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "mwms",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "mwms"
+    summary = read_json(run / "tf" / "summary.json")
+    assert (summary["strategy"], summary["processes"]) == ("multi_worker_mirrored", 2)
+    assert_same_training(run, single, "tf", atol=1e-4)
+    rows = read_jsonl(run / "tf" / "steps.jsonl")
+    assert sorted({(r["rank"], r["step"]) for r in rows}) == [
+        (k, s) for k in (0, 1) for s in range(9)
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torch_two_node_rendezvous_on_localhost(single, tmp_path):
+    port = str(free_port())
+    common = [
+        *EPOCH1,
+        "--framework",
+        "torch",
+        "--gpus",
+        "1",
+        "--nodes",
+        "2",
+        "--batch-size",
+        "8",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        port,
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "twonode",
+    ]
+    node0 = launch(*common, "--node-rank", "0", wait=False)
+    node1 = launch(*common, "--node-rank", "1", wait=False)
+    out0, _ = node0.communicate(timeout=300)
+    out1, _ = node1.communicate(timeout=300)
+    assert node0.returncode == 0 and node1.returncode == 0, out0 + out1
+    assert "--rdzv-backend=c10d" in out0 and "--node-rank=1" in out1
+    run = tmp_path / "twonode"
+    assert_same_training(run, single, "torch", atol=1e-6)
+    assert read_json(run / "torch" / "summary.json")["world_size"] == 2
+    assert "results:" in out0 and "results:" not in out1  # node 0 reports
+
+
+@pytest.mark.parametrize(
+    ("framework", "extra"),
+    [("torch", []), ("tf", ["--tf-strategy", "multiworker"])],
+    ids=["torch-ddp", "tf-multiworker"],
+)
+def test_a_crashing_rank_fails_the_job_fast_and_keeps_results(tmp_path, framework, extra):
+    t0 = time.monotonic()
+    proc = launch(
+        "--profile",
+        "smoke",
+        "--framework",
+        framework,
+        "--gpus",
+        "2",
+        "--batch-size",
+        "8",
+        *extra,
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "crash",
+        env={"DENOISEBENCH_FAULT": "1:11"},
+    )  # rank 1, step 11: in the second epoch
+    elapsed = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "injected fault" in out and "on rank 1 at step 11" in out
+    assert elapsed < 120, f"took {elapsed:.0f}s to fail"
+    summary = read_json(tmp_path / "crash" / framework / "summary.json")
+    assert summary["status"] == "failed" and summary["error"]
+    assert summary["epochs_completed"] == 1
+    # the finished epoch and its steps are kept
+    assert [e["epoch"] for e in read_jsonl(tmp_path / "crash" / framework / "epochs.jsonl")] == [0]
+    if framework == "tf":
+        assert summary["failed_process"] == "tf worker 1 exited with code 1"

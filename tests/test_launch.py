@@ -1,0 +1,144 @@
+"""Command builders and topology helpers: pure functions, checked without GPUs or clusters."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from denoisebench.distributed import (
+    expand_nodelist,
+    maybe_inject_fault,
+    slurm_nodes,
+    tf_config,
+    tf_worker_index,
+)
+from launch.__main__ import build_parser, main, resolve_topology
+from launch.commands import HOROVOD_UNAVAILABLE, Topology, build_tf_cmds, build_torchrun_cmd
+
+RUN = Path("/r/run1")
+
+
+def test_torchrun_one_node_is_standalone():
+    argv, env = build_torchrun_cmd(
+        RUN, Topology(devices=4, cpu_threads=3), run_id="run1", base_env={}
+    )
+    assert argv[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--standalone" in argv and "--nproc-per-node=4" in argv
+    assert argv[-3:] == ["-m", "denoisebench.train_torch", str(RUN)]
+    assert env == {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "3"}
+
+
+def test_torchrun_multi_node_uses_c10d_rendezvous():
+    topo = Topology(
+        devices=8, gpus=True, nodes=2, node_rank=1, master_addr="gpu01", master_port=29400
+    )
+    argv, env = build_torchrun_cmd(RUN, topo, run_id="run1", resume=True, base_env={})
+    assert "--standalone" not in argv
+    for flag in (
+        "--nnodes=2",
+        "--node-rank=1",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=gpu01:29400",
+        "--rdzv-id=run1",
+        "--nproc-per-node=8",
+    ):
+        assert flag in argv
+    assert argv[-1] == "--resume"
+    assert "OMP_NUM_THREADS" not in env  # GPUs: leave threads alone
+
+
+def test_tf_mirrored_is_one_process_driving_all_devices():
+    [(argv, env)] = build_tf_cmds(
+        RUN, Topology(devices=4, gpus=True), multi_worker=False, base_env={}
+    )
+    assert argv[-2:] == ["--devices", "4"] and "TF_CONFIG" not in env
+
+
+def test_tf_multi_worker_on_one_node_gets_a_worker_per_device():
+    cmds = build_tf_cmds(
+        RUN, Topology(devices=2, gpus=True), multi_worker=True, ports=[1111, 2222], base_env={}
+    )
+    assert len(cmds) == 2
+    for i, (argv, env) in enumerate(cmds):
+        cfg = json.loads(env["TF_CONFIG"])
+        assert cfg == {
+            "cluster": {"worker": ["127.0.0.1:1111", "127.0.0.1:2222"]},
+            "task": {"type": "worker", "index": i},
+        }
+        assert env["CUDA_VISIBLE_DEVICES"] == str(i)
+        assert argv[-2:] == ["--devices", "1"]
+    with pytest.raises(ValueError, match="needs 2 ports"):
+        build_tf_cmds(RUN, Topology(devices=2), multi_worker=True, ports=None, base_env={})
+
+
+def test_tf_multi_node_lists_every_host():
+    topo = Topology(devices=4, gpus=True, nodes=2, node_rank=1, master_port=12345, hosts=("a", "b"))
+    [(argv, env)] = build_tf_cmds(RUN, topo, multi_worker=False, base_env={})
+    assert argv[-2:] == ["--devices", "4"]  # each worker drives its node's GPUs
+    assert json.loads(env["TF_CONFIG"])["cluster"]["worker"] == ["a:12345", "b:12345"]
+    assert json.loads(env["TF_CONFIG"])["task"]["index"] == 1
+    with pytest.raises(ValueError, match="every node's host"):
+        build_tf_cmds(RUN, Topology(nodes=2, hosts=("a",)), multi_worker=False, base_env={})
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "hosts"),
+    [
+        ("node1", ["node1"]),
+        ("gpu[01-03,07],login1", ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]),
+        ("a[8-10]-ib", ["a8-ib", "a9-ib", "a10-ib"]),
+        ("x[1,3],y[009-010]", ["x1", "x3", "y009", "y010"]),
+    ],
+)
+def test_expand_nodelist(nodelist, hosts):
+    assert expand_nodelist(nodelist) == hosts
+
+
+def test_slurm_environment_gives_the_topology(monkeypatch):
+    env = {"SLURM_JOB_NODELIST": "gpu[1-2]", "SLURM_NODEID": "1", "SLURM_JOB_ID": "77"}
+    nodes = slurm_nodes(env)
+    assert (nodes.hosts, nodes.node_rank, nodes.master_addr) == (("gpu1", "gpu2"), 1, "gpu1")
+    assert slurm_nodes({}) is None
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    topo = resolve_topology(build_parser().parse_args(["--gpus", "2"]))
+    assert (topo.nodes, topo.node_rank, topo.master_addr, topo.hosts) == (
+        2,
+        1,
+        "gpu1",
+        ("gpu1", "gpu2"),
+    )
+
+
+def test_tf_config_and_worker_index():
+    cfg = tf_config(["h0", "h1"], 5000, 1)
+    assert tf_worker_index({"TF_CONFIG": cfg}) == (1, 2)
+    assert tf_worker_index({}) == (0, 1)
+    with pytest.raises(ValueError, match="worker index 2"):
+        tf_config(["h0", "h1"], 5000, 2)
+
+
+def test_fault_injection_only_where_asked(monkeypatch):
+    maybe_inject_fault(1, 3)  # unset: nothing happens
+    monkeypatch.setenv("DENOISEBENCH_FAULT", "1:3")
+    maybe_inject_fault(0, 3)
+    maybe_inject_fault(1, 2)
+    with pytest.raises(RuntimeError, match="on rank 1 at step 3"):
+        maybe_inject_fault(1, 3)
+
+
+def test_horovod_fails_fast_with_the_reason(tmp_path, capsys):
+    assert main(["--engine", "horovod", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert HOROVOD_UNAVAILABLE in err and "C++17" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_multi_node_needs_a_shared_run_id(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_JOB_NODELIST", raising=False)
+    assert main(["--nodes", "2", "--results", str(tmp_path)]) == 2
+    assert "--run-id" in capsys.readouterr().err
