@@ -18,8 +18,9 @@ Command = tuple[list[str], dict[str, str]]
 
 HOROVOD_UNAVAILABLE = (
     "--engine horovod is not available: Horovod 0.28.1 (its last release) does not build "
-    "against torch 2.13 / tensorflow 2.21 here. It compiles its bindings as C++14, and both "
-    "frameworks' headers require C++17 (see README, 'Horovod'). Use --engine native."
+    "against torch 2.13 / tensorflow 2.21. It compiles its PyTorch binding as C++14 while "
+    "torch's headers require C++17, and its TensorFlow binding stops on a header TensorFlow "
+    "2.21 does not ship (README 'Horovod', results/horovod/build.md). Use --engine native."
 )
 
 

@@ -27,10 +27,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 def test_recorder_appends_epochs_and_truncates_for_resume(tmp_path):
     rec = RunRecorder(tmp_path, "torch")
     for epoch in range(3):
-        for step in range(2):
-            rec.step({"epoch": epoch, "step": 2 * epoch + step})
-        rec.epoch({"epoch": epoch})
-    rec.step({"epoch": 3, "step": 6})  # buffered, never flushed: an interrupted epoch
+        rec.epoch({"epoch": epoch}, [{"epoch": epoch, "step": 2 * epoch + i} for i in range(2)])
     assert [r["step"] for r in read_jsonl(tmp_path / "torch" / "steps.jsonl")] == list(range(6))
 
     rec.truncate_after(2)

@@ -162,10 +162,15 @@ def _train(
         optimizer.build(model.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
         wall_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-    # uint8, NHWC, one copy on each replica's device, once
-    train_images = strategy.experimental_distribute_values_from_function(
-        lambda _ctx: tf.constant(data.train_u8)
-    )
+    # uint8, NHWC, one copy on each of this worker's devices, once. value_fn is not called
+    # under the replica's device scope, so place each copy explicitly.
+    local_devices = strategy.extended.worker_devices
+
+    def images_on_device(ctx: tf.distribute.experimental.ValueContext) -> tf.Tensor:
+        with tf.device(local_devices[ctx.replica_id_in_sync_group % len(local_devices)]):
+            return tf.identity(data.train_u8)
+
+    train_images = strategy.experimental_distribute_values_from_function(images_on_device)
     criterion = loss_fn(cfg.train.loss)
 
     checkpoint = tf.train.Checkpoint(
