@@ -104,6 +104,41 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """Settings that change speed, pinned explicitly and applied the same way in both frameworks
+    (their defaults differ: TensorFlow enables TF32 and cuDNN autotuning, PyTorch does not)."""
+
+    tf32: bool = False
+    """TF32 tensor cores for float32 matmuls and convolutions (Ampere and newer GPUs)."""
+    cudnn_autotune: bool = True
+    """Benchmark cuDNN convolution algorithms (torch cudnn.benchmark, TF_CUDNN_USE_AUTOTUNE)."""
+    xla: bool = False
+    """TensorFlow: compile the training step with XLA (jit_compile)."""
+    torch_compile: bool = False
+    """PyTorch: torch.compile the model."""
+    intra_op_threads: int = 0
+    """Threads inside one op (0: the framework's default); the value used is recorded."""
+    inter_op_threads: int = 0
+    """Ops run in parallel (0: the framework's default); the value used is recorded."""
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """What the profiler measures (profiler.py)."""
+
+    enabled: bool = True
+    """Sample GPUs with NVML and measure energy, memory and host figures."""
+    warmup_steps: int = 5
+    """Steps at the start of the run left out of step-time and throughput statistics."""
+    sample_interval_s: float = 0.1
+    """NVML sampling period (faster than about 0.05 s returns errors or zeros)."""
+    idle_s: float = 2.0
+    """Seconds of idle power measured before training (GPU only; 0 skips it)."""
+    min_window_s: float = 5.0
+    """Energy windows shorter than this are flagged as too short to trust."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs. `profile` records which profile file it came from."""
 
@@ -112,6 +147,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    profiler: ProfileConfig = field(default_factory=ProfileConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +162,8 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "noise": NoiseConfig,
     "train": TrainConfig,
+    "runtime": RuntimeConfig,
+    "profiler": ProfileConfig,
 }
 
 
@@ -215,6 +254,13 @@ def _validate(cfg: Config) -> None:
             "data.n_train and data.n_test must be >= 1",
         ),
         (cfg.data.synthetic_images >= 2, "data.synthetic_images must be >= 2"),
+        (cfg.profiler.warmup_steps >= 0, "profiler.warmup_steps must be >= 0"),
+        (cfg.profiler.sample_interval_s >= 0.01, "profiler.sample_interval_s must be >= 0.01"),
+        (cfg.profiler.idle_s >= 0, "profiler.idle_s must be >= 0"),
+        (
+            cfg.runtime.intra_op_threads >= 0 and cfg.runtime.inter_op_threads >= 0,
+            "runtime.intra_op_threads and runtime.inter_op_threads must be >= 0",
+        ),
         (
             cfg.data.source != "eurosat" or bool(cfg.data.path),
             "data.source=eurosat needs data.path (EuroSAT.zip or its folder): pass --data PATH",

@@ -19,6 +19,7 @@ import numpy as np
 
 from denoisebench.config import Config, ConfigError
 from denoisebench.data import DataError, Images, load_images, make_split
+from denoisebench.hardware import peak_flops
 from denoisebench.metrics import image_quality
 from denoisebench.noise import noisy_test_set
 from denoisebench.results import RunRecorder, atomic_write_json, read_json
@@ -109,6 +110,139 @@ def epoch_batches(n: int, global_batch: int, seed: int, epoch: int) -> list[np.n
     return [order[i * global_batch : (i + 1) * global_batch] for i in range(steps)]
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What the profiler and the framework's allocator measured for one epoch, all ranks."""
+
+    devices: list[dict[str, Any]]
+    """One row per GPU (profiler.Profiler.window_end), with the allocator's peaks added."""
+    hosts: list[dict[str, Any]]
+    """One row per process: RSS, CPU utilisation, CPU energy."""
+    warmup_steps: int
+    flops_per_image: float
+    """Training FLOPs per image (3 x forward: forward, then backward at twice its cost)."""
+    peak_flops: float | None
+    """Peak FLOP/s of one device at the precision used; None when unknown."""
+    peak_reason: str | None
+    world_size: int
+
+
+def measured(
+    cfg: Config, devices: list[dict[str, Any]], hosts: list[dict[str, Any]], world_size: int
+) -> Measured:
+    """Bundle an epoch's gathered profiler rows with what MFU needs (precision, peak)."""
+    precision = "tf32" if cfg.runtime.tf32 else "fp32"
+    name = devices[0]["device_name"] if devices else None
+    peak, reason = peak_flops(name, precision)
+    return Measured(
+        devices=devices,
+        hosts=hosts,
+        warmup_steps=cfg.profiler.warmup_steps,
+        flops_per_image=3.0 * cfg.model.forward_flops_per_image(),
+        peak_flops=peak,
+        peak_reason=reason,
+        world_size=world_size,
+    )
+
+
+def step_stats(steps: list[dict[str, Any]], warmup_steps: int) -> dict[str, Any]:
+    """Step-time percentiles, data-wait fraction and steady-state throughput of some STEP rows.
+
+    Rows of steps before `warmup_steps` are left out. Throughput is the images of all ranks
+    over the slowest rank's summed step time, not rank 0's figure times the world size.
+    """
+    steady = [r for r in steps if r["step"] >= warmup_steps]
+    if not steady:
+        return {
+            "steady_steps": 0,
+            "step_time_p50_s": None,
+            "step_time_p95_s": None,
+            "data_wait_fraction": None,
+            "throughput_steady_img_s": None,
+            "steady_reason": f"every step of this epoch is warm-up (< {warmup_steps})",
+        }
+    times = [r["step_time_s"] for r in steady]
+    per_rank: dict[int, float] = {}
+    for r in steady:
+        per_rank[r["rank"]] = per_rank.get(r["rank"], 0.0) + r["step_time_s"]
+    return {
+        "steady_steps": len({r["step"] for r in steady}),
+        "step_time_p50_s": float(np.percentile(times, 50)),
+        "step_time_p95_s": float(np.percentile(times, 95)),
+        "data_wait_fraction": sum(r["data_wait_s"] for r in steady) / sum(times),
+        "throughput_steady_img_s": sum(r["batch_size"] for r in steady) / max(per_rank.values()),
+        "steady_reason": None,
+    }
+
+
+def _sum_or_none(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r.get(key) for r in rows]
+    return float(sum(values)) if rows and all(v is not None for v in values) else None
+
+
+def _max_or_none(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(max(values)) if values else None
+
+
+def measured_fields(steps: list[dict[str, Any]], m: Measured | None) -> dict[str, Any]:
+    """The EPOCH record's speed, memory and energy fields; missing ones carry a reason."""
+    if m is None:
+        reason = "profiler off (profiler.enabled = false)"
+        return {"profiler_reason": reason, **step_stats(steps, 0)}
+    stats = step_stats(steps, m.warmup_steps)
+    images = sum(r["batch_size"] for r in steps)
+    out: dict[str, Any] = {"profiler_reason": None, **stats}
+    out["throughput_per_device_img_s"] = (
+        stats["throughput_steady_img_s"] / m.world_size
+        if stats["throughput_steady_img_s"]
+        else None
+    )
+    achieved = (stats["throughput_steady_img_s"] or 0.0) * m.flops_per_image
+    out["model_flops_per_image"] = m.flops_per_image
+    out["mfu"] = (
+        achieved / (m.peak_flops * m.world_size)
+        if m.peak_flops and stats["throughput_steady_img_s"]
+        else None
+    )
+    out["mfu_reason"] = (
+        None if out["mfu"] is not None else (m.peak_reason or stats["steady_reason"])
+    )
+
+    gpu_reason = next((h.get("gpu_reason") for h in m.hosts if h.get("gpu_reason")), None)
+    energy = _sum_or_none(m.devices, "energy_j")
+    out["gpu_energy_j"] = energy
+    out["gpu_energy_above_idle_j"] = _sum_or_none(m.devices, "energy_above_idle_j")
+    out["gpu_energy_method"] = (
+        ",".join(sorted({d["energy_method"] for d in m.devices if d.get("energy_method")})) or None
+    )
+    out["gpu_energy_reason"] = (
+        gpu_reason
+        if not m.devices
+        else (None if energy is not None else "a device had no energy counter and no power samples")
+    )
+    out["gpu_energy_per_image_j"] = energy / images if energy is not None and images else None
+    out["energy_window_too_short"] = any(d.get("energy_window_too_short") for d in m.devices)
+    out["gpu_power_mean_w"] = _sum_or_none(m.devices, "power_mean_w")
+    out["gpu_util_mean_pct"] = (
+        float(np.mean([d["util_mean_pct"] for d in m.devices]))
+        if m.devices and all(d.get("util_mean_pct") is not None for d in m.devices)
+        else None
+    )
+    out["gpu_mem_alloc_peak_gib"] = _max_or_none(m.devices, "alloc_peak_gib")
+    out["gpu_mem_reserved_peak_gib"] = _max_or_none(m.devices, "reserved_peak_gib")
+    out["gpu_mem_used_peak_gib"] = _max_or_none(m.devices, "mem_used_max_gib")
+    out["host_rss_peak_gib"] = _max_or_none(m.hosts, "rss_peak_gib")
+    out["cpu_util_mean_pct"] = (
+        float(np.mean([h["cpu_util_pct"] for h in m.hosts])) if m.hosts else None
+    )
+    out["cpu_energy_j"] = _sum_or_none(m.hosts, "cpu_energy_j")
+    out["cpu_energy_reason"] = next(
+        (h["cpu_energy_reason"] for h in m.hosts if h.get("cpu_energy_reason")), None
+    )
+    return out
+
+
 def epoch_record(
     framework: str,
     epoch: int,
@@ -118,6 +252,7 @@ def epoch_record(
     test_loss: float,
     outputs: np.ndarray,
     data: RunData,
+    measured: Measured | None = None,
 ) -> dict[str, Any]:
     """The EPOCH record (results.EPOCH_FIELDS) from every rank's STEP records of the epoch.
 
@@ -141,6 +276,7 @@ def epoch_record(
         "train_time_s": train_time_s,
         "eval_time_s": eval_time_s,
         "throughput_img_s": images / train_time_s if train_time_s > 0 else None,
+        **measured_fields(steps, measured),
     }
 
 
@@ -162,12 +298,26 @@ def final_summary(
     epochs = rec.epochs()
     train_time_s = sum(r["train_time_s"] for r in epochs)
     images = sum(r["throughput_img_s"] * r["train_time_s"] for r in epochs)
+    steady = [e["throughput_steady_img_s"] for e in epochs if e.get("throughput_steady_img_s")]
+    energy = [e.get("gpu_energy_j") for e in epochs]
+    energy_j = float(sum(energy)) if all(v is not None for v in energy) else None
+    methods = {e.get("gpu_energy_method") for e in epochs} - {None}
     return {
         "status": "completed",
         "epochs_completed": len(epochs),
         "final": epochs[-1],
         "wall_time_s": wall_time_s,
         "throughput_img_s": images / train_time_s,
+        "throughput_steady_img_s": float(np.median(steady)) if steady else None,
+        "throughput_steady_min_img_s": min(steady) if steady else None,
+        "throughput_steady_max_img_s": max(steady) if steady else None,
+        "gpu_energy_j": energy_j,
+        "gpu_energy_per_image_j": energy_j / images if energy_j is not None else None,
+        "gpu_energy_per_epoch_j": energy_j / len(epochs) if energy_j is not None else None,
+        "gpu_energy_method": ",".join(sorted(methods)) or None,
+        "gpu_energy_reason": epochs[-1].get("gpu_energy_reason"),
+        "gpu_mem_alloc_peak_gib": _max_or_none(epochs, "gpu_mem_alloc_peak_gib"),
+        "host_rss_peak_gib": _max_or_none(epochs, "host_rss_peak_gib"),
         "parameters": parameters,
         "data": data.description,
         **world,

@@ -6,7 +6,10 @@
         split.json            train and test indices into the canonical image order
         <framework>/          one per framework run: torch/ or tf/
             environment.json  library versions, CPU/GPU model, driver, git commit
-            steps.jsonl       one STEP record per optimizer step
+            steps.jsonl       one STEP record per optimizer step and rank
+            devices.jsonl     one row per GPU per epoch: energy, power, memory, utilisation
+            hosts.jsonl       one row per process per epoch: RSS, CPU use, CPU energy
+            gpu_samples.rank<r>.jsonl  every NVML sample, appended as taken (GPU runs)
             epochs.jsonl      one EPOCH record per finished epoch
             summary.json      status and final figures (SUMMARY)
             weights.npz       final weights in the canonical (PyTorch) layout, either framework
@@ -46,6 +49,7 @@ STEP_FIELDS: dict[str, str] = {
     "batch_size": "images this process trained on in this step",
     "loss": "mean training loss over this process' images (before the update)",
     "step_time_s": "wall time of the step on this process, loss fetched (device finished)",
+    "data_wait_s": "part of step_time_s spent getting the step's input (indices) on the host",
 }
 EPOCH_FIELDS: dict[str, str] = {
     "framework": "torch or tf",
@@ -60,7 +64,33 @@ EPOCH_FIELDS: dict[str, str] = {
     "noisy_ssim": "mean SSIM of the noisy inputs",
     "train_time_s": "wall time of the epoch's training steps",
     "eval_time_s": "wall time of the test evaluation",
-    "throughput_img_s": "training images per second over the epoch",
+    "throughput_img_s": "training images per second over the epoch (warm-up included)",
+    "profiler_reason": "why the profiler's figures are missing (profiler off), else null",
+    "steady_steps": "steps after the warm-up (profiler.warmup_steps) in this epoch",
+    "steady_reason": "why the steady-state figures are missing, else null",
+    "step_time_p50_s": "median step time after warm-up, all ranks",
+    "step_time_p95_s": "95th percentile step time after warm-up, all ranks",
+    "data_wait_fraction": "share of step time spent waiting for input, after warm-up",
+    "throughput_steady_img_s": "images/s after warm-up: all ranks' images / slowest rank's time",
+    "throughput_per_device_img_s": "throughput_steady_img_s / devices",
+    "model_flops_per_image": "training FLOPs per image from the spec (3 x forward)",
+    "mfu": "model FLOP utilisation: achieved FLOP/s / (peak FLOP/s x devices)",
+    "mfu_reason": "why mfu is missing (CPU, or a GPU not in hardware.py), else null",
+    "gpu_energy_j": "energy of all GPUs over the epoch's training window",
+    "gpu_energy_above_idle_j": "gpu_energy_j less the idle power over the same time",
+    "gpu_energy_method": "nvml_energy_counter or power_integration",
+    "gpu_energy_reason": "why GPU energy is missing, else null",
+    "gpu_energy_per_image_j": "gpu_energy_j / training images of the epoch",
+    "energy_window_too_short": "true when the window is shorter than profiler.min_window_s",
+    "gpu_power_mean_w": "mean power of all GPUs together over the window",
+    "gpu_util_mean_pct": "mean NVML utilisation over the window, averaged over GPUs",
+    "gpu_mem_alloc_peak_gib": "framework allocator's peak (torch max_memory_allocated, TF peak)",
+    "gpu_mem_reserved_peak_gib": "PyTorch's peak reserved memory (its caching allocator)",
+    "gpu_mem_used_peak_gib": "NVML's peak device memory used (all processes on the GPU)",
+    "host_rss_peak_gib": "peak resident memory of a training process and its children",
+    "cpu_util_mean_pct": "process CPU time / (window x cores), mean over processes",
+    "cpu_energy_j": "CPU package energy from RAPL over the window",
+    "cpu_energy_reason": "why cpu_energy_j is missing, else null",
 }
 SUMMARY_FIELDS: dict[str, str] = {
     "framework": "torch or tf",
@@ -80,6 +110,16 @@ SUMMARY_FIELDS: dict[str, str] = {
     "global_batch": "images per optimizer step over all devices",
     "lr": "learning rate used (train.lr, times world_size when train.scale_lr)",
     "strategy": "how the devices were used: single, ddp, mirrored, multi_worker_mirrored",
+    "runtime": "speed settings in effect (TF32, cuDNN autotune, XLA, compile, threads)",
+    "throughput_steady_img_s": "median over epochs of the steady-state throughput",
+    "throughput_steady_min_img_s": "slowest epoch's steady-state throughput",
+    "throughput_steady_max_img_s": "fastest epoch's steady-state throughput",
+    "gpu_energy_j": "GPU energy of all epochs' training windows",
+    "gpu_energy_per_image_j": "gpu_energy_j / training images",
+    "gpu_energy_per_epoch_j": "gpu_energy_j / epochs",
+    "gpu_energy_method": "how the GPU energy was measured",
+    "gpu_mem_alloc_peak_gib": "framework allocator's peak over the run",
+    "host_rss_peak_gib": "peak resident memory over the run",
 }
 
 
@@ -206,13 +246,27 @@ class RunRecorder:
 
     def truncate_after(self, epochs_done: int) -> None:
         """Drop records of epochs that no checkpoint covers (an interrupted epoch)."""
-        for name in ("steps.jsonl", "epochs.jsonl"):
+        for name in ("steps.jsonl", "devices.jsonl", "hosts.jsonl", "epochs.jsonl"):
             kept = [r for r in read_jsonl(self.dir / name) if r["epoch"] < epochs_done]
             atomic_write_text(self.dir / name, "".join(json.dumps(r) + "\n" for r in kept))
 
-    def epoch(self, record: dict[str, Any], steps: list[dict[str, Any]]) -> None:
-        """Append an epoch's STEP records (every rank's) and its EPOCH record, durably."""
-        for name, rows in (("steps.jsonl", steps), ("epochs.jsonl", [record])):
+    def epoch(
+        self,
+        record: dict[str, Any],
+        steps: list[dict[str, Any]],
+        devices: list[dict[str, Any]] | None = None,
+        hosts: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Append an epoch's STEP rows (every rank's), its per-GPU and per-process profiler
+        rows, and its EPOCH record (last, so a record never exists without its rows), durably."""
+        epoch = record["epoch"]
+        tables = (
+            ("steps.jsonl", steps),
+            ("devices.jsonl", [{"epoch": epoch, **d} for d in devices or []]),
+            ("hosts.jsonl", [{"epoch": epoch, **h} for h in hosts or []]),
+            ("epochs.jsonl", [record]),
+        )
+        for name, rows in tables:
             with open(self.dir / name, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
                 f.flush()

@@ -39,6 +39,7 @@ from denoisebench.experiment import (
     epoch_line,
     epoch_record,
     final_summary,
+    measured,
     prepare_data,
 )
 from denoisebench.model_torch import (
@@ -49,6 +50,7 @@ from denoisebench.model_torch import (
     pick_device,
     set_weights,
 )
+from denoisebench.profiler import Profiler, maybe_profile, nvml_indices
 from denoisebench.results import RunRecorder, environment
 from denoisebench.spec import shared_weights
 
@@ -93,6 +95,34 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def apply_runtime(cfg: Config) -> dict[str, Any]:
+    """Pin every setting that changes speed (config.RuntimeConfig) and return what is in effect."""
+    rt = cfg.runtime
+    torch.backends.cuda.matmul.allow_tf32 = rt.tf32
+    torch.backends.cudnn.allow_tf32 = rt.tf32
+    torch.backends.cudnn.benchmark = rt.cudnn_autotune and not cfg.train.deterministic
+    if rt.intra_op_threads:
+        torch.set_num_threads(rt.intra_op_threads)
+    if rt.inter_op_threads:
+        torch.set_num_interop_threads(rt.inter_op_threads)
+    return {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_conv": torch.backends.cudnn.allow_tf32,
+        "cudnn_autotune": torch.backends.cudnn.benchmark,
+        "torch_compile": rt.torch_compile,
+        "xla": None,
+        "intra_op_threads": torch.get_num_threads(),
+        "inter_op_threads": torch.get_num_interop_threads(),
+        "deterministic": cfg.train.deterministic,
+    }
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device, so a clock read after it measures finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train `cfg` into run_dir/torch/ and return its summary fields (on rank 0)."""
     ddp = "RANK" in os.environ  # set by torchrun
@@ -111,6 +141,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     is_main = rank == 0
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
+    runtime = apply_runtime(cfg)
 
     rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
     world = {
@@ -120,6 +151,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         "lr": cfg.train.lr * (world_size if cfg.train.scale_lr else 1),
         "strategy": "ddp" if ddp else "single",
         "device": str(device) if not ddp else f"{world_size} x {device.type}",
+        "runtime": runtime,
     }
     if rec:
         rec.write_environment(environment(FRAMEWORK) | {"device": world["device"]})
@@ -129,8 +161,20 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
             f"{world['global_batch']} ({cfg.train.batch_size} per device), lr {world['lr']:g}",
             flush=True,
         )
+    gpus = nvml_indices([device.index or 0]) if device.type == "cuda" else []
+    spool = Path(run_dir) / FRAMEWORK / f"gpu_samples.rank{rank}.jsonl"
     try:
-        return _train(cfg, run_dir, rec, device, rank, world, resume, ddp)
+        if gpus:
+            spool.parent.mkdir(parents=True, exist_ok=True)
+        with maybe_profile(
+            cfg.profiler.enabled,
+            devices=gpus,
+            rank=rank,
+            spool=spool,
+            interval_s=cfg.profiler.sample_interval_s,
+            min_window_s=cfg.profiler.min_window_s,
+        ) as prof:
+            return _train(cfg, run_dir, rec, device, rank, world, resume, ddp, prof)
     except BaseException as e:
         if rec:
             rec.summary(status="failed", error=f"{type(e).__name__}: {e}")
@@ -149,6 +193,7 @@ def _train(
     world: dict[str, Any],
     resume: bool,
     ddp: bool,
+    prof: Profiler | None,
 ) -> dict[str, Any]:
     world_size, global_batch = world["world_size"], world["global_batch"]
     data = prepare_data(cfg, run_dir, is_main=rec is not None)
@@ -161,6 +206,8 @@ def _train(
         if ddp
         else raw_model
     )
+    if cfg.runtime.torch_compile:
+        model = torch.compile(model)
     optimizer = torch.optim.Adam(
         model.parameters(),
         lr=world["lr"],
@@ -186,20 +233,27 @@ def _train(
     b = cfg.train.batch_size
     mine = slice(rank * b, (rank + 1) * b)
     step = start_epoch * (n_train // global_batch)
+    if prof:
+        prof.measure_idle(cfg.profiler.idle_s)
     for epoch in range(start_epoch, cfg.train.epochs):
         # the same generator on every rank: noise depends only on (seed, epoch), not on the
         # number of devices, and a resumed run draws it again identically
         generator = torch.Generator(device).manual_seed(cfg.train.seed * 100_003 + epoch)
         batches = epoch_batches(n_train, global_batch, cfg.train.seed, epoch)
         rows: list[dict[str, Any]] = []
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        mark = prof.window_start() if prof else None
         t_epoch = time.perf_counter()
         for idx in tqdm(
             batches, desc=f"torch epoch {epoch + 1}", leave=False, disable=None if rec else True
         ):
             t0 = time.perf_counter()
             maybe_inject_fault(rank, step)
-            clean = train_images[torch.from_numpy(idx).to(device)].permute(0, 3, 1, 2).float()
-            clean = clean / 255
+            idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
+            t_data = time.perf_counter()
+            clean = train_images[idx_t].permute(0, 3, 1, 2).float() / 255
             noisy = add_noise(clean, cfg.noise, generator)  # the whole global batch's noise
             loss = criterion(model(noisy[mine]), clean[mine])
             optimizer.zero_grad(set_to_none=True)
@@ -216,16 +270,25 @@ def _train(
                     "batch_size": b,
                     "loss": loss_value,
                     "step_time_s": time.perf_counter() - t0,
+                    "data_wait_s": t_data - t0,
                 }
             )
             step += 1
+        sync(device)
         train_time = time.perf_counter() - t_epoch
+        devices, host = prof.window_end(mark) if prof and mark else ([], None)
+        for d in devices:  # the caching allocator's own view, beside NVML's
+            d["alloc_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            d["reserved_peak_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        hosts = [host] if host else []
 
-        if ddp:  # every rank's rows and epoch time, to rank 0
+        if ddp:  # every rank's rows, epoch time and profile, to rank 0
             gathered: list[Any] = [None] * world_size
-            dist.all_gather_object(gathered, (rows, train_time))
-            rows = [r for rank_rows, _ in gathered for r in rank_rows]
-            train_time = max(t for _, t in gathered)  # the job is as fast as its slowest rank
+            dist.all_gather_object(gathered, (rows, train_time, devices, hosts))
+            rows = [r for g in gathered for r in g[0]]
+            train_time = max(g[1] for g in gathered)  # the job is as fast as its slowest rank
+            devices = [d for g in gathered for d in g[2]]
+            hosts = [h for g in gathered for h in g[3]]
         if rec is None:
             continue
         t_eval = time.perf_counter()
@@ -239,9 +302,10 @@ def _train(
             test_loss,
             outputs,
             data,
+            measured(cfg, devices, hosts, world_size) if prof else None,
         )
         wall_time_s += time.perf_counter() - t_epoch
-        rec.epoch(record, rows)
+        rec.epoch(record, rows, devices, hosts)
         save_checkpoint(
             ckpt_path,
             {

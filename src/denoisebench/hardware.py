@@ -1,0 +1,35 @@
+"""Peak FLOP/s of common GPUs: the one table model-FLOP utilisation (MFU) is measured against.
+
+Dense (no sparsity) vendor figures, in TFLOP/s, per precision the trainers can run in:
+fp32 (plain float32), tf32 (float32 on tensor cores), bf16 and fp16 (tensor cores). A device
+that is not in the table, or a precision it lacks, gives no peak: MFU is then missing with the
+reason, never guessed.
+"""
+
+from __future__ import annotations
+
+# (substring of the NVML device name, lower case) -> {precision: dense peak TFLOP/s}.
+# Checked in order: put more specific names first.
+PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("h200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),
+    ("h100 pcie", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}),
+    ("h100", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),  # SXM5
+    ("a100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}),
+    ("a10", {"fp32": 31.2, "tf32": 62.5, "bf16": 125.0, "fp16": 125.0}),
+    ("l4", {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}),
+    ("v100", {"fp32": 15.7, "fp16": 125.0}),  # SXM2
+    ("t4", {"fp32": 8.1, "fp16": 65.0}),
+]
+
+
+def peak_flops(device_name: str | None, precision: str) -> tuple[float | None, str | None]:
+    """(peak FLOP/s, None) or (None, why there is none)."""
+    if not device_name:
+        return None, "no GPU: no peak FLOP/s for this device"
+    name = device_name.lower()
+    for key, peaks in PEAK_TFLOPS:
+        if key in name:
+            if precision not in peaks:
+                return None, f"{device_name}: no {precision} peak in the table"
+            return peaks[precision] * 1e12, None
+    return None, f"{device_name}: not in the peak FLOP/s table (src/denoisebench/hardware.py)"
