@@ -89,6 +89,9 @@ def build_torchrun_cmd(
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint={topo.master_addr}:{topo.master_port}",
             f"--rdzv-id={run_id}",
+            # node 0 (at master_addr) hosts the rendezvous store; without this every node that
+            # resolves master_addr as its own (all of them, on one machine) tries to host it
+            f"--rdzv-conf=is_host={'true' if topo.node_rank == 0 else 'false'}",
         ]
     argv += [f"--nproc-per-node={topo.devices}", "--max-restarts=0", "--monitor-interval=0.5"]
     argv += ["-m", TRAINER_MODULES["torch"], str(run_dir)]

@@ -44,6 +44,7 @@ def test_torchrun_multi_node_uses_c10d_rendezvous():
         "--rdzv-endpoint=gpu01:29400",
         "--rdzv-id=run1",
         "--nproc-per-node=8",
+        "--rdzv-conf=is_host=false",
     ):
         assert flag in argv
     assert argv[-1] == "--resume"

@@ -18,6 +18,7 @@ states the rule), so a resumed run, or a run on another device count, draws the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -40,6 +41,7 @@ from denoisebench.experiment import (
     epoch_line,
     epoch_record,
     final_summary,
+    measured,
     prepare_data,
 )
 from denoisebench.model_tf import (
@@ -50,6 +52,7 @@ from denoisebench.model_tf import (
     pick_device,
     set_weights,
 )
+from denoisebench.profiler import Profiler, maybe_profile, nvml_indices
 from denoisebench.results import RunRecorder, environment
 from denoisebench.spec import shared_weights
 
@@ -76,6 +79,49 @@ def build_strategy(devices: int, choice: str) -> tuple[tf.distribute.Strategy, s
         )
         names = [f"/CPU:{i}" for i in range(devices)]
     return tf.distribute.MirroredStrategy(names), "mirrored", f"{devices} x {names[0][1:4]}"
+
+
+def apply_runtime(cfg: Config) -> dict[str, Any]:
+    """Pin every setting that changes speed (config.RuntimeConfig) and return what is in effect.
+
+    Runs before any other TensorFlow call: thread counts cannot change once the runtime is up.
+    """
+    rt = cfg.runtime
+    tf.config.experimental.enable_tensor_float_32_execution(rt.tf32)
+    autotune = rt.cudnn_autotune and not cfg.train.deterministic
+    os.environ["TF_CUDNN_USE_AUTOTUNE"] = "1" if autotune else "0"
+    if rt.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(rt.intra_op_threads)
+    if rt.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(rt.inter_op_threads)
+    return {
+        "tf32_matmul": tf.config.experimental.tensor_float_32_execution_enabled(),
+        "tf32_conv": tf.config.experimental.tensor_float_32_execution_enabled(),
+        "cudnn_autotune": autotune,
+        "torch_compile": None,
+        "xla": rt.xla,
+        # 0 means TensorFlow's default: as many threads as cores
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "deterministic": cfg.train.deterministic,
+    }
+
+
+def tf_gpu_indices(strategy: tf.distribute.Strategy) -> list[int]:
+    """TensorFlow's numbers of the GPUs this worker's replicas run on."""
+    return [
+        int(d.rsplit(":", 1)[1]) for d in strategy.extended.worker_devices if "GPU" in d.upper()
+    ]
+
+
+def reset_memory_peaks(gpus: list[int]) -> None:
+    for i in gpus:
+        tf.config.experimental.reset_memory_stats(f"GPU:{i}")
+
+
+def memory_peaks_gib(gpus: list[int]) -> list[float]:
+    """TensorFlow's own peak allocation on each GPU (not other processes' memory)."""
+    return [tf.config.experimental.get_memory_info(f"GPU:{i}")["peak"] / 2**30 for i in gpus]
 
 
 def evaluate(model: Any, data: RunData, cfg: Config, criterion: Any) -> tuple[float, np.ndarray]:
@@ -105,6 +151,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) ->
     """Train `cfg` into run_dir/tf/ and return its summary fields (on the chief)."""
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
+    runtime = apply_runtime(cfg)
     strategy, name, device = build_strategy(devices, cfg.train.device)
     worker, workers = tf_worker_index()
     is_main = worker == 0
@@ -116,6 +163,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) ->
         "lr": cfg.train.lr * (replicas if cfg.train.scale_lr else 1),
         "strategy": name,
         "device": device if workers == 1 else f"{workers} workers, {replicas} replicas",
+        "runtime": runtime,
     }
     rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
     if rec:
@@ -126,8 +174,20 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) ->
             f"({cfg.train.batch_size} per device), lr {world['lr']:g}",
             flush=True,
         )
+    gpus = nvml_indices(tf_gpu_indices(strategy))
+    spool = Path(run_dir) / FRAMEWORK / f"gpu_samples.rank{worker}.jsonl"
     try:
-        return _train(cfg, run_dir, rec, strategy, world, worker, workers, resume)
+        if gpus:
+            spool.parent.mkdir(parents=True, exist_ok=True)
+        with maybe_profile(
+            cfg.profiler.enabled,
+            devices=gpus,
+            rank=worker,
+            spool=spool,
+            interval_s=cfg.profiler.sample_interval_s,
+            min_window_s=cfg.profiler.min_window_s,
+        ) as prof:
+            return _train(cfg, run_dir, rec, strategy, world, worker, workers, resume, prof)
     except BaseException as e:
         if rec:
             rec.summary(status="failed", error=f"{type(e).__name__}: {e}")
@@ -143,6 +203,7 @@ def _train(
     worker: int,
     workers: int,
     resume: bool,
+    prof: Profiler | None,
 ) -> dict[str, Any]:
     data = prepare_data(cfg, run_dir, is_main=rec is not None)
     replicas, global_batch = world["world_size"], world["global_batch"]
@@ -189,7 +250,7 @@ def _train(
     if rec:
         rec.truncate_after(start_epoch)
 
-    @tf.function
+    @tf.function(jit_compile=cfg.runtime.xla)
     def train_step(images: Any, global_idx: Any, seed: tf.Tensor) -> Any:
         def step_fn(images: tf.Tensor, global_idx: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
@@ -211,6 +272,9 @@ def _train(
     n_train = len(data.train_u8)
     step = start_epoch * (n_train // global_batch)
     wall_time_s = float(wall_var.numpy())
+    gpus = tf_gpu_indices(strategy)
+    if prof:
+        prof.measure_idle(cfg.profiler.idle_s)
     for epoch in range(start_epoch, cfg.train.epochs):
         order = np.stack(epoch_batches(n_train, global_batch, cfg.train.seed, epoch))
 
@@ -219,48 +283,55 @@ def _train(
             # slicing its own rows inside the step
             per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
             ds = tf.data.Dataset.from_tensor_slices(order)
-            ds = ds.flat_map(lambda g: tf.data.Dataset.from_tensors(g).repeat(per_pipeline))
+            ds = ds.flat_map(lambda idx: tf.data.Dataset.from_tensors(idx).repeat(per_pipeline))
             return ds.prefetch(tf.data.AUTOTUNE)
 
-        dist_batches = strategy.distribute_datasets_from_function(dataset_fn)
-        times, losses = [], []
+        batches = iter(strategy.distribute_datasets_from_function(dataset_fn))
+        rows: list[dict[str, Any]] = []
+        reset_memory_peaks(gpus)
+        mark = prof.window_start() if prof else None
         t_epoch = time.perf_counter()
-        for dist_idx in tqdm(
-            dist_batches,
-            total=len(order),
+        for _ in tqdm(
+            range(len(order)),
             desc=f"tf epoch {epoch + 1}",
             leave=False,
             disable=None if rec else True,
         ):
             t0 = time.perf_counter()
             maybe_inject_fault(worker, step)
+            dist_idx = next(batches)
+            t_data = time.perf_counter()
             seed = tf.constant([cfg.train.seed, step], tf.int64)
             per_replica = train_step(train_images, dist_idx, seed)
             local = strategy.experimental_local_results(per_replica)
-            losses.append(float(np.mean([np.asarray(v) for v in local])))  # waits for devices
-            times.append(time.perf_counter() - t0)
+            loss = float(np.mean([np.asarray(v) for v in local]))  # waits for the devices
+            rows.append(
+                {
+                    "framework": FRAMEWORK,
+                    "epoch": epoch,
+                    "step": step,
+                    "rank": worker,
+                    "replicas": local_replicas,
+                    "batch_size": b * local_replicas,
+                    "loss": loss,
+                    "step_time_s": time.perf_counter() - t0,
+                    "data_wait_s": t_data - t0,
+                }
+            )
             step += 1
         train_time = time.perf_counter() - t_epoch
+        devices, host = prof.window_end(mark) if prof and mark else ([], None)
+        for d, peak in zip(devices, memory_peaks_gib(gpus), strict=True):
+            d["alloc_peak_gib"] = peak  # TensorFlow's allocator, beside NVML's view
+            d["reserved_peak_gib"] = None
 
-        first_step = step - len(times)
-        per_worker = gather_per_worker(
-            strategy, workers, local_replicas, np.array([*times, *losses, train_time])
+        gathered = gather_per_worker(
+            strategy, workers, local_replicas, [rows, train_time, devices, [host] if host else []]
         )
-        rows = [
-            {
-                "framework": FRAMEWORK,
-                "epoch": epoch,
-                "step": first_step + i,
-                "rank": w,
-                "replicas": local_replicas,
-                "batch_size": b * local_replicas,
-                "loss": float(values[len(times) + i]),
-                "step_time_s": float(values[i]),
-            }
-            for w, values in enumerate(per_worker)
-            for i in range(len(times))
-        ]
-        train_time = max(float(values[-1]) for values in per_worker)  # the slowest worker
+        rows = [r for g in gathered for r in g[0]]
+        train_time = max(g[1] for g in gathered)  # the job is as fast as its slowest worker
+        devices = [d for g in gathered for d in g[2]]
+        hosts = [h for g in gathered for h in g[3]]
 
         epoch_var.assign(epoch + 1)
         if rec is None:
@@ -277,9 +348,10 @@ def _train(
             test_loss,
             outputs,
             data,
+            measured(cfg, devices, hosts, replicas) if prof else None,
         )
         wall_time_s += time.perf_counter() - t_epoch
-        rec.epoch(record, rows)
+        rec.epoch(record, rows, devices, hosts)
         wall_var.assign(wall_time_s)
         manager.save()
         rec.summary(epochs_completed=epoch + 1)
@@ -295,17 +367,32 @@ def _train(
 
 
 def gather_per_worker(
-    strategy: tf.distribute.Strategy, workers: int, local_replicas: int, values: np.ndarray
-) -> list[np.ndarray]:
-    """Each worker's `values` (same length on all), on every worker, in worker order."""
+    strategy: tf.distribute.Strategy, workers: int, local_replicas: int, obj: Any
+) -> list[Any]:
+    """Each worker's JSON-able `obj`, on every worker, in worker order.
+
+    Collectives carry numbers only (int32, not uint8): the object travels as its UTF-8 bytes,
+    one int32 each, padded to the longest.
+    """
     if workers == 1:
-        return [values]
-    per_replica = strategy.experimental_distribute_values_from_function(
-        lambda _ctx: tf.constant(values[None, :])
-    )
-    # replicas are numbered worker by worker: take the first replica of each worker
-    gathered = strategy.gather(per_replica, axis=0).numpy()
-    return [gathered[w * local_replicas] for w in range(workers)]
+        return [obj]
+    payload = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8).astype(np.int32)
+
+    def gather(values: np.ndarray) -> np.ndarray:
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda _ctx: tf.constant(values[None, :])
+        )
+        # replicas are numbered worker by worker: keep the first replica of each worker
+        return strategy.gather(per_replica, axis=0).numpy()[::local_replicas]
+
+    lengths = gather(np.array([len(payload)], dtype=np.int64))[:, 0]
+    padded = np.zeros(int(lengths.max()), dtype=np.int32)
+    padded[: len(payload)] = payload
+    blobs = gather(padded)
+    return [
+        json.loads(blob[:n].astype(np.uint8).tobytes().decode())
+        for blob, n in zip(blobs, lengths, strict=True)
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
