@@ -8,6 +8,7 @@ with 2 workers on 127.0.0.1, and a 2-node torchrun rendezvous on localhost.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +29,13 @@ def launch(*args: str, env: dict[str, str] | None = None, wait: bool = True):
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     if not wait:
         return subprocess.Popen(
-            cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd,
+            cwd=REPO,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
 
@@ -169,8 +176,13 @@ def test_torch_two_node_rendezvous_on_localhost(single, tmp_path):
     ]
     node0 = launch(*common, "--node-rank", "0", wait=False)
     node1 = launch(*common, "--node-rank", "1", wait=False)
-    out0, _ = node0.communicate(timeout=300)
-    out1, _ = node1.communicate(timeout=300)
+    try:
+        out0, _ = node0.communicate(timeout=300)
+        out1, _ = node1.communicate(timeout=300)
+    finally:  # a hung rendezvous must not outlive the test
+        for node in (node0, node1):
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
     assert node0.returncode == 0 and node1.returncode == 0, out0 + out1
     assert "--rdzv-backend=c10d" in out0 and "--node-rank=1" in out1
     run = tmp_path / "twonode"
