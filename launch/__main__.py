@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from denoisebench.compare import comparison_table
+from denoisebench.compare import comparison_table, repeats_table
 from denoisebench.config import Config, ConfigError, load_config, load_resolved, parse_overrides
 from denoisebench.distributed import slurm_nodes
 from denoisebench.results import (
@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder that receives results/<run-id>/ (default: %(default)s)",
     )
     p.add_argument("--run-id", help="name of the run folder (default: <UTC time>-<profile>)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N times (repeat-<k>/ folders, frameworks interleaved) and report "
+        "the median and spread (default: %(default)s)",
+    )
     p.add_argument(
         "--resume",
         type=Path,
@@ -306,11 +314,21 @@ def wait_for_config(run_dir: Path, timeout_s: float = 300.0) -> None:
         time.sleep(0.5)
 
 
+def measurement_dirs(run_dir: Path, repeats: int) -> list[Path]:
+    """Where each repeat's results go: the run folder itself, or repeat-<k>/ folders in it."""
+    existing = sorted(run_dir.glob("repeat-*"), key=lambda p: int(p.name.split("-")[1]))
+    if existing:
+        return existing
+    return [run_dir] if repeats == 1 else [run_dir / f"repeat-{k}" for k in range(repeats)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.engine == "horovod":
             raise ConfigError(HOROVOD_UNAVAILABLE)
+        if args.repeats < 1:
+            raise ConfigError(f"--repeats {args.repeats} must be >= 1")
         cfg, run_dir = resolve(args)
         if args.print_config:
             print(cfg.to_json())
@@ -320,10 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is None and is_node0:
             if run_dir.exists():
                 raise ConfigError(f"{run_dir} exists; pick another --run-id or --resume it")
-            run_dir.mkdir(parents=True)
-            atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+            for folder in [run_dir, *measurement_dirs(run_dir, args.repeats)]:
+                folder.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(folder / "config.json", cfg.to_json() + "\n")
         elif not is_node0:
-            wait_for_config(run_dir)
+            wait_for_config(measurement_dirs(run_dir, args.repeats)[-1])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -331,30 +350,46 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run folder: {run_dir}", flush=True)
 
     failed = []
-    for framework in frameworks:
-        summary = run_dir / framework / "summary.json"
-        if args.resume and summary.exists() and read_json(summary).get("status") == "completed":
-            print(f"[{framework}] already completed, skipping", flush=True)
-            continue
-        cmds = framework_cmds(framework, run_dir, topo, args, resume=args.resume is not None)
-        for argv_, _env in cmds:
-            print(f"[{framework}] {' '.join(argv_)}", flush=True)
-        names = (
-            [f"{framework} worker {i}" for i in range(len(cmds))] if len(cmds) > 1 else [framework]
-        )
-        result = run_group(cmds, names)
-        if result.returncode != 0:
+    folders = measurement_dirs(run_dir, args.repeats)
+    # repeats interleave the frameworks, so a slow drift of the machine hits both alike
+    for k, folder in enumerate(folders):
+        if len(folders) > 1:
+            print(f"--- repeat {k + 1}/{len(folders)}: {folder}", flush=True)
+        for framework in frameworks:
+            code = run_framework(framework, folder, topo, args)
+            if code is None:
+                continue
             failed.append(framework)
-            print(f"[{framework}] failed: {result.failed}", file=sys.stderr, flush=True)
-            mark_failed(run_dir, framework, result.failed or "failed")
-            if result.returncode == 2:
+            if code == 2:
                 break  # bad input (config or data): the next framework would fail the same way
+        if failed:
+            break
 
     if is_node0:
         print()
-        print(comparison_table(run_dir))
+        print(comparison_table(folders[0]) if len(folders) == 1 else repeats_table(folders))
         print(f"\nresults: {run_dir}")
     return 1 if failed else 0
+
+
+def run_framework(
+    framework: str, folder: Path, topo: Topology | None, args: argparse.Namespace
+) -> int | None:
+    """Train one framework into one results folder; None on success, else the exit code."""
+    summary = folder / framework / "summary.json"
+    if args.resume and summary.exists() and read_json(summary).get("status") == "completed":
+        print(f"[{framework}] already completed, skipping", flush=True)
+        return None
+    cmds = framework_cmds(framework, folder, topo, args, resume=args.resume is not None)
+    for argv_, _env in cmds:
+        print(f"[{framework}] {' '.join(argv_)}", flush=True)
+    names = [f"{framework} worker {i}" for i in range(len(cmds))] if len(cmds) > 1 else [framework]
+    result = run_group(cmds, names)
+    if result.returncode == 0:
+        return None
+    print(f"[{framework}] failed: {result.failed}", file=sys.stderr, flush=True)
+    mark_failed(folder, framework, result.failed or "failed")
+    return result.returncode
 
 
 if __name__ == "__main__":

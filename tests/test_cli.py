@@ -119,3 +119,35 @@ def test_build_train_cmd_is_pure_and_per_framework(tmp_path):
     assert env["TF_CPP_MIN_LOG_LEVEL"] == "2"
     with pytest.raises(ValueError, match="jax"):
         build_train_cmd("jax", tmp_path)
+
+
+def test_repeats_interleave_frameworks_and_report_the_spread(tmp_path):
+    proc = launch(
+        "--profile",
+        "smoke",
+        "--framework",
+        "torch",
+        "--epochs",
+        "1",
+        "--repeats",
+        "2",
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "rep",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "rep"
+    steady = []
+    for k in range(2):
+        summary = read_json(run / f"repeat-{k}" / "torch" / "summary.json")
+        assert summary["status"] == "completed"
+        assert load_resolved(run / f"repeat-{k}" / "config.json") == load_config(
+            "smoke", {"train": {"epochs": "1"}}
+        )
+        steady.append(summary["throughput_steady_img_s"])
+    assert "torch: 2/2 repeats completed" in proc.stdout
+    low, high = sorted(steady)
+    line = next(x for x in proc.stdout.splitlines() if "steady img/s" in x)
+    assert f"[{low:.0f}, {high:.0f}]" in line
+    assert "GPU J/img: missing" in proc.stdout

@@ -17,6 +17,9 @@ COLUMNS = {
     "test_ssim": "SSIM",
     "noisy_psnr_db": "noisy PSNR dB",
     "throughput_img_s": "img/s",
+    "throughput_steady_img_s": "steady img/s",
+    "gpu_energy_per_image_j": "GPU J/img",
+    "host_rss_peak_gib": "RSS GiB",
     "wall_time_s": "wall s",
 }
 
@@ -40,6 +43,9 @@ def comparison_frame(run_dir: Path) -> pd.DataFrame:
                 "test_ssim": final.get("test_ssim"),
                 "noisy_psnr_db": final.get("noisy_psnr_db"),
                 "throughput_img_s": summary.get("throughput_img_s"),
+                "throughput_steady_img_s": summary.get("throughput_steady_img_s"),
+                "gpu_energy_per_image_j": summary.get("gpu_energy_per_image_j"),
+                "host_rss_peak_gib": summary.get("host_rss_peak_gib"),
                 "wall_time_s": summary.get("wall_time_s"),
             }
         )
@@ -47,6 +53,32 @@ def comparison_frame(run_dir: Path) -> pd.DataFrame:
     numeric = [c for c in COLUMNS if c not in ("framework", "status")]
     frame[numeric] = frame[numeric].apply(pd.to_numeric)  # None (not measured) -> NaN
     return frame
+
+
+def repeats_table(folders: list[Path]) -> str:
+    """Median [min, max] over repeats, per framework; every repeat is counted, none dropped."""
+    frame = pd.concat([comparison_frame(f) for f in folders], ignore_index=True)
+    if frame.empty:
+        return f"(no framework results in {folders})"
+    lines = [f"{len(folders)} repeats; median [min, max] over the completed ones"]
+    for framework, group in frame.groupby("framework", sort=False):
+        done = group[group["status"] == "completed"]
+        lines.append(f"{framework}: {len(done)}/{len(group)} repeats completed")
+        for col, label, digits in (
+            ("throughput_steady_img_s", "steady img/s", 0),
+            ("gpu_energy_per_image_j", "GPU J/img", 4),
+            ("test_psnr_db", "PSNR dB", 2),
+            ("wall_time_s", "wall s", 1),
+        ):
+            values = done[col].dropna()
+            if values.empty:
+                lines.append(f"  {label:>12}: missing")
+                continue
+            lines.append(
+                f"  {label:>12}: {values.median():.{digits}f} "
+                f"[{values.min():.{digits}f}, {values.max():.{digits}f}]"
+            )
+    return "\n".join(lines)
 
 
 def comparison_table(run_dir: Path) -> str:
@@ -60,13 +92,29 @@ def comparison_table(run_dir: Path) -> str:
         "SSIM": 3,
         "noisy PSNR dB": 2,
         "img/s": 0,
+        "steady img/s": 0,
+        "GPU J/img": 4,
+        "RSS GiB": 2,
         "wall s": 1,
     }
-    return frame.to_string(
+    table = frame.to_string(
         index=False,
         na_rep="missing",
         formatters={col: _fixed(digits) for col, digits in formats.items()},
     )
+    return "\n".join([table, *missing_reasons(run_dir)])
+
+
+def missing_reasons(run_dir: Path) -> list[str]:
+    """One line per framework whose GPU energy is missing, saying why (never a silent blank)."""
+    lines = []
+    for framework in FRAMEWORKS:
+        path = Path(run_dir) / framework / "summary.json"
+        if path.exists():
+            summary = read_json(path)
+            if summary.get("gpu_energy_j") is None and summary.get("gpu_energy_reason"):
+                lines.append(f"  {framework}: GPU J/img missing: {summary['gpu_energy_reason']}")
+    return lines
 
 
 def _fixed(digits: int):
