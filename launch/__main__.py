@@ -47,6 +47,7 @@ from launch.commands import (
     build_torchrun_cmd,
     build_train_cmd,
 )
+from launch.slurm import SlurmRequest, render_sbatch, submit
 from launch.supervise import run_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -181,6 +182,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="TensorFlow across nodes: every node's host, comma-separated, "
         "in node-rank order (default: SLURM's node list)",
     )
+    sl = p.add_argument_group("SLURM (see also slurm/*.sbatch)")
+    sl.add_argument(
+        "--slurm",
+        action="store_true",
+        help="submit through submitit instead of running here; prints the job id "
+        "and the log folder",
+    )
+    sl.add_argument("--partition", default="gpu", help="SLURM partition (default: %(default)s)")
+    sl.add_argument("--time", default="01:00:00", help="time limit (default: %(default)s)")
+    sl.add_argument("--account", help="SLURM account to charge")
+    sl.add_argument("--cpus-per-task", type=int, default=4, help="(default: %(default)s)")
+    sl.add_argument(
+        "--cpu-workers",
+        action="store_true",
+        help="the --gpus devices are CPU workers: ask SLURM for no GPUs",
+    )
+    sl.add_argument(
+        "--wait", action="store_true", help="wait for the job, then print the comparison table"
+    )
+    sl.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=7200.0,
+        metavar="S",
+        help="stop waiting after S seconds (default: %(default)s)",
+    )
+    sl.add_argument(
+        "--sbatch-out",
+        type=Path,
+        metavar="FILE",
+        help="write the sbatch script for these options to FILE and exit",
+    )
+    sl.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="resume the run folder if it exists, else start it (requeued jobs)",
+    )
     return p
 
 
@@ -220,6 +258,16 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 
 def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
     """The config and run folder: a new one, or the one being resumed."""
+    if args.auto_resume and args.resume is None:
+        job = os.environ.get("SLURM_JOB_ID")
+        run_id = args.run_id or (f"slurm-{job}" if job else None)
+        candidate = args.results / run_id if run_id else None
+        if candidate is not None and (candidate / "config.json").is_file():
+            print(
+                f"--auto-resume: {candidate} exists, resuming it with its saved config", flush=True
+            )
+            args.resume = candidate
+            return load_resolved(candidate / "config.json"), candidate
     if args.resume is not None:
         config_path = args.resume / "config.json"
         if not config_path.is_file():
@@ -329,11 +377,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(HOROVOD_UNAVAILABLE)
         if args.repeats < 1:
             raise ConfigError(f"--repeats {args.repeats} must be >= 1")
+        if args.sbatch_out:
+            return write_sbatch(args)
         cfg, run_dir = resolve(args)
         if args.print_config:
             print(cfg.to_json())
             return 0
-        topo = resolve_topology(args)
+        topo = None if args.slurm else resolve_topology(args)
         is_node0 = topo is None or topo.node_rank == 0
         if args.resume is None and is_node0:
             if run_dir.exists():
@@ -348,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
     print(f"run folder: {run_dir}", flush=True)
+    if args.slurm:
+        return submit_to_slurm(args, frameworks, run_dir)
 
     failed = []
     folders = measurement_dirs(run_dir, args.repeats)
@@ -369,6 +421,69 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(comparison_table(folders[0]) if len(folders) == 1 else repeats_table(folders))
         print(f"\nresults: {run_dir}")
+    return 1 if failed else 0
+
+
+def slurm_request(args: argparse.Namespace) -> SlurmRequest:
+    return SlurmRequest(
+        nodes=args.nodes or 1,
+        devices=args.gpus or 1,
+        gpus=not args.cpu_workers,
+        partition=args.partition,
+        time=args.time,
+        account=args.account,
+        cpus_per_task=args.cpus_per_task,
+    )
+
+
+def write_sbatch(args: argparse.Namespace) -> int:
+    frameworks = ["torch", "tf"] if args.framework == "both" else [args.framework]
+    if len(frameworks) > 1:
+        raise ConfigError("--sbatch-out writes one script: pick --framework torch or tf")
+    atomic_write_text(args.sbatch_out, render_sbatch(frameworks[0], slurm_request(args)))
+    print(f"wrote {args.sbatch_out}: submit it with sbatch {args.sbatch_out}")
+    return 0
+
+
+def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Path) -> int:
+    """Submit each framework through submitit; with --wait, wait (to a deadline) and report."""
+    if args.repeats != 1:
+        print("error: --repeats with --slurm: submit a sweep instead", file=sys.stderr)
+        return 2
+    req = slurm_request(args)
+    log_dir = run_dir / "slurm-logs"
+    jobs = []
+    for framework in frameworks:
+        job = submit(framework, req, run_dir, log_dir)
+        print(f"[{framework}] submitted SLURM job {job.job_id}; logs: {log_dir}", flush=True)
+        jobs.append((framework, job))
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.wait_timeout
+    failed = []
+    for framework, job in jobs:
+        while not job.done():
+            if time.monotonic() > deadline:
+                print(
+                    f"[{framework}] job {job.job_id} still {job.state} after "
+                    f"{args.wait_timeout:.0f}s: stopped waiting",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(2)
+        try:
+            job.results()
+            print(f"[{framework}] job {job.job_id} finished: {job.state}", flush=True)
+        except Exception as e:  # submitit raises FailedJobError / UncompletedJobError
+            failed.append(framework)
+            message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            print(
+                f"[{framework}] job {job.job_id} failed ({job.state}): {message}", file=sys.stderr
+            )
+            mark_failed(run_dir, framework, f"SLURM job {job.job_id} {job.state}: {message}")
+    print()
+    print(comparison_table(run_dir))
+    print(f"\nresults: {run_dir}")
     return 1 if failed else 0
 
 

@@ -8,6 +8,8 @@ reason, never guessed.
 
 from __future__ import annotations
 
+import re
+
 # (substring of the NVML device name, lower case) -> {precision: dense peak TFLOP/s}.
 # Checked in order: put more specific names first.
 PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
@@ -28,7 +30,8 @@ def peak_flops(device_name: str | None, precision: str) -> tuple[float | None, s
         return None, "no GPU: no peak FLOP/s for this device"
     name = device_name.lower()
     for key, peaks in PEAK_TFLOPS:
-        if key in name:
+        # whole tokens only: "l4" must not match "L40S", nor "a100" "RTX A1000"
+        if re.search(rf"(?<![a-z0-9]){re.escape(key)}(?![a-z0-9])", name):
             if precision not in peaks:
                 return None, f"{device_name}: no {precision} peak in the table"
             return peaks[precision] * 1e12, None

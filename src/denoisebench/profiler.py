@@ -139,10 +139,10 @@ class GpuSampler:
     def start(self) -> None:
         self._thread.start()
 
-    def sample(self) -> None:
-        """Read every device once (also called directly at window edges)."""
+    def sample(self, at: float | None = None) -> None:
+        """Read every device once (also called directly at window edges, stamped `at`)."""
         n = self.nvml
-        now = time.perf_counter()
+        now = time.perf_counter() if at is None else at
         for i, h in self.handles.items():
             power_mw = _read(n.nvmlDeviceGetPowerUsage, h)
             util = _read(n.nvmlDeviceGetUtilizationRates, h)
@@ -178,10 +178,11 @@ class GpuSampler:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5 * self.interval_s + 1)
-        if self.spool:
-            self.spool.flush()
-            self.spool.close()
-            self.spool = None
+        with self._lock:  # a late sample from a stuck NVML call must not write after close
+            if self.spool:
+                self.spool.flush()
+                self.spool.close()
+                self.spool = None
 
     def energy_mj(self, index: int) -> int | None:
         value = _read(self.nvml.nvmlDeviceGetTotalEnergyConsumption, self.handles[index])
@@ -237,7 +238,8 @@ def rapl_domains(root: Path = RAPL_ROOT) -> tuple[list[Path], str | None]:
     try:
         for d in domains:
             int((d / "energy_uj").read_text())
-    except OSError as e:
+            int((d / "max_energy_range_uj").read_text())
+    except (OSError, ValueError) as e:
         return [], f"RAPL not readable: {e}"
     return domains, None
 
@@ -270,7 +272,7 @@ class Profiler:
         self.rank = rank
         self.host = socket.gethostname()
         self.min_window_s = min_window_s
-        if nvml is None and devices:
+        if nvml is None and devices and nvml_reason is None:
             nvml, nvml_reason = load_nvml()
         self.gpu_reason = nvml_reason if devices else "no GPU: training on CPU"
         self.sampler = (
@@ -311,10 +313,11 @@ class Profiler:
 
     def window_start(self) -> WindowMark:
         """Call with the device synchronised: the window's energy starts here."""
+        t_s = time.perf_counter()
         if self.sampler:
-            self.sampler.sample()
+            self.sampler.sample(at=t_s)  # stamped inside the window, so it counts in it
         return WindowMark(
-            t_s=time.perf_counter(),
+            t_s=t_s,
             energy_mj={i: self.sampler.energy_mj(i) for i in self.sampler.devices}
             if self.sampler
             else {},
@@ -326,7 +329,7 @@ class Profiler:
         """(one row per GPU, the host's row) for the window since `mark`."""
         t1 = time.perf_counter()
         if self.sampler:
-            self.sampler.sample()
+            self.sampler.sample(at=t1)
         duration = t1 - mark.t_s
         short = duration < self.min_window_s
         devices = []

@@ -1,0 +1,158 @@
+"""SLURM: submitit parameters and sbatch scripts, built by pure functions; submission in one place.
+
+Two ways onto a cluster, the same training underneath:
+
+- `python -m launch --slurm ...` submits through submitit: one task per device for PyTorch
+  (submitit exports the torch.distributed environment), one task per node (or per CPU worker)
+  for TensorFlow; preemption and time limits requeue through submitit's checkpoint().
+- `sbatch slurm/torch.sbatch` / `slurm/tf.sbatch`: readable scripts that run the same launcher
+  once per node (`srun --ntasks-per-node=1 python -m launch ... --auto-resume`); a USR1 trap
+  requeues the job before its time limit, and the requeued job resumes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
+
+
+@dataclass(frozen=True)
+class SlurmRequest:
+    """What to ask SLURM for."""
+
+    nodes: int = 1
+    devices: int = 1
+    """Devices per node: GPUs, or CPU workers when gpus is False."""
+    gpus: bool = True
+    partition: str = "gpu"
+    time: str = "01:00:00"
+    account: str | None = None
+    cpus_per_task: int = 4
+    signal_delay_s: int = 120
+    """Seconds before the time limit at which the job is told to checkpoint and requeue."""
+
+
+def time_minutes(time: str) -> int:
+    """SLURM time (MM, HH:MM:SS or D-HH:MM:SS) in whole minutes, rounded up."""
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)|(\d+)", time.strip())
+    if not m:
+        raise ValueError(f"--time {time!r}: expected MM, HH:MM:SS or D-HH:MM:SS")
+    if m.group(5):
+        return int(m.group(5))
+    days, hours, minutes, seconds = (int(g or 0) for g in m.group(1, 2, 3, 4))
+    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def tasks_per_node(framework: str, req: SlurmRequest) -> int:
+    """PyTorch: a task per device. TensorFlow: a task per node drives its GPUs; on CPUs each
+    worker is a task."""
+    return req.devices if framework == "torch" or not req.gpus else 1
+
+
+def submitit_params(framework: str, req: SlurmRequest) -> dict[str, Any]:
+    """Parameters for submitit.AutoExecutor.update_parameters."""
+    params: dict[str, Any] = {
+        "name": f"denoisebench-{framework}",
+        "slurm_partition": req.partition,
+        "timeout_min": time_minutes(req.time),
+        "nodes": req.nodes,
+        "tasks_per_node": tasks_per_node(framework, req),
+        "cpus_per_task": req.cpus_per_task,
+        "slurm_signal_delay_s": req.signal_delay_s,
+    }
+    if req.gpus:
+        # every task sees all of its node's GPUs and picks its own (LOCAL_RANK, or all of them
+        # for a TensorFlow worker), so no per-task GPU binding is asked for
+        params["gpus_per_node"] = req.devices
+    if req.account:
+        params["slurm_account"] = req.account
+    return params
+
+
+def render_sbatch(framework: str, req: SlurmRequest) -> str:
+    """The sbatch script for `framework`; slurm/<framework>.sbatch is this with the defaults."""
+    name = {
+        "torch": "PyTorch (DDP under torchrun)",
+        "tf": "TensorFlow (MultiWorkerMirroredStrategy across nodes)",
+    }[framework]
+    sbatch = [
+        f"--job-name=denoisebench-{framework}",
+        f"--partition={req.partition}",
+        f"--nodes={req.nodes}",
+        "--ntasks-per-node=1",
+        f"--cpus-per-task={req.cpus_per_task}",
+    ]
+    if req.gpus:
+        sbatch.append(f"--gpus-per-node={req.devices}")
+    if req.account:
+        sbatch.append(f"--account={req.account}")
+    sbatch += [
+        f"--time={req.time}",
+        "--output=slurm-logs/%x-%j.out",
+        "--open-mode=append",
+        f"--signal=B:USR1@{req.signal_delay_s}",
+        "--requeue",
+    ]
+    header = "\n".join(f"#SBATCH {line}" for line in sbatch)
+    return f"""#!/bin/bash
+# Train the denoising autoencoder with {name} on SLURM.
+#
+#   mkdir -p slurm-logs && sbatch slurm/{framework}.sbatch
+#
+# Run from the repository (the job cds to the folder it was submitted from). Change the
+# allocation in the #SBATCH lines below, or on the command line: sbatch --nodes 4 ... Logs go to
+# slurm-logs/ next to the repository, which every node must see, as must the results folder.
+#
+# Environment (export before sbatch):
+#   DEVICES_PER_NODE     devices per node (default: {req.devices}; match --gpus-per-node)
+#   DENOISEBENCH_ARGS    more `python -m launch` options, e.g.
+#                        "--profile paper --data /data/EuroSAT.zip"
+#   DENOISEBENCH_RESULTS results folder on a shared file system (default: results)
+#   DENOISEBENCH_PYTHON  the Python to run (default: .venv/bin/python)
+#
+# Before the time limit SLURM sends USR1; the trap requeues the job, and the requeued job
+# resumes the same run (results/slurm-<job id>) from its last finished epoch.
+{header}
+
+set -euo pipefail
+cd "${{SLURM_SUBMIT_DIR:-.}}"
+export PYTHONUNBUFFERED=1
+PYTHON="${{DENOISEBENCH_PYTHON:-.venv/bin/python}}"
+RESULTS="${{DENOISEBENCH_RESULTS:-results}}"
+
+requeue() {{
+    echo "$(date -u +%FT%TZ) USR1: time limit or preemption near, requeueing ${{SLURM_JOB_ID}}"
+    scontrol requeue "${{SLURM_JOB_ID}}"
+}}
+trap requeue USR1
+
+# One launcher per node. It reads SLURM's node list and node rank, and starts this node's
+# processes; node 0 writes the config and hosts the rendezvous.
+srun --ntasks-per-node=1 --kill-on-bad-exit=1 \\
+    "$PYTHON" -m launch --framework {framework} --gpus "${{DEVICES_PER_NODE:-{req.devices}}}" \\
+    --run-id "slurm-${{SLURM_JOB_ID}}" --results "$RESULTS" --auto-resume \\
+    ${{DENOISEBENCH_ARGS:-}} &
+SRUN=$!
+# `wait` returns early when USR1 arrives; keep waiting until srun itself has finished
+while true; do
+    status=0
+    wait "$SRUN" || status=$?
+    kill -0 "$SRUN" 2>/dev/null || exit "$status"
+done
+"""
+
+
+def submit(framework: str, req: SlurmRequest, run_dir: Path, log_dir: Path) -> Any:
+    """Submit one framework's training through submitit; return the job."""
+    import submitit
+
+    from denoisebench.slurm_job import TrainTask
+
+    executor = submitit.AutoExecutor(folder=log_dir)
+    executor.update_parameters(**submitit_params(framework, req))
+    devices_per_task = req.devices if framework == "tf" and req.gpus else 1
+    return executor.submit(TrainTask(framework, run_dir, devices_per_task=devices_per_task))

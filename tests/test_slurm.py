@@ -1,0 +1,279 @@
+"""SLURM on a real controller: submitit jobs, the sbatch scripts, preemption, golden files.
+
+The cluster is the session fixture `slurm_cluster` (tests/slurm_cluster.py): one node with the
+machine's CPUs, so every job here runs the CPU paths with 2 tasks (gloo, TensorFlow workers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from denoisebench.results import read_json, read_jsonl
+from launch.slurm import SlurmRequest, render_sbatch, submitit_params, time_minutes
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden"
+SMOKE = ["--profile", "smoke", "--epochs", "1"]
+CPU_JOB = ["--partition", "debug", "--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
+
+
+def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launch", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
+
+
+def weights(run: Path, framework: str) -> list[np.ndarray]:
+    with np.load(run / framework / "weights.npz") as f:
+        return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:
+    """The same training on this machine, one device with the global batch: the reference."""
+    root = tmp_path_factory.mktemp("local")
+    proc = launch(*SMOKE, "--batch-size", "16", "--results", str(root), "--run-id", "ref")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "ref"
+
+
+def assert_matches(run: Path, reference: Path, framework: str, atol: float) -> None:
+    summary = read_json(run / framework / "summary.json")
+    assert summary["status"] == "completed", summary.get("error")
+    for a, b in zip(weights(run, framework), weights(reference, framework), strict=True):
+        np.testing.assert_allclose(a, b, atol=atol, rtol=0)
+
+
+# --- generated submissions against golden files ------------------------------------------------
+
+REQUEST = SlurmRequest(nodes=2, devices=4, partition="gpu", time="02:30:00", account="proj42")
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_sbatch_scripts_in_slurm_are_the_rendered_defaults(framework):
+    assert (REPO / "slurm" / f"{framework}.sbatch").read_text() == render_sbatch(
+        framework, SlurmRequest()
+    )
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_rendered_sbatch_matches_golden(framework):
+    assert render_sbatch(framework, REQUEST) == (GOLDEN / f"{framework}_2x4.sbatch").read_text()
+
+
+def test_submitit_parameters_match_golden():
+    params = {fw: submitit_params(fw, REQUEST) for fw in ("torch", "tf")}
+    params["tf_cpu"] = submitit_params("tf", SlurmRequest(devices=2, gpus=False))
+    assert params == json.loads((GOLDEN / "submitit_params.json").read_text())
+
+
+def test_time_limits():
+    assert [time_minutes(t) for t in ("30", "01:00:00", "00:10:30", "1-02:00:00")] == [
+        30,
+        60,
+        11,
+        1560,
+    ]
+    with pytest.raises(ValueError, match="--time"):
+        time_minutes("an hour")
+
+
+# --- real jobs -------------------------------------------------------------------------------
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_submitit_job_with_two_tasks_matches_a_local_run(
+    slurm_cluster, local_run, tmp_path, framework
+):
+    proc = launch(
+        *SMOKE,
+        "--framework",
+        framework,
+        "--slurm",
+        "--gpus",
+        "2",
+        "--batch-size",
+        "8",
+        *CPU_JOB,
+        "--wait",
+        "--wait-timeout",
+        "300",
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "sub",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (
+        "submitted SLURM job" in proc.stdout and str(tmp_path / "sub" / "slurm-logs") in proc.stdout
+    )
+    run = tmp_path / "sub"
+    summary = read_json(run / framework / "summary.json")
+    assert summary["world_size"] == 2 and summary["processes"] == 2
+    assert_matches(run, local_run, framework, atol=1e-6 if framework == "torch" else 1e-4)
+    # every rank's rows were gathered into the one results folder
+    assert {r["rank"] for r in read_jsonl(run / framework / "steps.jsonl")} == {0, 1}
+    assert any((run / "slurm-logs").glob("*_log.out"))
+
+
+@pytest.mark.slurm
+def test_submitit_failure_is_reported_and_recorded(slurm_cluster, tmp_path):
+    proc = launch(
+        *SMOKE,
+        "--framework",
+        "torch",
+        "--slurm",
+        "--gpus",
+        "2",
+        "--batch-size",
+        "8",
+        *CPU_JOB,
+        "--wait",
+        "--wait-timeout",
+        "300",
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "bad",
+        env={"DENOISEBENCH_FAULT": "1:2"},
+    )
+    assert proc.returncode == 1
+    assert "failed" in proc.stderr
+    summary = read_json(tmp_path / "bad" / "torch" / "summary.json")
+    assert summary["status"] == "failed"
+
+
+def sbatch_env(tmp_path: Path, extra_args: str) -> dict[str, str]:
+    return {
+        "DENOISEBENCH_PYTHON": sys.executable,
+        "DENOISEBENCH_RESULTS": str(tmp_path / "results"),
+        "DENOISEBENCH_ARGS": extra_args,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def render_cpu_script(framework: str, tmp_path: Path) -> Path:
+    script = tmp_path / f"{framework}.sbatch"
+    script.write_text(
+        render_sbatch(
+            framework,
+            SlurmRequest(
+                devices=2, gpus=False, partition="debug", time="00:10:00", cpus_per_task=1
+            ),
+        )
+    )
+    (tmp_path / "slurm-logs").mkdir()
+    return script
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_sbatch_script_trains_with_two_workers(slurm_cluster, local_run, tmp_path, framework):
+    script = render_cpu_script(framework, tmp_path)
+    extra = "--profile smoke --epochs 1 --batch-size 8"
+    if framework == "tf":
+        extra += " --tf-strategy multiworker"
+    job = slurm_cluster.sbatch(
+        "--wait", str(script), cwd=tmp_path, timeout=300, env=sbatch_env(tmp_path, extra)
+    )
+    log = next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
+    assert slurm_cluster.job_state(job) == "COMPLETED", log[-3000:]
+    run = tmp_path / "results" / f"slurm-{job}"
+    assert_matches(run, local_run, framework, atol=1e-6 if framework == "torch" else 1e-4)
+    assert "results:" in log  # flushed to the log as written
+
+
+@pytest.mark.slurm
+def test_preempted_sbatch_job_requeues_and_resumes(slurm_cluster, tmp_path):
+    """USR1 (what SLURM sends before the time limit) -> requeue -> resume; no epoch is lost."""
+    script = render_cpu_script("torch", tmp_path)
+    extra = "--profile smoke --epochs 4 --batch-size 8 --limit 320"
+    job = slurm_cluster.sbatch(str(script), cwd=tmp_path, env=sbatch_env(tmp_path, extra))
+    run = tmp_path / "results" / f"slurm-{job}"
+    deadline = time.monotonic() + 180
+    while len(read_jsonl(run / "torch" / "epochs.jsonl")) < 1:
+        assert time.monotonic() < deadline, "no epoch finished in time"
+        time.sleep(0.5)
+    slurm_cluster.run(["scancel", "--signal=USR1", "--batch", str(job)])
+    slurm_cluster.wait_for_state(job, ["COMPLETED", "FAILED", "CANCELLED"], timeout=300)
+    log = next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
+    assert slurm_cluster.job_state(job) == "COMPLETED", log[-3000:]
+    assert "requeueing" in log and "--auto-resume" in log and "resuming after epoch" in log
+    epochs = read_jsonl(run / "torch" / "epochs.jsonl")
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3]
+
+    # the same run without interruption ends on the same weights
+    proc = launch(
+        "--profile",
+        "smoke",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--limit",
+        "320",
+        "--framework",
+        "torch",
+        "--gpus",
+        "2",
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "straight",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for a, b in zip(weights(run, "torch"), weights(tmp_path / "straight", "torch"), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slurm
+def test_submitit_checkpoint_requeues_and_resumes(slurm_cluster, tmp_path):
+    """submitit's preemption path: TrainTask.checkpoint() resubmits with resume=True."""
+    import submitit
+
+    from denoisebench.config import load_config
+    from denoisebench.slurm_job import TrainTask
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(
+        "smoke", {"train": {"epochs": "4", "batch_size": "8"}, "data": {"limit": "320"}}
+    )
+    (run / "config.json").write_text(cfg.to_json())
+    executor = submitit.AutoExecutor(folder=tmp_path / "logs")
+    executor.update_parameters(
+        **submitit_params(
+            "torch",
+            SlurmRequest(
+                devices=1, gpus=False, partition="debug", time="00:10:00", cpus_per_task=1
+            ),
+        )
+    )
+    job = executor.submit(TrainTask("torch", run))
+    deadline = time.monotonic() + 180
+    while len(read_jsonl(run / "torch" / "epochs.jsonl")) < 1:
+        assert time.monotonic() < deadline, "no epoch finished in time"
+        time.sleep(0.5)
+    job._interrupt()  # what SLURM's preemption signal does: submitit checkpoints and requeues
+    deadline = time.monotonic() + 300
+    while not job.done():
+        assert time.monotonic() < deadline, f"job still {job.state}"
+        time.sleep(1)
+    summary = job.result()
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 4
+    assert [e["epoch"] for e in read_jsonl(run / "torch" / "epochs.jsonl")] == [0, 1, 2, 3]
+    assert "resuming after epoch" in job.stdout()
