@@ -22,13 +22,16 @@ nodes, node rank and master address are taken from SLURM's environment.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from denoisebench.compare import comparison_table, repeats_table
+from denoisebench.compare import comparison_table, repeats_table, sweep_table
 from denoisebench.config import Config, ConfigError, load_config, load_resolved, parse_overrides
 from denoisebench.distributed import slurm_nodes
 from denoisebench.results import (
@@ -39,6 +42,7 @@ from denoisebench.results import (
     new_run_id,
     read_json,
 )
+from denoisebench.sweep import SweepElement, load_sweep
 from launch.commands import (
     HOROVOD_UNAVAILABLE,
     Command,
@@ -47,7 +51,7 @@ from launch.commands import (
     build_torchrun_cmd,
     build_train_cmd,
 )
-from launch.slurm import SlurmRequest, render_sbatch, submit
+from launch.slurm import SlurmRequest, render_sbatch, submit, submit_array
 from launch.supervise import run_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -215,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the sbatch script for these options to FILE and exit",
     )
     sl.add_argument(
+        "--sweep",
+        metavar="FILE",
+        help="run every element of a sweep profile (e.g. profiles/sweep.toml): "
+        "framework x devices x batch size, each in its own folder",
+    )
+    sl.add_argument(
         "--auto-resume",
         action="store_true",
         help="resume the run folder if it exists, else start it (requeued jobs)",
@@ -379,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--repeats {args.repeats} must be >= 1")
         if args.sbatch_out:
             return write_sbatch(args)
+        if args.sweep:
+            return run_sweep(args)
         cfg, run_dir = resolve(args)
         if args.print_config:
             print(cfg.to_json())
@@ -459,17 +471,26 @@ def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Pa
         jobs.append((framework, job))
     if not args.wait:
         return 0
-    deadline = time.monotonic() + args.wait_timeout
+    failed = wait_for_jobs([(fw, run_dir, job) for fw, job in jobs], args.wait_timeout)
+    print()
+    print(comparison_table(run_dir))
+    print(f"\nresults: {run_dir}")
+    return 1 if failed else 0
+
+
+def wait_for_jobs(jobs: list[tuple[str, Path, Any]], timeout_s: float) -> list[str]:
+    """Wait for submitit jobs, to a deadline; record failures in their run folders."""
+    deadline = time.monotonic() + timeout_s
     failed = []
-    for framework, job in jobs:
+    for framework, run_dir, job in jobs:
         while not job.done():
             if time.monotonic() > deadline:
                 print(
                     f"[{framework}] job {job.job_id} still {job.state} after "
-                    f"{args.wait_timeout:.0f}s: stopped waiting",
+                    f"{timeout_s:.0f}s: stopped waiting",
                     file=sys.stderr,
                 )
-                return 1
+                return [*failed, framework]
             time.sleep(2)
         try:
             job.results()
@@ -481,9 +502,84 @@ def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Pa
                 f"[{framework}] job {job.job_id} failed ({job.state}): {message}", file=sys.stderr
             )
             mark_failed(run_dir, framework, f"SLURM job {job.job_id} {job.state}: {message}")
+    return failed
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Every element of a sweep profile: here, one after the other, or as SLURM job arrays."""
+    sweep = load_sweep(args.sweep)
+    sweep_dir = args.results / (args.run_id or new_run_id(f"sweep-{Path(args.sweep).stem}"))
+    if sweep_dir.exists():
+        raise ConfigError(f"{sweep_dir} exists; pick another --run-id")
+    elements = sweep.elements()
+    sets = [x for o in sweep.overrides for x in ("--set", o)]
+    configs = {}
+    for el in elements:  # resolve every element first: a bad value stops the sweep before it runs
+        overrides = parse_overrides([*sweep.overrides, f"train.batch_size={el.batch_size}"])
+        configs[el.name] = load_config(sweep.profile, overrides)
+    sweep_dir.mkdir(parents=True)
+    atomic_write_text(
+        sweep_dir / "sweep.json",
+        json.dumps({"sweep": str(args.sweep), "elements": [el.name for el in elements]}, indent=2)
+        + "\n",
+    )
+    print(f"sweep folder: {sweep_dir} ({len(elements)} elements)", flush=True)
+    if args.slurm:
+        return submit_sweep(args, sweep_dir, elements, configs)
+    failed = []
+    for el in elements:
+        print(f"=== {el.name}", flush=True)
+        argv = [
+            "--profile",
+            sweep.profile,
+            "--framework",
+            el.framework,
+            "--batch-size",
+            str(el.batch_size),
+            "--results",
+            str(sweep_dir),
+            "--run-id",
+            el.name,
+            *sets,
+        ]
+        if el.devices > 1:
+            argv += ["--gpus", str(el.devices)]
+        if main(argv) != 0:
+            failed.append(el.name)
     print()
-    print(comparison_table(run_dir))
-    print(f"\nresults: {run_dir}")
+    print(sweep_table(sweep_dir, elements))
+    return 1 if failed else 0
+
+
+def submit_sweep(
+    args: argparse.Namespace,
+    sweep_dir: Path,
+    elements: list[SweepElement],
+    configs: dict[str, Config],
+) -> int:
+    """One submitit job array per (framework, devices): their tasks per node differ."""
+    groups: dict[tuple[str, int], list[SweepElement]] = {}
+    for el in elements:
+        groups.setdefault((el.framework, el.devices), []).append(el)
+        (sweep_dir / el.name).mkdir()
+        atomic_write_text(sweep_dir / el.name / "config.json", configs[el.name].to_json() + "\n")
+    jobs = []
+    for (framework, devices), group in groups.items():
+        req = replace(slurm_request(args), devices=devices)
+        array = submit_array(
+            framework, req, [sweep_dir / el.name for el in group], sweep_dir / "slurm-logs"
+        )
+        for el, job in zip(group, array, strict=True):
+            print(f"[{el.name}] SLURM job {job.job_id}", flush=True)
+            jobs.append((el, job))
+    print(f"logs: {sweep_dir / 'slurm-logs'}", flush=True)
+    if not args.wait:
+        return 0
+    failed = wait_for_jobs(
+        [(el.framework, sweep_dir / el.name, job) for el, job in jobs], args.wait_timeout
+    )
+    print()
+    print(sweep_table(sweep_dir, elements))
     return 1 if failed else 0
 
 

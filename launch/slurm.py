@@ -156,3 +156,20 @@ def submit(framework: str, req: SlurmRequest, run_dir: Path, log_dir: Path) -> A
     executor.update_parameters(**submitit_params(framework, req))
     devices_per_task = req.devices if framework == "tf" and req.gpus else 1
     return executor.submit(TrainTask(framework, run_dir, devices_per_task=devices_per_task))
+
+
+def submit_array(framework: str, req: SlurmRequest, run_dirs: list[Path], log_dir: Path) -> list:
+    """Submit one job array (submitit batch) training `framework` into each of run_dirs."""
+    import submitit
+
+    from denoisebench.slurm_job import TrainTask
+
+    executor = submitit.AutoExecutor(folder=log_dir)
+    executor.update_parameters(**submitit_params(framework, req))
+    devices_per_task = req.devices if framework == "tf" and req.gpus else 1
+    with executor.batch():
+        jobs = [
+            executor.submit(TrainTask(framework, d, devices_per_task=devices_per_task))
+            for d in run_dirs
+        ]
+    return jobs

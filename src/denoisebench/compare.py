@@ -119,3 +119,38 @@ def missing_reasons(run_dir: Path) -> list[str]:
 
 def _fixed(digits: int):
     return lambda v: "missing" if pd.isna(v) else f"{v:.{digits}f}"
+
+
+def sweep_table(sweep_dir: Path, elements: list) -> str:
+    """One row per sweep element: its devices and batch, then the comparison columns."""
+    frames = []
+    for el in elements:
+        frame = comparison_frame(Path(sweep_dir) / el.name)
+        if frame.empty:
+            frame = pd.DataFrame([{"framework": el.framework, "status": "not run"}])
+        frames.append(frame.assign(devices=el.devices, batch=el.batch_size))
+    frame = pd.concat(frames, ignore_index=True)
+    columns = [
+        "framework",
+        "devices",
+        "batch",
+        "status",
+        "throughput_steady_img_s",
+        "test_psnr_db",
+        "gpu_energy_per_image_j",
+        "wall_time_s",
+    ]
+    return (
+        frame.reindex(columns=columns)
+        .rename(columns=COLUMNS)
+        .to_string(
+            index=False,
+            na_rep="missing",
+            formatters={
+                "steady img/s": _fixed(0),
+                "PSNR dB": _fixed(2),
+                "GPU J/img": _fixed(4),
+                "wall s": _fixed(1),
+            },
+        )
+    )

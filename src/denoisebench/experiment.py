@@ -22,7 +22,7 @@ from denoisebench.data import DataError, Images, load_images, make_split
 from denoisebench.hardware import peak_flops
 from denoisebench.metrics import image_quality
 from denoisebench.noise import noisy_test_set
-from denoisebench.results import RunRecorder, atomic_write_json, read_json
+from denoisebench.results import RunRecorder, atomic_write_json, atomic_write_npz, read_json
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class RunData:
     """MAE/PSNR/SSIM of the noisy test inputs: the baseline a denoiser must beat."""
     description: str
     """What the images are (never calls other images EuroSAT)."""
+
+
+SAMPLE_IMAGES = 32
+"""Test images whose clean, noisy and output versions are saved for the report."""
 
 
 class SplitMismatchError(RuntimeError):
@@ -79,6 +83,14 @@ def prepare_data(cfg: Config, run_dir: Path, is_main: bool = True) -> RunData:
     test_u8 = images.images[split.test]
     test_clean = test_u8.astype(np.float32) / 255.0
     test_noisy = noisy_test_set(test_u8, cfg.noise)
+    samples = Path(run_dir) / "test_samples.npz"
+    if is_main and not samples.exists():  # for the report: image grid, classical baselines
+        atomic_write_npz(
+            samples,
+            clean=test_clean[:SAMPLE_IMAGES],
+            noisy=test_noisy[:SAMPLE_IMAGES],
+            index=split.test[:SAMPLE_IMAGES],
+        )
     if is_main:
         print(
             f"data: {images.description}; {len(split.train)} train / {len(split.test)} test "

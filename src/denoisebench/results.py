@@ -4,6 +4,7 @@
         config.json           resolved config (profile < file < overrides)
         data.json             what data was used (source, description, counts)
         split.json            train and test indices into the canonical image order
+        test_samples.npz      the first 32 test images: clean, noisy (shared), and their indices
         <framework>/          one per framework run: torch/ or tf/
             environment.json  library versions, CPU/GPU model, driver, git commit
             steps.jsonl       one STEP record per optimizer step and rank
@@ -13,6 +14,7 @@
             epochs.jsonl      one EPOCH record per finished epoch
             summary.json      status and final figures (SUMMARY)
             weights.npz       final weights in the canonical (PyTorch) layout, either framework
+            test_outputs.npz  the final model's outputs for test_samples.npz
             checkpoints/      the last finished epoch, to --resume from
 
 Every JSON file is written to a temporary name and renamed into place, so a reader never sees
@@ -141,6 +143,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_npz(path: Path, *arrays: Any, **named: Any) -> None:
+    """np.savez to a temporary name, then renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, *arrays, **named)
+    os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -273,11 +283,12 @@ class RunRecorder:
                 os.fsync(f.fileno())
 
     def write_weights(self, weights: list[Any]) -> None:
-        """weights.npz: canonical-layout arrays w0, b0, w1, b1, ... (see spec.shared_weights)."""
-        path = self.dir / "weights.npz"
-        tmp = path.with_name(".weights.tmp.npz")
-        np.savez(tmp, *weights)
-        os.replace(tmp, path)
+        """weights.npz: canonical-layout arrays arr_0, arr_1, ... = W0, b0, W1, b1, ..."""
+        atomic_write_npz(self.dir / "weights.npz", *weights)
+
+    def write_outputs(self, outputs: np.ndarray) -> None:
+        """test_outputs.npz: the model's outputs for the run's test_samples.npz (NHWC)."""
+        atomic_write_npz(self.dir / "test_outputs.npz", outputs=outputs.astype(np.float32))
 
     def epochs(self) -> list[dict[str, Any]]:
         return read_jsonl(self.dir / "epochs.jsonl")

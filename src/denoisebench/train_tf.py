@@ -35,6 +35,7 @@ from tqdm import tqdm
 from denoisebench.config import Config, load_resolved
 from denoisebench.distributed import maybe_inject_fault, tf_worker_index
 from denoisebench.experiment import (
+    SAMPLE_IMAGES,
     USER_ERRORS,
     RunData,
     epoch_batches,
@@ -361,6 +362,8 @@ def _train(
         shutil.rmtree(save_dir, ignore_errors=True)
         return {}
     rec.write_weights(get_weights(model))
+    # the report's image grid: outputs for the saved test samples
+    rec.write_outputs(np.asarray(model(data.test_noisy[:SAMPLE_IMAGES], training=False)))
     summary = final_summary(rec, wall_time_s, int(model.count_params()), data, world)
     rec.summary(**summary)
     return summary

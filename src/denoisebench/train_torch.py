@@ -33,6 +33,7 @@ from tqdm import tqdm
 from denoisebench.config import Config, load_resolved
 from denoisebench.distributed import maybe_inject_fault
 from denoisebench.experiment import (
+    SAMPLE_IMAGES,
     USER_ERRORS,
     RunData,
     epoch_batches,
@@ -321,6 +322,10 @@ def _train(
     if rec is None:
         return {}
     rec.write_weights(get_weights(raw_model))
+    with torch.no_grad():  # the report's image grid: outputs for the saved test samples
+        raw_model.eval()
+        sample = to_nchw(data.test_noisy[:SAMPLE_IMAGES], device)
+        rec.write_outputs(raw_model(sample).permute(0, 2, 3, 1).cpu().numpy())
     parameters = sum(p.numel() for p in raw_model.parameters())
     summary = final_summary(rec, wall_time_s, parameters, data, world)
     rec.summary(**summary)

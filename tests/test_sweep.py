@@ -1,0 +1,123 @@
+"""Sweeps: framework x devices x batch size, here and as SLURM job arrays."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from denoisebench.config import ConfigError
+from denoisebench.results import read_json
+from denoisebench.sweep import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launch", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+def test_sweep_profiles_load():
+    sweep = load_sweep("profiles/sweep.toml")
+    assert len(sweep.elements()) == 2 * 3 * 2
+    smoke = load_sweep("sweep_smoke")
+    assert [e.name for e in smoke.elements()] == [
+        "torch-1dev-b8",
+        "tf-1dev-b8",
+        "torch-2dev-b8",
+        "tf-2dev-b8",
+    ]
+    assert smoke.overrides == ("train.epochs=1",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sweep]\ndevices = [1]\nbatch_sizes = [0]\n", "batch_sizes"),
+        ("[sweep]\ndevices = []\nbatch_sizes = [8]\n", "devices"),
+        ("[sweep]\nframeworks = ['jax']\ndevices = [1]\nbatch_sizes = [8]\n", "frameworks"),
+        ("[sweep]\ngpus = [1]\ndevices = [1]\nbatch_sizes = [8]\n", "gpus"),
+        ("[train]\nepochs = 1\n", "[sweep]"),
+        ("[sweep\n", "not valid TOML"),
+    ],
+)
+def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"{path}.*{__import__('re').escape(message)}"):
+        load_sweep(path)
+
+
+def test_bad_override_stops_the_sweep_before_anything_runs(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        "[sweep]\nprofile = 'smoke'\ndevices = [1]\nbatch_sizes = [8]\n"
+        "[set]\n'train.epochs' = 'many'\n"
+    )
+    proc = launch("--sweep", str(path), "--results", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "train.epochs" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_local_sweep_runs_every_element_into_its_own_folder(tmp_path):
+    proc = launch(
+        "--sweep", "profiles/sweep_smoke.toml", "--results", str(tmp_path), "--run-id", "sw"
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for name, world in (
+        ("torch-1dev-b8", 1),
+        ("tf-1dev-b8", 1),
+        ("torch-2dev-b8", 2),
+        ("tf-2dev-b8", 2),
+    ):
+        framework = name.split("-")[0]
+        summary = read_json(tmp_path / "sw" / name / framework / "summary.json")
+        assert summary["status"] == "completed"
+        assert (summary["world_size"], summary["global_batch"]) == (world, 8 * world)
+    table = proc.stdout[proc.stdout.rindex("framework") :]
+    assert len([line for line in table.splitlines() if "completed" in line]) == 4
+
+
+@pytest.mark.slurm
+def test_slurm_sweep_submits_job_arrays(slurm_cluster, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        "[sweep]\nprofile = 'smoke'\nframeworks = ['torch']\ndevices = [1, 2]\n"
+        "batch_sizes = [8]\n[set]\n'train.epochs' = 1\n"
+    )
+    proc = launch(
+        "--sweep",
+        str(path),
+        "--slurm",
+        "--partition",
+        "debug",
+        "--time",
+        "00:10:00",
+        "--cpus-per-task",
+        "1",
+        "--cpu-workers",
+        "--wait",
+        "--wait-timeout",
+        "400",
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "sw",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # one submission per (framework, devices) group: a job array when the group has several
+    assert "[torch-1dev-b8] SLURM job " in proc.stdout
+    assert "[torch-2dev-b8] SLURM job " in proc.stdout
+    for name, world in (("torch-1dev-b8", 1), ("torch-2dev-b8", 2)):
+        summary = read_json(tmp_path / "sw" / name / "torch" / "summary.json")
+        assert summary["status"] == "completed" and summary["world_size"] == world
