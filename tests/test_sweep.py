@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,12 +93,10 @@ def test_local_sweep_runs_every_element_into_its_own_folder(tmp_path):
 def test_slurm_sweep_submits_job_arrays(slurm_cluster, tmp_path):
     path = tmp_path / "s.toml"
     path.write_text(
-        "[sweep]\nprofile = 'smoke'\nframeworks = ['torch']\ndevices = [1, 2]\n"
-        "batch_sizes = [8]\n[set]\n'train.epochs' = 1\n"
+        "[sweep]\nprofile = 'smoke'\nframeworks = ['torch']\ndevices = [2]\n"
+        "batch_sizes = [8, 16]\n[set]\n'train.epochs' = 1\n"
     )
-    proc = launch(
-        "--sweep",
-        str(path),
+    slurm = [
         "--slurm",
         "--partition",
         "debug",
@@ -109,15 +108,14 @@ def test_slurm_sweep_submits_job_arrays(slurm_cluster, tmp_path):
         "--wait",
         "--wait-timeout",
         "400",
-        "--results",
-        str(tmp_path),
-        "--run-id",
-        "sw",
-    )
+    ]
+    proc = launch("--sweep", str(path), *slurm, "--results", str(tmp_path), "--run-id", "sw")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # one submission per (framework, devices) group: a job array when the group has several
-    assert "[torch-1dev-b8] SLURM job " in proc.stdout
-    assert "[torch-2dev-b8] SLURM job " in proc.stdout
-    for name, world in (("torch-1dev-b8", 1), ("torch-2dev-b8", 2)):
+    # one job array per (framework, devices): submitit names its elements <array id>_<index>
+    job_ids = re.findall(r"\[torch-2dev-b(?:8|16)\] SLURM job (\S+)", proc.stdout)
+    assert sorted(j.split("_")[1] for j in job_ids) == ["0", "1"]
+    assert len({j.split("_")[0] for j in job_ids}) == 1
+    for name, batch in (("torch-2dev-b8", 16), ("torch-2dev-b16", 32)):
         summary = read_json(tmp_path / "sw" / name / "torch" / "summary.json")
-        assert summary["status"] == "completed" and summary["world_size"] == world
+        assert summary["status"] == "completed"
+        assert (summary["world_size"], summary["global_batch"]) == (2, batch)
