@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument(
         "--sweep",
         metavar="FILE",
-        help="run every element of a sweep profile (e.g. profiles/sweep.toml): "
+        help="run every element of a sweep profile (profiles/sweeps/<name>.toml or a path): "
         "framework x devices x batch size, each in its own folder",
     )
     sl.add_argument(

@@ -277,3 +277,24 @@ def test_submitit_checkpoint_requeues_and_resumes(slurm_cluster, tmp_path):
     assert summary["status"] == "completed" and summary["epochs_completed"] == 4
     assert [e["epoch"] for e in read_jsonl(run / "torch" / "epochs.jsonl")] == [0, 1, 2, 3]
     assert "resuming after epoch" in job.stdout()
+
+    # the same training without interruption ends on the same weights
+    proc = launch(
+        "--profile",
+        "smoke",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--limit",
+        "320",
+        "--framework",
+        "torch",
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "straight",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for a, b in zip(weights(run, "torch"), weights(tmp_path / "straight", "torch"), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)

@@ -29,9 +29,10 @@ def launch(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_sweep_profiles_load():
-    sweep = load_sweep("profiles/sweep.toml")
+    sweep = load_sweep("default")
+    assert load_sweep("profiles/sweeps/default.toml") == sweep
     assert len(sweep.elements()) == 2 * 3 * 2
-    smoke = load_sweep("sweep_smoke")
+    smoke = load_sweep("smoke")
     assert [e.name for e in smoke.elements()] == [
         "torch-1dev-b8",
         "tf-1dev-b8",
@@ -71,9 +72,7 @@ def test_bad_override_stops_the_sweep_before_anything_runs(tmp_path):
 
 
 def test_local_sweep_runs_every_element_into_its_own_folder(tmp_path):
-    proc = launch(
-        "--sweep", "profiles/sweep_smoke.toml", "--results", str(tmp_path), "--run-id", "sw"
-    )
+    proc = launch("--sweep", "smoke", "--results", str(tmp_path), "--run-id", "sw")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for name, world in (
         ("torch-1dev-b8", 1),

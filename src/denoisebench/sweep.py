@@ -1,6 +1,6 @@
 """Sweeps: framework x devices x batch size, each element trained into its own run folder.
 
-A sweep profile (profiles/sweep*.toml) names a base run profile, the values to sweep, and
+A sweep profile (profiles/sweeps/<name>.toml) names a base run profile, the values to sweep, and
 overrides for every element:
 
     [sweep]
@@ -12,7 +12,7 @@ overrides for every element:
     [set]                       # as --set section.key=value, for every element
     "train.epochs" = 3
 
-`python -m launch --sweep profiles/sweep.toml` runs the elements here one after the other, or
+`python -m launch --sweep default` (or a path to a TOML file) runs the elements here one after the other, or
 with --slurm submits them as job arrays (one array per framework and device count, since the
 tasks per node differ). Each element writes results/<sweep-id>/<framework>-<N>dev-b<B>/.
 """
@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from denoisebench.config import ConfigError, profile_path
+from denoisebench.config import PROFILES_DIR, ConfigError
 
 FRAMEWORK_CHOICES = ("torch", "tf")
+SWEEPS_DIR = PROFILES_DIR / "sweeps"
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,11 @@ def _int_list(raw: dict[str, Any], key: str, where: str) -> tuple[int, ...]:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep profile; errors name the file and the key."""
-    path = profile_path(str(path))
+    given = Path(path)
+    path = given if given.suffix == ".toml" or "/" in str(given) else SWEEPS_DIR / f"{given}.toml"
     if not path.is_file():
-        raise ConfigError(f"sweep {path}: no such file")
+        known = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.toml")))
+        raise ConfigError(f"sweep {path}: no such file (sweeps in {SWEEPS_DIR}: {known})")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

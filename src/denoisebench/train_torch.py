@@ -175,7 +175,12 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
             interval_s=cfg.profiler.sample_interval_s,
             min_window_s=cfg.profiler.min_window_s,
         ) as prof:
-            return _train(cfg, run_dir, rec, device, rank, world, resume, ddp, prof)
+            summary = _train(cfg, run_dir, rec, device, rank, world, resume, ddp, prof)
+        if ddp:
+            # every rank waits for rank 0 to finish writing: tearing the gloo group down while
+            # a peer still holds its connections aborts that peer (seen as exit code -6)
+            dist.barrier()
+        return summary
     except BaseException as e:
         if rec:
             rec.summary(status="failed", error=f"{type(e).__name__}: {e}")

@@ -1,0 +1,340 @@
+"""The comparison report (denoisebench.report) on real tiny results.
+
+One module fixture trains real runs through the launcher (2 repeats on one device, one run on
+2 CPU workers, both frameworks) and writes the report once; the tests check its tables against
+the raw records, the files it writes, the verdict rule, the classical baselines, and that
+report.html shows its plots in a real headless Chromium.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from report_fixtures import add_gpu_records, dump_dom, ensure_chromium, make_results
+
+from denoisebench import baselines, report
+from denoisebench.report import Stat, find_run_folders, time_to_target, verdict, write_report
+from denoisebench.results import read_json, read_jsonl
+
+PLOTS = [
+    "loss_per_framework.png",
+    "loss_overlay.png",
+    "throughput_scaling.png",
+    "energy_per_image.png",
+    "power_over_time.png",
+    "peak_memory.png",
+    "test_images.png",
+]
+CSVS = ["speed", "memory_energy", "time_to_target", "quality", "runs", "baselines"]
+CSVS += ["environment", "verdicts"]
+BASELINE_IMAGES = 3  # BM3D takes about 1 s an image on one core
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("report-results")
+    runs = make_results(root)
+    folders = [runs["rep"] / "repeat-0", runs["rep"] / "repeat-1", runs["g2"]]
+    # A target every run reaches at some epoch: the lowest of the runs' best PSNRs.
+    best = [
+        max(e["test_psnr_db"] for e in read_jsonl(f / fw / "epochs.jsonl"))
+        for f in folders
+        for fw in ("torch", "tf")
+    ]
+    target = min(best)
+    out = root / "report"
+    html = write_report(None, out, root, target_psnr_db=target, baseline_images=BASELINE_IMAGES)
+    return {"root": root, "folders": folders, "out": out, "html": html, "target": target}
+
+
+def csv(built: dict, name: str) -> pd.DataFrame:
+    return pd.read_csv(built["out"] / f"{name}.csv")
+
+
+def summaries(folders: list[Path], framework: str) -> list[dict]:
+    return [read_json(f / framework / "summary.json") for f in folders]
+
+
+def group_row(frame: pd.DataFrame, framework: str, devices: int) -> pd.Series:
+    rows = frame[(frame["framework"] == framework) & (frame["devices"] == devices)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_find_run_folders_finds_repeats_and_runs_but_not_their_parents(built):
+    found = find_run_folders([built["root"]])
+    assert found == sorted(f.resolve() for f in built["folders"])
+    # the repeats' parent has config.json but no framework results: not a run folder
+    assert (built["root"] / "rep" / "config.json").is_file()
+    assert find_run_folders([built["root"] / "g2"]) == [(built["root"] / "g2").resolve()]
+
+
+def test_throughput_table_equals_the_summaries(built):
+    speed = csv(built, "speed")
+    rep = built["folders"][:2]
+    for framework in ("torch", "tf"):
+        values = [s["throughput_steady_img_s"] for s in summaries(rep, framework)]
+        row = group_row(speed, framework, 1)
+        assert row["repeats"] == 2 and row["engine"] == "native"
+        assert row["throughput_steady_img_s_median"] == pytest.approx(np.median(values), rel=1e-12)
+        assert row["throughput_steady_img_s_min"] == pytest.approx(min(values), rel=1e-12)
+        assert row["throughput_steady_img_s_max"] == pytest.approx(max(values), rel=1e-12)
+        two = summaries([built["folders"][2]], framework)[0]
+        assert two["world_size"] == 2
+        row2 = group_row(speed, framework, 2)
+        assert row2["throughput_steady_img_s_median"] == pytest.approx(
+            two["throughput_steady_img_s"], rel=1e-12
+        )
+        assert row2["throughput_per_device_img_s_median"] == pytest.approx(
+            two["throughput_steady_img_s"] / 2, rel=1e-12
+        )
+
+
+def test_step_times_equal_the_step_records(built):
+    speed = csv(built, "speed")
+    g2 = built["folders"][2]
+    warmup = read_json(g2 / "config.json")["profiler"]["warmup_steps"]
+    for framework in ("torch", "tf"):
+        steady = [s for s in read_jsonl(g2 / framework / "steps.jsonl") if s["step"] >= warmup]
+        times = [s["step_time_s"] for s in steady]
+        row = group_row(speed, framework, 2)
+        assert row["step_time_p50_s_median"] == pytest.approx(np.percentile(times, 50))
+        assert row["step_time_p95_s_median"] == pytest.approx(np.percentile(times, 95))
+        wait = sum(s["data_wait_s"] for s in steady) / sum(times)
+        assert row["data_wait_fraction_median"] == pytest.approx(wait)
+
+
+def test_scaling_efficiency_is_the_formula(built):
+    speed = csv(built, "speed")
+    for framework in ("torch", "tf"):
+        one = np.median(
+            [s["throughput_steady_img_s"] for s in summaries(built["folders"][:2], framework)]
+        )
+        two = summaries([built["folders"][2]], framework)[0]["throughput_steady_img_s"]
+        row = group_row(speed, framework, 2)
+        assert row["scaling_efficiency_median"] == pytest.approx(two / (2 * one), rel=1e-12)
+        assert group_row(speed, framework, 1)["scaling_efficiency_median"] == pytest.approx(1.0)
+
+
+def test_time_to_target_is_the_cumulative_train_time(built):
+    table = csv(built, "time_to_target")
+    target = built["target"]
+    for framework in ("torch", "tf"):
+        for devices, folders in ((1, built["folders"][:2]), (2, built["folders"][2:])):
+            expected = []
+            for folder in folders:
+                total = 0.0
+                for rec in read_jsonl(folder / framework / "epochs.jsonl"):
+                    total += rec["train_time_s"]
+                    if rec["test_psnr_db"] >= target:
+                        expected.append(total)
+                        break
+            assert len(expected) == len(folders)  # the target was chosen so every run gets there
+            row = group_row(table, framework, devices)
+            assert row["target_psnr_db_median"] == pytest.approx(target)
+            assert row["time_to_target_s_median"] == pytest.approx(np.median(expected), rel=1e-12)
+            assert row["time_to_target_s_min"] == pytest.approx(min(expected), rel=1e-12)
+
+
+def test_time_to_target_on_records():
+    epochs = [
+        {"epoch": 0, "train_time_s": 2.0, "test_psnr_db": 20.0, "gpu_energy_j": 100.0},
+        {"epoch": 1, "train_time_s": 3.0, "test_psnr_db": 25.0, "gpu_energy_j": 150.0},
+        {"epoch": 2, "train_time_s": 4.0, "test_psnr_db": 27.0, "gpu_energy_j": 200.0},
+    ]
+    hit = time_to_target(epochs, 24.0)
+    assert (hit["epochs_to_target"], hit["time_to_target_s"], hit["energy_to_target_j"]) == (
+        2,
+        5.0,
+        250.0,
+    )
+    never = time_to_target(epochs, 30.0)
+    assert never["time_to_target_s"] is None and "never reached" in never["target_reason"]
+    assert "best 27.00 dB" in never["target_reason"]
+    cpu = [dict(e, gpu_energy_j=None, gpu_energy_reason="no GPU: training on CPU") for e in epochs]
+    no_energy = time_to_target(cpu, 24.0)
+    assert no_energy["time_to_target_s"] == 5.0 and no_energy["energy_to_target_j"] is None
+    assert no_energy["energy_target_reason"] == "no GPU: training on CPU"
+
+
+def test_missing_energy_shows_missing_with_the_records_reason(built):
+    table = csv(built, "memory_energy")
+    md = (built["out"] / "report.md").read_text()
+    for framework in ("torch", "tf"):
+        summary = summaries([built["folders"][2]], framework)[0]
+        row = group_row(table, framework, 2)
+        if summary["gpu_energy_per_image_j"] is not None:  # a machine with a GPU measured it
+            assert row["gpu_energy_per_image_j_median"] == pytest.approx(
+                summary["gpu_energy_per_image_j"]
+            )
+            continue
+        assert math.isnan(row["gpu_energy_per_image_j_median"])  # empty cell, never 0
+        assert row["gpu_energy_per_image_j_reason"] == summary["gpu_energy_reason"]
+        assert f"missing ({summary['gpu_energy_reason']})" in md
+    # no figure of the memory and energy table reads 0 (a missing value shown as zero)
+    section = md.split("## Memory and energy")[1].split("\n## ")[0]
+    cells = [c.strip() for line in section.splitlines()[4:] for c in line.split("|")]
+    assert cells and not [c for c in cells if re.fullmatch(r"0(\.0*)?", c)]
+
+
+def test_files_are_written_and_html_is_self_contained(built):
+    out = built["out"]
+    for name in ["report.md", "report.html", *PLOTS, *(f"{c}.csv" for c in CSVS)]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    md = (out / "report.md").read_text()
+    html = built["html"].read_text()
+    for name in PLOTS:
+        assert f"]({name})" in md
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sources = re.findall(r'<img [^>]*src="([^"]*)"', html)
+    assert len(sources) == len(PLOTS)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    for text in (md, html):
+        for section in ("Verdicts", "Speed", "Classical baselines", "Environment", "Configs"):
+            assert section in text
+    runs = csv(built, "runs")
+    assert len(runs) == 6 and set(runs["status"]) == {"completed"}  # 3 folders x 2 frameworks
+    env = csv(built, "environment")
+    assert env["packages"].str.contains("torch").any() and env["commit"].notna().all()
+
+
+def test_verdict_rule():
+    def s(name, med, lo, hi, n=3):
+        return Stat(name, med, lo, hi, n)
+
+    where = "on 4 GPUs"
+    separated = verdict(
+        "throughput_steady_img_s",
+        s("PyTorch", 1230.0, 1200.0, 1250.0),
+        s("TensorFlow", 1000.0, 980.0, 1020.0),
+        where,
+    )
+    assert separated.startswith("PyTorch trained 1.23x faster than TensorFlow on 4 GPUs")
+    overlapping = verdict(
+        "throughput_steady_img_s",
+        s("PyTorch", 1230.0, 990.0, 1250.0),
+        s("TensorFlow", 1000.0, 980.0, 1020.0),
+        where,
+    )
+    assert "within noise" in overlapping and "faster" not in overlapping
+    single = verdict(
+        "throughput_steady_img_s",
+        s("PyTorch", 1230.0, 1230.0, 1230.0, 1),
+        s("TensorFlow", 1000.0, 1000.0, 1000.0, 1),
+        where,
+    )
+    assert "not enough repeats" in single and "single run" in single and "faster" not in single
+    energy = verdict(
+        "gpu_energy_per_image_j",
+        s("PyTorch", 0.82, 0.80, 0.84),
+        s("TensorFlow", 1.0, 0.95, 1.05),
+        where,
+    )
+    assert energy.startswith("PyTorch used 18% less GPU energy per image than TensorFlow on 4 GPUs")
+    psnr = verdict(
+        "test_psnr_db", s("PyTorch", 27.0, 26.9, 27.1), s("TensorFlow", 27.5, 27.4, 27.6), where
+    )
+    assert psnr.startswith("TensorFlow reached 0.50 dB higher final test PSNR than PyTorch")
+    same = verdict(
+        "test_psnr_db", s("PyTorch", 27.0, 27.0, 27.0), s("TensorFlow", 27.5, 27.5, 27.5), where
+    )
+    assert "within noise" in same and "higher" not in same
+    missing = verdict(
+        "gpu_energy_per_image_j",
+        Stat("PyTorch", None, None, None, 0, "no GPU: training on CPU"),
+        s("TensorFlow", 1.0, 0.9, 1.1),
+        where,
+    )
+    assert "missing for PyTorch (no GPU: training on CPU)" in missing
+
+
+def test_report_verdicts_follow_the_rule(built):
+    lines = csv(built, "verdicts")["verdict"].tolist()
+    two = [v for v in lines if "on 2 CPU workers" in v]
+    # one run on 2 workers: no winner may be named there
+    assert two and all("not enough repeats" in v or "missing" in v for v in two)
+
+
+def test_baselines_beat_the_noisy_input_on_the_same_sample(built):
+    table = csv(built, "baselines").set_index("method")
+    assert set(table["images"]) == {BASELINE_IMAGES}
+    noisy = table.loc["noisy input", "psnr_db"]
+    assert table.loc["BM3D", "psnr_db"] > noisy + 5.0  # sigma 0.2: BM3D gains ~12 dB here
+    assert table.loc["non-local means", "psnr_db"] > noisy
+    assert table.loc["total variation", "psnr_db"] > noisy
+    for framework in ("PyTorch", "TensorFlow"):
+        assert not math.isnan(table.loc[framework, "psnr_db"])
+    md = (built["out"] / "report.md").read_text()
+    assert f"{BASELINE_IMAGES} test images (seeded sample" in md
+
+
+def test_baselines_missing_bm3d_is_a_reason_not_a_crash(built, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "bm3d", None)  # import bm3d -> ImportError
+    result = baselines.run_baselines(built["folders"][2], images=2, methods=("BM3D",))
+    row = result.frame.set_index("method").loc["BM3D"]
+    assert math.isnan(row["psnr_db"]) and "BM3D failed" in row["reason"] and "bm3d" in row["reason"]
+    assert result.frame.set_index("method").loc["noisy input", "images"] == 2
+
+
+def test_html_shows_every_plot_in_chromium(built, tmp_path):
+    browser = ensure_chromium()
+    dom = dump_dom(browser, built["html"])
+    widths = [int(w) for w in re.findall(r'data-natural-width="(\d+)"', dom)]
+    assert len(widths) == len(PLOTS) and all(w > 0 for w in widths), widths
+    assert f"{len(PLOTS)} of {len(PLOTS)} images decoded" in dom
+    # the check can fail: an image whose data does not decode reads 0
+    broken = tmp_path / "broken.html"
+    html = built["html"].read_text()
+    broken.write_text(re.sub(r"base64,[A-Za-z0-9+/=]{40}", "base64,AAAA", html, count=1))
+    assert f"{len(PLOTS) - 1} of {len(PLOTS)} images decoded" in dump_dom(browser, broken)
+
+
+def test_gpu_records_give_energy_power_and_energy_to_target(built, tmp_path):
+    run = tmp_path / "gpu-like"
+    shutil.copytree(built["folders"][0], run)
+    energy = [40.0, 60.0]
+    add_gpu_records(run, "torch", energy)
+    out = tmp_path / "report"
+    write_report([run], out, tmp_path, target_psnr_db=built["target"], baseline_images=0)
+    summary = read_json(run / "torch" / "summary.json")
+    row = group_row(csv({"out": out}, "memory_energy"), "torch", 1)
+    assert row["gpu_energy_per_image_j_median"] == pytest.approx(summary["gpu_energy_per_image_j"])
+    assert row["gpu_energy_per_epoch_j_median"] == pytest.approx(50.0)
+    assert row["energy_method"] == "power_integration"
+    epochs = read_jsonl(run / "torch" / "epochs.jsonl")
+    reached = next(e["epoch"] for e in epochs if e["test_psnr_db"] >= built["target"])
+    target_row = group_row(csv({"out": out}, "time_to_target"), "torch", 1)
+    assert target_row["energy_to_target_j_median"] == pytest.approx(sum(energy[: reached + 1]))
+    runs = report.runs_frame([run])
+    assert (runs.set_index("framework").loc["torch", "device_kind"]) == "GPU"
+    # the power plot drew the samples instead of its "missing" placeholder
+    assert report.plot_power(runs) != report.plot_power(runs[runs["framework"] == "tf"])
+
+
+def test_cli_default_target_and_errors(built, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = report.main([str(built["root"] / "g2"), "--out", str(out), "--baseline-images", "0"])
+    assert code == 0 and f"report: {out / 'report.html'}" in capsys.readouterr().out
+    table = csv({"out": out}, "time_to_target")
+    g2 = built["folders"][2]
+    for framework in ("torch", "tf"):
+        epochs = read_jsonl(g2 / framework / "epochs.jsonl")
+        target = epochs[-1]["noisy_psnr_db"] + report.DEFAULT_TARGET_GAIN_DB
+        row = group_row(table, framework, 2)
+        assert row["target_psnr_db_median"] == pytest.approx(target)
+        if any(e["test_psnr_db"] >= target for e in epochs):
+            assert not math.isnan(row["time_to_target_s_median"])
+        else:
+            assert math.isnan(row["time_to_target_s_median"])
+            assert "never reached" in row["time_to_target_s_reason"]
+    assert "switched off" in (out / "report.md").read_text()
+    assert report.main([str(tmp_path / "empty"), "--out", str(out)]) == 2
+    (tmp_path / "empty").mkdir()
+    assert report.main([str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert "no run folders" in capsys.readouterr().err
