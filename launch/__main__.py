@@ -196,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--partition", default="gpu", help="SLURM partition (default: %(default)s)")
     sl.add_argument("--time", default="01:00:00", help="time limit (default: %(default)s)")
     sl.add_argument("--account", help="SLURM account to charge")
-    sl.add_argument("--cpus-per-task", type=int, default=4, help="(default: %(default)s)")
+    sl.add_argument(
+        "--cpus-per-task",
+        type=int,
+        default=4,
+        help="CPU cores per SLURM task (default: %(default)s)",
+    )
     sl.add_argument(
         "--cpu-workers",
         action="store_true",
@@ -269,8 +274,7 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
     """The config and run folder: a new one, or the one being resumed."""
     if args.auto_resume and args.resume is None:
-        job = os.environ.get("SLURM_JOB_ID")
-        run_id = args.run_id or (f"slurm-{job}" if job else None)
+        run_id = args.run_id or slurm_run_id()
         candidate = args.results / run_id if run_id else None
         if candidate is not None and (candidate / "config.json").is_file():
             print(
@@ -287,12 +291,15 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
         return load_resolved(config_path), args.resume
     overrides = parse_overrides([*flag_overrides(args), *args.set])
     cfg = load_config(args.profile, overrides)
-    run_id = args.run_id or (
-        f"slurm-{os.environ['SLURM_JOB_ID']}"
-        if "SLURM_JOB_ID" in os.environ
-        else new_run_id(cfg.profile)
-    )
+    run_id = args.run_id or slurm_run_id() or new_run_id(cfg.profile)
     return cfg, args.results / run_id
+
+
+def slurm_run_id() -> str | None:
+    """Inside a SLURM job the run folder is named after it, so every node and every requeue of
+    the job finds the same folder."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"slurm-{job}" if job else None
 
 
 def resolve_topology(args: argparse.Namespace) -> Topology | None:

@@ -8,6 +8,7 @@ report.html shows its plots in a real headless Chromium.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -338,3 +339,21 @@ def test_cli_default_target_and_errors(built, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert report.main([str(tmp_path / "empty"), "--out", str(out)]) == 2
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_failed_run_is_listed_and_its_figures_are_missing_with_the_error(built, tmp_path):
+    run = tmp_path / "failed-tf"
+    shutil.copytree(built["folders"][0], run)
+    summary = read_json(run / "tf" / "summary.json")
+    summary.update(status="failed", error="RuntimeError: boom", final=None)
+    (run / "tf" / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "report"
+    write_report([run], out, tmp_path, baseline_images=0)
+    runs = csv({"out": out}, "runs").set_index("framework")
+    assert runs.loc["tf", "status"] == "failed" and runs.loc["torch", "status"] == "completed"
+    row = group_row(csv({"out": out}, "quality"), "tf", 1)
+    assert row["repeats"] == 0 and row["runs"] == 1
+    assert math.isnan(row["test_psnr_db_median"])
+    assert row["test_psnr_db_reason"] == "no completed run (RuntimeError: boom)"
+    verdicts = csv({"out": out}, "verdicts")["verdict"].tolist()
+    assert any("missing for TensorFlow (no completed run" in v for v in verdicts)

@@ -367,7 +367,8 @@ def add_scaling_efficiency(groups: pd.DataFrame) -> pd.DataFrame:
     """throughput(N) / (N x throughput(1)), against the 1-device group of the same framework,
     engine, per-device batch and setup (so the same data); missing with a reason otherwise."""
     groups = groups.copy()
-    med, lo, hi, reasons = [], [], [], []
+    # (median, min, max, reason) per group
+    effs: list[tuple[float | None, float | None, float | None, str | None]] = []
     for _, g in groups.iterrows():
         same = (
             (groups["framework"] == g["framework"])
@@ -378,37 +379,36 @@ def add_scaling_efficiency(groups: pd.DataFrame) -> pd.DataFrame:
         )
         base = groups[same]
         n = int(g["devices"])
-        t_med = g["throughput_steady_img_s_median"]
         if base.empty:
-            reason = (
-                f"no 1-device {FRAMEWORK_NAMES.get(g['framework'], g['framework'])} run with the "
-                f"same per-device batch ({g['batch_per_device']}) and setup ({g['setup']})"
+            name = FRAMEWORK_NAMES.get(g["framework"], g["framework"])
+            effs.append(
+                (
+                    None,
+                    None,
+                    None,
+                    f"no 1-device {name} run with the same per-device batch "
+                    f"({g['batch_per_device']}) and setup ({g['setup']})",
+                )
             )
-            med.append(None), lo.append(None), hi.append(None), reasons.append(reason)
             continue
         b = base.iloc[0]
-        if _missing(t_med) or _missing(b["throughput_steady_img_s_median"]):
-            med.append(None), lo.append(None), hi.append(None)
-            reasons.append(
-                "throughput missing: "
-                + str(g["throughput_steady_img_s_reason"] or b["throughput_steady_img_s_reason"])
-            )
+        t_n, t_1 = g["throughput_steady_img_s_median"], b["throughput_steady_img_s_median"]
+        if _missing(t_n) or _missing(t_1):
+            why = g["throughput_steady_img_s_reason"] or b["throughput_steady_img_s_reason"]
+            effs.append((None, None, None, f"throughput missing: {why}"))
             continue
-        eff = t_med / (n * b["throughput_steady_img_s_median"])
-        med.append(eff)
+        eff = t_n / (n * t_1)
         if n == 1:  # the reference itself: 1 by definition, no range
-            lo.append(eff), hi.append(eff)
-        else:
-            # The widest range the repeats allow: slowest N-device run over fastest 1-device
-            # run, and the reverse.
-            lo.append(g["throughput_steady_img_s_min"] / (n * b["throughput_steady_img_s_max"]))
-            hi.append(g["throughput_steady_img_s_max"] / (n * b["throughput_steady_img_s_min"]))
-        reasons.append(None)
-    groups["scaling_efficiency_median"] = med
-    groups["scaling_efficiency_min"] = lo
-    groups["scaling_efficiency_max"] = hi
-    groups["scaling_efficiency_n"] = [0 if m is None else 1 for m in med]
-    groups["scaling_efficiency_reason"] = reasons
+            effs.append((eff, eff, eff, None))
+            continue
+        # The widest range the repeats allow: slowest N-device run over fastest 1-device run,
+        # and the reverse.
+        lo = g["throughput_steady_img_s_min"] / (n * b["throughput_steady_img_s_max"])
+        hi = g["throughput_steady_img_s_max"] / (n * b["throughput_steady_img_s_min"])
+        effs.append((eff, lo, hi, None))
+    for i, suffix in enumerate(("median", "min", "max", "reason")):
+        groups[f"scaling_efficiency_{suffix}"] = [e[i] for e in effs]
+    groups["scaling_efficiency_n"] = [0 if e[0] is None else 1 for e in effs]
     return groups
 
 
