@@ -7,6 +7,7 @@
     python -m launch --resume results/<run-id>      # continue an interrupted run
     python -m launch --gpus 4                       # data parallel on 4 GPUs, both frameworks
     python -m launch --gpus 4 --nodes 2 --node-rank 0 --master-addr node0 --run-id exp1
+    python -m launch report [RESULTS...]            # the comparison report, results/report/
 
 Configuration precedence: CLI flags and --set > profile file (profiles/<name>.toml) > defaults.
 
@@ -388,6 +389,14 @@ def measurement_dirs(run_dir: Path, repeats: int) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        # imported here: matplotlib and scikit-image would slow every other launch
+        from denoisebench.report import main as report_main
+
+        return report_main(argv[1:])
+    # `python -m launch` alone is the main job: it ends with the report of its own runs.
+    main_job = argv == []
     args = build_parser().parse_args(argv)
     try:
         if args.engine == "horovod":
@@ -440,6 +449,15 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(comparison_table(folders[0]) if len(folders) == 1 else repeats_table(folders))
         print(f"\nresults: {run_dir}")
+        if main_job:
+            from denoisebench.report import ReportError, write_report
+
+            try:
+                report = write_report([run_dir], run_dir / "report", args.results)
+            except ReportError as e:  # no framework got as far as a summary
+                print(f"report: not written ({e})", file=sys.stderr)
+                return 1
+            print(f"report: {report}", flush=True)
     return 1 if failed else 0
 
 

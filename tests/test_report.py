@@ -335,6 +335,7 @@ def test_cli_default_target_and_errors(built, tmp_path, capsys):
             assert math.isnan(row["time_to_target_s_median"])
             assert "never reached" in row["time_to_target_s_reason"]
     assert "switched off" in (out / "report.md").read_text()
+    assert (out / "test_images.png").is_file()  # the picture grid needs no classical baseline
     assert report.main([str(tmp_path / "empty"), "--out", str(out)]) == 2
     (tmp_path / "empty").mkdir()
     assert report.main([str(tmp_path / "empty"), "--out", str(out)]) == 2

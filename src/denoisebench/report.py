@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from denoisebench.baselines import FRAMEWORK_NAMES, BaselineResult, run_baselines
+from denoisebench.baselines import FRAMEWORK_NAMES, METHODS, BaselineResult, run_baselines
 from denoisebench.experiment import step_stats
 from denoisebench.metrics import image_quality
 from denoisebench.results import (
@@ -50,6 +50,8 @@ from denoisebench.results import (
     utc_now,
 )
 
+GRID_ROWS = 6
+"""Test images in the picture grid (the first of the baseline sample)."""
 DEFAULT_TARGET_GAIN_DB = 3.0
 """Without an explicit target, time-to-target aims at the noisy input's PSNR plus this."""
 GROUP_KEYS = ["framework", "engine", "devices", "batch_per_device", "setup"]
@@ -980,7 +982,7 @@ def plot_power(runs: pd.DataFrame) -> bytes:
     return _fig_png(fig)
 
 
-def plot_samples(res: BaselineResult, rows: int = 6) -> bytes:
+def plot_samples(res: BaselineResult, rows: int = GRID_ROWS) -> bytes:
     """Clean, noisy, PyTorch, TensorFlow (and BM3D) for sample images, PSNR under each."""
     columns = [("clean", res.clean), ("noisy input", res.noisy)]
     columns += [(m, res.outputs[m]) for m in ("PyTorch", "TensorFlow", "BM3D") if m in res.outputs]
@@ -1185,36 +1187,36 @@ def build_report(
     csvs["runs"] = runs
 
     # Baselines per test set (data and noise config): on one run folder of it, the one with
-    # both frameworks' outputs, fewest devices, first by path.
+    # both frameworks' outputs, fewest devices, first by path. With the classical methods
+    # switched off the sample still scores the noisy input and the frameworks, for the grid.
+    methods = tuple(METHODS) if baseline_images > 0 else ()
+    sample = baseline_images if baseline_images > 0 else GRID_ROWS
     baseline_results: list[BaselineResult] = []
-    if baseline_images > 0:
-        done = runs[runs["status"] == "completed"]
-        for _data_id, sel in done.groupby("data_setup", sort=True):
-            folders = sel.groupby("folder").agg(
-                frameworks=("framework", "nunique"), devices=("devices", "min")
+    done = runs[runs["status"] == "completed"]
+    for _data_id, sel in done.groupby("data_setup", sort=True):
+        folders = sel.groupby("folder").agg(
+            frameworks=("framework", "nunique"), devices=("devices", "min")
+        )
+        best = folders.sort_values(
+            ["frameworks", "devices"], ascending=[False, True], kind="stable"
+        )
+        folder = Path(best.index[0])
+        if (folder / "test_samples.npz").is_file():
+            baseline_results.append(
+                run_baselines(folder, images=sample, seed=baseline_seed, methods=methods)
             )
-            best = folders.sort_values(
-                ["frameworks", "devices"], ascending=[False, True], kind="stable"
-            )
-            folder = Path(best.index[0])
-            if (folder / "test_samples.npz").is_file():
-                baseline_results.append(
-                    run_baselines(folder, images=baseline_images, seed=baseline_seed)
-                )
     csvs["baselines"] = baseline_csv(baseline_results)
     if baseline_results:
         note = "; ".join(
-            f"{res.run_dir.name}: {len(res.indices)} test images (seeded sample, seed {baseline_seed}, "
-            f"of test_samples.npz), noise sigma {res.sigma_source}"
+            f"{res.run_dir.name}: {len(res.indices)} test images (seeded sample, seed "
+            f"{baseline_seed}, of test_samples.npz), noise sigma {res.sigma_source}"
             for res in baseline_results
         )
         note += ". Every row of one run folder is scored on the same images."
+        if not methods:
+            note += " Classical baselines: missing (switched off: --baseline-images 0)."
     else:
-        note = (
-            "missing (baselines switched off)"
-            if baseline_images <= 0
-            else "missing (no completed run with test_samples.npz)"
-        )
+        note = "missing (no completed run with test_samples.npz)"
 
     panels, overlay = plot_losses(runs, groups)
     plots = [
