@@ -8,6 +8,7 @@
     python -m launch --gpus 4                       # data parallel on 4 GPUs, both frameworks
     python -m launch --gpus 4 --nodes 2 --node-rank 0 --master-addr node0 --run-id exp1
     python -m launch report [RESULTS...]            # the comparison report, results/report/
+    python -m launch bench [--repeats 3]            # the suite's trainers vs hand-written loops
 
 Configuration precedence: CLI flags and --set > profile file (profiles/<name>.toml) > defaults.
 
@@ -395,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         from denoisebench.report import main as report_main
 
         return report_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        # the suite's trainers against plain hand-written loops (denoisebench.bench); imported
+        # here like the report, so a training launch does not load it
+        from denoisebench.bench import main as bench_main
+
+        return bench_main(argv[1:], prog="python -m launch bench")
     # `python -m launch` alone is the main job: it ends with the report of its own runs.
     main_job = argv == []
     args = build_parser().parse_args(argv)

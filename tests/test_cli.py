@@ -110,6 +110,13 @@ def test_help_explains_the_options():
         assert text in proc.stdout
 
 
+def test_bench_subcommand_runs_the_benchmark():
+    proc = launch("bench", "--help")
+    assert proc.returncode == 0
+    for text in ("hand-written", "--steps", "--warmup", "--repeats", "--framework"):
+        assert text in proc.stdout
+
+
 def test_build_train_cmd_is_pure_and_per_framework(tmp_path):
     argv, env = build_train_cmd("torch", tmp_path, base_env={"PATH": "/bin"})
     assert argv == [sys.executable, "-m", "denoisebench.train_torch", str(tmp_path)]

@@ -246,18 +246,19 @@ def _train(
         # number of devices, and a resumed run draws it again identically
         generator = torch.Generator(device).manual_seed(cfg.train.seed * 100_003 + epoch)
         batches = epoch_batches(n_train, global_batch, cfg.train.seed, epoch)
+        # the epoch's whole order goes to the device once: no host-to-device copy per step
+        order = torch.from_numpy(np.stack(batches)).to(device)
         rows: list[dict[str, Any]] = []
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sync(device)
         mark = prof.window_start() if prof else None
         t_epoch = time.perf_counter()
-        for idx in tqdm(
-            batches, desc=f"torch epoch {epoch + 1}", leave=False, disable=None if rec else True
+        for idx_t in tqdm(
+            order, desc=f"torch epoch {epoch + 1}", leave=False, disable=None if rec else True
         ):
             t0 = time.perf_counter()
             maybe_inject_fault(rank, step)
-            idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
             t_data = time.perf_counter()
             clean = train_images[idx_t].permute(0, 3, 1, 2).float() / 255
             noisy = add_noise(clean, cfg.noise, generator)  # the whole global batch's noise

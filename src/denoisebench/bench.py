@@ -1,0 +1,348 @@
+"""Benchmark: the suite's trainers against the plain training loop a user would write by hand.
+
+    python -m denoisebench.bench [--framework torch|tf|both] [--steps 60] [--warmup 10]
+        [--batch-size 64] [--profile default] [--repeats 3] [--set SECTION.KEY=VALUE]
+        [--json FILE]
+
+A benchmarking suite whose trainers are slow measures its own overhead, not the frameworks.
+For each framework this times, in one run: (a) the suite's trainer, a real `python -m launch`
+run (train_torch.py / train_tf.py), and (b) the shortest idiomatic hand-written loop of the
+same framework (handwritten_torch.py: a DataLoader; handwritten_tf.py: a tf.data pipeline and
+one tf.function step), on the same model, optimizer, loss, data (the profile's training split),
+noise and batch. The target is suite / hand-written >= 1.0 for both frameworks.
+
+Every measurement is a fresh subprocess, so one framework never imports the other and each
+starts clean; suite and hand-written runs and the two frameworks are interleaved across
+repeats (the order reverses every other repeat), so drift of a shared machine hits all alike.
+The table gives medians over the repeats and their spread (min-max).
+
+What is compared, and why it is fair:
+- Hand-written: wall time of `--steps` steps after `--warmup` steps, the clock read after the
+  device has finished (CUDA synchronize; TensorFlow: the last loss fetched to the host).
+- Suite: the trainer evaluates the test split, writes records and a checkpoint after every
+  epoch; the hand-written loop does none of that, so only the training loops are compared. Its
+  figure is the wall time of the training loop of every epoch after the warm-up (the epoch
+  record's `train_time_s`: first batch to last step, with everything the trainer does per
+  step: progress bar, step records, loss fetch). Warm-up is whole epochs, at least `--warmup`
+  steps, and the run has as many epochs as needed for at least `--steps` steady steps. The
+  suite's own `throughput_steady_img_s` sums per-step clocks, which miss the work between
+  steps; it is kept in the JSON (`reported_img_s`) but not used for the ratio. Work a trainer
+  does per epoch before starting its epoch clock is not seen here (train_tf.py builds each
+  epoch's distributed dataset and iterator there, about 50 ms on a 2-core CPU).
+- Data wait: time spent getting the next batch (the suite: its `data_wait_s` per step; the
+  hand-written loop: inside `next()` on the pipeline), as a fraction of the same wall time.
+- FLOP/s: 3 x ModelSpec.forward_flops_per_image() x img/s, against the device's peak from
+  hardware.py; on a CPU, or a GPU not in the table, the peak is missing and the reason printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from denoisebench.config import Config, ConfigError, load_config, parse_overrides
+from denoisebench.data import load_images, make_split
+from denoisebench.hardware import peak_flops
+from denoisebench.results import cpu_model, gpu_info, read_jsonl
+
+FRAMEWORKS = ("torch", "tf")
+HANDWRITTEN_MODULES = {
+    "torch": "denoisebench.handwritten_torch",
+    "tf": "denoisebench.handwritten_tf",
+}
+
+
+def suite_epochs(n_train: int, batch_size: int, steps: int, warmup: int) -> tuple[int, int]:
+    """(epochs to run, first steady epoch): whole warm-up epochs covering at least `warmup`
+    steps, then enough epochs for at least `steps` steady steps."""
+    per_epoch = n_train // batch_size
+    if per_epoch < 1:
+        raise ConfigError(
+            f"batch size {batch_size} is larger than the training split ({n_train} images)"
+        )
+    first_steady = math.ceil(warmup / per_epoch)
+    return first_steady + math.ceil(steps / per_epoch), first_steady
+
+
+def common_args(args: argparse.Namespace) -> list[str]:
+    """Options both kinds of run get: the same profile, batch and overrides."""
+    sets = [x for pair in args.set for x in ("--set", pair)]
+    return ["--profile", args.profile, "--batch-size", str(args.batch_size), *sets]
+
+
+def suite_cmd(
+    framework: str, args: argparse.Namespace, root: Path, run_id: str, epochs: int
+) -> list[str]:
+    """The launcher run that trains the suite's trainer (no per-step options: it is the
+    ordinary `python -m launch` a user runs)."""
+    return [
+        sys.executable,
+        "-m",
+        "launch",
+        "--framework",
+        framework,
+        *common_args(args),
+        "--epochs",
+        str(epochs),
+        "--results",
+        str(root),
+        "--run-id",
+        run_id,
+        # the suite's own steady-state figure (kept in the JSON) leaves the same steps out
+        "--set",
+        f"profiler.warmup_steps={args.warmup}",
+    ]
+
+
+def hand_cmd(framework: str, args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        HANDWRITTEN_MODULES[framework],
+        *common_args(args),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
+
+
+def suite_figures(
+    epochs: list[dict[str, Any]], steps: list[dict[str, Any]], first_steady_epoch: int
+) -> dict[str, Any]:
+    """img/s and data-wait fraction of a suite run from its EPOCH and STEP records, over the
+    epochs from `first_steady_epoch` on, by wall time of their training loops."""
+    steady_epochs = [e for e in epochs if e["epoch"] >= first_steady_epoch]
+    steady_steps = [s for s in steps if s["epoch"] >= first_steady_epoch]
+    if not steady_epochs or not steady_steps:
+        raise ValueError(f"no epoch from {first_steady_epoch} on in the suite's records")
+    wall_s = sum(e["train_time_s"] for e in steady_epochs)
+    images = sum(s["batch_size"] for s in steady_steps)
+    clocked_s = sum(s["step_time_s"] for s in steady_steps)
+    return {
+        "img_s": images / wall_s,
+        "data_wait_fraction": sum(s["data_wait_s"] for s in steady_steps) / wall_s,
+        "window_s": wall_s,
+        "steps": len({s["step"] for s in steady_steps}),
+        # the suite's own figure: images over summed per-step clocks (misses between-step work)
+        "reported_img_s": images / clocked_s,
+        "unclocked_fraction": 1.0 - clocked_s / wall_s,
+    }
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def measure_suite(
+    framework: str, args: argparse.Namespace, root: Path, k: int, epochs: int, first_steady: int
+) -> dict[str, Any]:
+    run_id = f"{framework}-suite-{k}"
+    _run(suite_cmd(framework, args, root, run_id, epochs))
+    folder = root / run_id / framework
+    return {
+        "framework": framework,
+        **suite_figures(
+            read_jsonl(folder / "epochs.jsonl"), read_jsonl(folder / "steps.jsonl"), first_steady
+        ),
+    }
+
+
+def measure_hand(framework: str, args: argparse.Namespace) -> dict[str, Any]:
+    proc = _run(hand_cmd(framework, args))
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # it prints one JSON line last
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.0f}-{max(values):.0f}"
+
+
+def bench_frame(
+    raw: dict[str, dict[str, list[dict[str, Any]]]],
+    flops_per_image: float,
+    peak: float | None,
+) -> pd.DataFrame:
+    """One row per framework from every repeat's figures: medians, ratio, spread, FLOP/s.
+
+    `raw[framework]["suite" | "hand"]` is a list of runs, each with `img_s` and
+    `data_wait_fraction`. The ratio is median suite img/s over median hand-written img/s.
+    A missing peak leaves the "% of peak" columns missing (NaN), never 0.
+    """
+    rows = []
+    for framework, runs in raw.items():
+        suite = [r["img_s"] for r in runs["suite"]]
+        hand = [r["img_s"] for r in runs["hand"]]
+        suite_med, hand_med = float(np.median(suite)), float(np.median(hand))
+        suite_flops, hand_flops = suite_med * flops_per_image, hand_med * flops_per_image
+        rows.append(
+            {
+                "framework": framework,
+                "repeats": len(suite),
+                "suite img/s": suite_med,
+                "hand img/s": hand_med,
+                "suite/hand": suite_med / hand_med,
+                "suite min-max": _spread(suite),
+                "hand min-max": _spread(hand),
+                "suite GFLOP/s": suite_flops / 1e9,
+                "hand GFLOP/s": hand_flops / 1e9,
+                "suite % peak": 100.0 * suite_flops / peak if peak else math.nan,
+                "hand % peak": 100.0 * hand_flops / peak if peak else math.nan,
+                "suite data wait": float(
+                    np.median([r["data_wait_fraction"] for r in runs["suite"]])
+                ),
+                "hand data wait": float(np.median([r["data_wait_fraction"] for r in runs["hand"]])),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    shown = frame.copy()
+    for col in ("suite img/s", "hand img/s"):
+        shown[col] = shown[col].round().astype(int)
+    shown["suite/hand"] = shown["suite/hand"].round(3)
+    for col in ("suite GFLOP/s", "hand GFLOP/s", "suite % peak", "hand % peak"):
+        shown[col] = shown[col].round(2)
+    for col in ("suite data wait", "hand data wait"):
+        shown[col] = shown[col].round(4)
+    return shown.to_string(index=False, na_rep="n/a")
+
+
+def machine_line(hand_runs: list[dict[str, Any]]) -> str:
+    """CPU, GPUs and framework versions, for the header above the table."""
+    gpus = gpu_info()
+    gpu = (
+        ", ".join(g["name"] for g in gpus["gpus"])
+        if gpus.get("gpus")
+        else f"no GPU ({gpus.get('reason', 'NVML found none')})"
+    )
+    frameworks = "; ".join(
+        f"{r['framework']} {r['version']} on {r['device']}"
+        for r in {r["framework"]: r for r in hand_runs}.values()
+    )
+    return f"machine: {cpu_model()}, {os.cpu_count()} cores; {gpu}; {frameworks}"
+
+
+def load_bench_config(args: argparse.Namespace) -> Config:
+    pairs = [f"train.batch_size={args.batch_size}", *args.set]
+    return load_config(args.profile, parse_overrides(pairs))
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.bench") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--framework", choices=["torch", "tf", "both"], default="both")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps (default: 60)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps (default: 10)")
+    parser.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
+    parser.add_argument("--profile", default="default", help="(default: default)")
+    parser.add_argument("--repeats", type=int, default=3, help="(default: 3)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config override for both kinds of run (repeatable)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw figures and table here")
+    args = parser.parse_args(argv)
+    try:
+        if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
+            raise ConfigError("--steps and --repeats must be >= 1, --warmup >= 0")
+        cfg = load_bench_config(args)
+        images = load_images(cfg.data, cfg.model.image_size, seed=cfg.train.seed)
+        n_train = len(make_split(len(images), cfg.data).train)
+        epochs, first_steady = suite_epochs(n_train, args.batch_size, args.steps, args.warmup)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
+    print(
+        f"data: {images.description}; {n_train} train; batch {args.batch_size}; hand-written: "
+        f"{args.warmup} warm-up + {args.steps} timed steps; suite: {epochs} epochs of "
+        f"{n_train // args.batch_size} steps, the first {first_steady} warm-up",
+        flush=True,
+    )
+
+    t_start = time.perf_counter()
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {
+        f: {"suite": [], "hand": []} for f in frameworks
+    }
+    plan = [(f, kind) for f in frameworks for kind in ("suite", "hand")]
+    with tempfile.TemporaryDirectory(prefix="denoisebench-bench-") as tmp:
+        for k in range(args.repeats):
+            for framework, kind in plan if k % 2 == 0 else plan[::-1]:
+                run = (
+                    measure_suite(framework, args, Path(tmp), k, epochs, first_steady)
+                    if kind == "suite"
+                    else measure_hand(framework, args)
+                )
+                raw[framework][kind].append(run)
+                print(
+                    f"repeat {k + 1}/{args.repeats} {framework:5} {kind:5}: "
+                    f"{run['img_s']:.0f} img/s, data wait {run['data_wait_fraction']:.4f}",
+                    flush=True,
+                )
+    elapsed_s = time.perf_counter() - t_start
+
+    hand_runs = [r for f in frameworks for r in raw[f]["hand"]]
+    gpu_name = next((r["gpu_name"] for r in hand_runs if r.get("gpu_name")), None)
+    peak, peak_reason = peak_flops(gpu_name, "tf32" if cfg.runtime.tf32 else "fp32")
+    flops_per_image = 3.0 * cfg.model.forward_flops_per_image()
+    frame = bench_frame(raw, flops_per_image, peak)
+    print()
+    print(machine_line(hand_runs))
+    print(
+        f"profile {cfg.profile}, batch {args.batch_size}, {args.repeats} repeats, "
+        f"{flops_per_image / 1e6:.0f} MFLOP per training image; medians, spread min-max",
+        flush=True,
+    )
+    print(format_table(frame))
+    if peak_reason:
+        print(f"% peak: n/a ({peak_reason})")
+    print(f"\nbenchmark took {elapsed_s:.0f} s", flush=True)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine_line(hand_runs),
+                    "args": {
+                        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                    },
+                    "suite_epochs": epochs,
+                    "suite_first_steady_epoch": first_steady,
+                    "flops_per_image": flops_per_image,
+                    "peak_flops": peak,
+                    "peak_reason": peak_reason,
+                    "elapsed_s": elapsed_s,
+                    "raw": raw,
+                    "table": json.loads(frame.to_json(orient="records")),  # NaN -> null
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

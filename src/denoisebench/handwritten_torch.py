@@ -1,0 +1,132 @@
+"""The plain PyTorch training loop a user would write by hand, timed: the benchmark's baseline.
+
+    python -m denoisebench.handwritten_torch [--profile default] [--batch-size 64]
+        [--steps 60] [--warmup 10] [--set SECTION.KEY=VALUE]
+
+Prints one JSON line: img/s over the steady window, the data-wait fraction, the losses.
+`python -m denoisebench.bench` runs it beside the suite's trainer (train_torch.py), with the
+same model, optimizer, loss, data, noise and batch. It is deliberately the shortest idiomatic
+loop: a DataLoader over a TensorDataset, no per-step logging, no per-step `loss.item()`.
+The only lines beyond that pin the speed settings the suite pins (config.RuntimeConfig), so
+the two runs differ in their loops, not in precision or kernel choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from denoisebench.config import Config, load_config, parse_overrides
+from denoisebench.data import load_images, make_split
+from denoisebench.model_torch import add_noise, build_model, loss_fn, pick_device
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device, so a clock read after it measures finished work (CPU: no-op)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pin_runtime(cfg: Config) -> None:
+    """The suite's speed settings; PyTorch's defaults differ (TF32 in convolutions is on)."""
+    rt = cfg.runtime
+    torch.backends.cuda.matmul.allow_tf32 = rt.tf32
+    torch.backends.cudnn.allow_tf32 = rt.tf32
+    torch.backends.cudnn.benchmark = rt.cudnn_autotune and not cfg.train.deterministic
+    if rt.intra_op_threads:
+        torch.set_num_threads(rt.intra_op_threads)
+    if rt.inter_op_threads:
+        torch.set_num_interop_threads(rt.inter_op_threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
+    """Train `warmup` + `steps` steps; time the last `steps` (img/s, data-wait fraction)."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
+    pin_runtime(cfg)
+    device = pick_device(cfg.train.device)
+    images = load_images(cfg.data, cfg.model.image_size, seed=cfg.train.seed).images
+    train = images[make_split(len(images), cfg.data).train]  # uint8 NHWC
+
+    torch.manual_seed(cfg.train.seed)  # first draw: the suite's initial weights (native init)
+    model = build_model(cfg.model).to(device)
+    if cfg.runtime.torch_compile:
+        model = torch.compile(model)
+    optimizer = torch.optim.Adam(
+        model.parameters(),
+        lr=cfg.train.lr,
+        betas=(cfg.train.beta1, cfg.train.beta2),
+        eps=cfg.train.eps,
+    )
+    criterion = loss_fn(cfg.train.loss)
+    b = cfg.train.batch_size
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(train)), batch_size=b, shuffle=True, drop_last=True
+    )
+    generator = torch.Generator(device).manual_seed(cfg.train.seed)
+
+    def batches() -> Iterator[list[torch.Tensor]]:
+        # epoch after epoch, as `for epoch ...: for x in loader` would: each epoch's new
+        # iterator (and reshuffle) is paid inside the timed window, as it is in a real run
+        while True:
+            yield from loader
+
+    it = batches()
+    losses: list[torch.Tensor] = []
+    data_wait_s = 0.0
+    t_start = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:  # steady state starts: the device has finished the warm-up steps
+            sync(device)
+            t_start, data_wait_s = time.perf_counter(), 0.0
+        t0 = time.perf_counter()
+        (x,) = next(it)
+        data_wait_s += time.perf_counter() - t0
+        clean = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255
+        noisy = add_noise(clean, cfg.noise, generator)
+        loss = criterion(model(noisy), clean)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())  # no .item(): that would wait for the device every step
+    sync(device)
+    window_s = time.perf_counter() - t_start
+    return {
+        "framework": "torch",
+        "img_s": steps * b / window_s,
+        "data_wait_fraction": data_wait_s / window_s,
+        "window_s": window_s,
+        "steps": steps,
+        "warmup": warmup,
+        "batch_size": b,
+        "losses": [float(v) for v in losses],
+        "device": str(device),
+        "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "version": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="default", help="profiles/<name>.toml")
+    parser.add_argument("--batch-size", type=int, help="images per step (default: the profile's)")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps (default: 60)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed first steps (default: 10)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+    pairs = [*([f"train.batch_size={args.batch_size}"] if args.batch_size else []), *args.set]
+    cfg = load_config(args.profile, parse_overrides(pairs))
+    print(json.dumps(run(cfg, args.steps, args.warmup)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
