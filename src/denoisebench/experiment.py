@@ -11,6 +11,7 @@ random ops, with the same statistics (noise.py).
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from denoisebench.data import DataError, Images, load_images, make_split
 from denoisebench.hardware import peak_flops
 from denoisebench.metrics import image_quality
 from denoisebench.noise import noisy_test_set
-from denoisebench.results import RunRecorder, atomic_write_json, atomic_write_npz, read_json
+from denoisebench.profiler import Profiler, maybe_profile
+from denoisebench.results import (
+    RunRecorder,
+    atomic_write_json,
+    atomic_write_npz,
+    environment,
+    read_json,
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,34 @@ SAMPLE_IMAGES = 32
 
 class SplitMismatchError(RuntimeError):
     """The run folder's split.json disagrees with the split computed now."""
+
+
+def announce(rec: RunRecorder, cfg: Config, world: dict[str, Any]) -> None:
+    """What every run records as it starts: its environment, a 'running' summary, one line."""
+    rec.write_environment(environment(rec.framework) | {"device": world["device"]})
+    rec.summary(status="running", error=None, epochs=cfg.train.epochs, **world)
+    print(
+        f"[{rec.framework}] {world['strategy']} on {world['device']}: global batch "
+        f"{world['global_batch']} ({cfg.train.batch_size} per device), lr {world['lr']:g}",
+        flush=True,
+    )
+
+
+def run_profiler(
+    cfg: Config, run_dir: Path, framework: str, gpus: list[int], rank: int
+) -> AbstractContextManager[Profiler | None]:
+    """This process' profiler (maybe_profile), its GPU samples spooled into the run folder."""
+    spool = Path(run_dir) / framework / f"gpu_samples.rank{rank}.jsonl"
+    if gpus:
+        spool.parent.mkdir(parents=True, exist_ok=True)
+    return maybe_profile(
+        cfg.profiler.enabled,
+        devices=gpus,
+        rank=rank,
+        spool=spool,
+        interval_s=cfg.profiler.sample_interval_s,
+        min_window_s=cfg.profiler.min_window_s,
+    )
 
 
 def prepare_data(cfg: Config, run_dir: Path, is_main: bool = True) -> RunData:

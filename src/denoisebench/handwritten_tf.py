@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +25,8 @@ import tensorflow as tf
 
 from denoisebench.config import Config, load_config, parse_overrides
 from denoisebench.data import load_images, make_split
-from denoisebench.model_tf import add_noise, build_model, loss_fn
+from denoisebench.model_tf import add_noise, build_model, loss_fn, pick_device
+from denoisebench.train_tf import apply_runtime
 
 
 def pin_runtime(cfg: Config) -> None:
@@ -34,19 +34,8 @@ def pin_runtime(cfg: Config) -> None:
 
     Must run before any other TensorFlow work: thread counts are fixed once the runtime is up.
     """
-    rt = cfg.runtime
-    tf.config.experimental.enable_tensor_float_32_execution(rt.tf32)
-    autotune = rt.cudnn_autotune and not cfg.train.deterministic
-    os.environ["TF_CUDNN_USE_AUTOTUNE"] = "1" if autotune else "0"
-    if rt.intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(rt.intra_op_threads)
-    if rt.inter_op_threads:
-        tf.config.threading.set_inter_op_parallelism_threads(rt.inter_op_threads)
-    if cfg.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    for gpu in tf.config.list_physical_devices("GPU"):
-        # as the suite does: without it TensorFlow takes the whole GPU at start-up
-        tf.config.experimental.set_memory_growth(gpu, True)
+    apply_runtime(cfg)  # the suite's own settings (TF32, autotune, threads, determinism)
+    pick_device(cfg.train.device)  # as the suite: GPU memory on demand, not the whole device
 
 
 def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from denoisebench.config import Config, load_config, parse_overrides
 from denoisebench.data import load_images, make_split
 from denoisebench.model_torch import add_noise, build_model, loss_fn, pick_device
+from denoisebench.train_torch import apply_runtime
 
 
 def sync(device: torch.device) -> None:
@@ -34,17 +35,9 @@ def sync(device: torch.device) -> None:
 
 
 def pin_runtime(cfg: Config) -> None:
-    """The suite's speed settings; PyTorch's defaults differ (TF32 in convolutions is on)."""
-    rt = cfg.runtime
-    torch.backends.cuda.matmul.allow_tf32 = rt.tf32
-    torch.backends.cudnn.allow_tf32 = rt.tf32
-    torch.backends.cudnn.benchmark = rt.cudnn_autotune and not cfg.train.deterministic
-    if rt.intra_op_threads:
-        torch.set_num_threads(rt.intra_op_threads)
-    if rt.inter_op_threads:
-        torch.set_num_interop_threads(rt.inter_op_threads)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
+    """The suite's own speed settings (PyTorch's defaults differ: TF32 in convolutions is on),
+    so the comparison is of loops, not of precision."""
+    apply_runtime(cfg)
 
 
 def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:

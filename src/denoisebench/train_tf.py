@@ -38,12 +38,14 @@ from denoisebench.experiment import (
     SAMPLE_IMAGES,
     USER_ERRORS,
     RunData,
+    announce,
     epoch_batches,
     epoch_line,
     epoch_record,
     final_summary,
     measured,
     prepare_data,
+    run_profiler,
 )
 from denoisebench.model_tf import (
     add_noise,
@@ -53,8 +55,8 @@ from denoisebench.model_tf import (
     pick_device,
     set_weights,
 )
-from denoisebench.profiler import Profiler, maybe_profile, nvml_indices
-from denoisebench.results import RunRecorder, environment
+from denoisebench.profiler import Profiler, nvml_indices
+from denoisebench.results import RunRecorder
 from denoisebench.spec import shared_weights
 
 FRAMEWORK = "tf"
@@ -88,6 +90,8 @@ def apply_runtime(cfg: Config) -> dict[str, Any]:
     Runs before any other TensorFlow call: thread counts cannot change once the runtime is up.
     """
     rt = cfg.runtime
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
     tf.config.experimental.enable_tensor_float_32_execution(rt.tf32)
     autotune = rt.cudnn_autotune and not cfg.train.deterministic
     os.environ["TF_CUDNN_USE_AUTOTUNE"] = "1" if autotune else "0"
@@ -150,8 +154,6 @@ def raise_on_sigterm() -> None:
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) -> dict[str, Any]:
     """Train `cfg` into run_dir/tf/ and return its summary fields (on the chief)."""
-    if cfg.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
     runtime = apply_runtime(cfg)
     strategy, name, device = build_strategy(devices, cfg.train.device)
     worker, workers = tf_worker_index()
@@ -168,26 +170,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) ->
     }
     rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
     if rec:
-        rec.write_environment(environment(FRAMEWORK) | {"device": world["device"]})
-        rec.summary(status="running", error=None, epochs=cfg.train.epochs, **world)
-        print(
-            f"[tf] {name} on {world['device']}: global batch {world['global_batch']} "
-            f"({cfg.train.batch_size} per device), lr {world['lr']:g}",
-            flush=True,
-        )
+        announce(rec, cfg, world)
     gpus = nvml_indices(tf_gpu_indices(strategy))
-    spool = Path(run_dir) / FRAMEWORK / f"gpu_samples.rank{worker}.jsonl"
     try:
-        if gpus:
-            spool.parent.mkdir(parents=True, exist_ok=True)
-        with maybe_profile(
-            cfg.profiler.enabled,
-            devices=gpus,
-            rank=worker,
-            spool=spool,
-            interval_s=cfg.profiler.sample_interval_s,
-            min_window_s=cfg.profiler.min_window_s,
-        ) as prof:
+        with run_profiler(cfg, run_dir, FRAMEWORK, gpus, worker) as prof:
             return _train(cfg, run_dir, rec, strategy, world, worker, workers, resume, prof)
     except BaseException as e:
         if rec:

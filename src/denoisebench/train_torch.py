@@ -36,12 +36,14 @@ from denoisebench.experiment import (
     SAMPLE_IMAGES,
     USER_ERRORS,
     RunData,
+    announce,
     epoch_batches,
     epoch_line,
     epoch_record,
     final_summary,
     measured,
     prepare_data,
+    run_profiler,
 )
 from denoisebench.model_torch import (
     add_noise,
@@ -51,8 +53,8 @@ from denoisebench.model_torch import (
     pick_device,
     set_weights,
 )
-from denoisebench.profiler import Profiler, maybe_profile, nvml_indices
-from denoisebench.results import RunRecorder, environment
+from denoisebench.profiler import Profiler, nvml_indices
+from denoisebench.results import RunRecorder
 from denoisebench.spec import shared_weights
 
 FRAMEWORK = "torch"
@@ -99,6 +101,8 @@ def raise_on_sigterm() -> None:
 def apply_runtime(cfg: Config) -> dict[str, Any]:
     """Pin every setting that changes speed (config.RuntimeConfig) and return what is in effect."""
     rt = cfg.runtime
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
     torch.backends.cuda.matmul.allow_tf32 = rt.tf32
     torch.backends.cudnn.allow_tf32 = rt.tf32
     torch.backends.cudnn.benchmark = rt.cudnn_autotune and not cfg.train.deterministic
@@ -140,8 +144,6 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     else:
         rank, world_size, device = 0, 1, pick_device(cfg.train.device)
     is_main = rank == 0
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
     runtime = apply_runtime(cfg)
 
     rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
@@ -155,26 +157,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         "runtime": runtime,
     }
     if rec:
-        rec.write_environment(environment(FRAMEWORK) | {"device": world["device"]})
-        rec.summary(status="running", error=None, epochs=cfg.train.epochs, **world)
-        print(
-            f"[torch] {world['strategy']} on {world['device']}: global batch "
-            f"{world['global_batch']} ({cfg.train.batch_size} per device), lr {world['lr']:g}",
-            flush=True,
-        )
+        announce(rec, cfg, world)
     gpus = nvml_indices([device.index or 0]) if device.type == "cuda" else []
-    spool = Path(run_dir) / FRAMEWORK / f"gpu_samples.rank{rank}.jsonl"
     try:
-        if gpus:
-            spool.parent.mkdir(parents=True, exist_ok=True)
-        with maybe_profile(
-            cfg.profiler.enabled,
-            devices=gpus,
-            rank=rank,
-            spool=spool,
-            interval_s=cfg.profiler.sample_interval_s,
-            min_window_s=cfg.profiler.min_window_s,
-        ) as prof:
+        with run_profiler(cfg, run_dir, FRAMEWORK, gpus, rank) as prof:
             summary = _train(cfg, run_dir, rec, device, rank, world, resume, ddp, prof)
         if ddp:
             # every rank waits for rank 0 to finish writing: tearing the gloo group down while
