@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import launch
 
 from denoisebench.config import load_config, load_resolved
 from denoisebench.results import (
@@ -17,18 +16,6 @@ from denoisebench.results import (
     read_jsonl,
 )
 from launch.commands import build_train_cmd
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def launch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "launch", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_cli_end_to_end_writes_a_valid_results_folder(tmp_path):

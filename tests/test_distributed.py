@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import weights
 
 from denoisebench.results import read_json, read_jsonl
 
@@ -38,11 +39,6 @@ def launch(*args: str, env: dict[str, str] | None = None, wait: bool = True):
             start_new_session=True,
         )
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
-
-
-def weights(run: Path, framework: str) -> list[np.ndarray]:
-    with np.load(run / framework / "weights.npz") as f:
-        return [f[f"arr_{i}"] for i in range(len(f.files))]
 
 
 def assert_same_training(a: Path, b: Path, framework: str, atol: float) -> None:

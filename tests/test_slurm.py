@@ -7,14 +7,13 @@ machine's CPUs, so every job here runs the CPU paths with 2 tasks (gloo, TensorF
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import launch, weights
 
 from denoisebench.results import read_json, read_jsonl
 from launch.slurm import SlurmRequest, render_sbatch, submitit_params, time_minutes
@@ -23,22 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
 SMOKE = ["--profile", "smoke", "--epochs", "1"]
 CPU_JOB = ["--partition", "debug", "--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
-
-
-def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "launch", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
-    )
-
-
-def weights(run: Path, framework: str) -> list[np.ndarray]:
-    with np.load(run / framework / "weights.npz") as f:
-        return [f[f"arr_{i}"] for i in range(len(f.files))]
 
 
 @pytest.fixture(scope="module")

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import launch
 
 from denoisebench.config import ConfigError
 from denoisebench.results import read_json
 from denoisebench.sweep import load_sweep
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def launch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "launch", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
 
 
 def test_sweep_profiles_load():
