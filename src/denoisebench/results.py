@@ -51,7 +51,8 @@ STEP_FIELDS: dict[str, str] = {
     "batch_size": "images this process trained on in this step",
     "loss": "mean training loss over this process' images (before the update)",
     "step_time_s": "wall time of the step on this process, loss fetched (device finished)",
-    "data_wait_s": "part of step_time_s spent getting the step's input (indices) on the host",
+    "data_wait_s": "part of step_time_s spent getting the step's batch indices (the images "
+    "are already on the device)",
 }
 EPOCH_FIELDS: dict[str, str] = {
     "framework": "torch or tf",
