@@ -12,10 +12,18 @@ Two ways onto a cluster, the same training underneath:
 
 from __future__ import annotations
 
+import argparse
 import re
-from dataclasses import dataclass
+import sys
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from denoisebench.compare import comparison_table, sweep_table
+from denoisebench.config import Config, ConfigError
+from denoisebench.results import atomic_write_text, mark_failed
+from denoisebench.sweep import SweepElement
 
 SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
 
@@ -173,3 +181,107 @@ def submit_array(framework: str, req: SlurmRequest, run_dirs: list[Path], log_di
             for d in run_dirs
         ]
     return jobs
+
+
+# --- what the launcher's --slurm, --sbatch-out and --sweep --slurm do ----------------------
+
+
+def slurm_request(args: argparse.Namespace) -> SlurmRequest:
+    return SlurmRequest(
+        nodes=args.nodes or 1,
+        devices=args.gpus or 1,
+        gpus=not args.cpu_workers,
+        partition=args.partition,
+        time=args.time,
+        account=args.account,
+        cpus_per_task=args.cpus_per_task,
+    )
+
+
+def write_sbatch(args: argparse.Namespace) -> int:
+    frameworks = ["torch", "tf"] if args.framework == "both" else [args.framework]
+    if len(frameworks) > 1:
+        raise ConfigError("--sbatch-out writes one script: pick --framework torch or tf")
+    atomic_write_text(args.sbatch_out, render_sbatch(frameworks[0], slurm_request(args)))
+    print(f"wrote {args.sbatch_out}: submit it with sbatch {args.sbatch_out}")
+    return 0
+
+
+def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Path) -> int:
+    """Submit each framework through submitit; with --wait, wait (to a deadline) and report."""
+    if args.repeats != 1:
+        print("error: --repeats with --slurm: submit a sweep instead", file=sys.stderr)
+        return 2
+    req = slurm_request(args)
+    log_dir = run_dir / "slurm-logs"
+    jobs = []
+    for framework in frameworks:
+        job = submit(framework, req, run_dir, log_dir)
+        print(f"[{framework}] submitted SLURM job {job.job_id}; logs: {log_dir}", flush=True)
+        jobs.append((framework, job))
+    if not args.wait:
+        return 0
+    failed = wait_for_jobs([(fw, run_dir, job) for fw, job in jobs], args.wait_timeout)
+    print()
+    print(comparison_table(run_dir))
+    print(f"\nresults: {run_dir}")
+    return 1 if failed else 0
+
+
+def wait_for_jobs(jobs: list[tuple[str, Path, Any]], timeout_s: float) -> list[str]:
+    """Wait for submitit jobs, to a deadline; record failures in their run folders."""
+    deadline = time.monotonic() + timeout_s
+    failed = []
+    for framework, run_dir, job in jobs:
+        while not job.done():
+            if time.monotonic() > deadline:
+                print(
+                    f"[{framework}] job {job.job_id} still {job.state} after "
+                    f"{timeout_s:.0f}s: stopped waiting",
+                    file=sys.stderr,
+                )
+                return [*failed, framework]
+            time.sleep(2)
+        try:
+            job.results()
+            print(f"[{framework}] job {job.job_id} finished: {job.state}", flush=True)
+        except Exception as e:  # submitit raises FailedJobError / UncompletedJobError
+            failed.append(framework)
+            message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            print(
+                f"[{framework}] job {job.job_id} failed ({job.state}): {message}", file=sys.stderr
+            )
+            mark_failed(run_dir, framework, f"SLURM job {job.job_id} {job.state}: {message}")
+    return failed
+
+
+def submit_sweep(
+    args: argparse.Namespace,
+    sweep_dir: Path,
+    elements: list[SweepElement],
+    configs: dict[str, Config],
+) -> int:
+    """One submitit job array per (framework, devices): their tasks per node differ."""
+    groups: dict[tuple[str, int], list[SweepElement]] = {}
+    for el in elements:
+        groups.setdefault((el.framework, el.devices), []).append(el)
+        (sweep_dir / el.name).mkdir()
+        atomic_write_text(sweep_dir / el.name / "config.json", configs[el.name].to_json() + "\n")
+    jobs = []
+    for (framework, devices), group in groups.items():
+        req = replace(slurm_request(args), devices=devices)
+        array = submit_array(
+            framework, req, [sweep_dir / el.name for el in group], sweep_dir / "slurm-logs"
+        )
+        for el, job in zip(group, array, strict=True):
+            print(f"[{el.name}] SLURM job {job.job_id}", flush=True)
+            jobs.append((el, job))
+    print(f"logs: {sweep_dir / 'slurm-logs'}", flush=True)
+    if not args.wait:
+        return 0
+    failed = wait_for_jobs(
+        [(el.framework, sweep_dir / el.name, job) for el, job in jobs], args.wait_timeout
+    )
+    print()
+    print(sweep_table(sweep_dir, elements))
+    return 1 if failed else 0
