@@ -1,13 +1,16 @@
-"""Helpers the tests share: run the launcher as a user would, read a run's final weights."""
+"""Helpers the tests share: run the launcher as a user would, read a run's final weights,
+install a Debian package a test needs (or skip, or fail where CI requires it)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +33,49 @@ def weights(run: Path, framework: str) -> list[np.ndarray]:
     """A run's final weights.npz, in the canonical layout order."""
     with np.load(Path(run) / framework / "weights.npz") as f:
         return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+def skip_or_fail(reason: str, require_var: str) -> None:
+    """Skip with the reason, or fail when `require_var` says the thing must be there (CI)."""
+    if os.environ.get(require_var, "") not in ("", "0"):
+        pytest.fail(f"{reason} (and {require_var} is set)", pytrace=False)
+    pytest.skip(reason)
+
+
+def apt_install(
+    apt: str,
+    packages: Sequence[str],
+    require_var: str,
+    install_timeout: float = 900,
+    progress: Callable[[str], None] = lambda _message: None,
+) -> None:
+    """`apt-get update` then `apt-get install` Debian packages; skip or fail with the output.
+
+    Waits for a dpkg lock held by someone else's install instead of failing at once.
+    """
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=180"]
+    steps = [
+        ([apt, *lock, "update", "-q"], 300),
+        (
+            [apt, *lock, "install", "-y", "-q", "--no-install-recommends", *packages],
+            install_timeout,
+        ),
+    ]
+    for cmd, timeout in steps:
+        progress("running " + " ".join(cmd))
+        try:
+            proc = subprocess.run(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            skip_or_fail(f"{' '.join(cmd)} did not finish in {timeout} s", require_var)
+        if proc.returncode != 0:
+            output = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+            skip_or_fail(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{output}", require_var)

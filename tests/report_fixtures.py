@@ -15,38 +15,27 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from helpers import apt_install, skip_or_fail
+from helpers import launch as run_launch
 
 from denoisebench.results import atomic_write_json, read_json, read_jsonl
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_VAR = "DENOISEBENCH_REQUIRE_BROWSER"
 BROWSERS = ("chromium", "chromium-browser")
 
 
 def _skip_or_fail(reason: str) -> None:
-    if os.environ.get(REQUIRE_VAR, "") not in ("", "0"):
-        pytest.fail(f"{reason} (and {REQUIRE_VAR} is set)", pytrace=False)
-    pytest.skip(reason)
+    skip_or_fail(reason, REQUIRE_VAR)
 
 
 def launch(*args: str, timeout: float = 300.0) -> None:
     """Run `python -m launch ARGS` like a user would; fail with its output if it fails."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    proc = run_launch(*args, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(f"python -m launch {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
 
@@ -73,27 +62,7 @@ def ensure_chromium() -> str:
     apt = shutil.which("apt-get")
     if apt is None:
         _skip_or_fail("chromium missing and no apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=180"]  # wait for another install instead of failing
-    for cmd, timeout in (
-        ([apt, *lock, "update", "-q"], 300),
-        ([apt, *lock, "install", "-y", "-q", "--no-install-recommends", "chromium"], 600),
-    ):
-        try:
-            proc = subprocess.run(
-                cmd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            _skip_or_fail(f"{' '.join(cmd)} did not finish in {timeout} s")
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-            _skip_or_fail(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
+    apt_install(apt, ["chromium"], REQUIRE_VAR, install_timeout=600)
     found = chromium()
     if not found:
         _skip_or_fail("apt-get installed chromium, but no chromium binary is on PATH")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import apt_install, skip_or_fail
 
 APT_PACKAGES = ("slurm-wlm", "munge", "slurmdbd", "mariadb-server")
 # Every program the fixture or the tests call; any one missing triggers the apt-get install.
@@ -88,9 +89,7 @@ def _progress(message: str) -> None:
 
 def _skip_or_fail(reason: str) -> None:
     """Skip with the reason, or fail when the environment says SLURM must be there."""
-    if os.environ.get(REQUIRE_VAR, "") not in ("", "0"):
-        pytest.fail(f"{reason} (and {REQUIRE_VAR} is set)", pytrace=False)
-    pytest.skip(reason)
+    skip_or_fail(reason, REQUIRE_VAR)
 
 
 def _which(program: str) -> str | None:
@@ -115,32 +114,9 @@ def ensure_installed() -> None:
     apt = _which("apt-get")
     if apt is None:
         _skip_or_fail(f"SLURM programs missing ({', '.join(missing)}) and no apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # Wait for a dpkg lock held by someone else's install instead of failing at once.
-    lock = ["-o", "DPkg::Lock::Timeout=180"]
-    steps = [
-        ([apt, *lock, "update", "-q"], 300),
-        ([apt, *lock, "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES], 900),
-    ]
     _progress(f"missing {', '.join(missing)}: apt-get install {' '.join(APT_PACKAGES)}")
     started = time.monotonic()
-    for cmd, timeout in steps:
-        _progress("running " + " ".join(cmd))
-        try:
-            proc = subprocess.run(
-                cmd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            _skip_or_fail(f"{' '.join(cmd)} did not finish in {timeout} s")
-        if proc.returncode != 0:
-            output = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-            _skip_or_fail(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{output}")
+    apt_install(apt, APT_PACKAGES, REQUIRE_VAR, install_timeout=900, progress=_progress)
     still_missing = [p for p in REQUIRED_PROGRAMS if _which(p) is None]
     if still_missing:
         _skip_or_fail(f"after apt-get install still missing: {', '.join(still_missing)}")
