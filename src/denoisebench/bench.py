@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,22 @@ def machine_line(hand_runs: list[dict[str, Any]]) -> str:
 def load_bench_config(args: argparse.Namespace) -> Config:
     pairs = [f"train.batch_size={args.batch_size}", *args.set]
     return load_config(args.profile, parse_overrides(pairs))
+
+
+def handwritten_main(
+    run: Callable[[Config, int, int], dict[str, Any]], description: str, argv: list[str] | None
+) -> None:
+    """The command line of handwritten_torch / handwritten_tf: one JSON line of figures."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--profile", default="default", help="profiles/<name>.toml")
+    parser.add_argument("--batch-size", type=int, help="images per step (default: the profile's)")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps (default: 60)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed first steps (default: 10)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+    pairs = [*([f"train.batch_size={args.batch_size}"] if args.batch_size else []), *args.set]
+    cfg = load_config(args.profile, parse_overrides(pairs))
+    print(json.dumps(run(cfg, args.steps, args.warmup)), flush=True)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.bench") -> int:

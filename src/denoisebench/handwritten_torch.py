@@ -13,8 +13,6 @@ the two runs differ in their loops, not in precision or kernel choice.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from denoisebench.config import Config, load_config, parse_overrides
+from denoisebench.bench import handwritten_main
+from denoisebench.config import Config
 from denoisebench.data import load_images, make_split
 from denoisebench.model_torch import add_noise, build_model, loss_fn, pick_device
 from denoisebench.train_torch import apply_runtime
@@ -109,16 +108,7 @@ def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="default", help="profiles/<name>.toml")
-    parser.add_argument("--batch-size", type=int, help="images per step (default: the profile's)")
-    parser.add_argument("--steps", type=int, default=60, help="timed steps (default: 60)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed first steps (default: 10)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    args = parser.parse_args(argv)
-    pairs = [*([f"train.batch_size={args.batch_size}"] if args.batch_size else []), *args.set]
-    cfg = load_config(args.profile, parse_overrides(pairs))
-    print(json.dumps(run(cfg, args.steps, args.warmup)), flush=True)
+    handwritten_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
