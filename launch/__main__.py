@@ -38,6 +38,7 @@ from denoisebench.results import (
     FRAMEWORKS,
     atomic_write_text,
     gpu_info,
+    local_device_kind,
     mark_failed,
     new_run_id,
     read_json,
@@ -68,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="profiles/<name>.toml or a path to a TOML file: paper (the paper's setup), "
         "default (short embedded run), smoke (tests) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mode",
+        metavar="MODE",
+        help="speed mode laid over the profile's [runtime] (profiles/modes/<MODE>.toml): "
+        "faithful (the paper's float32 eager training, the fair comparison) or tuned (each "
+        "framework's fastest options within 0.1 dB PSNR of float32); its GPU or CPU table "
+        "as the run trains on GPUs or not; --set still wins",
     )
     p.add_argument(
         "--framework",
@@ -286,13 +295,21 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
         config_path = args.resume / "config.json"
         if not config_path.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.json there (not a run folder)")
-        if flag_overrides(args) or args.set:
+        if flag_overrides(args) or args.set or args.mode:
             raise ConfigError("--resume uses the run's saved config; drop the other options")
         return load_resolved(config_path), args.resume
     overrides = parse_overrides([*flag_overrides(args), *args.set])
-    cfg = load_config(args.profile, overrides)
+    cfg = load_config(args.profile, overrides, args.mode or "", mode_device_kind(args))
     run_id = args.run_id or slurm_run_id() or new_run_id(cfg.profile)
     return cfg, args.results / run_id
+
+
+def mode_device_kind(args: argparse.Namespace) -> str:
+    """The device kind whose table of --mode applies: GPU for a SLURM job that asks for GPUs
+    (the login node submitting it may have none), else what this machine trains on."""
+    if args.slurm and not args.cpu_workers and args.device != "cpu":
+        return "gpu"
+    return local_device_kind(args.device or "auto") if args.mode else "cpu"
 
 
 def slurm_run_id() -> str | None:
@@ -477,7 +494,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     configs = {}
     for el in elements:  # resolve every element first: a bad value stops the sweep before it runs
         overrides = parse_overrides([*sweep.overrides, f"train.batch_size={el.batch_size}"])
-        configs[el.name] = load_config(sweep.profile, overrides)
+        configs[el.name] = load_config(
+            sweep.profile, overrides, args.mode or "", mode_device_kind(args)
+        )
     sweep_dir.mkdir(parents=True)
     atomic_write_text(
         sweep_dir / "sweep.json",
@@ -505,6 +524,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         ]
         if el.devices > 1:
             argv += ["--gpus", str(el.devices)]
+        if args.mode:
+            argv += ["--mode", args.mode]
         if main(argv) != 0:
             failed.append(el.name)
     print()

@@ -54,8 +54,9 @@ import pandas as pd
 
 from denoisebench.config import Config, ConfigError, load_config, parse_overrides
 from denoisebench.data import load_images, make_split
+from denoisebench.experiment import peak_precision
 from denoisebench.hardware import peak_flops
-from denoisebench.results import cpu_model, gpu_info, read_jsonl
+from denoisebench.results import cpu_model, gpu_info, local_device_kind, read_jsonl
 
 FRAMEWORKS = ("torch", "tf")
 HANDWRITTEN_MODULES = {
@@ -77,9 +78,10 @@ def suite_epochs(n_train: int, batch_size: int, steps: int, warmup: int) -> tupl
 
 
 def common_args(args: argparse.Namespace) -> list[str]:
-    """Options both kinds of run get: the same profile, batch and overrides."""
+    """Options both kinds of run get: the same profile, speed mode, batch and overrides."""
     sets = [x for pair in args.set for x in ("--set", pair)]
-    return ["--profile", args.profile, "--batch-size", str(args.batch_size), *sets]
+    mode = ["--mode", args.mode] if args.mode else []
+    return ["--profile", args.profile, *mode, "--batch-size", str(args.batch_size), *sets]
 
 
 def suite_cmd(
@@ -233,16 +235,27 @@ def machine_line(hand_runs: list[dict[str, Any]]) -> str:
         if gpus.get("gpus")
         else f"no GPU ({gpus.get('reason', 'NVML found none')})"
     )
-    frameworks = "; ".join(
+    frameworks = [
         f"{r['framework']} {r['version']} on {r['device']}"
         for r in {r["framework"]: r for r in hand_runs}.values()
-    )
-    return f"machine: {cpu_model()}, {os.cpu_count()} cores; {gpu}; {frameworks}"
+    ]
+    return "; ".join([f"machine: {cpu_model()}, {os.cpu_count()} cores", gpu, *frameworks])
+
+
+def load_config_with_mode(
+    profile: str, mode: str | None, pairs: list[str], device_choice: str = "auto"
+) -> Config:
+    """The config a bench run trains: profile < mode (this machine's table of it) < pairs."""
+    overrides = parse_overrides(pairs)
+    device = overrides.get("train", {}).get("device", device_choice)
+    kind = local_device_kind(device) if mode else "cpu"
+    return load_config(profile, overrides, mode or "", kind)
 
 
 def load_bench_config(args: argparse.Namespace) -> Config:
-    pairs = [f"train.batch_size={args.batch_size}", *args.set]
-    return load_config(args.profile, parse_overrides(pairs))
+    return load_config_with_mode(
+        args.profile, args.mode, [f"train.batch_size={args.batch_size}", *args.set]
+    )
 
 
 def handwritten_main(
@@ -251,13 +264,14 @@ def handwritten_main(
     """The command line of handwritten_torch / handwritten_tf: one JSON line of figures."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--profile", default="default", help="profiles/<name>.toml")
+    parser.add_argument("--mode", help="speed mode, profiles/modes/<MODE>.toml")
     parser.add_argument("--batch-size", type=int, help="images per step (default: the profile's)")
     parser.add_argument("--steps", type=int, default=60, help="timed steps (default: 60)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed first steps (default: 10)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
     pairs = [*([f"train.batch_size={args.batch_size}"] if args.batch_size else []), *args.set]
-    cfg = load_config(args.profile, parse_overrides(pairs))
+    cfg = load_config_with_mode(args.profile, args.mode, pairs)
     print(json.dumps(run(cfg, args.steps, args.warmup)), flush=True)
 
 
@@ -272,6 +286,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps (default: 10)")
     parser.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
     parser.add_argument("--profile", default="default", help="(default: default)")
+    parser.add_argument(
+        "--mode",
+        help="speed mode for both kinds of run (profiles/modes/<MODE>.toml: faithful, tuned)",
+    )
+    parser.add_argument(
+        "--paths",
+        action="store_true",
+        help="instead: time every fast path of the suite's trainers alone against faithful "
+        "float32, and the tuned mode, with their test PSNR (denoisebench.bench_paths)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="(default: 3)")
     parser.add_argument(
         "--set",
@@ -285,6 +309,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
     try:
         if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
             raise ConfigError("--steps and --repeats must be >= 1, --warmup >= 0")
+        if args.paths and args.mode:
+            raise ConfigError("--paths runs faithful, each option and tuned itself: drop --mode")
         cfg = load_bench_config(args)
         images = load_images(cfg.data, cfg.model.image_size, seed=cfg.train.seed)
         n_train = len(make_split(len(images), cfg.data).train)
@@ -292,6 +318,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.paths:
+        from denoisebench.bench_paths import run_paths
+
+        header = f"data: {images.description}; {n_train} train; batch {args.batch_size}"
+        return run_paths(args, cfg, epochs, first_steady, header)
     frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
     print(
         f"data: {images.description}; {n_train} train; batch {args.batch_size}; hand-written: "
@@ -323,7 +354,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
 
     hand_runs = [r for f in frameworks for r in raw[f]["hand"]]
     gpu_name = next((r["gpu_name"] for r in hand_runs if r.get("gpu_name")), None)
-    peak, peak_reason = peak_flops(gpu_name, "tf32" if cfg.runtime.tf32 else "fp32")
+    peak, peak_reason = peak_flops(gpu_name, peak_precision(cfg))
     flops_per_image = 3.0 * cfg.model.forward_flops_per_image()
     frame = bench_frame(raw, flops_per_image, peak)
     print()

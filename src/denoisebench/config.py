@@ -24,6 +24,7 @@ PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 DataSource = Literal["builtin", "synthetic", "eurosat", "tfds"]
 NoiseKind = Literal["gaussian", "salt_and_pepper", "poisson", "speckle"]
 LossName = Literal["mae", "mse", "ssim"]
+Precision = Literal["float32", "bfloat16", "float16"]
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,15 @@ class RuntimeConfig:
     """TensorFlow: compile the training step with XLA (jit_compile)."""
     torch_compile: bool = False
     """PyTorch: torch.compile the model."""
+    precision: Precision = "float32"
+    """Compute precision of the training step: float32, or bfloat16 / float16 mixed precision
+    (PyTorch autocast; Keras `mixed_<precision>` policy). Weights and optimizer state stay
+    float32; float16 adds dynamic loss scaling."""
+    channels_last: bool = False
+    """PyTorch: NHWC memory layout for the model and its input (TensorFlow is NHWC already)."""
+    cuda_graphs: bool = False
+    """PyTorch, one CUDA device: capture the whole training step (forward, backward, Adam) in
+    a CUDA graph and replay it each step."""
     intra_op_threads: int = 0
     """Threads inside one op (0: the framework's default); the value used is recorded."""
     inter_op_threads: int = 0
@@ -143,6 +153,8 @@ class Config:
     """Everything a run needs. `profile` records which profile file it came from."""
 
     profile: str = "default"
+    mode: str = ""
+    """The `--mode` (profiles/modes/<mode>.toml) laid over the profile's [runtime]; "" for none."""
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -262,6 +274,16 @@ def _validate(cfg: Config) -> None:
             "runtime.intra_op_threads and runtime.inter_op_threads must be >= 0",
         ),
         (
+            not (cfg.runtime.cuda_graphs and cfg.runtime.torch_compile),
+            "runtime.cuda_graphs and runtime.torch_compile: choose one (the graph captures the "
+            "eager step; torch.compile brings its own CUDA graphs with mode reduce-overhead)",
+        ),
+        (
+            not (cfg.runtime.cuda_graphs and cfg.runtime.precision == "float16"),
+            "runtime.cuda_graphs with runtime.precision=float16: loss scaling checks for inf on "
+            "the host every step, which a CUDA graph cannot replay; use bfloat16",
+        ),
+        (
             cfg.data.source != "eurosat" or bool(cfg.data.path),
             "data.source=eurosat needs data.path (EuroSAT.zip or its folder): pass --data PATH",
         ),
@@ -295,10 +317,32 @@ def profile_path(profile: str) -> Path:
     return PROFILES_DIR / f"{profile}.toml"
 
 
+MODES_DIR = PROFILES_DIR / "modes"
+DeviceKind = Literal["cpu", "gpu"]
+
+
+def mode_runtime(mode: str, device_kind: DeviceKind) -> dict[str, Any]:
+    """The [runtime] values of speed mode `mode` on `device_kind` (profiles/modes/<mode>.toml)."""
+    path = MODES_DIR / f"{mode}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in MODES_DIR.glob("*.toml"))
+        raise ConfigError(f"mode {mode!r}: no file {path} (known modes: {', '.join(known)})")
+    try:
+        tables = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    if not isinstance(tables.get(device_kind), dict):
+        raise ConfigError(f"{path}: no [{device_kind}] table of runtime settings")
+    return dict(tables[device_kind])
+
+
 def load_config(
-    profile: str = "default", overrides: dict[str, dict[str, Any]] | None = None
+    profile: str = "default",
+    overrides: dict[str, dict[str, Any]] | None = None,
+    mode: str = "",
+    device_kind: DeviceKind = "cpu",
 ) -> Config:
-    """Resolve defaults < profile file < overrides into a validated Config."""
+    """Resolve defaults < profile file < speed mode < overrides into a validated Config."""
     path = profile_path(profile)
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
@@ -309,6 +353,12 @@ def load_config(
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    if mode:
+        runtime = raw.get("runtime", {})
+        if not isinstance(runtime, dict):
+            raise ConfigError(f"{path}: [runtime] must be a table")
+        raw["runtime"] = {**runtime, **mode_runtime(mode, device_kind)}
+        raw["mode"] = mode
     return config_from_dict(raw, name=path.stem, where=str(path), overrides=overrides)
 
 
@@ -320,6 +370,7 @@ def config_from_dict(
 ) -> Config:
     raw = dict(raw)
     raw.pop("profile", None)
+    mode = raw.pop("mode", "")
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(
@@ -332,9 +383,19 @@ def config_from_dict(
             raise ConfigError(f"{where}: [{section}] must be a table")
         given = (overrides or {}).get(section, {})
         sections[section] = _build_section(cls, values, given, where, section)
-    cfg = Config(profile=name, **sections)
+    cfg = Config(profile=name, mode=mode, **sections)
     _validate(cfg)
     return cfg
+
+
+def speed_label(cfg: Config) -> str:
+    """What kind of speed settings a run used: its --mode, else "faithful" when every fast
+    path is off (float32, no TF32, no compilation), else "custom"."""
+    if cfg.mode:
+        return cfg.mode
+    rt = cfg.runtime
+    fast = rt.tf32 or rt.xla or rt.torch_compile or rt.channels_last or rt.cuda_graphs
+    return "custom" if fast or rt.precision != "float32" else "faithful"
 
 
 def load_resolved(path: Path) -> Config:

@@ -175,11 +175,19 @@ class Measured:
     world_size: int
 
 
+def peak_precision(cfg: Config) -> str:
+    """The hardware.py precision a run's convolutions use: its mixed-precision dtype, else
+    TF32 or plain float32."""
+    if cfg.runtime.precision != "float32":
+        return {"bfloat16": "bf16", "float16": "fp16"}[cfg.runtime.precision]
+    return "tf32" if cfg.runtime.tf32 else "fp32"
+
+
 def measured(
     cfg: Config, devices: list[dict[str, Any]], hosts: list[dict[str, Any]], world_size: int
 ) -> Measured:
     """Bundle an epoch's gathered profiler rows with what MFU needs (precision, peak)."""
-    precision = "tf32" if cfg.runtime.tf32 else "fp32"
+    precision = peak_precision(cfg)
     name = devices[0]["device_name"] if devices else None
     peak, reason = peak_flops(name, precision)
     return Measured(

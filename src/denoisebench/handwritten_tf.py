@@ -24,7 +24,7 @@ import tensorflow as tf
 from denoisebench.bench import handwritten_main
 from denoisebench.config import Config
 from denoisebench.data import load_images, make_split
-from denoisebench.model_tf import add_noise, build_model, loss_fn, pick_device
+from denoisebench.model_tf import adam, add_noise, build_model, loss_fn, pick_device
 from denoisebench.train_tf import apply_runtime
 
 
@@ -55,13 +55,8 @@ def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         .batch(b, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
-    model = build_model(cfg.model)
-    optimizer = keras.optimizers.Adam(
-        learning_rate=cfg.train.lr,
-        beta_1=cfg.train.beta1,
-        beta_2=cfg.train.beta2,
-        epsilon=cfg.train.eps,
-    )
+    model = build_model(cfg.model, precision=cfg.runtime.precision)
+    optimizer = adam(cfg.train, cfg.train.lr, cfg.runtime.precision)
     optimizer.build(model.trainable_variables)  # its slots exist before the step is traced
     criterion = loss_fn(cfg.train.loss)
 
@@ -73,7 +68,8 @@ def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         noisy = add_noise(clean, cfg.noise, seed)
         with tf.GradientTape() as tape:
             loss = criterion(clean, model(noisy, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
+            scaled = optimizer.scale_loss(loss)  # float16: loss scaling; else the loss
+        grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
 

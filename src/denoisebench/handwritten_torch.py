@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from denoisebench.bench import handwritten_main
 from denoisebench.config import Config
 from denoisebench.data import load_images, make_split
-from denoisebench.model_torch import add_noise, build_model, loss_fn, pick_device
+from denoisebench.model_torch import (
+    add_noise,
+    autocast,
+    build_model,
+    loss_fn,
+    memory_format,
+    pick_device,
+)
 from denoisebench.train_torch import apply_runtime
 
 
@@ -49,7 +56,8 @@ def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
     train = images[make_split(len(images), cfg.data).train]  # uint8 NHWC
 
     torch.manual_seed(cfg.train.seed)  # first draw: the suite's initial weights (native init)
-    model = build_model(cfg.model).to(device)
+    fmt = memory_format(cfg.runtime.channels_last)
+    model = build_model(cfg.model).to(device, memory_format=fmt)
     if cfg.runtime.torch_compile:
         model = torch.compile(model)
     optimizer = torch.optim.Adam(
@@ -59,6 +67,7 @@ def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         eps=cfg.train.eps,
     )
     criterion = loss_fn(cfg.train.loss)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.precision == "float16")
     b = cfg.train.batch_size
     loader = DataLoader(
         TensorDataset(torch.from_numpy(train)), batch_size=b, shuffle=True, drop_last=True
@@ -83,11 +92,15 @@ def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         (x,) = next(it)
         data_wait_s += time.perf_counter() - t0
         clean = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255
-        noisy = add_noise(clean, cfg.noise, generator)
-        loss = criterion(model(noisy), clean)
+        clean = clean.contiguous(memory_format=fmt)
+        noisy = add_noise(clean, cfg.noise, generator).contiguous(memory_format=fmt)
+        with autocast(device, cfg.runtime.precision):
+            out = model(noisy)
+        loss = criterion(out.float(), clean)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(loss.detach())  # no .item(): that would wait for the device every step
     sync(device)
     window_s = time.perf_counter() - t_start

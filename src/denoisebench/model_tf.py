@@ -10,12 +10,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from denoisebench.config import NoiseConfig
+from denoisebench.config import NoiseConfig, TrainConfig
 from denoisebench.spec import ModelSpec
 
 
-def build_model(spec: ModelSpec, dtype: str = "float32") -> keras.Sequential:
-    """NHWC model: (N, H, W, C) in [0, 1] -> (N, H, W, C)."""
+def build_model(
+    spec: ModelSpec, dtype: str = "float32", precision: str = "float32"
+) -> keras.Sequential:
+    """NHWC model: (N, H, W, C) in [0, 1] -> (N, H, W, C).
+
+    precision bfloat16 / float16 (runtime.precision) gives the layers Keras' `mixed_<precision>`
+    policy: float32 weights, computation in the low precision, and a final float32 cast (Keras'
+    advice for mixed-precision outputs), so losses and metrics see float32 as they would."""
+    policy = dtype if precision == "float32" else f"mixed_{precision}"
     layers: list[keras.layers.Layer] = [
         keras.Input((spec.image_size, spec.image_size, spec.in_channels), dtype=dtype)
     ]
@@ -28,10 +35,23 @@ def build_model(spec: ModelSpec, dtype: str = "float32") -> keras.Sequential:
                 strides=spec.stride,
                 padding=spec.padding,
                 activation=layer.activation,
-                dtype=dtype,
+                dtype=policy,
             )
         )
+    if precision != "float32":
+        layers.append(keras.layers.Activation("linear", dtype="float32", name="to_float32"))
     return keras.Sequential(layers, name="denoising_autoencoder")
+
+
+def adam(train: TrainConfig, lr: float, precision: str) -> keras.optimizers.Optimizer:
+    """Adam with the run's hyperparameters; float16 wraps it in dynamic loss scaling (the
+    training step scales its loss with `optimizer.scale_loss`, a no-op without scaling)."""
+    optimizer = keras.optimizers.Adam(
+        learning_rate=lr, beta_1=train.beta1, beta_2=train.beta2, epsilon=train.eps
+    )
+    if precision == "float16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def _weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:

@@ -115,6 +115,25 @@ def loss_fn(name: str) -> nn.Module | object:
     raise ValueError(f"train.loss={name!r} is not one of mae, mse, ssim")
 
 
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The mixed-precision context of runtime.precision (a no-op for float32)."""
+    return torch.autocast(
+        device.type,
+        dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16),
+        enabled=precision in AUTOCAST_DTYPES,
+    )
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """runtime.channels_last as a memory format. Inputs are made to match it explicitly: a
+    batch cut from NHWC images is already channels_last in memory, and a convolution given
+    one channels_last operand runs channels_last, so leaving it to chance changes the kernels."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "cpu":
         return torch.device("cpu")

@@ -113,7 +113,8 @@ SUMMARY_FIELDS: dict[str, str] = {
     "global_batch": "images per optimizer step over all devices",
     "lr": "learning rate used (train.lr, times world_size when train.scale_lr)",
     "strategy": "how the devices were used: single, ddp, mirrored, multi_worker_mirrored",
-    "runtime": "speed settings in effect (TF32, cuDNN autotune, XLA, compile, threads)",
+    "runtime": "speed settings in effect (mode, precision, TF32, cuDNN autotune, XLA, compile, "
+    "channels_last, CUDA graphs, threads)",
     "throughput_steady_img_s": "median over epochs of the steady-state throughput",
     "throughput_steady_min_img_s": "slowest epoch's steady-state throughput",
     "throughput_steady_max_img_s": "fastest epoch's steady-state throughput",
@@ -220,6 +221,12 @@ def gpu_info() -> dict[str, Any]:
         return {"gpus": gpus, "driver": pynvml.nvmlSystemGetDriverVersion()}
     finally:
         pynvml.nvmlShutdown()
+
+
+def local_device_kind(device_choice: str) -> str:
+    """ "gpu" where a run with train.device=`device_choice` trains on this machine's GPUs,
+    else "cpu": which table of a speed mode (profiles/modes/) applies here."""
+    return "gpu" if device_choice != "cpu" and gpu_info()["gpus"] else "cpu"
 
 
 def environment(framework: str) -> dict[str, Any]:

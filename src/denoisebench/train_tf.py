@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from denoisebench.config import Config, load_resolved
+from denoisebench.config import Config, ConfigError, load_resolved, speed_label
 from denoisebench.distributed import maybe_inject_fault, tf_worker_index
 from denoisebench.experiment import (
     SAMPLE_IMAGES,
@@ -48,6 +48,7 @@ from denoisebench.experiment import (
     run_profiler,
 )
 from denoisebench.model_tf import (
+    adam,
     add_noise,
     build_model,
     get_weights,
@@ -100,11 +101,15 @@ def apply_runtime(cfg: Config) -> dict[str, Any]:
     if rt.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(rt.inter_op_threads)
     return {
+        "mode": speed_label(cfg),  # faithful, tuned (the --mode), or custom
         "tf32_matmul": tf.config.experimental.tensor_float_32_execution_enabled(),
         "tf32_conv": tf.config.experimental.tensor_float_32_execution_enabled(),
         "cudnn_autotune": autotune,
         "torch_compile": None,
         "xla": rt.xla,
+        "precision": rt.precision,
+        "channels_last": None,  # TensorFlow's convolutions are NHWC already
+        "cuda_graphs": None,
         # 0 means TensorFlow's default: as many threads as cores
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
@@ -192,21 +197,21 @@ def _train(
     resume: bool,
     prof: Profiler | None,
 ) -> dict[str, Any]:
-    data = prepare_data(cfg, run_dir, is_main=rec is not None)
     replicas, global_batch = world["world_size"], world["global_batch"]
+    if cfg.runtime.xla and replicas > 1 and not tf_gpu_indices(strategy):
+        raise ConfigError(
+            f"runtime.xla with {replicas} CPU replicas: TensorFlow's XLA has no collectives on "
+            "CPU devices (b/194942685); use one device or GPUs, or set runtime.xla=false"
+        )
+    data = prepare_data(cfg, run_dir, is_main=rec is not None)
     local_replicas = replicas // workers
     b = cfg.train.batch_size
     with strategy.scope():
         tf.keras.utils.set_random_seed(cfg.train.seed)  # native init draws from Keras' seed
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, precision=cfg.runtime.precision)
         if cfg.train.init == "shared":
             set_weights(model, shared_weights(cfg.model, cfg.train.seed))
-        optimizer = tf.keras.optimizers.Adam(
-            learning_rate=world["lr"],
-            beta_1=cfg.train.beta1,
-            beta_2=cfg.train.beta2,
-            epsilon=cfg.train.eps,
-        )
+        optimizer = adam(cfg.train, world["lr"], cfg.runtime.precision)
         optimizer.build(model.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
         wall_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
@@ -237,8 +242,11 @@ def _train(
     if rec:
         rec.truncate_after(start_epoch)
 
-    @tf.function(jit_compile=cfg.runtime.xla)
+    @tf.function
     def train_step(images: Any, global_idx: Any, seed: tf.Tensor) -> Any:
+        # XLA compiles each replica's step, not the strategy's function around it (as Keras'
+        # own fit does): compiling across replicas fails with MirroredStrategy
+        @tf.function(jit_compile=cfg.runtime.xla)
         def step_fn(images: tf.Tensor, global_idx: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             clean = tf.cast(tf.gather(images, global_idx), tf.float32) / 255.0
@@ -250,7 +258,8 @@ def _train(
                 # this replica's mean; divided by the replicas, the all-reduced sum is the
                 # global batch's mean
                 loss = criterion(clean, out) / replicas
-            grads = tape.gradient(loss, model.trainable_variables)
+                scaled = optimizer.scale_loss(loss)  # float16: loss scaling; else the loss
+            grads = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss * replicas
 

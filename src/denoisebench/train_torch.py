@@ -16,10 +16,12 @@ every epoch; --resume continues from it and reproduces the uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from denoisebench.config import Config, load_resolved
+from denoisebench.config import Config, ConfigError, load_resolved, speed_label
 from denoisebench.distributed import maybe_inject_fault
 from denoisebench.experiment import (
     SAMPLE_IMAGES,
@@ -47,9 +49,11 @@ from denoisebench.experiment import (
 )
 from denoisebench.model_torch import (
     add_noise,
+    autocast,
     build_model,
     get_weights,
     loss_fn,
+    memory_format,
     pick_device,
     set_weights,
 )
@@ -60,8 +64,17 @@ from denoisebench.spec import shared_weights
 FRAMEWORK = "torch"
 
 
-def to_nchw(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(x).to(device).permute(0, 3, 1, 2)
+def to_nchw(x: np.ndarray, device: torch.device, cfg: Config) -> torch.Tensor:
+    """NHWC float32 host images -> NCHW on the device, in the run's memory format."""
+    fmt = memory_format(cfg.runtime.channels_last)
+    return torch.from_numpy(x).to(device).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, noisy: np.ndarray, cfg: Config, device: torch.device) -> Any:
+    """The model's float32 NCHW output for NHWC host images, in the run's precision."""
+    with autocast(device, cfg.runtime.precision):
+        return model(to_nchw(noisy, device, cfg)).float()
 
 
 @torch.no_grad()
@@ -73,13 +86,110 @@ def evaluate(
     outputs, total = [], 0.0
     n = len(data.test_noisy)
     for i in range(0, n, cfg.train.eval_batch_size):
-        noisy = to_nchw(data.test_noisy[i : i + cfg.train.eval_batch_size], device)
-        clean = to_nchw(data.test_clean[i : i + cfg.train.eval_batch_size], device)
-        out = model(noisy)
-        total += criterion(out, clean).item() * len(noisy)
+        out = predict(model, data.test_noisy[i : i + cfg.train.eval_batch_size], cfg, device)
+        clean = to_nchw(data.test_clean[i : i + cfg.train.eval_batch_size], device, cfg)
+        total += criterion(out, clean).item() * len(out)
         outputs.append(out.permute(0, 2, 3, 1).cpu().numpy())
     model.train()
     return total / n, np.concatenate(outputs)
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: Any,
+    device: torch.device,
+    cfg: Config,
+) -> tuple[StepFn, torch.amp.GradScaler]:
+    """One training step (forward in the run's precision, backward, Adam) -> the loss.
+
+    float16 scales the loss (GradScaler); bfloat16 and float32 need no scaling. The loss is
+    computed in float32 from the output either way, as the float32 run computes it."""
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.precision == "float16")
+
+    def step(noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        with autocast(device, cfg.runtime.precision):
+            out = model(noisy)
+        loss = criterion(out.float(), clean)
+        scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
+
+    return step, scaler
+
+
+class GraphedStep:
+    """A training step captured once in a CUDA graph and replayed (runtime.cuda_graphs).
+
+    The pattern of PyTorch's "whole network capture": the first `warmup` steps run eagerly on a
+    side stream (real training steps; cuDNN picks its kernels and Adam builds its state), the
+    next one is captured on static input buffers and every later one copies its batch into
+    those buffers and replays the graph: one launch per step instead of about a hundred.
+    Adam must be `capturable` (its step counts live on the device).
+    """
+
+    def __init__(self, step: StepFn, optimizer: torch.optim.Optimizer, warmup: int = 3) -> None:
+        self.step, self.optimizer, self.warmup = step, optimizer, warmup
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls <= self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.step(noisy, clean)
+            torch.cuda.current_stream().wait_stream(side)
+            return loss
+        if self.graph is None:
+            static_noisy, static_clean = noisy.clone(), clean.clone()
+            self.optimizer.zero_grad(set_to_none=True)  # backward fills the graph's own grads
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                static_loss = self.step(static_noisy, static_clean)
+            self.static = (static_noisy, static_clean, static_loss)
+        assert self.static is not None
+        static_noisy, static_clean, static_loss = self.static
+        static_noisy.copy_(noisy)
+        static_clean.copy_(clean)
+        self.graph.replay()
+        return static_loss
+
+
+class StepClock:
+    """Per-step times without making the host wait for the device after every step.
+
+    CUDA: an event is recorded after each step and all are read once at the end of the epoch,
+    so the host keeps queueing work (a sync per step would cost the launch pipeline, and is a
+    large part of a step this small on a fast GPU). CPU: PyTorch's CPU ops have finished when
+    they return, so the host clock is the step's time.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        """Seconds between consecutive marks (waits for the device first)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in itertools.pairwise(self.marks)]
+        return [b - a for a, b in itertools.pairwise(self.marks)]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -111,11 +221,15 @@ def apply_runtime(cfg: Config) -> dict[str, Any]:
     if rt.inter_op_threads:
         torch.set_num_interop_threads(rt.inter_op_threads)
     return {
+        "mode": speed_label(cfg),  # faithful, tuned (the --mode), or custom
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_conv": torch.backends.cudnn.allow_tf32,
         "cudnn_autotune": torch.backends.cudnn.benchmark,
         "torch_compile": rt.torch_compile,
         "xla": None,
+        "precision": rt.precision,
+        "channels_last": rt.channels_last,
+        "cuda_graphs": rt.cuda_graphs,
         "intra_op_threads": torch.get_num_threads(),
         "inter_op_threads": torch.get_num_interop_threads(),
         "deterministic": cfg.train.deterministic,
@@ -190,9 +304,16 @@ def _train(
     world_size, global_batch = world["world_size"], world["global_batch"]
     data = prepare_data(cfg, run_dir, is_main=rec is not None)
     torch.manual_seed(cfg.train.seed)  # native init draws from the global generator
+    if cfg.runtime.cuda_graphs and (ddp or device.type != "cuda"):
+        raise ConfigError(
+            f"runtime.cuda_graphs needs a single CUDA device; this run is "
+            f"{'DDP' if ddp else 'on ' + device.type} (set runtime.cuda_graphs=false)"
+        )
+    fmt = memory_format(cfg.runtime.channels_last)
     raw_model = build_model(cfg.model).to(device)
     if cfg.train.init == "shared":
         set_weights(raw_model, shared_weights(cfg.model, cfg.train.seed))
+    raw_model = raw_model.to(memory_format=fmt)
     model = (
         DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
         if ddp
@@ -205,8 +326,12 @@ def _train(
         lr=world["lr"],
         betas=(cfg.train.beta1, cfg.train.beta2),
         eps=cfg.train.eps,
+        capturable=cfg.runtime.cuda_graphs,  # step counts on the device, for graph replay
     )
     criterion = loss_fn(cfg.train.loss)
+    train_step, scaler = make_step(model, optimizer, criterion, device, cfg)
+    if cfg.runtime.cuda_graphs:
+        train_step = GraphedStep(train_step, optimizer)
 
     ckpt_path = Path(run_dir) / FRAMEWORK / "checkpoints" / "last.pt"
     start_epoch, wall_time_s = 0, 0.0
@@ -214,6 +339,8 @@ def _train(
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:  # float16 loss scale (checkpoints from before it lack it)
+            scaler.load_state_dict(state["scaler"])
         start_epoch, wall_time_s = state["epoch"], state["wall_time_s"]
         if rec:
             print(f"[torch] resuming after epoch {start_epoch}", flush=True)
@@ -234,41 +361,54 @@ def _train(
         batches = epoch_batches(n_train, global_batch, cfg.train.seed, epoch)
         # the epoch's whole order goes to the device once: no host-to-device copy per step
         order = torch.from_numpy(np.stack(batches)).to(device)
-        rows: list[dict[str, Any]] = []
+        losses = torch.empty(len(order), device=device)  # fetched once, after the epoch
+        waits: list[float] = []
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sync(device)
         mark = prof.window_start() if prof else None
+        clock = StepClock(device)
         t_epoch = time.perf_counter()
-        for idx_t in tqdm(
-            order, desc=f"torch epoch {epoch + 1}", leave=False, disable=None if rec else True
+        clock.mark()
+        first_step = step
+        for i in tqdm(
+            range(len(order)),
+            desc=f"torch epoch {epoch + 1}",
+            leave=False,
+            disable=None if rec else True,
         ):
             t0 = time.perf_counter()
             maybe_inject_fault(rank, step)
-            t_data = time.perf_counter()
+            idx_t = order[i]
+            waits.append(time.perf_counter() - t0)
             clean = train_images[idx_t].permute(0, 3, 1, 2).float() / 255
             noisy = add_noise(clean, cfg.noise, generator)  # the whole global batch's noise
-            loss = criterion(model(noisy[mine]), clean[mine])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the gradients over ranks here
-            optimizer.step()
-            loss_value = loss.item()  # waits for the device, so the step time is real
-            rows.append(
-                {
-                    "framework": FRAMEWORK,
-                    "epoch": epoch,
-                    "step": step,
-                    "rank": rank,
-                    "replicas": 1,
-                    "batch_size": b,
-                    "loss": loss_value,
-                    "step_time_s": time.perf_counter() - t0,
-                    "data_wait_s": t_data - t0,
-                }
+            if not cfg.runtime.cuda_graphs:
+                optimizer.zero_grad(set_to_none=True)
+            losses[i] = train_step(
+                noisy[mine].contiguous(memory_format=fmt),
+                clean[mine].contiguous(memory_format=fmt),
             )
+            clock.mark()
             step += 1
-        sync(device)
+        step_times = clock.durations()  # waits for the device: the epoch's work is done
         train_time = time.perf_counter() - t_epoch
+        rows = [
+            {
+                "framework": FRAMEWORK,
+                "epoch": epoch,
+                "step": first_step + i,
+                "rank": rank,
+                "replicas": 1,
+                "batch_size": b,
+                "loss": loss_value,
+                "step_time_s": step_time,
+                "data_wait_s": wait,
+            }
+            for i, (loss_value, step_time, wait) in enumerate(
+                zip(losses.tolist(), step_times, waits, strict=True)
+            )
+        ]
         devices, host = prof.window_end(mark) if prof and mark else ([], None)
         for d in devices:  # the caching allocator's own view, beside NVML's
             d["alloc_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -304,6 +444,7 @@ def _train(
             {
                 "model": raw_model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
                 "epoch": epoch + 1,
                 "wall_time_s": wall_time_s,
             },
@@ -314,10 +455,9 @@ def _train(
     if rec is None:
         return {}
     rec.write_weights(get_weights(raw_model))
-    with torch.no_grad():  # the report's image grid: outputs for the saved test samples
-        raw_model.eval()
-        sample = to_nchw(data.test_noisy[:SAMPLE_IMAGES], device)
-        rec.write_outputs(raw_model(sample).permute(0, 2, 3, 1).cpu().numpy())
+    raw_model.eval()  # the report's image grid: outputs for the saved test samples
+    sample = predict(raw_model, data.test_noisy[:SAMPLE_IMAGES], cfg, device)
+    rec.write_outputs(sample.permute(0, 2, 3, 1).cpu().numpy())
     parameters = sum(p.numel() for p in raw_model.parameters())
     summary = final_summary(rec, wall_time_s, parameters, data, world)
     rec.summary(**summary)
