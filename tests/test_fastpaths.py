@@ -270,7 +270,15 @@ def test_bfloat16_on_gpu_records_the_bf16_peak(tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    from denoisebench.hardware import peak_flops
+
     epochs = train("torch", tmp_path, "bf16", "train.device=gpu", "runtime.precision=bfloat16")
     assert epochs[-1]["test_psnr_db"] > epochs[0]["test_psnr_db"]
     summary = read_json(tmp_path / "bf16" / "torch" / "summary.json")
     assert summary["runtime"]["precision"] == "bfloat16"
+    peak, reason = peak_flops(torch.cuda.get_device_name(), "bf16")
+    if peak is None:
+        pytest.skip(reason)
+    last = epochs[-1]  # MFU against the bfloat16 tensor-core peak, not float32's
+    expected = last["throughput_per_device_img_s"] * last["model_flops_per_image"] / peak
+    assert last["mfu"] == pytest.approx(expected, rel=1e-6)

@@ -23,12 +23,11 @@ What is compared, and why it is fair:
   epoch; the hand-written loop does none of that, so only the training loops are compared. Its
   figure is the wall time of the training loop of every epoch after the warm-up (the epoch
   record's `train_time_s`: first batch to last step, with everything the trainer does per
-  step: progress bar, step records, loss fetch). Warm-up is whole epochs, at least `--warmup`
-  steps, and the run has as many epochs as needed for at least `--steps` steady steps. The
-  suite's own `throughput_steady_img_s` sums per-step clocks, which miss the work between
-  steps; it is kept in the JSON (`reported_img_s`) but not used for the ratio. Work a trainer
-  does per epoch before starting its epoch clock is not seen here (train_tf.py builds each
-  epoch's distributed dataset and iterator there, about 50 ms on a 2-core CPU).
+  step: progress bar, step timing; the devices are waited for once, after the epoch's last
+  step). Warm-up is whole epochs, at least `--warmup` steps, and the run has as many epochs as
+  needed for at least `--steps` steady steps. The suite's own `throughput_steady_img_s` (images
+  over summed step times, warm-up steps left out) is kept in the JSON (`reported_img_s`) but
+  not used for the ratio.
 - Data wait: time spent getting the next batch (the suite: its `data_wait_s` per step; the
   hand-written loop: inside `next()` on the pipeline), as a fraction of the same wall time.
 - FLOP/s: 3 x ModelSpec.forward_flops_per_image() x img/s, against the device's peak from
@@ -242,6 +241,25 @@ def machine_line(hand_runs: list[dict[str, Any]]) -> str:
     return "; ".join([f"machine: {cpu_model()}, {os.cpu_count()} cores", gpu, *frameworks])
 
 
+def roofline_line(cfg: Config, gpu_name: str, frame: pd.DataFrame) -> str:
+    """The measured figures against the device's bounds (denoisebench.roofline)."""
+    from denoisebench.roofline import bounds
+
+    precision = peak_precision(cfg)
+    row = bounds(cfg.model, gpu_name).set_index("precision").loc[precision]
+    bound = row["bound img/s"]
+    if bound != bound:
+        return f"roofline: n/a ({gpu_name} is not in hardware.py's tables)"
+    reached = ", ".join(
+        f"{r['framework']} suite {100 * r['suite img/s'] / bound:.1f}%" for _, r in frame.iterrows()
+    )
+    return (
+        f"roofline at {precision} on {gpu_name}: compute bound "
+        f"{row['compute bound img/s']:,.0f} img/s, memory bound {row['memory bound img/s']:,.0f}"
+        f" img/s; reached: {reached} of the lower"
+    )
+
+
 def load_config_with_mode(
     profile: str, mode: str | None, pairs: list[str], device_choice: str = "auto"
 ) -> Config:
@@ -367,6 +385,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
     print(format_table(frame))
     if peak_reason:
         print(f"% peak: n/a ({peak_reason})")
+    if gpu_name:
+        print(roofline_line(cfg, gpu_name, frame))
     print(f"\nbenchmark took {elapsed_s:.0f} s", flush=True)
     if args.json:
         args.json.write_text(

@@ -1,4 +1,4 @@
-"""Peak FLOP/s of common GPUs: the one table model-FLOP utilisation (MFU) is measured against.
+"""Peak FLOP/s and memory bandwidth of common GPUs: the tables MFU and the roofline use.
 
 Dense (no sparsity) vendor figures, in TFLOP/s, per precision the trainers can run in:
 fp32 (plain float32), tf32 (float32 on tensor cores), bf16 and fp16 (tensor cores). A device
@@ -9,6 +9,7 @@ reason, never guessed.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # (substring of the NVML device name, lower case) -> {precision: dense peak TFLOP/s}.
 # Checked in order: put more specific names first.
@@ -24,15 +25,47 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
 ]
 
 
+# (substring of the NVML device name, lower case) -> DRAM bandwidth, TB/s (vendor figures).
+MEMORY_TBS: list[tuple[str, float]] = [
+    ("h200", 4.8),
+    ("h100 pcie", 2.0),
+    ("h100", 3.35),  # SXM5
+    ("a100-sxm4-80gb", 2.039),
+    ("a100 80gb pcie", 1.935),
+    ("a100", 1.555),  # 40 GB
+    ("a10", 0.6),
+    ("l4", 0.3),
+    ("v100", 0.9),
+    ("t4", 0.32),
+]
+
+
+def _lookup(table: list[tuple[str, Any]], device_name: str) -> Any:
+    name = device_name.lower()
+    for key, value in table:
+        # whole tokens only: "l4" must not match "L40S", nor "a100" "RTX A1000"
+        if re.search(rf"(?<![a-z0-9]){re.escape(key)}(?![a-z0-9])", name):
+            return value
+    return None
+
+
 def peak_flops(device_name: str | None, precision: str) -> tuple[float | None, str | None]:
     """(peak FLOP/s, None) or (None, why there is none)."""
     if not device_name:
         return None, "no GPU: no peak FLOP/s for this device"
-    name = device_name.lower()
-    for key, peaks in PEAK_TFLOPS:
-        # whole tokens only: "l4" must not match "L40S", nor "a100" "RTX A1000"
-        if re.search(rf"(?<![a-z0-9]){re.escape(key)}(?![a-z0-9])", name):
-            if precision not in peaks:
-                return None, f"{device_name}: no {precision} peak in the table"
-            return peaks[precision] * 1e12, None
-    return None, f"{device_name}: not in the peak FLOP/s table (src/denoisebench/hardware.py)"
+    peaks = _lookup(PEAK_TFLOPS, device_name)
+    if peaks is None:
+        return None, f"{device_name}: not in the peak FLOP/s table (src/denoisebench/hardware.py)"
+    if precision not in peaks:
+        return None, f"{device_name}: no {precision} peak in the table"
+    return peaks[precision] * 1e12, None
+
+
+def memory_bandwidth(device_name: str | None) -> tuple[float | None, str | None]:
+    """(DRAM bytes/s, None) or (None, why there is none)."""
+    if not device_name:
+        return None, "no GPU: no memory bandwidth for this device"
+    tbs = _lookup(MEMORY_TBS, device_name)
+    if tbs is None:
+        return None, f"{device_name}: not in the bandwidth table (src/denoisebench/hardware.py)"
+    return tbs * 1e12, None

@@ -118,12 +118,14 @@ def loss_fn(name: str) -> nn.Module | object:
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The mixed-precision context of runtime.precision (a no-op for float32)."""
+def autocast(device: torch.device, precision: str, cache: bool = True) -> torch.autocast:
+    """The mixed-precision context of runtime.precision (a no-op for float32). `cache=False`
+    for a step captured in a CUDA graph, as PyTorch requires of autocast there."""
     return torch.autocast(
         device.type,
         dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16),
         enabled=precision in AUTOCAST_DTYPES,
+        cache_enabled=cache,
     )
 
 

@@ -98,11 +98,14 @@ def find_run_folders(paths: Iterable[Path]) -> list[Path]:
 
 
 def _setup_id(config: dict[str, Any]) -> str:
-    """The config without the per-device batch (its own key), hashed: repeats share it."""
+    """The config without the per-device batch (its own key), hashed: repeats share it.
+    Named by its profile and its speed mode where it has one (faithful and tuned runs of one
+    profile are different setups)."""
     rest = json.loads(json.dumps(config))
     rest.get("train", {}).pop("batch_size", None)
     digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
-    return f"{config.get('profile', '?')}:{digest}"
+    mode = f"{config['mode']}:" if config.get("mode") else ""
+    return f"{config.get('profile', '?')}:{mode}{digest}"
 
 
 def _data_id(config: dict[str, Any]) -> str:

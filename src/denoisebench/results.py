@@ -50,7 +50,9 @@ STEP_FIELDS: dict[str, str] = {
     "replicas": "devices that process drives (1 for torch; N under MirroredStrategy)",
     "batch_size": "images this process trained on in this step",
     "loss": "mean training loss over this process' images (before the update)",
-    "step_time_s": "wall time of the step on this process, loss fetched (device finished)",
+    "step_time_s": "time from the end of the previous step to the end of this one: CUDA events "
+    "(PyTorch on a GPU), else the host clock; the devices are waited for once per epoch, after "
+    "its last step, so the steps of an epoch add up to its training time",
     "data_wait_s": "part of step_time_s spent getting the step's batch indices (the images "
     "are already on the device)",
 }

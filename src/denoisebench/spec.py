@@ -125,6 +125,15 @@ class ModelSpec:
                 size *= self.stride
         return flops
 
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        """(input elements, output elements) of each layer, for one image."""
+        size, out = self.image_size, []
+        for layer in self.layers():
+            new = size // self.stride if layer.kind == "conv" else size * self.stride
+            out.append((size * size * layer.in_channels, new * new * layer.out_channels))
+            size = new
+        return out
+
 
 def shared_weights(spec: ModelSpec, seed: int) -> list[np.ndarray]:
     """One seeded set of weights for `init = "shared"`, in the canonical (PyTorch) layout.

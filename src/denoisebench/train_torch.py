@@ -111,7 +111,7 @@ def make_step(
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.precision == "float16")
 
     def step(noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        with autocast(device, cfg.runtime.precision):
+        with autocast(device, cfg.runtime.precision, cache=not cfg.runtime.cuda_graphs):
             out = model(noisy)
         loss = criterion(out.float(), clean)
         scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
