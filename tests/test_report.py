@@ -358,3 +358,15 @@ def test_failed_run_is_listed_and_its_figures_are_missing_with_the_error(built, 
     assert row["test_psnr_db_reason"] == "no completed run (RuntimeError: boom)"
     verdicts = csv({"out": out}, "verdicts")["verdict"].tolist()
     assert any("missing for TensorFlow (no completed run" in v for v in verdicts)
+
+
+def test_speed_modes_are_separate_setups_named_by_mode():
+    from denoisebench.config import load_config
+
+    faithful = json.loads(load_config("smoke", mode="faithful").to_json())
+    tuned = json.loads(load_config("smoke", mode="tuned", device_kind="gpu").to_json())
+    plain = json.loads(load_config("smoke").to_json())
+    a, b, c = (report._setup_id(cfg) for cfg in (faithful, tuned, plain))
+    assert a.startswith("smoke:faithful:") and b.startswith("smoke:tuned:")
+    assert len({a, b, c}) == 3  # never grouped together as repeats
+    assert report._setup_id(json.loads(json.dumps(tuned))) == b  # repeats of one config share it

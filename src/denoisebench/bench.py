@@ -1,8 +1,8 @@
 """Benchmark: the suite's trainers against the plain training loop a user would write by hand.
 
     python -m denoisebench.bench [--framework torch|tf|both] [--steps 60] [--warmup 10]
-        [--batch-size 64] [--profile default] [--repeats 3] [--set SECTION.KEY=VALUE]
-        [--json FILE]
+        [--batch-size 64] [--profile default] [--mode faithful|tuned] [--repeats 3]
+        [--set SECTION.KEY=VALUE] [--json FILE] [--paths]
 
 A benchmarking suite whose trainers are slow measures its own overhead, not the frameworks.
 For each framework this times, in one run: (a) the suite's trainer, a real `python -m launch`
@@ -31,7 +31,15 @@ What is compared, and why it is fair:
 - Data wait: time spent getting the next batch (the suite: its `data_wait_s` per step; the
   hand-written loop: inside `next()` on the pipeline), as a fraction of the same wall time.
 - FLOP/s: 3 x ModelSpec.forward_flops_per_image() x img/s, against the device's peak from
-  hardware.py; on a CPU, or a GPU not in the table, the peak is missing and the reason printed.
+  hardware.py (at the run's precision); on a CPU, or a GPU not in the table, the peak is
+  missing and the reason printed. On a GPU in hardware.py's tables a last line sets the suite's
+  img/s against the roofline bounds (denoisebench.roofline).
+- Speed settings (`--mode`, `--set runtime.*`): both loops apply precision, channels_last,
+  torch.compile, XLA and TF32 alike. CUDA graphs exist only in the suite's trainer (a plain
+  loop has none), so with `runtime.cuda_graphs` the ratio includes their gain.
+
+`--paths` runs a different benchmark: each fast path of the suite's trainers alone, and the
+tuned mode, against faithful float32 (denoisebench.bench_paths).
 """
 
 from __future__ import annotations
