@@ -16,6 +16,7 @@ every epoch; --resume continues from it and reproduces the uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import os
 import signal
@@ -277,8 +278,13 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         with run_profiler(cfg, run_dir, FRAMEWORK, gpus, rank) as prof:
             summary = _train(cfg, run_dir, rec, device, rank, world, resume, ddp, prof)
         if ddp:
+            # free the DDP model now: its reducer holds the process group and the last
+            # all-reduce's work objects, and left to the interpreter's exit their gloo threads
+            # are torn down after Python is gone (std::terminate, exit code -6, about one run
+            # in fifteen on a 2-core machine)
+            gc.collect()
             # every rank waits for rank 0 to finish writing: tearing the gloo group down while
-            # a peer still holds its connections aborts that peer (seen as exit code -6)
+            # a peer still holds its connections aborts that peer (also seen as exit code -6)
             dist.barrier()
         return summary
     except BaseException as e:
