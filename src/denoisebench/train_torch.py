@@ -129,7 +129,7 @@ class GraphedStep:
     The pattern of PyTorch's "whole network capture": the first `warmup` steps run eagerly on a
     side stream (real training steps; cuDNN picks its kernels and Adam builds its state), the
     next one is captured on static input buffers and every later one copies its batch into
-    those buffers and replays the graph: one launch per step instead of about a hundred.
+    those buffers and replays the graph: one launch per step instead of dozens.
     Adam must be `capturable` (its step counts live on the device).
     """
 
