@@ -136,24 +136,26 @@ class GraphedStep:
     def __init__(self, step: StepFn, optimizer: torch.optim.Optimizer, warmup: int = 3) -> None:
         self.step, self.optimizer, self.warmup = step, optimizer, warmup
         self.calls = 0
+        # one side stream for the eager warm-up and the capture: libraries that create their
+        # handles lazily per stream have them before capture starts
+        self.stream = torch.cuda.Stream()
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.calls <= self.warmup:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self.step(noisy, clean)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self.stream)
             return loss
         if self.graph is None:
             static_noisy, static_clean = noisy.clone(), clean.clone()
             self.optimizer.zero_grad(set_to_none=True)  # backward fills the graph's own grads
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, stream=self.stream):
                 static_loss = self.step(static_noisy, static_clean)
             self.static = (static_noisy, static_clean, static_loss)
         assert self.static is not None
