@@ -718,3 +718,44 @@ def test_real_nvml_samples_power_and_energy(tmp_path):
     assert "gpu_reason" not in host
     lines = (tmp_path / "gpu.jsonl").read_text().splitlines()
     assert len(lines) == len(prof.sampler.devices[0].rows)
+
+
+# --- framework traces (profiler.trace_steps) ----------------------------------------------
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_trace_steps_write_the_frameworks_own_trace(tmp_path, framework, capsys):
+    import importlib
+
+    from denoisebench.config import load_config, parse_overrides
+
+    cfg = load_config(
+        "smoke",
+        parse_overrides(["train.epochs=1", "profiler.warmup_steps=2", "profiler.trace_steps=2"]),
+    )
+    importlib.import_module(f"denoisebench.train_{framework}").train(cfg, tmp_path)
+    folder = tmp_path / framework / "trace"
+    assert f"[{framework}] trace of steps 2-3: {folder}" in capsys.readouterr().out
+    if framework == "torch":
+        events = json.loads((folder / "trace.json").read_text())["traceEvents"]
+        steps = {e["name"] for e in events if e.get("name", "").startswith("ProfilerStep#")}
+        assert steps == {"ProfilerStep#2", "ProfilerStep#3"}  # exactly the steps asked for
+        assert "aten::convolution_backward" in (folder / "top_ops.txt").read_text()
+    else:
+        assert list(folder.glob("plugins/profile/*/*.xplane.pb"))
+
+
+def test_trace_longer_than_the_run_says_so(tmp_path, capsys):
+    from denoisebench import train_torch
+    from denoisebench.config import load_config, parse_overrides
+
+    cfg = load_config("smoke", parse_overrides(["train.epochs=1", "profiler.trace_steps=1000"]))
+    train_torch.train(cfg, tmp_path / "long")  # 9 steps: 5-8 traced, and said to be partial
+    out = capsys.readouterr().out
+    assert "[torch] trace of steps 5-8 (partial: the run ended before step 1005)" in out
+    assert (tmp_path / "long" / "torch" / "trace" / "trace.json").exists()
+
+    late = parse_overrides(["train.epochs=1", "profiler.trace_steps=2", "profiler.warmup_steps=50"])
+    train_torch.train(load_config("smoke", late), tmp_path / "late")
+    assert "[torch] no trace: the run ended before step 50" in capsys.readouterr().out
+    assert not (tmp_path / "late" / "torch" / "trace").exists()

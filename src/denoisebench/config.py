@@ -146,6 +146,10 @@ class ProfileConfig:
     """Seconds of idle power measured before training (GPU only; 0 skips it)."""
     min_window_s: float = 5.0
     """Energy windows shorter than this are flagged as too short to trust."""
+    trace_steps: int = 0
+    """Record the framework's own profiler trace (torch.profiler; TensorFlow's profiler) of this
+    many steps after the warm-up steps, on rank 0, into <framework>/trace/ (0: off). Traced
+    steps run slower: a run for finding what holds a step back, not for timing it."""
 
 
 @dataclass(frozen=True)
@@ -269,6 +273,7 @@ def _validate(cfg: Config) -> None:
         (cfg.profiler.warmup_steps >= 0, "profiler.warmup_steps must be >= 0"),
         (cfg.profiler.sample_interval_s >= 0.01, "profiler.sample_interval_s must be >= 0.01"),
         (cfg.profiler.idle_s >= 0, "profiler.idle_s must be >= 0"),
+        (cfg.profiler.trace_steps >= 0, "profiler.trace_steps must be >= 0"),
         (
             cfg.runtime.intra_op_threads >= 0 and cfg.runtime.inter_op_threads >= 0,
             "runtime.intra_op_threads and runtime.inter_op_threads must be >= 0",

@@ -16,6 +16,7 @@
             weights.npz       final weights in the canonical (PyTorch) layout, either framework
             test_outputs.npz  the final model's outputs for test_samples.npz
             checkpoints/      the last finished epoch, to --resume from
+            trace/            the framework profiler's trace (profiler.trace_steps; off by default)
 
 Every JSON file is written to a temporary name and renamed into place, so a reader never sees
 half a file. The JSONL records are appended and fsynced at each epoch end; on resume, records

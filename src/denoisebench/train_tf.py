@@ -147,6 +147,47 @@ def evaluate(model: Any, data: RunData, cfg: Config, criterion: Any) -> tuple[fl
     return total / n, np.concatenate(outputs)
 
 
+class StepTracer:
+    """TensorFlow's profiler over `profiler.trace_steps` steps after the
+    `profiler.warmup_steps` first ones (`folder` None: off), written to `folder` for
+    TensorBoard's profile plugin (`tensorboard --logdir <folder>`, with
+    tensorboard-plugin-profile installed)."""
+
+    def __init__(self, cfg: Config, folder: Path | None) -> None:
+        self.folder = folder
+        n, warm = cfg.profiler.trace_steps, cfg.profiler.warmup_steps
+        self.start_at, self.stop_at = warm, warm + n
+        self.done, self.running = 0, False
+        self.enabled = bool(n) and folder is not None
+        self.steps = f"{warm}-{warm + n - 1}"
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if self.enabled and self.done == self.start_at and not self.running:
+            assert self.folder is not None
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tf.profiler.experimental.start(str(self.folder))
+            self.running = True
+
+    def step(self) -> None:
+        if not self.enabled:
+            return
+        self.done += 1
+        if self.running and self.done == self.stop_at:
+            tf.profiler.experimental.stop()
+            self.running = False
+            print(f"[tf] trace of steps {self.steps}: {self.folder}", flush=True)
+        self._maybe_start()
+
+    def close(self) -> None:
+        if self.running:
+            tf.profiler.experimental.stop()
+            self.running = False
+            print(f"[tf] partial trace (the run ended before step {self.stop_at})", flush=True)
+        elif self.enabled and self.done < self.start_at:
+            print(f"[tf] no trace: the run ended before steps {self.steps} began", flush=True)
+
+
 def raise_on_sigterm() -> None:
     """SLURM and the launcher stop workers with SIGTERM: make it an exception, so the run
     folder is marked failed instead of the process vanishing mid-epoch."""
@@ -287,6 +328,7 @@ def _train(
         return ds.prefetch(tf.data.AUTOTUNE)
 
     batches = iter(strategy.distribute_datasets_from_function(dataset_fn)) if orders else None
+    tracer = StepTracer(cfg, Path(run_dir) / FRAMEWORK / "trace" if rec else None)
     for epoch in range(start_epoch, cfg.train.epochs):
         order = orders[epoch - start_epoch]
         rows: list[dict[str, Any]] = []
@@ -326,6 +368,7 @@ def _train(
                     "data_wait_s": t_data - t0,
                 }
             )
+            tracer.step()
             step += 1
         train_time = time.perf_counter() - t_epoch
         for row, local in zip(rows, losses, strict=True):
@@ -367,6 +410,7 @@ def _train(
         rec.summary(epochs_completed=epoch + 1)
         print(epoch_line(record, cfg.train.epochs), flush=True)
 
+    tracer.close()
     if rec is None:
         shutil.rmtree(save_dir, ignore_errors=True)
         return {}

@@ -201,6 +201,55 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class StepTracer:
+    """torch.profiler over `profiler.trace_steps` steps after the `profiler.warmup_steps` first
+    ones (`folder` None: off). Writes trace.json (open in Perfetto or chrome://tracing) and
+    top_ops.txt (operators by self time on the device, or the CPU without one) into `folder`."""
+
+    def __init__(self, cfg: Config, folder: Path | None, device: torch.device) -> None:
+        self.folder, self.cuda, self.written = folder, device.type == "cuda", False
+        self.prof: torch.profiler.profile | None = None
+        n, warm = cfg.profiler.trace_steps, cfg.profiler.warmup_steps
+        self.first, self.end, self.done = warm, warm + n, 0
+        if not n or folder is None:
+            return
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.cuda:
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.prof = torch.profiler.profile(
+            activities=activities,
+            # steps before `warm` are not recorded; the one before the trace warms the profiler
+            schedule=torch.profiler.schedule(
+                wait=max(warm - 1, 0), warmup=min(warm, 1), active=n, repeat=1
+            ),
+            on_trace_ready=self._write,
+        )
+        self.prof.start()
+
+    def _write(self, prof: torch.profiler.profile) -> None:
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(self.folder / "trace.json"))
+        sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=sort, row_limit=40)
+        (self.folder / "top_ops.txt").write_text(table + "\n")
+        self.written = True
+        last = min(self.end, self.done) - 1
+        partial = f" (partial: the run ended before step {self.end})" if last < self.end - 1 else ""
+        print(f"[torch] trace of steps {self.first}-{last}{partial}: {self.folder}", flush=True)
+
+    def step(self) -> None:
+        if self.prof:
+            self.done += 1
+            self.prof.step()
+
+    def close(self) -> None:
+        if self.prof:
+            self.prof.stop()  # a trace still recording is written as it is
+            if not self.written:
+                print(f"[torch] no trace: the run ended before step {self.first}", flush=True)
+
+
 def raise_on_sigterm() -> None:
     """torchrun and SLURM stop workers with SIGTERM: turn it into an exception, so the run
     folder is marked failed instead of the process vanishing mid-epoch."""
@@ -362,6 +411,7 @@ def _train(
     step = start_epoch * (n_train // global_batch)
     if prof:
         prof.measure_idle(cfg.profiler.idle_s)
+    tracer = StepTracer(cfg, Path(run_dir) / FRAMEWORK / "trace" if rec else None, device)
     for epoch in range(start_epoch, cfg.train.epochs):
         # the same generator on every rank: noise depends only on (seed, epoch), not on the
         # number of devices, and a resumed run draws it again identically
@@ -398,6 +448,7 @@ def _train(
                 clean[mine].contiguous(memory_format=fmt),
             )
             clock.mark()
+            tracer.step()
             step += 1
         step_times = clock.durations()  # waits for the device: the epoch's work is done
         train_time = time.perf_counter() - t_epoch
@@ -460,6 +511,7 @@ def _train(
         rec.summary(epochs_completed=epoch + 1)
         print(epoch_line(record, cfg.train.epochs), flush=True)
 
+    tracer.close()
     if rec is None:
         return {}
     rec.write_weights(get_weights(raw_model))
