@@ -124,8 +124,8 @@ class RuntimeConfig:
     channels_last: bool = False
     """PyTorch: NHWC memory layout for the model and its input (TensorFlow is NHWC already)."""
     cuda_graphs: bool = False
-    """PyTorch, one CUDA device: capture the whole training step (forward, backward, Adam) in
-    a CUDA graph and replay it each step."""
+    """PyTorch on CUDA devices: capture the whole training step (forward, backward with DDP's
+    all-reduces, Adam) in a CUDA graph and replay it each step."""
     intra_op_threads: int = 0
     """Threads inside one op (0: the framework's default); the value used is recorded."""
     inter_op_threads: int = 0

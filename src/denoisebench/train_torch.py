@@ -16,6 +16,7 @@ every epoch; --resume continues from it and reproduces the uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import os
@@ -126,19 +127,27 @@ def make_step(
 class GraphedStep:
     """A training step captured once in a CUDA graph and replayed (runtime.cuda_graphs).
 
-    The pattern of PyTorch's "whole network capture": the first `warmup` steps run eagerly on a
-    side stream (real training steps; cuDNN picks its kernels and Adam builds its state), the
-    next one is captured on static input buffers and every later one copies its batch into
-    those buffers and replays the graph: one launch per step instead of dozens.
-    Adam must be `capturable` (its step counts live on the device).
+    The pattern of PyTorch's "whole network capture": the first `warmup` steps run eagerly on
+    `stream`, a side stream (real training steps; cuDNN picks its kernels and Adam builds its
+    state), the next one is captured on that stream from static input buffers, and every later
+    one copies its batch into those buffers and replays the graph: one launch per step instead
+    of dozens. One stream for warm-up and capture, so libraries that create handles lazily per
+    stream have them before capture starts. Adam must be `capturable` (its step counts live on
+    the device). Under DDP (NCCL >= 2.9.6 captures the all-reduces) PyTorch's CUDA notes ask for
+    three more things, done by the trainer: NCCL's async error handling off before the process
+    group starts, DDP constructed on `stream`, and at least 11 eager DDP steps before capture.
     """
 
-    def __init__(self, step: StepFn, optimizer: torch.optim.Optimizer, warmup: int = 3) -> None:
+    def __init__(
+        self,
+        step: StepFn,
+        optimizer: torch.optim.Optimizer,
+        stream: torch.cuda.Stream,
+        warmup: int = 3,
+    ) -> None:
         self.step, self.optimizer, self.warmup = step, optimizer, warmup
         self.calls = 0
-        # one side stream for the eager warm-up and the capture: libraries that create their
-        # handles lazily per stream have them before capture starts
-        self.stream = torch.cuda.Stream()
+        self.stream = stream
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -299,6 +308,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     ddp = "RANK" in os.environ  # set by torchrun
     if ddp:
         use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
+        if use_cuda and cfg.runtime.cuda_graphs:
+            # capturing NCCL all-reduces needs DDP's async error handling off (see GraphedStep)
+            os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         rank, world_size = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ["LOCAL_RANK"])
@@ -361,21 +373,22 @@ def _train(
     world_size, global_batch = world["world_size"], world["global_batch"]
     data = prepare_data(cfg, run_dir, is_main=rec is not None)
     torch.manual_seed(cfg.train.seed)  # native init draws from the global generator
-    if cfg.runtime.cuda_graphs and (ddp or device.type != "cuda"):
+    if cfg.runtime.cuda_graphs and device.type != "cuda":
         raise ConfigError(
-            f"runtime.cuda_graphs needs a single CUDA device; this run is "
-            f"{'DDP' if ddp else 'on ' + device.type} (set runtime.cuda_graphs=false)"
+            f"runtime.cuda_graphs needs CUDA devices; this run is on {device.type} "
+            "(set runtime.cuda_graphs=false)"
         )
+    # CUDA graphs: warm-up and capture run on this stream, and DDP is built on it (GraphedStep)
+    graph_stream = torch.cuda.Stream(device) if cfg.runtime.cuda_graphs else None
     fmt = memory_format(cfg.runtime.channels_last)
     raw_model = build_model(cfg.model).to(device)
     if cfg.train.init == "shared":
         set_weights(raw_model, shared_weights(cfg.model, cfg.train.seed))
     raw_model = raw_model.to(memory_format=fmt)
-    model = (
-        DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-        if ddp
-        else raw_model
-    )
+    model: torch.nn.Module = raw_model
+    if ddp:
+        with torch.cuda.stream(graph_stream) if graph_stream else contextlib.nullcontext():
+            model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.runtime.torch_compile:
         model = torch.compile(model)
     optimizer = torch.optim.Adam(
@@ -387,8 +400,8 @@ def _train(
     )
     criterion = loss_fn(cfg.train.loss)
     train_step, scaler = make_step(model, optimizer, criterion, device, cfg)
-    if cfg.runtime.cuda_graphs:
-        train_step = GraphedStep(train_step, optimizer)
+    if graph_stream is not None:
+        train_step = GraphedStep(train_step, optimizer, graph_stream, warmup=11 if ddp else 3)
 
     ckpt_path = Path(run_dir) / FRAMEWORK / "checkpoints" / "last.pt"
     start_epoch, wall_time_s = 0, 0.0
