@@ -164,9 +164,12 @@ def test_unknown_mode_names_the_file_and_the_known_modes():
         load_config("default", mode="fastest")
 
 
-def test_speed_label_without_a_mode():
+def test_speed_label_without_a_mode_or_against_faithful():
+    tf32 = parse_overrides(["runtime.tf32=true"])
     assert speed_label(load_config("default")) == "faithful"
-    assert speed_label(load_config("default", parse_overrides(["runtime.tf32=true"]))) == ("custom")
+    assert speed_label(load_config("default", tf32)) == "custom"
+    assert speed_label(load_config("default", tf32, mode="faithful")) == "custom"
+    assert speed_label(load_config("default", tf32, mode="tuned")) == "tuned"  # tuned, adjusted
 
 
 def test_launch_mode_is_written_into_the_run_config(tmp_path):

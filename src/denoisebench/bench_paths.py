@@ -132,7 +132,8 @@ def run_paths(
         for k in range(args.repeats):
             for i, (framework, option, overrides) in enumerate(runs if k % 2 == 0 else runs[::-1]):
                 variant = copy.copy(args)
-                variant.mode = "tuned" if overrides is None else "faithful"
+                # the tuned mode; faithful; or one option alone, with no mode to name it
+                variant.mode = "tuned" if overrides is None else None if overrides else "faithful"
                 variant.set = [*args.set, *(overrides or ())]
                 tag = f"{k}-{i}"
                 fig = measure_suite(framework, variant, root, tag, epochs, first_steady)

@@ -394,13 +394,15 @@ def config_from_dict(
 
 
 def speed_label(cfg: Config) -> str:
-    """What kind of speed settings a run used: its --mode, else "faithful" when every fast
-    path is off (float32, no TF32, no compilation), else "custom"."""
-    if cfg.mode:
-        return cfg.mode
+    """What kind of speed settings a run used: "faithful" when every fast path is off (float32,
+    no TF32, no compilation, ...), "custom" when one is on without a --mode or against the
+    faithful one, else its --mode."""
     rt = cfg.runtime
     fast = rt.tf32 or rt.xla or rt.torch_compile or rt.channels_last or rt.cuda_graphs
-    return "custom" if fast or rt.precision != "float32" else "faithful"
+    fast = fast or rt.precision != "float32"
+    if cfg.mode and (cfg.mode != "faithful" or not fast):
+        return cfg.mode
+    return "custom" if fast else "faithful"
 
 
 def load_resolved(path: Path) -> Config:
