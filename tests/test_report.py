@@ -370,3 +370,33 @@ def test_speed_modes_are_separate_setups_named_by_mode():
     assert a.startswith("smoke:faithful:") and b.startswith("smoke:tuned:")
     assert len({a, b, c}) == 3  # never grouped together as repeats
     assert report._setup_id(json.loads(json.dumps(tuned))) == b  # repeats of one config share it
+
+
+def test_no_speed_modes_table_without_a_pair(built):
+    assert not (built["out"] / "speed_modes.csv").exists()  # only faithful runs there
+
+
+def test_tuned_against_faithful_in_the_report(tmp_path):
+    from helpers import launch
+
+    common = ["--profile", "smoke", "--epochs", "2", "--framework", "torch"]
+    common += ["--results", str(tmp_path)]
+    for run_id, extra in (
+        ("faithful", ["--mode", "faithful"]),
+        ("tuned", ["--mode", "tuned", "--set", "runtime.channels_last=true"]),
+    ):
+        proc = launch(*common, "--run-id", run_id, *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    folders = [tmp_path / "faithful", tmp_path / "tuned"]
+    rep, csvs = report.build_report(folders, baseline_images=0)
+    modes = csvs["speed_modes"]
+    assert len(modes) == 1
+    row = modes.iloc[0]
+    assert (row["framework"], row["mode"], row["devices"]) == ("torch", "tuned", 1)
+    runs = {f.name: read_json(f / "torch" / "summary.json") for f in folders}
+    speedup = runs["tuned"]["throughput_steady_img_s"] / runs["faithful"]["throughput_steady_img_s"]
+    assert row["speed-up"] == f"{speedup:.2f}x"
+    diff = runs["tuned"]["final"]["test_psnr_db"] - runs["faithful"]["final"]["test_psnr_db"]
+    assert row["PSNR diff dB"] == f"{diff:+.3f}"
+    assert row["within 0.1 dB"] == ("yes" if abs(diff) <= 0.1 else "no")
+    assert "speed_modes" in rep.tables

@@ -108,6 +108,16 @@ def _setup_id(config: dict[str, Any]) -> str:
     return f"{config.get('profile', '?')}:{mode}{digest}"
 
 
+def _base_setup_id(config: dict[str, Any]) -> str:
+    """The setup without its speed settings ([runtime] and the mode): the faithful and tuned
+    runs of one experiment share it."""
+    rest = json.loads(json.dumps(config))
+    rest.get("train", {}).pop("batch_size", None)
+    rest.pop("runtime", None)
+    rest.pop("mode", None)
+    return hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
+
+
 def _data_id(config: dict[str, Any]) -> str:
     """What decides the test images and their noise: runs sharing it share test_samples.npz."""
     part = {k: config.get(k) for k in ("data", "noise")}
@@ -215,6 +225,9 @@ def run_record(
         "devices": int(world),
         "batch_per_device": int(config.get("train", {}).get("batch_size", 0)),
         "setup": _setup_id(config),
+        "base_setup": _base_setup_id(config),
+        # faithful / tuned / custom, as the trainer recorded it (config.speed_label)
+        "speed_mode": (summary.get("runtime") or {}).get("mode") or config.get("mode") or None,
         "data_setup": _data_id(config),
         "device_kind": "GPU" if _is_gpu(summary, devices) else "CPU",
         "device": summary.get("device"),
@@ -335,6 +348,8 @@ def group_frame(runs: pd.DataFrame) -> pd.DataFrame:
         done = group[group["status"] == "completed"]
         row: dict[str, Any] = dict(zip(GROUP_KEYS, key, strict=True))
         row["device_kind"] = group["device_kind"].iloc[0]
+        row["base_setup"] = group["base_setup"].iloc[0]
+        row["speed_mode"] = group["speed_mode"].iloc[0]
         row["repeats"] = len(done)
         row["runs"] = len(group)
         row["energy_method"] = ",".join(sorted(set(done["gpu_energy_method"].dropna()))) or None
@@ -644,6 +659,50 @@ def display_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             else:
                 row[METRIC[key].label] = cell(g, key)
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+PSNR_TOLERANCE_DB = 0.1
+"""The tuned mode's promise: test PSNR within this of the faithful float32 run."""
+
+
+def speed_modes_table(groups: pd.DataFrame) -> pd.DataFrame:
+    """Each non-faithful group against the faithful group of the same experiment (framework,
+    engine, devices, per-device batch and everything but the speed settings): median img/s,
+    the speed-up, and the final test PSNR's difference. Empty when no such pair was run."""
+    keys = ["framework", "engine", "devices", "batch_per_device", "base_setup"]
+    rows = []
+    if groups.empty or "speed_mode" not in groups:
+        return pd.DataFrame()
+    for _key, same in groups.groupby(keys, sort=True):
+        faithful = same[same["speed_mode"] == "faithful"]
+        if faithful.empty:
+            continue
+        ref = faithful.iloc[0]
+        for _, g in same[same["speed_mode"] != "faithful"].iterrows():
+            tput, ref_tput = (
+                g["throughput_steady_img_s_median"],
+                ref["throughput_steady_img_s_median"],
+            )
+            psnr, ref_psnr = g["test_psnr_db_median"], ref["test_psnr_db_median"]
+            diff = None if _missing(psnr) or _missing(ref_psnr) else psnr - ref_psnr
+            fast = not (_missing(tput) or _missing(ref_tput)) and ref_tput > 0
+            rows.append(
+                {
+                    "framework": g["framework"],
+                    "devices": g["devices"],
+                    "batch/device": g["batch_per_device"],
+                    "mode": g["speed_mode"],
+                    "setup": g["setup"],
+                    "img/s": cell(g, "throughput_steady_img_s"),
+                    "faithful img/s": cell(ref, "throughput_steady_img_s"),
+                    "speed-up": f"{tput / ref_tput:.2f}x" if fast else "missing",
+                    "PSNR diff dB": "missing" if diff is None else f"{diff:+.3f}",
+                    f"within {PSNR_TOLERANCE_DB} dB": "missing"
+                    if diff is None
+                    else ("yes" if abs(diff) <= PSNR_TOLERANCE_DB else "no"),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -1188,6 +1247,13 @@ def build_report(
     tables = {name: (title, display_table(groups, keys)) for name, (title, keys) in TABLES.items()}
     csvs = {name: csv_table(groups, keys) for name, (_title, keys) in TABLES.items()}
     csvs["runs"] = runs
+    modes = speed_modes_table(groups)
+    if not modes.empty:  # only when faithful and tuned (or custom) runs of one setup are here
+        tables["speed_modes"] = (
+            "Speed modes against faithful float32 (medians; speed-up of steady img/s)",
+            modes,
+        )
+        csvs["speed_modes"] = modes
 
     # Baselines per test set (data and noise config): on one run folder of it, the one with
     # both frameworks' outputs, fewest devices, first by path. With the classical methods
