@@ -151,7 +151,8 @@ def suite_figures(
     }
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+def run_checked(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark's subprocess, output captured; its failure ends the benchmark."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -161,21 +162,27 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def measure_suite(
-    framework: str, args: argparse.Namespace, root: Path, k: int, epochs: int, first_steady: int
+    framework: str,
+    args: argparse.Namespace,
+    root: Path,
+    k: int | str,
+    epochs: int,
+    first_steady: int,
 ) -> dict[str, Any]:
+    """A suite run's figures (suite_figures) and its final test PSNR (`psnr_db`)."""
     run_id = f"{framework}-suite-{k}"
-    _run(suite_cmd(framework, args, root, run_id, epochs))
+    run_checked(suite_cmd(framework, args, root, run_id, epochs))
     folder = root / run_id / framework
+    records = read_jsonl(folder / "epochs.jsonl")
     return {
         "framework": framework,
-        **suite_figures(
-            read_jsonl(folder / "epochs.jsonl"), read_jsonl(folder / "steps.jsonl"), first_steady
-        ),
+        **suite_figures(records, read_jsonl(folder / "steps.jsonl"), first_steady),
+        "psnr_db": float(records[-1]["test_psnr_db"]),
     }
 
 
 def measure_hand(framework: str, args: argparse.Namespace) -> dict[str, Any]:
-    proc = _run(hand_cmd(framework, args))
+    proc = run_checked(hand_cmd(framework, args))
     return json.loads(proc.stdout.strip().splitlines()[-1])  # it prints one JSON line last
 
 
@@ -268,12 +275,10 @@ def roofline_line(cfg: Config, gpu_name: str, frame: pd.DataFrame) -> str:
     )
 
 
-def load_config_with_mode(
-    profile: str, mode: str | None, pairs: list[str], device_choice: str = "auto"
-) -> Config:
+def load_config_with_mode(profile: str, mode: str | None, pairs: list[str]) -> Config:
     """The config a bench run trains: profile < mode (this machine's table of it) < pairs."""
     overrides = parse_overrides(pairs)
-    device = overrides.get("train", {}).get("device", device_choice)
+    device = overrides.get("train", {}).get("device", "auto")
     kind = local_device_kind(device) if mode else "cpu"
     return load_config(profile, overrides, mode or "", kind)
 
@@ -282,6 +287,31 @@ def load_bench_config(args: argparse.Namespace) -> Config:
     return load_config_with_mode(
         args.profile, args.mode, [f"train.batch_size={args.batch_size}", *args.set]
     )
+
+
+def hand_figures(
+    framework: str,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    window_s: float,
+    data_wait_s: float,
+    losses: list[float],
+    **machine: Any,
+) -> dict[str, Any]:
+    """The JSON line a hand-written loop prints (measure_hand reads it): img/s and data-wait
+    fraction over the timed window, with `machine` (device, gpu_name, version, threads)."""
+    return {
+        "framework": framework,
+        "img_s": steps * batch_size / window_s,
+        "data_wait_fraction": data_wait_s / window_s,
+        "window_s": window_s,
+        "steps": steps,
+        "warmup": warmup,
+        "batch_size": batch_size,
+        "losses": losses,
+        **machine,
+    }
 
 
 def handwritten_main(

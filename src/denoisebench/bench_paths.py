@@ -34,7 +34,7 @@ import pandas as pd
 
 from denoisebench.bench import FRAMEWORKS, machine_line, measure_suite
 from denoisebench.config import Config
-from denoisebench.results import local_device_kind, read_jsonl
+from denoisebench.results import local_device_kind
 
 FAITHFUL = "float32 (faithful)"
 TUNED = "tuned mode"
@@ -74,11 +74,6 @@ def plan(frameworks: list[str], kind: str) -> tuple[list[tuple[str, str, tuple[s
                 runs.append((framework, name, overrides))
         runs.append((framework, TUNED, None))
     return runs, skipped
-
-
-def final_psnr(root: Path, run_id: str, framework: str) -> float:
-    epochs = read_jsonl(root / run_id / framework / "epochs.jsonl")
-    return float(epochs[-1]["test_psnr_db"])
 
 
 def paths_frame(raw: dict[tuple[str, str], list[dict[str, Any]]]) -> pd.DataFrame:
@@ -137,7 +132,6 @@ def run_paths(
                 variant.set = [*args.set, *(overrides or ())]
                 tag = f"{k}-{i}"
                 fig = measure_suite(framework, variant, root, tag, epochs, first_steady)
-                fig["psnr_db"] = final_psnr(root, f"{framework}-suite-{tag}", framework)
                 raw[(framework, option)].append(fig)
                 print(
                     f"repeat {k + 1}/{args.repeats} {framework:5} {option:20}: "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from denoisebench.bench import run_checked
 from denoisebench.results import read_json
 
 
@@ -46,9 +46,7 @@ def measure(framework: str, enabled: bool, args: argparse.Namespace, root: Path,
     ]
     if args.gpus:
         cmd += ["--gpus", str(args.gpus)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    run_checked(cmd)
     summary = read_json(root / run_id / framework / "summary.json")
     return float(summary["throughput_steady_img_s"])
 

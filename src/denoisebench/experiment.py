@@ -10,6 +10,7 @@ random ops, with the same statistics (noise.py).
 
 from __future__ import annotations
 
+import signal
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -382,3 +383,13 @@ def final_summary(
 
 # Errors that mean bad input rather than a bug: entry points print these without a traceback.
 USER_ERRORS = (ConfigError, DataError, SplitMismatchError)
+
+
+def raise_on_sigterm() -> None:
+    """torchrun, SLURM and the launcher stop workers with SIGTERM: turn it into an exception,
+    so the run folder is marked failed instead of the process vanishing mid-epoch."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)

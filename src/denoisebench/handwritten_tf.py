@@ -21,7 +21,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from denoisebench.bench import handwritten_main
+from denoisebench.bench import hand_figures, handwritten_main
 from denoisebench.config import Config
 from denoisebench.data import load_images, make_split
 from denoisebench.model_tf import adam, add_noise, build_model, loss_fn, pick_device
@@ -100,20 +100,19 @@ def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
     gpu_name = (
         tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else None
     )
-    return {
-        "framework": "tf",
-        "img_s": steps * b / window_s,
-        "data_wait_fraction": data_wait_s / window_s,
-        "window_s": window_s,
-        "steps": steps,
-        "warmup": warmup,
-        "batch_size": b,
-        "losses": [float(v) for v in losses],
-        "device": "/GPU:0" if gpus else "/CPU:0",
-        "gpu_name": gpu_name,
-        "version": tf.__version__,
-        "threads": tf.config.threading.get_intra_op_parallelism_threads(),
-    }
+    return hand_figures(
+        "tf",
+        steps,
+        warmup,
+        b,
+        window_s,
+        data_wait_s,
+        [float(v) for v in losses],
+        device="/GPU:0" if gpus else "/CPU:0",
+        gpu_name=gpu_name,
+        version=tf.__version__,
+        threads=tf.config.threading.get_intra_op_parallelism_threads(),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

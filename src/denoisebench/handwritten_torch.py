@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from denoisebench.bench import handwritten_main
+from denoisebench.bench import hand_figures, handwritten_main
 from denoisebench.config import Config
 from denoisebench.data import load_images, make_split
 from denoisebench.model_torch import (
@@ -31,13 +31,7 @@ from denoisebench.model_torch import (
     memory_format,
     pick_device,
 )
-from denoisebench.train_torch import apply_runtime
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device, so a clock read after it measures finished work (CPU: no-op)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from denoisebench.train_torch import apply_runtime, sync
 
 
 def pin_runtime(cfg: Config) -> None:
@@ -104,20 +98,19 @@ def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         losses.append(loss.detach())  # no .item(): that would wait for the device every step
     sync(device)
     window_s = time.perf_counter() - t_start
-    return {
-        "framework": "torch",
-        "img_s": steps * b / window_s,
-        "data_wait_fraction": data_wait_s / window_s,
-        "window_s": window_s,
-        "steps": steps,
-        "warmup": warmup,
-        "batch_size": b,
-        "losses": [float(v) for v in losses],
-        "device": str(device),
-        "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "version": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    return hand_figures(
+        "torch",
+        steps,
+        warmup,
+        b,
+        window_s,
+        data_wait_s,
+        [float(v) for v in losses],
+        device=str(device),
+        gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        version=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from denoisebench.experiment import (
     final_summary,
     measured,
     prepare_data,
+    raise_on_sigterm,
     run_profiler,
 )
 from denoisebench.model_tf import (
@@ -186,16 +186,6 @@ class StepTracer:
             print(f"[tf] partial trace (the run ended before step {self.stop_at})", flush=True)
         elif self.enabled and self.done < self.start_at:
             print(f"[tf] no trace: the run ended before steps {self.steps} began", flush=True)
-
-
-def raise_on_sigterm() -> None:
-    """SLURM and the launcher stop workers with SIGTERM: make it an exception, so the run
-    folder is marked failed instead of the process vanishing mid-epoch."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        raise SystemExit(f"stopped by signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) -> dict[str, Any]:

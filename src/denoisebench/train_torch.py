@@ -20,7 +20,6 @@ import contextlib
 import gc
 import itertools
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from denoisebench.experiment import (
     final_summary,
     measured,
     prepare_data,
+    raise_on_sigterm,
     run_profiler,
 )
 from denoisebench.model_torch import (
@@ -257,16 +257,6 @@ class StepTracer:
             self.prof.stop()  # a trace still recording is written as it is
             if not self.written:
                 print(f"[torch] no trace: the run ended before step {self.first}", flush=True)
-
-
-def raise_on_sigterm() -> None:
-    """torchrun and SLURM stop workers with SIGTERM: turn it into an exception, so the run
-    folder is marked failed instead of the process vanishing mid-epoch."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        raise SystemExit(f"stopped by signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def apply_runtime(cfg: Config) -> dict[str, Any]:
