@@ -9,6 +9,7 @@
     python -m launch --gpus 4 --nodes 2 --node-rank 0 --master-addr node0 --run-id exp1
     python -m launch report [RESULTS...]            # the comparison report, results/report/
     python -m launch bench [--repeats 3]            # the suite's trainers vs hand-written loops
+    python -m launch gpu-check [--budget-s 480]     # every GPU figure in one budgeted command
 
 Configuration precedence: CLI flags and --set > profile file (profiles/<name>.toml) > defaults.
 
@@ -417,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         from denoisebench.bench import main as bench_main
 
         return bench_main(argv[1:], prog="python -m launch bench")
+    if argv[:1] == ["gpu-check"]:
+        # every GPU-only figure in one budgeted command (denoisebench.gpu_check)
+        from denoisebench.gpu_check import main as gpu_check_main
+
+        return gpu_check_main(argv[1:], prog="python -m launch gpu-check")
     # `python -m launch` alone is the main job: it ends with the report of its own runs.
     main_job = argv == []
     args = build_parser().parse_args(argv)

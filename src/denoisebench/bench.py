@@ -352,6 +352,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
         help="instead: time every fast path of the suite's trainers alone against faithful "
         "float32, and the tuned mode, with their test PSNR (denoisebench.bench_paths)",
     )
+    parser.add_argument(
+        "--skip-path",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="with --paths: leave this option out, by its name in the table, e.g. "
+        "'torch.compile' (repeatable)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="(default: 3)")
     parser.add_argument(
         "--set",
@@ -365,6 +373,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
     try:
         if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
             raise ConfigError("--steps and --repeats must be >= 1, --warmup >= 0")
+        if args.skip_path and not args.paths:
+            raise ConfigError("--skip-path goes with --paths")
+        from denoisebench.bench_paths import PATHS
+
+        names = {name for options in PATHS.values() for name, _, _ in options}
+        for name in args.skip_path:
+            if name not in names:
+                raise ConfigError(
+                    f"--skip-path {name!r}: not an option ({', '.join(sorted(names))})"
+                )
         if args.paths and args.mode:
             raise ConfigError("--paths runs faithful, each option and tuned itself: drop --mode")
         cfg = load_bench_config(args)

@@ -2,7 +2,7 @@
 
     python -m launch bench --paths [--framework torch|tf|both] [--steps 60] [--warmup 10]
         [--batch-size 64] [--profile default] [--repeats 3] [--set SECTION.KEY=VALUE]
-        [--json FILE]
+        [--json FILE] [--skip-path OPTION]
 
 For each framework this trains the suite's trainer (a real `python -m launch` run, timed as
 bench.py times it: wall time of the training loops of the epochs after the warm-up) once per
@@ -62,13 +62,18 @@ PATHS: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {
 }
 
 
-def plan(frameworks: list[str], kind: str) -> tuple[list[tuple[str, str, tuple[str, ...]]], list]:
+def plan(
+    frameworks: list[str], kind: str, skip: tuple[str, ...] = ()
+) -> tuple[list[tuple[str, str, tuple[str, ...]]], list]:
     """(framework, option, overrides) to run on a device of `kind`, with the tuned mode last
-    (overrides None), and the options skipped here with the reason."""
+    (overrides None), and the options skipped here with the reason (`skip`: options named
+    by --skip-path)."""
     runs, skipped = [], []
     for framework in frameworks:
         for name, overrides, gpu_only in PATHS[framework]:
-            if gpu_only and kind != "gpu":
+            if name in skip and name != FAITHFUL:
+                skipped.append((framework, name, "--skip-path"))
+            elif gpu_only and kind != "gpu":
                 skipped.append((framework, name, "needs a GPU"))
             else:
                 runs.append((framework, name, overrides))
@@ -118,9 +123,10 @@ def run_paths(
     """The --paths benchmark (bench.main has checked the arguments and sized the runs)."""
     frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
     kind = local_device_kind(cfg.train.device)
-    runs, skipped = plan(frameworks, kind)
+    runs, skipped = plan(frameworks, kind, tuple(args.skip_path))
     print(f"{header}; options on {kind}: {len(runs)} runs per repeat", flush=True)
     raw: dict[tuple[str, str], list[dict[str, Any]]] = {(f, o): [] for f, o, _ in runs}
+    failed: dict[tuple[str, str], str] = {}  # (framework, option) -> its first error
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="denoisebench-paths-") as tmp:
         root = Path(tmp)
@@ -131,7 +137,14 @@ def run_paths(
                 variant.mode = "tuned" if overrides is None else None if overrides else "faithful"
                 variant.set = [*args.set, *(overrides or ())]
                 tag = f"{k}-{i}"
-                fig = measure_suite(framework, variant, root, tag, epochs, first_steady)
+                try:
+                    fig = measure_suite(framework, variant, root, tag, epochs, first_steady)
+                except SystemExit as e:  # one option failing must not lose the others
+                    error = str(e).strip().splitlines()[-1] if str(e).strip() else "failed"
+                    failed.setdefault((framework, option), error)
+                    print(f"repeat {k + 1}/{args.repeats} {framework:5} {option:20}: "
+                          f"FAILED: {e}", flush=True)  # fmt: skip
+                    continue
                 raw[(framework, option)].append(fig)
                 print(
                     f"repeat {k + 1}/{args.repeats} {framework:5} {option:20}: "
@@ -139,7 +152,9 @@ def run_paths(
                     flush=True,
                 )
     elapsed_s = time.perf_counter() - t_start
-    frame = paths_frame(raw)
+    measured = {key: runs for key, runs in raw.items() if runs}
+    frameworks_ok = {f for f, o in measured if o == FAITHFUL}
+    frame = paths_frame({(f, o): v for (f, o), v in measured.items() if f in frameworks_ok})
     print()
     print(machine_line([]))
     print(
@@ -147,9 +162,11 @@ def run_paths(
         f"(first {first_steady} warm-up), {args.repeats} repeats; medians, spread min-max; "
         f"PSNR diff: final test PSNR minus faithful float32's"
     )
-    print(format_paths(frame))
+    print(format_paths(frame) if len(frame) else "no option was measured")
     for framework, option, reason in skipped:
         print(f"skipped: {framework} {option} ({reason})")
+    for (framework, option), error in failed.items():
+        print(f"FAILED: {framework} {option}: {error}")
     print(f"\nbenchmark took {elapsed_s:.0f} s", flush=True)
     if args.json:
         args.json.write_text(
@@ -164,6 +181,7 @@ def run_paths(
                     "suite_first_steady_epoch": first_steady,
                     "elapsed_s": elapsed_s,
                     "skipped": skipped,
+                    "failed": [[f, o, error] for (f, o), error in failed.items()],
                     "raw": {f"{f}/{o}": v for (f, o), v in raw.items()},
                     "table": json.loads(frame.to_json(orient="records")),
                 },
@@ -171,4 +189,4 @@ def run_paths(
             )
             + "\n"
         )
-    return 0
+    return 1 if failed else 0

@@ -1,8 +1,10 @@
 """Benchmark: training throughput with the profiler on and off, both frameworks.
 
     python -m denoisebench.bench_profiler [--repeats 5] [--epochs 3] [--gpus N]
+        [--profile default] [--set SECTION.KEY=VALUE] [--json FILE]
 
-Each measurement is a fresh `python -m launch` run (built-in images, default profile) with
+Each measurement is a fresh `python -m launch` run (the profile's images: by default the
+built-in ones; `--set data.source=synthetic` for a larger throughput run) with
 `profiler.enabled` true or false; on and off alternate, and the frameworks are interleaved, so
 drift of a shared machine hits both settings alike. The table gives the median steady-state
 throughput (warm-up steps excluded) of each setting, the overhead of profiling, and the spread.
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from denoisebench.bench import run_checked
+from denoisebench.bench import machine_line, run_checked
 from denoisebench.results import read_json
 
 
@@ -31,6 +33,9 @@ def measure(framework: str, enabled: bool, args: argparse.Namespace, root: Path,
         sys.executable,
         "-m",
         "launch",
+        "--profile",
+        args.profile,
+        *[x for pair in args.set for x in ("--set", pair)],
         "--framework",
         framework,
         "--epochs",
@@ -58,6 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="per device (default: 32)")
     parser.add_argument("--gpus", type=int, default=0, help="devices (default: one, no DDP)")
     parser.add_argument("--framework", choices=["torch", "tf", "both"], default="both")
+    parser.add_argument("--profile", default="default", help="(default: %(default)s)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config override for every run (repeatable)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args(argv)
     frameworks = ["torch", "tf"] if args.framework == "both" else [args.framework]
@@ -90,10 +103,25 @@ def main(argv: list[str] | None = None) -> None:
                 "on spread %": round(100.0 * (max(values["on"]) - min(values["on"])) / on, 1),
             }
         )
+    table = pd.DataFrame(rows)
     print()
-    print(pd.DataFrame(rows).to_string(index=False))
+    print(machine_line([]))
+    print(f"profile {args.profile}, {args.epochs} epochs of batch {args.batch_size}; medians")
+    print(table.to_string(index=False))
     if args.json:
-        args.json.write_text(json.dumps(raw, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine_line([]),
+                    "args": {
+                        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                    },
+                    "raw": raw,
+                    "table": json.loads(table.to_json(orient="records")),
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

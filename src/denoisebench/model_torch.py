@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pytorch_msssim import ssim
 from torch import nn
 
 from denoisebench.config import NoiseConfig
@@ -108,6 +107,13 @@ def loss_fn(name: str) -> nn.Module | object:
     if name == "mse":
         return nn.MSELoss()
     if name == "ssim":
+        try:
+            from pytorch_msssim import ssim  # only this loss needs it
+        except ImportError as e:
+            raise ImportError(
+                "train.loss=ssim needs the package pytorch-msssim (pip install pytorch-msssim)"
+            ) from e
+
         # 1 - SSIM with the 11x11, sigma 1.5 Gaussian window of tf.image.ssim
         return lambda out, target: (
             1.0 - ssim(out, target, data_range=1.0, win_size=11, win_sigma=1.5, size_average=True)

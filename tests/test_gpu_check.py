@@ -1,0 +1,102 @@
+"""The GPU check (`python -m launch gpu-check`): its CPU rehearsal runs every step's code, a
+step cut at its time limit keeps what finished, and the list of GPU test files is complete."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from helpers import REPO, launch
+
+from denoisebench import gpu_check
+
+
+def test_gpu_test_files_list_every_file_with_gpu_tests():
+    marked = sorted(
+        f"tests/{p.name}"
+        for p in (REPO / "tests").glob("test_*.py")
+        if re.search(r"^@pytest\.mark\.gpu", p.read_text(), re.MULTILINE)
+    )
+    assert marked == sorted(gpu_check.GPU_TEST_FILES)
+
+
+@pytest.mark.slow
+def test_cpu_rehearsal_runs_every_step(tmp_path):
+    out = tmp_path / "check"
+    proc = launch("gpu-check", "--cpu-rehearsal", "--framework", "torch", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert result["finished"] and result["rehearsal"]
+    steps = {s["name"]: s for s in result["steps"]}
+    assert list(steps) == [name for name, *_ in gpu_check.STEPS]
+    assert {s["status"] for s in steps.values()} == {"ok"}, steps
+    # each step measured something, with the command that measured it
+    assert all(s["commands"] for s in steps.values())
+    assert steps["environment"]["figures"]["torch"]["version"]
+    assert steps["bench"]["figures"]["table"][0]["suite img/s"] > 0
+    options = [row["option"] for row in steps["fast-paths"]["figures"]["table"]]
+    assert options[0] == "float32 (faithful)" and options[-1] == "tuned mode"
+    assert set(steps["profiler"]["figures"]["raw"]["torch"]) == {"on", "off"}
+    assert steps["batch-sweep"]["figures"]["16"]["table"][0]["suite img/s"] > 0
+    assert steps["paper"]["figures"]["tuned"]["epochs_done"] == 1
+    assert "aten::" in (out / "top_ops.txt").read_text()
+    # what comes back from a GPU node: at most 8 files, one folder
+    files = list(out.iterdir())
+    assert len(files) <= 8 and all(f.is_file() for f in files)
+    md = (out / "gpu_check.md").read_text()
+    for name, title, *_ in gpu_check.STEPS:
+        assert f"## {title} ({name}: ok)" in md
+    assert "python -m launch bench --paths" in md
+
+
+def test_a_step_cut_by_the_budget_keeps_the_summary(tmp_path):
+    out = tmp_path / "check"
+    proc = launch(
+        "gpu-check", "--cpu-rehearsal", "--framework", "torch", "--only", "environment",
+        "--only", "bench", "--budget-s", "12", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    steps = {s["name"]: s for s in json.loads((out / "gpu_check.json").read_text())["steps"]}
+    assert steps["environment"]["status"] == "ok"
+    assert steps["bench"]["status"] == "timeout"
+    assert steps["paper"]["status"] == "skipped"
+    assert "| bench | timeout |" in (out / "gpu_check.md").read_text()
+    assert "$ python -m launch bench" in (out / "log.txt").read_text()
+
+
+def test_without_a_gpu_it_says_so_and_names_the_rehearsal(tmp_path):
+    from denoisebench.results import gpu_info
+
+    if gpu_info().get("gpus"):
+        pytest.skip("this machine has a GPU")
+    proc = launch("gpu-check", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2
+    assert "no NVIDIA GPU found" in proc.stderr and "--cpu-rehearsal" in proc.stderr
+
+
+def test_bad_step_name_is_refused(tmp_path):
+    proc = launch("gpu-check", "--cpu-rehearsal", "--only", "nope", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert "--only nope: not a step" in proc.stderr
+
+
+def test_paper_lines_project_a_cut_run():
+    figures = {
+        "faithful": {
+            "wall_s": 60.0, "epochs_done": 100, "epochs": 100, "returncode": 0,
+            "train_time_s": 50.0, "eval_time_s": 5.0, "throughput_steady_img_s": 50_000.0,
+            "gpu_energy_j": 12_000.0, "test_psnr_db": 30.0,
+        },
+        "tuned": {
+            "wall_s": 30.0, "epochs_done": 10, "epochs": 100, "returncode": None,
+            "projected_wall_s": 250.0,
+        },
+    }  # fmt: skip
+    faithful, tuned = gpu_check.paper_lines(figures, gpu_check.GPU_SIZES)
+    assert "25,000 images x 100 epochs" in faithful and "takes 60 s on this machine" in faithful
+    assert "12.0 kJ" in faithful
+    assert tuned == (
+        "tuned: stopped after 10 of 100 epochs in 30 s; at that pace the whole run takes "
+        "about 250 s"
+    )
