@@ -213,6 +213,39 @@ def test_paths_frame_speedup_and_psnr_difference_against_faithful():
     assert frame.loc["bfloat16 autocast", "min-max"] == "300-330"
 
 
+def test_paths_plan_leaves_out_skipped_options_but_never_faithful():
+    runs, skipped = bench_paths.plan(["torch"], "gpu", ("torch.compile", bench_paths.FAITHFUL))
+    names = [o for _, o, _ in runs]
+    assert "torch.compile" not in names and names[0] == bench_paths.FAITHFUL
+    assert ("torch", "torch.compile", "--skip-path") in skipped
+
+
+def test_bench_skip_path_must_name_an_option():
+    assert bench.main(["--paths", "--skip-path", "nope", "--profile", "smoke"]) == 2
+    assert bench.main(["--skip-path", "torch.compile", "--profile", "smoke"]) == 2
+
+
+def test_bench_paths_keeps_the_other_options_when_one_fails(tmp_path, monkeypatch, capsys):
+    def fake_measure(framework, variant, root, tag, epochs, first_steady):
+        if "runtime.channels_last=true" in variant.set:
+            raise SystemExit("python -m launch ... failed (exit 1):\nRuntimeError: boom")
+        return {"framework": framework, "img_s": 100.0, "psnr_db": 20.0,
+                "data_wait_fraction": 0.0}  # fmt: skip
+
+    monkeypatch.setattr(bench_paths, "measure_suite", fake_measure)
+    out = tmp_path / "paths.json"
+    code = bench.main(
+        ["--paths", "--framework", "torch", "--profile", "smoke", "--batch-size", "16",
+         "--steps", "4", "--warmup", "0", "--repeats", "1", "--json", str(out)]
+    )  # fmt: skip
+    assert code == 1
+    result = json.loads(out.read_text())
+    assert result["failed"] == [["torch", "channels_last", "RuntimeError: boom"]]
+    options = [row["option"] for row in result["table"]]
+    assert "channels_last" not in options and bench_paths.TUNED in options
+    assert "FAILED: torch channels_last: RuntimeError: boom" in capsys.readouterr().out
+
+
 def test_bench_paths_refuses_a_mode():
     assert bench.main(["--paths", "--mode", "tuned", "--profile", "smoke"]) == 2
 

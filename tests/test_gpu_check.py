@@ -97,6 +97,6 @@ def test_paper_lines_project_a_cut_run():
     assert "25,000 images x 100 epochs" in faithful and "takes 60 s on this machine" in faithful
     assert "12.0 kJ" in faithful
     assert tuned == (
-        "tuned: stopped after 10 of 100 epochs in 30 s; at that pace the whole run takes "
+        "tuned: stopped after 10 of 100 epochs in 30 s; at that pace (start-up included) the whole run takes "
         "about 250 s"
     )
