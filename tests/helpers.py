@@ -13,6 +13,13 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# PyTorch weights after the same steps on N devices with batch b and on one device with batch
+# N*b: the gradient of the whole batch is summed in another order (two half-batches, then the
+# all-reduce), which differs in float32 rounding; Adam divides each step by sqrt(v), so for a
+# weight whose gradient is near zero that rounding becomes a visible share of the step. On one
+# x86-64 machine 45 of 864 weights differed by up to 3.5e-6 after 9 steps (weights move by about
+# 1e-2 in those steps), so 1e-6 passed on some CPUs and failed on others.
+TORCH_SPLIT_ATOL = 2e-5
 
 
 def launch(

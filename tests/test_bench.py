@@ -36,6 +36,48 @@ def test_handwritten_loop_trains_and_reports_sane_figures(framework: str) -> Non
     assert np.mean(out["losses"][-5:]) < 0.8 * np.mean(out["losses"][:5])
 
 
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_tight_loop_trains_on_the_images_it_is_given(tmp_path: Path, framework: str) -> None:
+    from denoisebench.data import load_images
+
+    images = load_images(load_config("smoke").data, 64, seed=0).images[:96]
+    np.save(tmp_path / "train.npy", images)
+    argv = [
+        sys.executable, "-m", f"denoisebench.tight_{framework}", "--images",
+        str(tmp_path / "train.npy"), "--batch-size", "16", "--steps", "54", "--warmup", "6",
+        "--lr", "5e-3", "--device", "cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["framework"] == framework and out["steps"] == 54 and out["img_s"] > 0
+    assert len(out["losses"]) == 60  # Keras' initialisation starts slower: 60 steps for both
+    assert np.mean(out["losses"][-10:]) < 0.8 * np.mean(out["losses"][:10])
+    too_big = subprocess.run(
+        [*argv[:5], "--batch-size", "4096"], capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert too_big.returncode == 2 and "larger than the 96 images" in too_big.stderr
+
+
+def test_tight_loop_applies_to_the_papers_model_only() -> None:
+    assert bench.tight_reason(load_config("default")) is None
+    reason = bench.tight_reason(load_config("smoke", {"train": {"loss": "ssim"}}))
+    assert reason is not None and "train.loss=ssim" in reason
+    assert "train.deterministic=true" in reason  # the smoke profile's deterministic kernels
+
+
+def test_tight_command_passes_the_runs_settings(tmp_path: Path) -> None:
+    cfg = load_config("default", {"runtime": {"precision": "bfloat16", "tf32": "true"}})
+    args = bench.argparse.Namespace(batch_size=32, steps=7, warmup=3)
+    cmd = bench.tight_cmd("torch", cfg, tmp_path / "x.npy", args)
+    flags = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+    assert flags["--batch-size"] == "32" and flags["--precision"] == "bfloat16"
+    assert flags["--eps"] == str(cfg.train.eps) and flags["--widths"] == "32,64,128"
+    assert "--tf32" in cmd and "--cudnn-benchmark" in cmd
+    tf_cmd = bench.tight_cmd("tf", cfg, tmp_path / "x.npy", args)
+    assert "denoisebench.tight_tf" in tf_cmd and "--xla" not in tf_cmd
+
+
 def test_handwritten_loop_rejects_bad_step_counts() -> None:
     from denoisebench import handwritten_torch
 
@@ -86,6 +128,11 @@ def test_bench_frame_medians_ratio_spread_and_flops() -> None:
                 {"img_s": 70.0, "data_wait_fraction": 0.1},
                 {"img_s": 75.0, "data_wait_fraction": 0.3},
             ],
+            "tight": [
+                {"img_s": 120.0, "data_wait_fraction": 0.0},
+                {"img_s": 125.0, "data_wait_fraction": 0.0},
+                {"img_s": 130.0, "data_wait_fraction": 0.0},
+            ],
         },
         "tf": {
             "suite": [{"img_s": 50.0, "data_wait_fraction": 0.5}],
@@ -103,6 +150,9 @@ def test_bench_frame_medians_ratio_spread_and_flops() -> None:
     assert torch_row["suite data wait"] == pytest.approx(0.02)
     assert torch_row["hand data wait"] == pytest.approx(0.2)
     assert tf_row["suite/hand"] == pytest.approx(0.25)
+    assert torch_row["suite/tight"] == pytest.approx(100.0 / 125.0)
+    assert torch_row["tight min-max"] == "120-130"
+    assert math.isnan(tf_row["suite/tight"]) and tf_row["tight min-max"] == "n/a"
 
     no_peak = bench.bench_frame(raw, flops_per_image=1e9, peak=None)
     assert no_peak["suite % peak"].isna().all() and no_peak["hand % peak"].isna().all()
@@ -112,7 +162,8 @@ def test_bench_frame_medians_ratio_spread_and_flops() -> None:
 def test_bench_command_runs_end_to_end(tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     argv = [
-        *("--framework", "torch", "--profile", "smoke", "--batch-size", "16"),
+        *("--framework", "torch", "--profile", "default", "--set", "data.limit=200"),
+        *("--batch-size", "16"),
         *("--steps", "5", "--warmup", "2", "--repeats", "1", "--json", str(out_json)),
     ]
     proc = subprocess.run(
@@ -133,6 +184,9 @@ def test_bench_command_runs_end_to_end(tmp_path: Path) -> None:
     assert suite["steps"] >= 5  # whole epochs after the warm-up epoch: at least --steps
     (hand,) = result["raw"]["torch"]["hand"]
     assert hand["steps"] == 5 and len(hand["losses"]) == 7
+    (tight,) = result["raw"]["torch"]["tight"]
+    assert tight["steps"] == 5 and len(tight["losses"]) == 7
+    assert row["suite/tight"] == pytest.approx(row["suite img/s"] / row["tight img/s"])
 
 
 def test_bench_command_refuses_a_batch_larger_than_the_data() -> None:

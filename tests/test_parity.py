@@ -44,6 +44,53 @@ def test_default_spec_is_the_papers_model():
     assert 40e6 < spec.forward_flops_per_image() < 42e6
 
 
+def explicit_same(spec: ModelSpec, weights: list[np.ndarray]):
+    """Keras' 'same' model written out with explicit asymmetric pads and crops, in float64:
+    the construction the flip identity replaces (written here, not taken from the suite)."""
+    import torch.nn.functional as F
+
+    before, after = spec.pad
+    tensors = [torch.from_numpy(w.astype(np.float64)) for w in weights]
+    acts = {"relu": torch.relu, "elu": F.elu, "sigmoid": torch.sigmoid, "linear": lambda x: x}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(spec.layers()):
+            w, b = tensors[2 * i], tensors[2 * i + 1]
+            if layer.kind == "conv":
+                x = F.conv2d(F.pad(x, (before, after, before, after)), w, b, stride=spec.stride)
+            else:
+                x = F.conv_transpose2d(x, w, b, stride=spec.stride)
+                h, wd = x.shape[-2:]
+                x = x[..., before : h - after, before : wd - after]
+            x = acts[layer.activation](x)
+        return x
+
+    return forward
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [*SPECS, ModelSpec(encoder_widths=(4, 8), kernel_size=2, stride=1, image_size=16)],
+    ids=["paper", "deep-k5", "k4-elu", "k2-s1-fallback"],
+)
+def test_flip_identity_equals_explicit_padding(spec):
+    """build_model's natural network on flipped images, flipped back, is the explicit-padding
+    Keras-'same' model: to rounding in float64."""
+    weights = [w.astype(np.float64) for w in shared_weights(spec, seed=4)]
+    tm = model_torch.build_model(spec).double()
+    model_torch.set_weights(tm, weights)
+    x = torch.from_numpy(batch(spec, np.float64)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            tm(x).numpy(), explicit_same(spec, weights)(x).numpy(), atol=1e-12
+        )
+    kinds = {type(m).__name__ for m in tm.net}
+    if spec.stride == 2:  # the natural layers: no pad or crop module, symmetric padding
+        assert not kinds & {"ZeroPad2d", "Crop2d"}
+        assert all(m.padding == (spec.pad[1],) * 2 for m in tm.net if hasattr(m, "padding"))
+    np.testing.assert_array_equal(model_torch.get_weights(tm)[0], weights[0])  # port round trip
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=["paper", "deep-k5", "k4-elu"])
 def test_forward_torch_to_keras(spec):
     torch.manual_seed(1)
@@ -108,7 +155,7 @@ def test_gradients_agree(loss):
         tm(torch.from_numpy(noisy).permute(0, 3, 1, 2)), torch.from_numpy(clean).permute(0, 3, 1, 2)
     )
     t_loss.backward()
-    t_grads = [p.grad.numpy() for p in tm.parameters()]
+    t_grads = model_torch.get_gradients(tm)  # canonical layout, as get_weights
 
     with tf.GradientTape() as tape:
         k_loss = model_tf.loss_fn(loss)(clean, km(noisy, training=True))

@@ -9,7 +9,14 @@ For each framework this times, in one run: (a) the suite's trainer, a real `pyth
 run (train_torch.py / train_tf.py), and (b) the shortest idiomatic hand-written loop of the
 same framework (handwritten_torch.py: a DataLoader; handwritten_tf.py: a tf.data pipeline and
 one tf.function step), on the same model, optimizer, loss, data (the profile's training split),
-noise and batch. The target is suite / hand-written >= 1.0 for both frameworks.
+noise and batch, and (c) the strict baseline: the tightest loop of the same framework
+(tight_torch.py, tight_tf.py), written without any of the suite's code, with the framework's
+natural model, float images already on the device, a batch gathered by index, no DataLoader
+and no per-step host work; it gets the training split as a .npy file and the run's settings as
+its own flags. The targets: suite / hand-written >= 1.0, and suite / tight >= 0.97, for both
+frameworks. The tight loops cover the paper's model family (stride 2, odd kernel, ReLU and
+sigmoid, Gaussian noise, MAE or MSE) without deterministic kernels or torch.compile; for other
+configs the table leaves them out and says why.
 
 Every measurement is a fresh subprocess, so one framework never imports the other and each
 starts clean; suite and hand-written runs and the two frameworks are interleaved across
@@ -17,7 +24,7 @@ repeats (the order reverses every other repeat), so drift of a shared machine hi
 The table gives medians over the repeats and their spread (min-max).
 
 What is compared, and why it is fair:
-- Hand-written: wall time of `--steps` steps after `--warmup` steps, the clock read after the
+- Hand-written and tight: wall time of `--steps` steps after `--warmup` steps, the clock read after the
   device has finished (CUDA synchronize; TensorFlow: the last loss fetched to the host).
 - Suite: the trainer evaluates the test split, writes records and a checkpoint after every
   epoch; the hand-written loop does none of that, so only the training loops are compared. Its
@@ -70,6 +77,7 @@ HANDWRITTEN_MODULES = {
     "torch": "denoisebench.handwritten_torch",
     "tf": "denoisebench.handwritten_tf",
 }
+TIGHT_MODULES = {"torch": "denoisebench.tight_torch", "tf": "denoisebench.tight_tf"}
 
 
 def suite_epochs(n_train: int, batch_size: int, steps: int, warmup: int) -> tuple[int, int]:
@@ -126,6 +134,51 @@ def hand_cmd(framework: str, args: argparse.Namespace) -> list[str]:
         "--warmup",
         str(args.warmup),
     ]
+
+
+def tight_reason(cfg: Config) -> str | None:
+    """Why the tight loops (tight_torch / tight_tf) cannot run this config, or None: they are
+    written for the paper's model family only, with their own code."""
+    m, t = cfg.model, cfg.train
+    problems = [
+        (m.stride == 2, f"model.stride={m.stride}"),
+        (m.kernel_size % 2 == 1, f"model.kernel_size={m.kernel_size} (even)"),
+        (m.activation == "relu", f"model.activation={m.activation}"),
+        (m.output_activation == "sigmoid", f"model.output_activation={m.output_activation}"),
+        (m.in_channels == 3, f"model.in_channels={m.in_channels}"),
+        (cfg.noise.kind == "gaussian", f"noise.kind={cfg.noise.kind}"),
+        (t.loss in ("mae", "mse"), f"train.loss={t.loss}"),
+        (not t.deterministic, "train.deterministic=true"),
+        (not cfg.runtime.torch_compile, "runtime.torch_compile=true"),
+    ]
+    bad = [what for ok, what in problems if not ok]
+    return f"the tight loops cover the paper's model only, not {', '.join(bad)}" if bad else None
+
+
+def tight_cmd(framework: str, cfg: Config, images: Path, args: argparse.Namespace) -> list[str]:
+    """The tight loop's command line: the run's settings passed as data (its own flags)."""
+    rt, t = cfg.runtime, cfg.train
+    gpu = local_device_kind(t.device) == "gpu"
+    cmd = [
+        sys.executable, "-m", TIGHT_MODULES[framework], "--images", str(images),
+        "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+        "--warmup", str(args.warmup), "--widths", ",".join(map(str, cfg.model.encoder_widths)),
+        "--kernel", str(cfg.model.kernel_size), "--lr", str(t.lr), "--beta1", str(t.beta1),
+        "--beta2", str(t.beta2), "--eps", str(t.eps), "--sigma", str(cfg.noise.sigma),
+        "--loss", t.loss, "--precision", rt.precision, "--seed", str(t.seed),
+        "--threads", str(rt.intra_op_threads),
+    ]  # fmt: skip
+    if rt.tf32:
+        cmd.append("--tf32")
+    if framework == "torch":
+        cmd += ["--device", "cuda" if gpu else "cpu"]
+        cmd += ["--channels-last"] if rt.channels_last else []
+        cmd += ["--cudnn-benchmark"] if rt.cudnn_autotune else []
+    else:
+        cmd += ["--device", "gpu" if gpu else "cpu", "--inter-threads", str(rt.inter_op_threads)]
+        cmd += ["--xla"] if rt.xla else []
+        cmd += [] if rt.cudnn_autotune else ["--no-autotune"]
+    return cmd
 
 
 def suite_figures(
@@ -186,6 +239,13 @@ def measure_hand(framework: str, args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])  # it prints one JSON line last
 
 
+def measure_tight(
+    framework: str, cfg: Config, images: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    proc = run_checked(tight_cmd(framework, cfg, images, args))
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # it prints one JSON line last
+
+
 def _spread(values: list[float]) -> str:
     return f"{min(values):.0f}-{max(values):.0f}"
 
@@ -197,21 +257,27 @@ def bench_frame(
 ) -> pd.DataFrame:
     """One row per framework from every repeat's figures: medians, ratio, spread, FLOP/s.
 
-    `raw[framework]["suite" | "hand"]` is a list of runs, each with `img_s` and
-    `data_wait_fraction`. The ratio is median suite img/s over median hand-written img/s.
-    A missing peak leaves the "% of peak" columns missing (NaN), never 0.
+    `raw[framework]["suite" | "hand" | "tight"]` is a list of runs, each with `img_s` and
+    `data_wait_fraction` ("tight" may be empty: the tight loop did not apply). The ratios are
+    median suite img/s over median hand-written (and tight-loop) img/s. A missing peak or tight
+    loop leaves its columns missing (NaN), never 0.
     """
     rows = []
     for framework, runs in raw.items():
         suite = [r["img_s"] for r in runs["suite"]]
         hand = [r["img_s"] for r in runs["hand"]]
+        tight = [r["img_s"] for r in runs.get("tight", [])]
         suite_med, hand_med = float(np.median(suite)), float(np.median(hand))
+        tight_med = float(np.median(tight)) if tight else math.nan
         suite_flops, hand_flops = suite_med * flops_per_image, hand_med * flops_per_image
         rows.append(
             {
                 "framework": framework,
                 "repeats": len(suite),
                 "suite img/s": suite_med,
+                "tight img/s": tight_med,
+                "suite/tight": suite_med / tight_med,
+                "tight min-max": _spread(tight) if tight else "n/a",
                 "hand img/s": hand_med,
                 "suite/hand": suite_med / hand_med,
                 "suite min-max": _spread(suite),
@@ -233,7 +299,9 @@ def format_table(frame: pd.DataFrame) -> str:
     shown = frame.copy()
     for col in ("suite img/s", "hand img/s"):
         shown[col] = shown[col].round().astype(int)
-    shown["suite/hand"] = shown["suite/hand"].round(3)
+    shown["tight img/s"] = shown["tight img/s"].round()
+    for col in ("suite/hand", "suite/tight"):
+        shown[col] = shown[col].round(3)
     for col in ("suite GFLOP/s", "hand GFLOP/s", "suite % peak", "hand % peak"):
         shown[col] = shown[col].round(2)
     for col in ("suite data wait", "hand data wait"):
@@ -387,7 +455,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
             raise ConfigError("--paths runs faithful, each option and tuned itself: drop --mode")
         cfg = load_bench_config(args)
         images = load_images(cfg.data, cfg.model.image_size, seed=cfg.train.seed)
-        n_train = len(make_split(len(images), cfg.data).train)
+        train_split = make_split(len(images), cfg.data).train
+        n_train = len(train_split)
         epochs, first_steady = suite_epochs(n_train, args.batch_size, args.steps, args.warmup)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -405,19 +474,27 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
         flush=True,
     )
 
+    no_tight = tight_reason(cfg)
+    if no_tight:
+        print(f"tight loop: skipped ({no_tight})", flush=True)
+    kinds = ("suite", "hand") if no_tight else ("suite", "tight", "hand")
     t_start = time.perf_counter()
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {
-        f: {"suite": [], "hand": []} for f in frameworks
+        f: {"suite": [], "hand": [], "tight": []} for f in frameworks
     }
-    plan = [(f, kind) for f in frameworks for kind in ("suite", "hand")]
+    plan = [(f, kind) for f in frameworks for kind in kinds]
     with tempfile.TemporaryDirectory(prefix="denoisebench-bench-") as tmp:
+        # the tight loops get the training split as data, not through the suite's loaders
+        train_npy = Path(tmp) / "train_u8.npy"
+        np.save(train_npy, images.images[train_split])
         for k in range(args.repeats):
             for framework, kind in plan if k % 2 == 0 else plan[::-1]:
-                run = (
-                    measure_suite(framework, args, Path(tmp), k, epochs, first_steady)
-                    if kind == "suite"
-                    else measure_hand(framework, args)
-                )
+                if kind == "suite":
+                    run = measure_suite(framework, args, Path(tmp), k, epochs, first_steady)
+                elif kind == "tight":
+                    run = measure_tight(framework, cfg, train_npy, args)
+                else:
+                    run = measure_hand(framework, args)
                 raw[framework][kind].append(run)
                 print(
                     f"repeat {k + 1}/{args.repeats} {framework:5} {kind:5}: "
@@ -458,6 +535,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
                     "peak_flops": peak,
                     "peak_reason": peak_reason,
                     "elapsed_s": elapsed_s,
+                    "tight_reason": no_tight,
                     "raw": raw,
                     "table": json.loads(frame.to_json(orient="records")),  # NaN -> null
                 },

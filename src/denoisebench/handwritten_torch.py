@@ -5,7 +5,9 @@
 
 Prints one JSON line: img/s over the steady window, the data-wait fraction, the losses.
 `python -m denoisebench.bench` runs it beside the suite's trainer (train_torch.py), with the
-same model, optimizer, loss, data, noise and batch. It is deliberately the shortest idiomatic
+same network (the natural PyTorch layers the suite trains, model_torch.build_net: padding 1,
+output padding 1; a user's model, not flipped into Keras' orientation), optimizer, loss, data,
+noise and batch. It is deliberately the shortest idiomatic
 loop: a DataLoader over a TensorDataset, no per-step logging, no per-step `loss.item()`.
 The only lines beyond that pin the speed settings the suite pins (config.RuntimeConfig), so
 the two runs differ in their loops, not in precision or kernel choice.
@@ -26,7 +28,7 @@ from denoisebench.data import load_images, make_split
 from denoisebench.model_torch import (
     add_noise,
     autocast,
-    build_model,
+    build_net,
     loss_fn,
     memory_format,
     pick_device,
@@ -51,7 +53,8 @@ def run(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
 
     torch.manual_seed(cfg.train.seed)  # first draw: the suite's initial weights (native init)
     fmt = memory_format(cfg.runtime.channels_last)
-    model = build_model(cfg.model).to(device, memory_format=fmt)
+    # the natural PyTorch network (padding 1, output padding 1), as a PyTorch user writes it
+    model = build_net(cfg.model).to(device, memory_format=fmt)
     if cfg.runtime.torch_compile:
         model = torch.compile(model)
     optimizer = torch.optim.Adam(

@@ -1,9 +1,25 @@
 """The autoencoder, its noise and its losses in PyTorch, built from a ModelSpec.
 
-TensorFlow's 'same' padding is asymmetric for stride 2 (bottom/right only), so the convolutions
-here pad explicitly with `nn.ZeroPad2d` and the transposed convolutions crop their output;
-with that, and weights in the layout below, the model is the same function as
-`model_tf.build_model(spec)` (tests/test_parity.py).
+TensorFlow's 'same' padding is asymmetric for stride 2 (on an even input: bottom/right only),
+PyTorch's `padding=k` symmetric, so the natural PyTorch layers compute a different function.
+Padding explicitly (`nn.ZeroPad2d`) and cropping each transposed convolution makes them equal,
+but costs six copies a forward pass (about 30% of a CPU step). Instead this uses an exact
+identity: the Keras-'same' network equals the natural symmetric network with every kernel
+flipped spatially, applied to the spatially flipped input, its output flipped back. In the
+flipped orientation Keras' (before, after) padding becomes (after, before); a convolution with
+symmetric padding `after` gives the same output size and uses the extra zeros on the far side
+only where Keras has them too, and a transposed convolution with `padding=after,
+output_padding=after - before` crops exactly what Keras crops (both need after - before <
+stride). Activations are pointwise and the MAE/MSE losses sum over pixels, so neither sees the
+flip. So:
+
+- `build_model(spec)` is `KerasSame(net)`: `net` is the natural PyTorch network (padding 1,
+  output padding 1 for the default 3x3, stride 2), which the trainer trains directly on images
+  it flipped once; `KerasSame.forward` adds the two flips for callers in the canonical
+  orientation (evaluation, the parity tests);
+- the weight port (`get_weights`, `set_weights`, `get_gradients`) flips kernels, so weights,
+  gradients and `weights.npz` stay in the canonical layout, equal to Keras'
+  (tests/test_parity.py).
 """
 
 from __future__ import annotations
@@ -25,8 +41,13 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def flip_hw(x: torch.Tensor) -> torch.Tensor:
+    """Reverse height and width of NCHW images (the orientation `KerasSame.net` works in)."""
+    return x.flip(-2, -1)
+
+
 class Crop2d(nn.Module):
-    """Trim a transposed convolution's output to input * stride, as 'same' padding does."""
+    """Trim a transposed convolution's output, as 'same' padding does (fallback only)."""
 
     def __init__(self, before: int, after: int) -> None:
         super().__init__()
@@ -37,36 +58,67 @@ class Crop2d(nn.Module):
         return x[..., self.before : h - self.after, self.before : w - self.after]
 
 
-def build_model(spec: ModelSpec) -> nn.Sequential:
-    """NCHW float model: (N, C, H, W) in [0, 1] -> (N, C, H, W)."""
+class KerasSame(nn.Module):
+    """The Keras-'same' model in the canonical orientation: flip, the natural network, flip."""
+
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return flip_hw(self.net(flip_hw(x)))
+
+
+def build_net(spec: ModelSpec) -> nn.Sequential:
+    """The natural PyTorch network, in the flipped orientation (see the module docstring)."""
     before, after = spec.pad
     k, s = spec.kernel_size, spec.stride
+    natural = after - before < s  # always for stride >= 2; stride 1 with an odd kernel
     layers: list[nn.Module] = []
     for layer in spec.layers():
-        if layer.kind == "conv":
-            layers += [
-                nn.ZeroPad2d((before, after, before, after)),
-                nn.Conv2d(layer.in_channels, layer.out_channels, k, stride=s),
-            ]
+        cin, cout = layer.in_channels, layer.out_channels
+        if layer.kind == "conv" and natural:
+            layers.append(nn.Conv2d(cin, cout, k, stride=s, padding=after))
+        elif layer.kind == "conv":  # Keras' padding, mirrored, made explicit
+            layers += [nn.ZeroPad2d((after, before, after, before)), nn.Conv2d(cin, cout, k, s)]
+        elif natural:
+            layers.append(
+                nn.ConvTranspose2d(
+                    cin, cout, k, stride=s, padding=after, output_padding=after - before
+                )
+            )
         else:
-            layers += [
-                nn.ConvTranspose2d(layer.in_channels, layer.out_channels, k, stride=s),
-                Crop2d(before, after),
-            ]
+            layers += [nn.ConvTranspose2d(cin, cout, k, stride=s), Crop2d(after, before)]
         layers.append(ACTIVATIONS[layer.activation]())
     return nn.Sequential(*layers)
+
+
+def build_model(spec: ModelSpec) -> KerasSame:
+    """NCHW float model: (N, C, H, W) in [0, 1] -> (N, C, H, W), equal to the Keras model."""
+    return KerasSame(build_net(spec))
 
 
 def _weighted_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
 
 
+def _canonical(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """[kernel, bias, ...] of the flipped network -> the canonical layout (kernels flipped)."""
+    out = []
+    for i, t in enumerate(tensors):
+        t = t.detach()
+        out.append((t.flip(-2, -1) if i % 2 == 0 else t).cpu().numpy().copy())
+    return out
+
+
 def get_weights(model: nn.Module) -> list[np.ndarray]:
     """[W0, b0, W1, b1, ...] in the canonical layout (PyTorch's own; see spec.shared_weights)."""
-    out = []
-    for m in _weighted_layers(model):
-        out += [m.weight.detach().cpu().numpy().copy(), m.bias.detach().cpu().numpy().copy()]
-    return out
+    return _canonical([p for m in _weighted_layers(model) for p in (m.weight, m.bias)])
+
+
+def get_gradients(model: nn.Module) -> list[np.ndarray]:
+    """The parameters' gradients, in the canonical layout of get_weights."""
+    return _canonical([p.grad for m in _weighted_layers(model) for p in (m.weight, m.bias)])
 
 
 def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
@@ -78,7 +130,8 @@ def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
         for i, (p, w) in enumerate(zip(params, weights, strict=True)):
             if tuple(p.shape) != tuple(w.shape):
                 raise ValueError(f"weight {i}: model shape {tuple(p.shape)}, given {w.shape}")
-            p.copy_(torch.as_tensor(w, dtype=p.dtype))
+            t = torch.as_tensor(np.asarray(w), dtype=p.dtype)
+            p.copy_(t.flip(-2, -1) if i % 2 == 0 else t)
 
 
 def add_noise(x: torch.Tensor, cfg: NoiseConfig, generator: torch.Generator) -> torch.Tensor:

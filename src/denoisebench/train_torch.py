@@ -375,10 +375,12 @@ def _train(
     if cfg.train.init == "shared":
         set_weights(raw_model, shared_weights(cfg.model, cfg.train.seed))
     raw_model = raw_model.to(memory_format=fmt)
-    model: torch.nn.Module = raw_model
+    # training runs the natural network on images flipped once (model_torch's flip identity):
+    # no pads, crops or flips in the step; evaluation and the weights use raw_model, canonical
+    model: torch.nn.Module = raw_model.net
     if ddp:
         with torch.cuda.stream(graph_stream) if graph_stream else contextlib.nullcontext():
-            model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.runtime.torch_compile:
         model = torch.compile(model)
     optimizer = torch.optim.Adam(
@@ -407,7 +409,8 @@ def _train(
     if rec:
         rec.truncate_after(start_epoch)
 
-    train_images = torch.from_numpy(data.train_u8).to(device)  # uint8, NHWC, on the device once
+    # uint8 NHWC, on the device once, flipped in height and width for raw_model.net
+    train_images = torch.from_numpy(data.train_u8).to(device).flip(1, 2)
     n_train = len(train_images)
     b = cfg.train.batch_size
     mine = slice(rank * b, (rank + 1) * b)
