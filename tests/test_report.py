@@ -360,6 +360,29 @@ def test_failed_run_is_listed_and_its_figures_are_missing_with_the_error(built, 
     assert any("missing for TensorFlow (no completed run" in v for v in verdicts)
 
 
+def test_a_damaged_run_folder_is_skipped_and_named(built, tmp_path, capsys):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    shutil.copytree(built["folders"][0], good)
+    shutil.copytree(built["folders"][0], bad)
+    text = (bad / "torch" / "summary.json").read_text()
+    (bad / "torch" / "summary.json").write_text(text[: len(text) // 2])  # cut off mid-write
+    out = tmp_path / "report"
+    write_report([tmp_path], out, tmp_path, baseline_images=0)
+    warning = capsys.readouterr().err
+    assert f"warning: skipping run folder {bad}: {bad / 'torch' / 'summary.json'}" in warning
+    assert "JSONDecodeError" in warning
+    assert set(csv({"out": out}, "runs")["folder"]) == {str(good)}
+    md = (out / "report.md").read_text()
+    assert "Skipped run folders (damaged files)" in md
+    assert f"{bad}: {bad / 'torch' / 'summary.json'}: JSONDecodeError" in md
+
+    (good / "tf" / "epochs.jsonl").write_text('{"epoch": 0, "train_lo')  # a truncated record
+    with pytest.raises(report.ReportError, match="every run folder is damaged") as e:
+        write_report([tmp_path], tmp_path / "report2", tmp_path, baseline_images=0)
+    assert str(good / "tf" / "epochs.jsonl") in str(e.value)
+    assert not (tmp_path / "report2").exists()  # nothing half-written
+
+
 def test_speed_modes_are_separate_setups_named_by_mode():
     from denoisebench.config import load_config
 

@@ -27,7 +27,7 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,29 @@ def _is_run_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any(
         (path / fw / "summary.json").is_file() for fw in FRAMEWORKS
     )
+
+
+# What a run folder's report reads, per framework, beside config.json and summary.json.
+_RECORD_FILES = ("epochs.jsonl", "steps.jsonl", "devices.jsonl", "hosts.jsonl", "environment.json")
+
+
+def damage(folder: Path) -> str | None:
+    """Why `folder` cannot be reported on, naming the file and its parse error; None if every
+    file the report reads parses (a run cut off mid-write, a disk that filled up)."""
+    files = [folder / "config.json"]
+    for framework in FRAMEWORKS:
+        fw_dir = folder / framework
+        if (fw_dir / "summary.json").is_file():
+            files += [fw_dir / "summary.json", *(fw_dir / name for name in _RECORD_FILES)]
+    for path in files:
+        try:
+            if path.suffix == ".jsonl":
+                read_jsonl(path)
+            elif path.is_file() or path.name != "environment.json":
+                read_json(path)
+        except (OSError, ValueError) as e:  # json.JSONDecodeError and UnicodeError too
+            return f"{path}: {type(e).__name__}: {e}"
+    return None
 
 
 def find_run_folders(paths: Iterable[Path]) -> list[Path]:
@@ -1128,6 +1151,8 @@ class Report:
     environment: pd.DataFrame
     configs: dict[str, dict[str, Any]]
     data: list[str]
+    skipped: list[str] = field(default_factory=list)
+    """Run folders left out, each with the file that did not parse and why."""
 
 
 def _sections(r: Report) -> list[tuple[str, str, Any]]:
@@ -1137,7 +1162,10 @@ def _sections(r: Report) -> list[tuple[str, str, Any]]:
         f"{len(r.runs)} framework run(s), {len(r.groups)} group(s).",
         *(f"Data: {d}" for d in r.data),
     ]
-    out: list[tuple[str, str, Any]] = [("", "list", intro), ("Verdicts", "list", r.verdicts)]
+    out: list[tuple[str, str, Any]] = [("", "list", intro)]
+    if r.skipped:
+        out.append(("Skipped run folders (damaged files)", "list", r.skipped))
+    out.append(("Verdicts", "list", r.verdicts))
     out += [(title, "table", frame) for title, frame in r.tables.values()]
     out.append(("Classical baselines (same noisy test images)", "text", r.baseline_note))
     out.append(("", "table", r.baselines))
@@ -1358,9 +1386,17 @@ def write_report(
     if not folders:
         where = ", ".join(map(str, run_dirs)) if run_dirs else str(results_root)
         raise ReportError(f"no run folders (config.json and <framework>/summary.json) in {where}")
+    damaged = {folder: reason for folder in folders if (reason := damage(folder))}
+    skipped = [f"{folder}: {reason}" for folder, reason in damaged.items()]
+    for line in skipped:
+        print(f"warning: skipping run folder {line}", file=sys.stderr, flush=True)
+    folders = [folder for folder in folders if folder not in damaged]
+    if not folders:
+        raise ReportError(f"every run folder is damaged: {'; '.join(skipped)}")
     report, csvs = build_report(
         folders, target_psnr_db, target_gain_db, baseline_images, baseline_seed
     )
+    report.skipped = skipped
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in csvs.items():
