@@ -234,16 +234,9 @@ def measure_suite(
     }
 
 
-def measure_hand(framework: str, args: argparse.Namespace) -> dict[str, Any]:
-    proc = run_checked(hand_cmd(framework, args))
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # it prints one JSON line last
-
-
-def measure_tight(
-    framework: str, cfg: Config, images: Path, args: argparse.Namespace
-) -> dict[str, Any]:
-    proc = run_checked(tight_cmd(framework, cfg, images, args))
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # it prints one JSON line last
+def measure_loop(cmd: list[str]) -> dict[str, Any]:
+    """Run a hand-written or tight loop: its figures are the one JSON line it prints last."""
+    return json.loads(run_checked(cmd).stdout.strip().splitlines()[-1])
 
 
 def _spread(values: list[float]) -> str:
@@ -492,9 +485,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
                 if kind == "suite":
                     run = measure_suite(framework, args, Path(tmp), k, epochs, first_steady)
                 elif kind == "tight":
-                    run = measure_tight(framework, cfg, train_npy, args)
+                    run = measure_loop(tight_cmd(framework, cfg, train_npy, args))
                 else:
-                    run = measure_hand(framework, args)
+                    run = measure_loop(hand_cmd(framework, args))
                 raw[framework][kind].append(run)
                 print(
                     f"repeat {k + 1}/{args.repeats} {framework:5} {kind:5}: "

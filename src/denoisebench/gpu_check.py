@@ -52,6 +52,8 @@ from denoisebench.results import (
     REPO_ROOT,
     atomic_write_json,
     atomic_write_text,
+    cpu_model,
+    gpu_info,
     read_jsonl,
     utc_now,
 )
@@ -396,10 +398,10 @@ def step_gpu_tests(r: Runner, ctx: Context, res: StepResult) -> None:
     )  # fmt: skip
     summary = run.output.strip().splitlines()[-1] if run.output.strip() else ""
     res.figures = {"pytest": summary, "returncode": run.returncode}
-    res.table = "\n".join(
+    reasons = [
         line for line in run.output.splitlines() if line.startswith(("SKIPPED", "FAILED", "ERROR"))
-    )
-    res.table = f"{res.table}\n{summary}".strip()
+    ]
+    res.table = "\n".join([*reasons, summary]).strip()
     if run.timed_out:
         raise StepFailed("timeout", f"cut after {run.wall_s:.0f} s", run)
     if run.returncode not in (0, 5):  # 5: nothing collected (no gpu test selected)
@@ -648,37 +650,29 @@ def run_check(args: argparse.Namespace) -> int:
     sizes = REHEARSAL_SIZES if args.cpu_rehearsal else GPU_SIZES
     frameworks, note = installed_frameworks()
     if args.framework != "auto":
-        if args.framework == "tf" and "tf" not in frameworks:
-            print("error: --framework tf: TensorFlow is not installed", file=sys.stderr)
+        if args.framework != "torch" and "tf" not in frameworks:
+            print(f"error: --framework {args.framework}: TensorFlow is not installed",
+                  file=sys.stderr)  # fmt: skip
             return 2
         frameworks = ["torch", "tf"] if args.framework == "both" else [args.framework]
-        if args.framework == "both" and "tf" not in installed_frameworks()[0]:
-            print("error: --framework both: TensorFlow is not installed", file=sys.stderr)
-            return 2
         note = None
     unknown = set(args.only or []) - {name for name, *_ in STEPS}
     if unknown:
         print(f"error: --only {', '.join(sorted(unknown))}: not a step "
               f"({', '.join(n for n, *_ in STEPS)})", file=sys.stderr)  # fmt: skip
         return 2
-    if not args.cpu_rehearsal:
-        from denoisebench.results import gpu_info
-
-        if not gpu_info().get("gpus"):
-            print(
-                "error: no NVIDIA GPU found (NVML: "
-                f"{gpu_info().get('reason', 'no devices')}); on a CPU, --cpu-rehearsal runs "
-                "every step at tiny sizes",
-                file=sys.stderr,
-            )
-            return 2
+    gpus = gpu_info()
+    if not args.cpu_rehearsal and not gpus.get("gpus"):
+        print(
+            f"error: no NVIDIA GPU found (NVML: {gpus.get('reason', 'no devices')}); on a CPU, "
+            "--cpu-rehearsal runs every step at tiny sizes",
+            file=sys.stderr,
+        )
+        return 2
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     for name in ("gpu_check.json", "gpu_check.md", "log.txt", "top_ops.txt", "environment.json"):
         (out / name).unlink(missing_ok=True)  # a file from an earlier check would mislead
-    from denoisebench.results import cpu_model, gpu_info
-
-    gpus = gpu_info()
     machine = f"{cpu_model()}, {os.cpu_count()} cores; " + (
         ", ".join(f"{g['name']} (driver {gpus.get('driver')})" for g in gpus["gpus"])
         if gpus.get("gpus")

@@ -6,9 +6,10 @@
         [--precision float32|bfloat16|float16] [--xla] [--tf32] [--no-autotune]
         [--threads N] [--inter-threads N] [--seed 0]
 
-The fastest code a TensorFlow user would plausibly write for this experiment, written without
-any of the suite's code (no model, helpers or settings from denoisebench), so that it can judge
-the suite's trainer: a Keras Sequential of Conv2D / Conv2DTranspose with 'same' padding, every
+The fastest code a TensorFlow user would plausibly write for this experiment, written without any
+of the suite's code (no model, helpers or settings from denoisebench; only the command line
+the two tight loops share, tight_args.py), so that it can judge the
+suite's trainer: a Keras Sequential of Conv2D / Conv2DTranspose with 'same' padding, every
 training image converted to float and placed on the device once, one `tf.function` step that
 gathers its batch from those images by index, draws Gaussian noise, and applies Adam; one
 shuffled order per epoch made on the device; the losses fetched once at the end. The images
@@ -21,41 +22,23 @@ last loss reached the host), and the losses.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
+from denoisebench.tight_args import parse, tight_parser
+
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=Path, required=True, help="uint8 NHWC training images (.npy)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=60, help="timed steps (default: 60)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed first steps (default: 10)")
-    p.add_argument("--widths", default="32,64,128")
-    p.add_argument("--kernel", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--beta1", type=float, default=0.9)
-    p.add_argument("--beta2", type=float, default=0.999)
-    p.add_argument("--eps", type=float, default=1e-7)
-    p.add_argument("--sigma", type=float, default=0.2, help="Gaussian noise std")
-    p.add_argument("--loss", choices=["mae", "mse"], default="mae")
+    p = tight_parser(__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "gpu"], default="gpu")
-    p.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--xla", action="store_true", help="jit_compile the step")
-    p.add_argument("--tf32", action="store_true")
     p.add_argument("--no-autotune", action="store_true", help="TF_CUDNN_USE_AUTOTUNE=0")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
     p.add_argument("--inter-threads", type=int, default=0, help="inter-op threads (0: default)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    args = parse(p, argv)
     if args.no_autotune:
         os.environ["TF_CUDNN_USE_AUTOTUNE"] = "0"
 

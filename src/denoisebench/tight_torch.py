@@ -7,7 +7,8 @@
         [--threads N] [--seed 0]
 
 The fastest code a PyTorch user would plausibly write for this experiment, written without any
-of the suite's code (no model, helpers or settings from denoisebench), so that it can judge the
+of the suite's code (no model, helpers or settings from denoisebench; only the command line
+the two tight loops share, tight_args.py), so that it can judge the
 suite's trainer: the natural PyTorch model (`Conv2d(padding=k//2)`,
 `ConvTranspose2d(padding=k//2, output_padding=1)`), every training image converted to float
 and moved to the device once, one random permutation per epoch drawn on the device, Gaussian
@@ -21,16 +22,16 @@ device has finished), and the losses.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from denoisebench.tight_args import parse, tight_parser
 
 
 def natural_model(widths: list[int], kernel: int, channels: int = 3) -> nn.Sequential:
@@ -51,29 +52,11 @@ def natural_model(widths: list[int], kernel: int, channels: int = 3) -> nn.Seque
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=Path, required=True, help="uint8 NHWC training images (.npy)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=60, help="timed steps (default: 60)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed first steps (default: 10)")
-    p.add_argument("--widths", default="32,64,128")
-    p.add_argument("--kernel", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--beta1", type=float, default=0.9)
-    p.add_argument("--beta2", type=float, default=0.999)
-    p.add_argument("--eps", type=float, default=1e-7)
-    p.add_argument("--sigma", type=float, default=0.2, help="Gaussian noise std")
-    p.add_argument("--loss", choices=["mae", "mse"], default="mae")
+    p = tight_parser(__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--tf32", action="store_true", help="TF32 matmuls and convolutions")
     p.add_argument("--cudnn-benchmark", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    args = parse(p, argv)
 
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
