@@ -27,22 +27,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from denoisebench.compare import comparison_table, repeats_table, sweep_table
 from denoisebench.config import Config, ConfigError, load_config, load_resolved, parse_overrides
 from denoisebench.distributed import slurm_nodes
 from denoisebench.results import (
     FRAMEWORKS,
+    LAUNCH_CHOICES,
+    LAUNCH_FILE,
     atomic_write_text,
+    check_free_space,
+    clear_failures,
     gpu_info,
+    launch_conflicts,
+    launch_option,
     local_device_kind,
+    local_gpu_capability,
     mark_failed,
+    mark_interrupted,
     new_run_id,
+    read_failures,
     read_json,
+    read_launch_choices,
+    resume_command,
+    space_needed,
+    write_launch_choices,
 )
 from denoisebench.sweep import load_sweep
 from launch.commands import (
@@ -54,7 +69,7 @@ from launch.commands import (
     build_train_cmd,
 )
 from launch.slurm import submit_sweep, submit_to_slurm, write_sbatch
-from launch.supervise import run_group
+from launch.supervise import StopSignals, run_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let tensorflow-datasets download EuroSAT (needs internet)",
     )
+    p.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="refuse EuroSAT files whose content is not RGB JPEG (default: a warning naming them)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N images")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--batch-size", type=int, help="images per optimizer step")
@@ -136,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run-id", help="name of the run folder (default: <UTC time>-<profile>)")
     p.add_argument(
+        "--no-space-check",
+        action="store_true",
+        help="start even where the results disk looks too full for one epoch's records and "
+        "checkpoints (checked by default)",
+    )
+    p.add_argument(
         "--repeats",
         type=int,
         default=1,
@@ -147,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         type=Path,
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last checkpoint, with its saved config",
+        help="continue the run in RUN_DIR from its last checkpoint, with its saved config "
+        "and launch choices (launch.json: --framework, --gpus, --mode...); an option that "
+        "would change the run is refused",
     )
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as JSON and exit"
@@ -276,13 +304,48 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
             out.append(f"{key}={value}")
     if args.download:
         out.append("data.download=true")
+    if args.strict_data:
+        out.append("data.strict=true")
     if args.scale_lr:
         out.append("train.scale_lr=true")
     return out
 
 
-def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
-    """The config and run folder: a new one, or the one being resumed."""
+# Options that change the config: refused with --resume (the run keeps its saved config).
+CONFIG_OPTIONS = (
+    "data",
+    "strict_data",
+    "tfds_dir",
+    "manual_dir",
+    "download",
+    "limit",
+    "epochs",
+    "batch_size",
+    "lr",
+    "loss",
+    "noise",
+    "init",
+    "seed",
+    "device",
+    "set",
+    "scale_lr",
+)
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """The options given on the command line (by dest), as opposed to argparse's defaults."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def resolve(args: argparse.Namespace, given: set[str] | None = None) -> tuple[Config, Path]:
+    """The config and run folder: a new one, or the one being resumed (`given`: the options
+    on the command line, given_options; None: those that differ from the defaults)."""
+    if given is None:
+        defaults = vars(build_parser().parse_args([]))
+        given = {k for k, v in vars(args).items() if v != defaults.get(k)}
     if args.auto_resume and args.resume is None:
         run_id = args.run_id or slurm_run_id()
         candidate = args.results / run_id if run_id else None
@@ -291,26 +354,62 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
                 f"--auto-resume: {candidate} exists, resuming it with its saved config", flush=True
             )
             args.resume = candidate
-            return load_resolved(candidate / "config.json"), candidate
+            return resume_run(args, candidate, given, requeued=True), candidate
     if args.resume is not None:
-        config_path = args.resume / "config.json"
-        if not config_path.is_file():
+        if not (args.resume / "config.json").is_file():
             raise ConfigError(f"--resume {args.resume}: no config.json there (not a run folder)")
-        if flag_overrides(args) or args.set or args.mode:
-            raise ConfigError("--resume uses the run's saved config; drop the other options")
-        return load_resolved(config_path), args.resume
+        return resume_run(args, args.resume, given), args.resume
     overrides = parse_overrides([*flag_overrides(args), *args.set])
-    cfg = load_config(args.profile, overrides, args.mode or "", mode_device_kind(args))
+    cfg = load_config(args.profile, overrides, args.mode or "", **mode_target(args))
     run_id = args.run_id or slurm_run_id() or new_run_id(cfg.profile)
     return cfg, args.results / run_id
 
 
-def mode_device_kind(args: argparse.Namespace) -> str:
-    """The device kind whose table of --mode applies: GPU for a SLURM job that asks for GPUs
-    (the login node submitting it may have none), else what this machine trains on."""
-    if args.slurm and not args.cpu_workers and args.device != "cpu":
-        return "gpu"
-    return local_device_kind(args.device or "auto") if args.mode else "cpu"
+def resume_run(
+    args: argparse.Namespace, run_dir: Path, given: set[str], requeued: bool = False
+) -> Config:
+    """The saved config of the run being resumed; its saved launch choices (launch.json)
+    replace those in `args`. Options in `given` that would change the run are refused by name:
+    the config's, and launch choices that differ from the saved ones. A requeued job
+    (--auto-resume) repeats the command that started the run: only its launch choices are
+    checked."""
+    cfg = load_resolved(run_dir / "config.json")
+    saved = read_launch_choices(run_dir)
+    if saved is None:
+        print(
+            f"note: {run_dir} has no {LAUNCH_FILE} (made before launch choices were saved): "
+            "resuming with this command's --framework, --gpus and other launch options",
+            flush=True,
+        )
+    choices = {k: getattr(args, k) for k in LAUNCH_CHOICES if k in given}
+    if saved is None and "profile" in choices:  # the config knows its profile by name
+        choices["profile"] = Path(choices["profile"]).stem
+    known = saved if saved is not None else {"profile": cfg.profile, "mode": cfg.mode or None}
+    refused = [] if requeued else [launch_option(k) for k in CONFIG_OPTIONS if k in given]
+    refused += launch_conflicts(known, choices)
+    if refused:
+        raise ConfigError(
+            f"--resume continues {run_dir} as it was started; drop {', '.join(refused)}"
+        )
+    for key, value in (saved or {}).items():
+        if key in LAUNCH_CHOICES:
+            setattr(args, key, value)
+    return cfg
+
+
+def mode_target(args: argparse.Namespace, devices: int | None = None) -> dict[str, Any]:
+    """What picks the table of --mode (config.mode_runtime): the device kind (GPU for a SLURM
+    job that asks for GPUs: the login node submitting it may have none, else what this machine
+    trains on), this machine's GPUs' compute capability when they are the ones used, and the
+    number of devices of the run."""
+    if not args.mode:
+        return {"device_kind": "cpu"}
+    slurm_gpus = args.slurm and not args.cpu_workers and args.device != "cpu"
+    kind = "gpu" if slurm_gpus else local_device_kind(args.device or "auto")
+    capability = local_gpu_capability() if kind == "gpu" and not args.slurm else None
+    if devices is None:
+        devices = (args.gpus or 1) * (args.nodes or 1)
+    return {"device_kind": kind, "capability": capability, "devices": devices}
 
 
 def slurm_run_id() -> str | None:
@@ -426,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     # `python -m launch` alone is the main job: it ends with the report of its own runs.
     main_job = argv == []
     args = build_parser().parse_args(argv)
+    given = given_options(argv)
     try:
         if args.engine == "horovod":
             raise ConfigError(HOROVOD_UNAVAILABLE)
@@ -435,15 +535,22 @@ def main(argv: list[str] | None = None) -> int:
             return write_sbatch(args)
         if args.sweep:
             return run_sweep(args)
-        cfg, run_dir = resolve(args)
+        cfg, run_dir = resolve(args, given)
         if args.print_config:
             print(cfg.to_json())
             return 0
         topo = None if args.slurm else resolve_topology(args)
         is_node0 = topo is None or topo.node_rank == 0
+        if is_node0 and not args.no_space_check:
+            devices = topo.devices * topo.nodes if topo else 1
+            needed = space_needed(cfg, 2 if args.framework == "both" else 1, devices)
+            check_free_space(
+                args.results if args.resume is None else run_dir, needed * args.repeats
+            )
         if args.resume is None and is_node0:
             if run_dir.exists():
                 raise ConfigError(f"{run_dir} exists; pick another --run-id or --resume it")
+            write_launch_choices(run_dir, vars(args))  # first: config.json marks a run folder
             for folder in [run_dir, *measurement_dirs(run_dir, args.repeats)]:
                 folder.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(folder / "config.json", cfg.to_json() + "\n")
@@ -458,34 +565,49 @@ def main(argv: list[str] | None = None) -> int:
         return submit_to_slurm(args, frameworks, run_dir)
 
     failed = []
+    interrupted = None  # the exit code of a run stopped by a signal: 128 + its number
     folders = measurement_dirs(run_dir, args.repeats)
-    # repeats interleave the frameworks, so a slow drift of the machine hits both alike
-    for k, folder in enumerate(folders):
-        if len(folders) > 1:
-            print(f"--- repeat {k + 1}/{len(folders)}: {folder}", flush=True)
-        for framework in frameworks:
-            code = run_framework(framework, folder, topo, args)
-            if code is None:
-                continue
-            failed.append(framework)
-            if code == 2:
-                break  # bad input (config or data): the next framework would fail the same way
-        if failed:
-            break
+    # SIGINT, SIGTERM and SIGHUP stop the children, mark the framework interrupted, and end
+    # here with the table; frameworks not started yet stay as they are
+    with StopSignals() as stop:
+        # repeats interleave the frameworks, so a slow drift of the machine hits both alike
+        for k, folder in enumerate(folders):
+            if len(folders) > 1:
+                print(f"--- repeat {k + 1}/{len(folders)}: {folder}", flush=True)
+            for framework in frameworks:
+                if stop.signum is not None:
+                    break
+                code = run_framework(framework, folder, topo, args, stop)
+                if code is None:
+                    continue
+                if code > 128:
+                    interrupted = code
+                    break
+                failed.append(framework)
+                if code == 2:
+                    break  # bad input (config or data): the next framework would fail the same
+            if failed or interrupted or stop.signum is not None:
+                break
+        if is_node0:
+            print()
+            print(comparison_table(folders[0]) if len(folders) == 1 else repeats_table(folders))
+            print(f"\nresults: {run_dir}")
+        if interrupted is None and stop.signum is not None:  # between two frameworks
+            interrupted = 128 + stop.signum
+    if interrupted is not None:
+        name = signal.Signals(interrupted - 128).name
+        print(f"interrupted by {name}; continue with: {resume_command(run_dir)}", flush=True)
+        return interrupted
 
-    if is_node0:
-        print()
-        print(comparison_table(folders[0]) if len(folders) == 1 else repeats_table(folders))
-        print(f"\nresults: {run_dir}")
-        if main_job:
-            from denoisebench.report import ReportError, write_report
+    if is_node0 and main_job:
+        from denoisebench.report import ReportError, write_report
 
-            try:
-                report = write_report([run_dir], run_dir / "report", args.results)
-            except ReportError as e:  # no framework got as far as a summary
-                print(f"report: not written ({e})", file=sys.stderr)
-                return 1
-            print(f"report: {report}", flush=True)
+        try:
+            report = write_report([run_dir], run_dir / "report", args.results)
+        except (ReportError, OSError) as e:  # no summary to report on, or no room to write it
+            print(f"report: not written ({e})", file=sys.stderr)
+            return 1
+        print(f"report: {report}", flush=True)
     return 1 if failed else 0
 
 
@@ -501,7 +623,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     for el in elements:  # resolve every element first: a bad value stops the sweep before it runs
         overrides = parse_overrides([*sweep.overrides, f"train.batch_size={el.batch_size}"])
         configs[el.name] = load_config(
-            sweep.profile, overrides, args.mode or "", mode_device_kind(args)
+            sweep.profile, overrides, args.mode or "", **mode_target(args, el.devices)
         )
     sweep_dir.mkdir(parents=True)
     atomic_write_text(
@@ -513,50 +635,97 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.slurm:
         return submit_sweep(args, sweep_dir, elements, configs)
     failed = []
-    for el in elements:
-        print(f"=== {el.name}", flush=True)
-        argv = [
-            "--profile",
-            sweep.profile,
-            "--framework",
-            el.framework,
-            "--batch-size",
-            str(el.batch_size),
-            "--results",
-            str(sweep_dir),
-            "--run-id",
-            el.name,
-            *sets,
-        ]
-        if el.devices > 1:
-            argv += ["--gpus", str(el.devices)]
-        if args.mode:
-            argv += ["--mode", args.mode]
-        if main(argv) != 0:
-            failed.append(el.name)
+    with StopSignals() as stop:  # a signal between two elements stops the sweep there
+        for el in elements:
+            if stop.signum is not None:
+                print()
+                print(sweep_table(sweep_dir, elements))
+                return 128 + stop.signum
+            print(f"=== {el.name}", flush=True)
+            argv = [
+                "--profile",
+                sweep.profile,
+                "--framework",
+                el.framework,
+                "--batch-size",
+                str(el.batch_size),
+                "--results",
+                str(sweep_dir),
+                "--run-id",
+                el.name,
+                *sets,
+            ]
+            if el.devices > 1:
+                argv += ["--gpus", str(el.devices)]
+            if args.mode:
+                argv += ["--mode", args.mode]
+            code = main(argv)
+            if code > 128:  # interrupted: the rest of the sweep is not started
+                print()
+                print(sweep_table(sweep_dir, elements))
+                return code
+            if code != 0:
+                failed.append(el.name)
     print()
     print(sweep_table(sweep_dir, elements))
     return 1 if failed else 0
 
 
 def run_framework(
-    framework: str, folder: Path, topo: Topology | None, args: argparse.Namespace
+    framework: str,
+    folder: Path,
+    topo: Topology | None,
+    args: argparse.Namespace,
+    stop: StopSignals | None = None,
 ) -> int | None:
-    """Train one framework into one results folder; None on success, else the exit code."""
+    """Train one framework into one results folder; None on success, else the exit code:
+    128 + the signal's number when a stop signal ended it (it is then marked interrupted)."""
     summary = folder / framework / "summary.json"
-    if args.resume and summary.exists() and read_json(summary).get("status") == "completed":
+    before = read_summary(summary)
+    if args.resume and before and before.get("status") == "completed":
         print(f"[{framework}] already completed, skipping", flush=True)
         return None
     cmds = framework_cmds(framework, folder, topo, args, resume=args.resume is not None)
+    if topo is None or topo.node_rank == 0:
+        clear_failures(folder / framework)  # an earlier attempt's: not this one's cause
     for argv_, _env in cmds:
         print(f"[{framework}] {' '.join(argv_)}", flush=True)
     names = [f"{framework} worker {i}" for i in range(len(cmds))] if len(cmds) > 1 else [framework]
-    result = run_group(cmds, names)
+    result = run_group(cmds, names, stop=stop)
     if result.returncode == 0:
         return None
+    stopped_by = result.signal
+    after = read_summary(summary)
+    failures = read_failures(folder / framework)  # each failed process' own exception
+    interrupted_now = after != before and bool(after) and after.get("status") == "interrupted"
+    if stopped_by is None and interrupted_now and not failures:
+        stopped_by = after.get("signal")  # a signal to the trainer, not through the launcher
+    if stopped_by is not None:
+        if after and after.get("status") == "completed":
+            return None  # it finished as the signal came: the launch stops before the next
+        if topo is None or topo.node_rank == 0:
+            try:
+                mark_interrupted(folder, framework, stopped_by, resume_command(folder))
+            except OSError as e:  # a full disk: the trainer's own record stands
+                print(f"[{framework}] could not record the stop in {folder}: {e}", file=sys.stderr)
+        print(f"[{framework}] interrupted by {stopped_by}", file=sys.stderr, flush=True)
+        return 128 + signal.Signals[stopped_by].value
     print(f"[{framework}] failed: {result.failed}", file=sys.stderr, flush=True)
-    mark_failed(folder, framework, result.failed or "failed")
-    return result.returncode
+    # a failed rank's peers are stopped by torchrun's SIGTERM, and rank 0 then records
+    # 'interrupted': the failures say what really happened
+    try:
+        mark_failed(folder, framework, result.failed or "failed", failures, interrupted_now)
+    except OSError as e:  # a full disk: the trainer's own record (and message) stands
+        print(f"[{framework}] could not record the failure in {folder}: {e}", file=sys.stderr)
+    return 1 if result.returncode > 128 else result.returncode  # > 128: interrupted, above
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """A framework's summary.json; None when there is none yet, or it cannot be read."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

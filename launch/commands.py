@@ -46,6 +46,9 @@ class Topology:
 def _base_env(base_env: dict[str, str] | None) -> dict[str, str]:
     env = dict(os.environ if base_env is None else base_env)
     env["PYTHONUNBUFFERED"] = "1"
+    # CUDA numbers GPUs fastest first by default, NVML by PCI bus: with PCI_BUS_ID the CUDA
+    # ordinal a trainer runs on is the NVML index its profiler samples (on mixed-GPU machines)
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     return env
 
 
@@ -79,7 +82,8 @@ def build_torchrun_cmd(
     One node: --standalone. Several: c10d rendezvous at master_addr:master_port, so every node
     runs the same command with its own --node-rank.
     """
-    argv = [sys.executable, "-m", "torch.distributed.run"]
+    # torch.distributed.run, ended by a stop signal without its traceback (denoisebench.torchrun)
+    argv = [sys.executable, "-m", "denoisebench.torchrun"]
     if topo.nodes == 1:
         argv += ["--standalone", "--nnodes=1"]
     else:
@@ -115,7 +119,8 @@ def build_tf_cmds(
 
     - one node, MirroredStrategy: one process driving topo.devices GPUs (or logical CPUs);
     - one node, multi_worker: topo.devices worker processes on 127.0.0.1 (ports[i]), one
-      device each: MultiWorkerMirroredStrategy without a cluster;
+      device each: MultiWorkerMirroredStrategy without a cluster; on GPUs worker i sees the
+      i-th GPU this process sees (CUDA_VISIBLE_DEVICES' i-th entry, or GPU i without one);
     - several nodes: this node's one worker, TF_CONFIG listing every node's host at
       master_port; each worker drives its node's devices.
     """
@@ -134,11 +139,22 @@ def build_tf_cmds(
         return [([*argv, "--devices", str(topo.devices)], env)]
     if ports is None or len(ports) != topo.devices:
         raise ValueError(f"multi-worker on one node needs {topo.devices} ports, got {ports}")
+    # SLURM and container runtimes hand a job its GPUs as a mask (`4,5,6,7`, or `GPU-<uuid>` /
+    # `MIG-<uuid>` entries): worker i gets the mask's i-th entry verbatim, not GPU i of the node
+    mask = env.get("CUDA_VISIBLE_DEVICES")
+    gpu_ids = [str(i) for i in range(topo.devices)]
+    if topo.gpus and mask is not None:
+        gpu_ids = [e.strip() for e in mask.split(",") if e.strip()]
+        if len(gpu_ids) < topo.devices:
+            raise ValueError(
+                f"CUDA_VISIBLE_DEVICES={mask!r} lists {len(gpu_ids)} GPU(s), fewer than the "
+                f"{topo.devices} TensorFlow workers (one GPU each)"
+            )
     cmds = []
     hosts = ["127.0.0.1"] * topo.devices
     for i in range(topo.devices):
         worker_env = env | {"TF_CONFIG": tf_config(hosts, ports, i)}
         if topo.gpus:
-            worker_env["CUDA_VISIBLE_DEVICES"] = str(i)  # one GPU per worker
+            worker_env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i]  # one GPU per worker
         cmds.append(([*argv, "--devices", "1"], worker_env))
     return cmds

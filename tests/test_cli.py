@@ -107,7 +107,7 @@ def test_bench_subcommand_runs_the_benchmark():
 def test_build_train_cmd_is_pure_and_per_framework(tmp_path):
     argv, env = build_train_cmd("torch", tmp_path, base_env={"PATH": "/bin"})
     assert argv == [sys.executable, "-m", "denoisebench.train_torch", str(tmp_path)]
-    assert env == {"PATH": "/bin", "PYTHONUNBUFFERED": "1"}
+    assert env == {"PATH": "/bin", "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     argv, env = build_train_cmd("tf", tmp_path, resume=True, base_env={})
     assert argv[-3:] == ["denoisebench.train_tf", str(tmp_path), "--resume"]
     assert env["TF_CPP_MIN_LOG_LEVEL"] == "2"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from denoisebench.config import DataConfig
 from denoisebench.data import (
     EUROSAT_CLASSES,
     DataError,
+    DataWarning,
+    Images,
     load_builtin,
     load_eurosat,
     load_images,
@@ -33,6 +36,14 @@ def jpeg_bytes(rng: np.random.Generator, width: int = 64, height: int = 64) -> b
     pixels = np.clip(base + rng.integers(0, 40, size=base.shape), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def image_bytes(rng: np.random.Generator, fmt: str, mode: str = "RGB") -> bytes:
+    """A 64x64 image of noise saved by Pillow in `fmt` ("PNG", "JPEG", ...) and `mode`."""
+    pixels = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, format=fmt)
     return buf.getvalue()
 
 
@@ -61,6 +72,23 @@ def write_zip(path: Path, members: dict[str, bytes]) -> Path:
         for name, data in members.items():
             zf.writestr(name, data)
     return path
+
+
+def zip_of_folder(folder: Path, path: Path) -> Path:
+    """`folder`'s files zipped under their paths inside it (2750/<class>/*.jpg)."""
+    return write_zip(
+        path,
+        {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.jpg"))},
+    )
+
+
+def load_eurosat_warnings(path: Path) -> tuple[Images, list[str]]:
+    """`load_eurosat(path)` and the DataWarning messages it emitted, every one recorded (not only
+    the first per code location, as Python's default filter would)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_eurosat(path)
+    return loaded, [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
 
 
 @pytest.fixture
@@ -226,6 +254,97 @@ def test_zip_of_something_else_says_what_it_expected(tmp_path: Path) -> None:
     assert "README.txt" in message  # says what it found ...
     assert "2750/<class>/*.jpg" in message  # ... and what it expected
     assert "AnnualCrop" in message
+
+
+# --- load_eurosat on files that are not RGB JPEGs: one DataWarning per load -----------------
+
+
+@pytest.mark.parametrize("container", ["folder", "zip"])
+def test_png_named_jpg_warns_once_naming_it(
+    fake: tuple[Path, Path], tmp_path: Path, container: str
+) -> None:
+    folder, _ = fake
+    png = image_bytes(np.random.default_rng(4), "PNG")
+    (folder / "2750" / "Forest" / "Forest_2.jpg").write_bytes(png)
+    path = folder if container == "folder" else zip_of_folder(folder, tmp_path / "png.zip")
+    loaded, [message] = load_eurosat_warnings(path)
+    assert message.startswith(f"{path}: 1 of 12 image files are not RGB JPEG")
+    assert "2750/Forest/Forest_2.jpg (PNG, mode RGB)" in message
+    # Decoded by its content, and used.
+    with Image.open(io.BytesIO(png)) as img:
+        expected = np.asarray(img.convert("RGB"))
+    np.testing.assert_array_equal(
+        loaded.images[loaded.names.index("Forest/Forest_2.jpg")], expected
+    )
+
+
+@pytest.mark.parametrize("container", ["folder", "zip"])
+def test_clean_eurosat_gives_no_warning(fake: tuple[Path, Path], container: str) -> None:
+    folder, zip_path = fake
+    _, messages = load_eurosat_warnings(folder if container == "folder" else zip_path)
+    assert messages == []
+
+
+def test_many_files_that_are_not_jpeg_give_one_warning_with_the_count(
+    fake: tuple[Path, Path],
+) -> None:
+    folder, _ = fake
+    rng = np.random.default_rng(5)
+    bad = sorted((folder / "2750").rglob("*.jpg"))[:7]
+    for p in bad:
+        p.write_bytes(image_bytes(rng, "PNG"))
+    bad[0].write_bytes(image_bytes(rng, "GIF", "P"))
+    _, [message] = load_eurosat_warnings(folder / "2750")
+    assert message.startswith(f"{folder / '2750'}: 7 of 12 image files are not RGB JPEG")
+    # Named by path inside the folder given, in canonical order: the first five, then the count.
+    assert message.count("(PNG, mode RGB)") + message.count("(GIF, mode P)") == 5
+    assert "and 2 more" in message
+    assert "AnnualCrop/AnnualCrop_1.jpg (" in message
+    assert "2750/" not in message.removeprefix(str(folder / "2750"))
+
+
+def test_greyscale_jpeg_warns_with_its_mode(fake: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, _ = fake
+    (folder / "2750" / "SeaLake" / "SeaLake_10.jpg").write_bytes(
+        image_bytes(np.random.default_rng(6), "JPEG", "L")
+    )
+    zip_path = zip_of_folder(folder, tmp_path / "grey.zip")
+    _, [message] = load_eurosat_warnings(zip_path)
+    assert "2750/SeaLake/SeaLake_10.jpg (JPEG, mode L)" in message
+
+
+@pytest.mark.parametrize("container", ["folder", "zip"])
+def test_strict_refuses_a_png_named_jpg(
+    fake: tuple[Path, Path], tmp_path: Path, container: str
+) -> None:
+    folder, _ = fake
+    (folder / "2750" / "Forest" / "Forest_3.jpg").write_bytes(
+        image_bytes(np.random.default_rng(7), "PNG")
+    )
+    path = folder if container == "folder" else zip_of_folder(folder, tmp_path / "png.zip")
+    with pytest.raises(DataError, match="refused") as e:
+        load_eurosat(path, strict=True)
+    assert str(path) in str(e.value)
+    assert "2750/Forest/Forest_3.jpg (PNG, mode RGB)" in str(e.value)
+
+
+def test_strict_data_flag_reaches_the_loader(fake: tuple[Path, Path]) -> None:
+    """`--strict-data` is data.strict in the run's config, and load_images applies it."""
+    import argparse
+
+    from denoisebench.config import load_config, parse_overrides
+    from denoisebench.data import load_images
+    from launch.__main__ import build_parser, flag_overrides
+
+    folder, _ = fake
+    (folder / "2750" / "Forest" / "Forest_3.jpg").write_bytes(
+        image_bytes(np.random.default_rng(7), "PNG")
+    )
+    args: argparse.Namespace = build_parser().parse_args(["--data", str(folder), "--strict-data"])
+    cfg = load_config("smoke", parse_overrides(flag_overrides(args)))
+    assert cfg.data.strict is True
+    with pytest.raises(DataError, match="refused"):
+        load_images(cfg.data, 64, seed=0)
 
 
 # --- load_tfds ------------------------------------------------------------------------------

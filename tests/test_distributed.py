@@ -188,11 +188,15 @@ def test_torch_two_node_rendezvous_on_localhost(single, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("framework", "extra"),
-    [("torch", []), ("tf", ["--tf-strategy", "multiworker"])],
-    ids=["torch-ddp", "tf-multiworker"],
+    ("framework", "extra", "process"),
+    [
+        ("torch", [], "torch rank 1"),
+        ("tf", ["--tf-strategy", "multiworker"], "tf worker 1"),
+        ("tf", [], "tf"),  # MirroredStrategy: both replicas in one process
+    ],
+    ids=["torch-ddp", "tf-multiworker", "tf-mirrored"],
 )
-def test_a_crashing_rank_fails_the_job_fast_and_keeps_results(tmp_path, framework, extra):
+def test_a_crashing_rank_fails_the_job_fast_and_keeps_results(tmp_path, framework, extra, process):
     t0 = time.monotonic()
     proc = launch(
         "--profile",
@@ -216,9 +220,16 @@ def test_a_crashing_rank_fails_the_job_fast_and_keeps_results(tmp_path, framewor
     assert "injected fault" in out and "on rank 1 at step 11" in out
     assert elapsed < 120, f"took {elapsed:.0f}s to fail"
     summary = read_json(tmp_path / "crash" / framework / "summary.json")
-    assert summary["status"] == "failed" and summary["error"]
-    assert summary["epochs_completed"] == 1
+    assert summary["status"] == "failed" and summary["epochs_completed"] == 1
+    # the failing process and its own exception, not a peer's broken collective
+    assert summary["failed_process"] == process
+    assert summary["error"] == (
+        "RuntimeError: injected fault (DENOISEBENCH_FAULT=1:11) on rank 1 at step 11"
+    )
+    knock_on = summary["knock_on_errors"]
+    assert all(k["process"] != process and "injected" not in k["error"] for k in knock_on)
+    if process != "tf":  # two processes: the other one's error, if it had one, is listed
+        assert {k["process"] for k in knock_on} <= {process.replace("1", "0")}
+    assert summary["signal"] is None and summary["resume_command"] is None
     # the finished epoch and its steps are kept
     assert [e["epoch"] for e in read_jsonl(tmp_path / "crash" / framework / "epochs.jsonl")] == [0]
-    if framework == "tf":
-        assert summary["failed_process"] == "tf worker 1 exited with code 1"

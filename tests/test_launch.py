@@ -25,10 +25,14 @@ def test_torchrun_one_node_is_standalone():
     argv, env = build_torchrun_cmd(
         RUN, Topology(devices=4, cpu_threads=3), run_id="run1", base_env={}
     )
-    assert argv[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert argv[:3] == [sys.executable, "-m", "denoisebench.torchrun"]
     assert "--standalone" in argv and "--nproc-per-node=4" in argv
     assert argv[-3:] == ["-m", "denoisebench.train_torch", str(RUN)]
-    assert env == {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "3"}
+    assert env == {
+        "PYTHONUNBUFFERED": "1",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "OMP_NUM_THREADS": "3",
+    }
 
 
 def test_torchrun_multi_node_uses_c10d_rendezvous():
@@ -73,6 +77,40 @@ def test_tf_multi_worker_on_one_node_gets_a_worker_per_device():
         assert argv[-2:] == ["--devices", "1"]
     with pytest.raises(ValueError, match="needs 2 ports"):
         build_tf_cmds(RUN, Topology(devices=2), multi_worker=True, ports=None, base_env={})
+
+
+def test_tf_multi_worker_takes_each_gpu_from_the_parents_mask():
+    topo = Topology(devices=2, gpus=True)
+    for mask, expected in [
+        ("4,5,6,7", ["4", "5"]),  # SLURM's GPUs 4-7: worker 0 gets 4, not 0
+        (
+            "GPU-8932f937-d72c-4106, MIG-1b2c3d4e-5f60-7182",
+            ["GPU-8932f937-d72c-4106", "MIG-1b2c3d4e-5f60-7182"],
+        ),
+    ]:
+        cmds = build_tf_cmds(
+            RUN, topo, True, ports=[1111, 2222], base_env={"CUDA_VISIBLE_DEVICES": mask}
+        )
+        assert [env["CUDA_VISIBLE_DEVICES"] for _, env in cmds] == expected
+    with pytest.raises(
+        ValueError, match=r"CUDA_VISIBLE_DEVICES='3' lists 1 GPU\(s\), fewer than the 2"
+    ):
+        build_tf_cmds(RUN, topo, True, ports=[1111, 2222], base_env={"CUDA_VISIBLE_DEVICES": "3"})
+    # CPU workers leave the mask alone
+    cmds = build_tf_cmds(
+        RUN, Topology(devices=2), True, ports=[1, 2], base_env={"CUDA_VISIBLE_DEVICES": "3"}
+    )
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in cmds] == ["3", "3"]
+
+
+def test_trainers_number_gpus_in_nvml_order_unless_told_otherwise():
+    # CUDA's default order is fastest first, NVML's is PCI bus: PCI_BUS_ID makes them agree
+    _, env = build_torchrun_cmd(RUN, Topology(devices=2, gpus=True), run_id="r", base_env={})
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    [(_, env)] = build_tf_cmds(
+        RUN, Topology(), False, base_env={"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+    )
+    assert env["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST"  # the user's choice stands
 
 
 def test_tf_multi_node_lists_every_host():
@@ -123,12 +161,15 @@ def test_tf_config_and_worker_index():
 
 
 def test_fault_injection_only_where_asked(monkeypatch):
-    maybe_inject_fault(1, 3)  # unset: nothing happens
+    maybe_inject_fault(range(1, 2), 3)  # unset: nothing happens
     monkeypatch.setenv("DENOISEBENCH_FAULT", "1:3")
-    maybe_inject_fault(0, 3)
-    maybe_inject_fault(1, 2)
+    maybe_inject_fault(range(0, 1), 3)
+    maybe_inject_fault(range(1, 2), 2)
     with pytest.raises(RuntimeError, match="on rank 1 at step 3"):
-        maybe_inject_fault(1, 3)
+        maybe_inject_fault(range(1, 2), 3)
+    # a MirroredStrategy process drives replicas 0 and 1: rank 1's fault is its own
+    with pytest.raises(RuntimeError, match="on rank 1 at step 3"):
+        maybe_inject_fault(range(0, 2), 3)
 
 
 def test_horovod_fails_fast_with_the_reason(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The roofline bounds (denoisebench.roofline) and the bandwidth table (hardware.py)."""
+"""The roofline bounds (denoisebench.roofline) and the bandwidth and peak tables (hardware.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from denoisebench import roofline
-from denoisebench.hardware import memory_bandwidth
+from denoisebench.hardware import memory_bandwidth, peak_flops
 from denoisebench.spec import ModelSpec
 
 # the paper's model on 64x64 RGB, layer by layer (input, output elements), worked out by hand:
@@ -60,7 +60,9 @@ def test_unknown_figures_are_missing_not_guessed():
     [
         ("NVIDIA H100 80GB HBM3", 3.35),
         ("NVIDIA H100 PCIe", 2.0),
+        ("NVIDIA H100 NVL", 3.9),
         ("NVIDIA H200", 4.8),
+        ("NVIDIA H200 NVL", 4.8),
         ("NVIDIA A100-SXM4-80GB", 2.039),
         ("NVIDIA A100-SXM4-40GB", 1.555),
         ("NVIDIA L4", 0.3),
@@ -68,6 +70,24 @@ def test_unknown_figures_are_missing_not_guessed():
 )
 def test_bandwidth_table(name, tbs):
     assert memory_bandwidth(name) == (tbs * 1e12, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "fp32", "tf32", "bf16"),
+    [
+        # NVL cards: the datasheets' 835 and 1,671 TFLOP/s are with sparsity, dense is half
+        ("NVIDIA H100 NVL", 60.0, 417.5, 835.5),
+        ("NVIDIA H200 NVL", 60.0, 417.5, 835.5),
+        ("NVIDIA H100 80GB HBM3", 67.0, 494.7, 989.4),  # SXM5
+        ("NVIDIA H200", 67.0, 494.7, 989.4),  # SXM
+        ("NVIDIA H100 PCIe", 51.2, 378.0, 756.0),
+    ],
+)
+def test_peak_table_tells_the_nvl_cards_from_the_sxm_ones(name, fp32, tf32, bf16):
+    assert peak_flops(name, "fp32") == (fp32 * 1e12, None)
+    assert peak_flops(name, "tf32") == (tf32 * 1e12, None)
+    assert peak_flops(name, "bf16") == (bf16 * 1e12, None)
+    assert peak_flops(name, "fp16") == (bf16 * 1e12, None)
 
 
 def test_bandwidth_of_an_unknown_device_says_why():

@@ -44,6 +44,9 @@ class DataConfig:
     """source=tfds only: allow tensorflow-datasets to download EuroSAT (needs internet)."""
     manual_dir: str = ""
     """source=tfds only: folder holding EuroSAT.zip, to build the dataset offline."""
+    strict: bool = False
+    """source=eurosat: refuse files whose content is not RGB JPEG (EuroSAT's format) instead of
+    warning about them (`--strict-data`)."""
     limit: int = 0
     """Use only the first `limit` images of the canonical order (0 = all)."""
     n_train: int = 25_000
@@ -298,6 +301,26 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(message)
 
 
+AMPERE = (8, 0)
+"""Compute capability of the first GPUs with bfloat16 and TF32 tensor cores (A100)."""
+
+
+def check_device_support(cfg: Config, device_name: str, capability: tuple[int, int]) -> None:
+    """Refuse speed settings the GPU has no hardware for, naming the key. Before compute
+    capability 8.0 (V100, T4) there are no bfloat16 or TF32 tensor cores: bfloat16 is emulated
+    slowly and TF32 does nothing, so the run would not be what its config says."""
+    if tuple(capability) >= AMPERE:
+        return
+    cc = f"{device_name} (compute capability {capability[0]}.{capability[1]})"
+    if cfg.runtime.precision == "bfloat16":
+        raise ConfigError(
+            f"runtime.precision=bfloat16 on {cc}: no bfloat16 tensor cores before 8.0; set "
+            "runtime.precision=float32 (or float16, without CUDA graphs)"
+        )
+    if cfg.runtime.tf32:
+        raise ConfigError(f"runtime.tf32=true on {cc}: no TF32 before 8.0; set runtime.tf32=false")
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
     """['train.lr=0.01', ...] -> {'train': {'lr': '0.01'}}; values stay strings until coerced."""
     out: dict[str, dict[str, Any]] = {}
@@ -326,8 +349,22 @@ MODES_DIR = PROFILES_DIR / "modes"
 DeviceKind = Literal["cpu", "gpu"]
 
 
-def mode_runtime(mode: str, device_kind: DeviceKind) -> dict[str, Any]:
-    """The [runtime] values of speed mode `mode` on `device_kind` (profiles/modes/<mode>.toml)."""
+MODE_OVERLAYS = {
+    "before_ampere": "GPUs older than compute capability 8.0 (no bfloat16 or TF32 tensor cores)",
+    "several_devices": "runs on more than one device",
+}
+"""Sub-tables a mode's [gpu] or [cpu] table may hold, laid over it when they apply."""
+
+
+def mode_runtime(
+    mode: str,
+    device_kind: DeviceKind,
+    capability: tuple[int, int] | None = None,
+    devices: int = 1,
+) -> dict[str, Any]:
+    """The [runtime] values of speed mode `mode` on `device_kind` (profiles/modes/<mode>.toml):
+    its table, then its [<kind>.before_ampere] sub-table when the GPUs' compute `capability` is
+    known and below 8.0, then [<kind>.several_devices] when `devices` > 1."""
     path = MODES_DIR / f"{mode}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in MODES_DIR.glob("*.toml"))
@@ -338,7 +375,20 @@ def mode_runtime(mode: str, device_kind: DeviceKind) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     if not isinstance(tables.get(device_kind), dict):
         raise ConfigError(f"{path}: no [{device_kind}] table of runtime settings")
-    return dict(tables[device_kind])
+    table = tables[device_kind]
+    values = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    overlays = {k: v for k, v in table.items() if isinstance(v, dict)}
+    unknown = sorted(set(overlays) - set(MODE_OVERLAYS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown sub-table(s) [{device_kind}.{', '.join(unknown)}]; known: "
+            + ", ".join(MODE_OVERLAYS)
+        )
+    if capability is not None and tuple(capability) < AMPERE:
+        values |= overlays.get("before_ampere", {})
+    if devices > 1:
+        values |= overlays.get("several_devices", {})
+    return values
 
 
 def load_config(
@@ -346,8 +396,13 @@ def load_config(
     overrides: dict[str, dict[str, Any]] | None = None,
     mode: str = "",
     device_kind: DeviceKind = "cpu",
+    capability: tuple[int, int] | None = None,
+    devices: int = 1,
 ) -> Config:
-    """Resolve defaults < profile file < speed mode < overrides into a validated Config."""
+    """Resolve defaults < profile file < speed mode < overrides into a validated Config.
+
+    The mode's table is chosen by `device_kind`, the GPUs' compute `capability` (None:
+    unknown) and the number of `devices` (mode_runtime)."""
     path = profile_path(profile)
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
@@ -362,7 +417,7 @@ def load_config(
         runtime = raw.get("runtime", {})
         if not isinstance(runtime, dict):
             raise ConfigError(f"{path}: [runtime] must be a table")
-        raw["runtime"] = {**runtime, **mode_runtime(mode, device_kind)}
+        raw["runtime"] = {**runtime, **mode_runtime(mode, device_kind, capability, devices)}
         raw["mode"] = mode
     return config_from_dict(raw, name=path.stem, where=str(path), overrides=overrides)
 

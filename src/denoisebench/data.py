@@ -8,8 +8,10 @@ Four sources, picked by `DataConfig.source`:
 - synthetic: seeded random noise images, for throughput runs only.
 
 Both EuroSAT loaders return the images in one canonical order (sorted by file name) and decode
-the JPEG bytes with Pillow, so they give the very same array. `make_split` turns an image count
-into the seeded train/test indices that both frameworks use.
+the JPEG bytes with Pillow, so they give the very same array. A file that is not an RGB JPEG
+(say a PNG named .jpg) is decoded by its content and used, with one DataWarning per load that
+names the first few; `load_eurosat(..., strict=True)` refuses it instead. `make_split` turns an
+image count into the seeded train/test indices that both frameworks use.
 
 This module imports no deep-learning framework; tensorflow-datasets is imported inside
 `load_tfds` only.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,9 +74,22 @@ BUILTIN_MIN_PATCH_STD = 2.0
 
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
 
+_JPEG_FORMATS = ("JPEG", "MPO")
+"""Pillow's `Image.format` for JPEG content (MPO: a JPEG with a multi-picture extension)."""
+
+NOT_JPEG_SHOWN = 5
+"""How many of the files that are not RGB JPEGs a DataWarning names; it gives the count of all."""
+
 
 class DataError(ValueError):
     """Bad input data. The message names the file or folder, and inside a zip, the member."""
+
+
+class DataWarning(UserWarning):
+    """Input data that loads but is not what the source publishes (e.g. a PNG named .jpg in
+    EuroSAT). `warnings.simplefilter("error", DataWarning)` turns it into an exception (the
+    command-line `-W error::denoisebench.data.DataWarning` does not: Python reads it before the
+    package can be imported)."""
 
 
 @dataclass(frozen=True)
@@ -119,10 +135,16 @@ def _canonical_key(name: str) -> tuple[str, str]:
     return (name.rsplit("/", 1)[-1], name)
 
 
-def _decode_image(data: bytes, where: str, image_size: int) -> np.ndarray:
-    """Decode one image file to (image_size, image_size, 3) uint8, or raise DataError naming it."""
+def _decode_image(data: bytes, where: str, image_size: int) -> tuple[np.ndarray, str | None]:
+    """Decode one image file to (image_size, image_size, 3) uint8, or raise DataError naming it.
+
+    Also returns what the file holds if it is not an RGB JPEG ("PNG, mode RGB", "JPEG, mode L"),
+    else None.
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
+            # Format and mode come from the content, not the file name, and are known after open().
+            fmt, mode = img.format or "unknown format", img.mode
             # open() reads only the header: load() decodes all of it, so a truncated file fails
             # here rather than loading with its bottom rows grey.
             img.load()
@@ -134,7 +156,8 @@ def _decode_image(data: bytes, where: str, image_size: int) -> np.ndarray:
         raise DataError(
             f"{where}: image is {w}x{h} pixels (width x height), expected {image_size}x{image_size}"
         )
-    return np.asarray(rgb, dtype=np.uint8)
+    kind = None if fmt in _JPEG_FORMATS and mode == "RGB" else f"{fmt}, mode {mode}"
+    return np.asarray(rgb, dtype=np.uint8), kind
 
 
 def _decode_all(
@@ -142,14 +165,40 @@ def _decode_all(
     read: Callable[[str], tuple[bytes, str]],
     image_size: int,
     desc: str,
-) -> np.ndarray:
-    """Decode `names` in the given order; `read(name)` returns the bytes and where they live."""
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Decode `names` in the given order; `read(name)` returns the bytes and where they live.
+
+    Returns the images and, for each name whose file is not an RGB JPEG, what it holds.
+    """
     # Preallocated: all of EuroSAT is 330 MB, and a list of arrays plus np.stack would double it.
     out = np.empty((len(names), image_size, image_size, 3), dtype=np.uint8)
+    not_jpeg: dict[str, str] = {}
     for i, name in enumerate(tqdm(names, desc=desc, unit="img", mininterval=1.0)):
         data, where = read(name)
-        out[i] = _decode_image(data, where, image_size)
-    return out
+        out[i], kind = _decode_image(data, where, image_size)
+        if kind:
+            not_jpeg[name] = kind
+    return out, not_jpeg
+
+
+def _report_not_jpeg(
+    where: str, not_jpeg: dict[str, str], inside: Callable[[str], str], total: int, strict: bool
+) -> None:
+    """One DataWarning (or with `strict`, a DataError) for all the files that are not RGB JPEGs,
+    naming the first NOT_JPEG_SHOWN by `inside(name)`, their path inside the folder or zip."""
+    if not not_jpeg:
+        return
+    shown = [f"{inside(n)} ({kind})" for n, kind in list(not_jpeg.items())[:NOT_JPEG_SHOWN]]
+    more = f", and {len(not_jpeg) - len(shown)} more" if len(not_jpeg) > len(shown) else ""
+    message = (
+        f"{where}: {len(not_jpeg)} of {total} image files are not RGB JPEG, the format of "
+        f"EuroSAT RGB: {', '.join(shown)}{more}"
+    )
+    if strict:
+        raise DataError(f"{message}; refused (strict)")
+    warnings.warn(
+        f"{message}; decoded by their content and converted to RGB", DataWarning, stacklevel=3
+    )
 
 
 def _expected_layout() -> str:
@@ -216,11 +265,15 @@ def _list_zip(zf: zipfile.ZipFile, path: Path) -> dict[str, str]:
     return files
 
 
-def load_eurosat(path: str | Path, image_size: int = 64) -> Images:
+def load_eurosat(path: str | Path, image_size: int = 64, *, strict: bool = False) -> Images:
     """EuroSAT RGB from `EuroSAT.zip` (read in place, not extracted) or its extracted folder.
 
     `path` may be the zip, the folder holding `2750/` or `EuroSAT_RGB/`, or that folder itself.
     Images come sorted by file name (the canonical order that `load_tfds` also uses).
+
+    Files that are not RGB JPEGs (a PNG named .jpg, a greyscale JPEG) are decoded by their
+    content and converted to RGB, with one DataWarning naming the first few and giving the count;
+    with `strict`, the same message is a DataError instead.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -237,7 +290,10 @@ def load_eurosat(path: str | Path, image_size: int = 64) -> Images:
             except OSError as e:
                 raise DataError(f"{file}: cannot read: {e}") from e
 
-        images = _decode_all(names, read_file, image_size, desc)
+        images, not_jpeg = _decode_all(names, read_file, image_size, desc)
+        _report_not_jpeg(
+            str(path), not_jpeg, lambda n: files[n].relative_to(path).as_posix(), len(names), strict
+        )
     else:
         try:
             zf = zipfile.ZipFile(path)
@@ -256,7 +312,8 @@ def load_eurosat(path: str | Path, image_size: int = 64) -> Images:
                 except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                     raise DataError(f"{where}: cannot read from the zip: {e}") from e
 
-            images = _decode_all(names, read_member, image_size, desc)
+            images, not_jpeg = _decode_all(names, read_member, image_size, desc)
+        _report_not_jpeg(str(path), not_jpeg, members.__getitem__, len(names), strict)
     return Images(
         images=images,
         names=tuple(names),
@@ -335,9 +392,10 @@ def load_tfds(
     if not stored:
         raise DataError(f"{where}: split 'train' is empty")
     names = sorted(stored, key=_canonical_key)
-    images = _decode_all(
+    images, not_jpeg = _decode_all(
         names, lambda n: (stored[n], f"{where} ({n})"), image_size, "Decoding eurosat/rgb"
     )
+    _report_not_jpeg(where, not_jpeg, str, len(names), strict=False)
     return Images(
         images=images,
         names=tuple(names),
@@ -419,7 +477,7 @@ def load_images(cfg: DataConfig, image_size: int, seed: int = 0) -> Images:
     `seed` is used by source=synthetic only.
     """
     if cfg.source == "eurosat":
-        data = load_eurosat(cfg.path, image_size)
+        data = load_eurosat(cfg.path, image_size, strict=cfg.strict)
     elif cfg.source == "tfds":
         data = load_tfds(
             cfg.path or None,

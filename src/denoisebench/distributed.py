@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 FAULT_ENV = "DENOISEBENCH_FAULT"
 """For tests: "RANK:STEP" makes that rank raise an exception at that global step."""
+EVAL_DELAY_ENV = "DENOISEBENCH_EVAL_DELAY_S"
+"""For tests: seconds the main process sleeps after each epoch's evaluation (a slow one)."""
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,22 @@ def tf_worker_index(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     return int(cfg["task"]["index"]), len(cfg["cluster"]["worker"])
 
 
-def maybe_inject_fault(rank: int, step: int) -> None:
-    """Raise where DENOISEBENCH_FAULT=RANK:STEP asks: how the tests crash one worker on purpose."""
+def maybe_inject_fault(ranks: range, step: int) -> None:
+    """Raise where DENOISEBENCH_FAULT=RANK:STEP asks: how the tests crash one worker on purpose.
+
+    `ranks`: the devices (replicas) this process drives: one torch rank, or every replica of a
+    TensorFlow worker (all of them under MirroredStrategy, which runs in one process)."""
     spec = os.environ.get(FAULT_ENV)
-    if spec and spec == f"{rank}:{step}":
+    if not spec:
+        return
+    rank, _, at = spec.partition(":")
+    if int(rank) in ranks and int(at) == step:
         raise RuntimeError(f"injected fault ({FAULT_ENV}={spec}) on rank {rank} at step {step}")
+
+
+def maybe_delay_after_eval() -> None:
+    """Sleep where DENOISEBENCH_EVAL_DELAY_S asks: how the tests make rank 0's evaluation slow,
+    to check that the other ranks' wait for it stays out of the training figures."""
+    delay = float(os.environ.get(EVAL_DELAY_ENV) or 0)
+    if delay > 0:
+        time.sleep(delay)

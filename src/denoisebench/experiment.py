@@ -11,6 +11,7 @@ random ops, with the same statistics (noise.py).
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -26,11 +27,16 @@ from denoisebench.metrics import image_quality
 from denoisebench.noise import noisy_test_set
 from denoisebench.profiler import Profiler, maybe_profile
 from denoisebench.results import (
+    STOP_SIGNALS,
+    Interrupted,
     RunRecorder,
     atomic_write_json,
     atomic_write_npz,
     environment,
+    mark_interrupted,
     read_json,
+    resume_command,
+    write_failure,
 )
 
 
@@ -202,13 +208,27 @@ def measured(
     )
 
 
+def warmup_steps(cfg: Config, capture_step: int | None = None) -> int:
+    """How many of a training process' first steps are warm-up, left out of the steady figures:
+    `profiler.warmup_steps`, and with a CUDA graph at least every step up to and including the
+    one that captures it (`capture_step`, counted from 0 in this process)."""
+    n = cfg.profiler.warmup_steps
+    return n if capture_step is None else max(n, capture_step + 1)
+
+
+def is_warmup(row: dict[str, Any], warmup_steps: int) -> bool:
+    """A STEP row's own warm-up flag; rows written before the flag existed count the first
+    `warmup_steps` global steps."""
+    return bool(row["warmup"]) if "warmup" in row else row["step"] < warmup_steps
+
+
 def step_stats(steps: list[dict[str, Any]], warmup_steps: int) -> dict[str, Any]:
     """Step-time percentiles, data-wait fraction and steady-state throughput of some STEP rows.
 
-    Rows of steps before `warmup_steps` are left out. Throughput is the images of all ranks
-    over the slowest rank's summed step time, not rank 0's figure times the world size.
+    Warm-up rows (is_warmup) are left out. Throughput is the images of all ranks over the
+    slowest rank's summed step time, not rank 0's figure times the world size.
     """
-    steady = [r for r in steps if r["step"] >= warmup_steps]
+    steady = [r for r in steps if not is_warmup(r, warmup_steps)]
     if not steady:
         return {
             "steady_steps": 0,
@@ -216,7 +236,7 @@ def step_stats(steps: list[dict[str, Any]], warmup_steps: int) -> dict[str, Any]
             "step_time_p95_s": None,
             "data_wait_fraction": None,
             "throughput_steady_img_s": None,
-            "steady_reason": f"every step of this epoch is warm-up (< {warmup_steps})",
+            "steady_reason": "every step of this epoch is warm-up",
         }
     times = [r["step_time_s"] for r in steady]
     per_rank: dict[int, float] = {}
@@ -386,10 +406,52 @@ USER_ERRORS = (ConfigError, DataError, SplitMismatchError)
 
 
 def raise_on_sigterm() -> None:
-    """torchrun, SLURM and the launcher stop workers with SIGTERM: turn it into an exception,
-    so the run folder is marked failed instead of the process vanishing mid-epoch."""
+    """Turn the first stop signal into `Interrupted`, so the run folder is marked interrupted
+    (record_failure) instead of the process vanishing mid-epoch: SIGTERM from the launcher,
+    torchrun or SLURM, SIGINT from Ctrl-C, SIGHUP. Later ones do nothing: a terminal's Ctrl-C
+    reaches the launcher and its children alike, and the launcher then sends its SIGTERM
+    (SLURM, too, signals every process of a job step); a second exception would cut the record
+    short."""
+    stopping = False
 
     def handler(signum: int, _frame: Any) -> None:
-        raise SystemExit(f"stopped by signal {signal.Signals(signum).name}")
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise Interrupted(signum)
 
-    signal.signal(signal.SIGTERM, handler)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+
+
+def record_failure(rec: RunRecorder | None, e: BaseException, fw_dir: Path, process: str) -> None:
+    """How a trainer process ended early. Every process that failed on an exception writes its
+    own failure (results.write_failure), so the launcher can name the first one and list the
+    others' knock-on errors; rank 0 (`rec`; other ranks pass None) also records the summary:
+    'interrupted' with the signal, the epochs finished and the command that resumes it, for
+    `Interrupted`; else 'failed' with the exception. The caller re-raises `e`: Interrupted is a
+    SystemExit, so the process then ends quietly with 128 + the signal number."""
+    if not isinstance(e, Interrupted):
+        write_failure(fw_dir, process, f"{type(e).__name__}: {e}")
+    if rec is None:
+        return
+    try:
+        if isinstance(e, Interrupted):
+            resume = resume_command(rec.dir.parent)
+            mark_interrupted(rec.dir.parent, rec.framework, e.signal, resume)
+            done = read_json(rec.dir / "summary.json")["epochs_completed"]
+            print(
+                f"[{rec.framework}] interrupted by {e.signal} after {done} finished epoch(s); "
+                f"continue with: {resume}",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            rec.summary(status="failed", error=f"{type(e).__name__}: {e}")
+    except OSError as write_error:  # a full disk: the summary keeps its last whole state
+        print(
+            f"[{rec.framework}] could not record this in {rec.dir / 'summary.json'}: {write_error}",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -58,8 +58,9 @@ from denoisebench.results import (
     utc_now,
 )
 
-# Test files holding the tests marked `gpu` (tests/test_gpu_check.py checks this list).
-GPU_TEST_FILES = ("tests/test_fastpaths.py", "tests/test_profiler.py")
+# Test files holding the tests marked `gpu` (tests/test_gpu_check.py checks this list): the
+# GPU-path checks first (what a first GPU run would hit), then the fast paths and the profiler.
+GPU_TEST_FILES = ("tests/test_gpu_paths.py", "tests/test_fastpaths.py", "tests/test_profiler.py")
 # Packages a site's GPU environment may lack; each is used by one feature only.
 OPTIONAL_PACKAGES = ("tensorflow", "tensorflow_datasets", "submitit", "pytorch_msssim", "bm3d")
 # The paper's workload: 25,000 training images (27,000 with the 2,000 test images), 100 epochs,

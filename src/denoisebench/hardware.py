@@ -12,9 +12,16 @@ import re
 from typing import Any
 
 # (substring of the NVML device name, lower case) -> {precision: dense peak TFLOP/s}.
-# Checked in order: put more specific names first.
+# Checked in order: put more specific names first. NVIDIA's datasheets print the tensor-core
+# rows (TF32, BF16, FP16) "with sparsity"; the dense figure here is half the printed one.
 PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
-    ("h200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),
+    # NVIDIA H200 NVL datasheet: FP32 60, TF32 835*, BF16/FP16 1,671* (* with sparsity)
+    ("h200 nvl", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5}),
+    ("h200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),  # SXM
+    # NVIDIA H100 NVL datasheet: FP32 60, TF32 835*, BF16/FP16 1,671* (* with sparsity)
+    ("h100 nvl", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5}),
+    # NVIDIA H100 PCIe datasheet: FP32 51, TF32 756*, BF16/FP16 1,513*; FP32 51.2 is
+    # 114 SMs x 128 lanes x 2 x 1.755 GHz, and 756 the rounded half of 1,513
     ("h100 pcie", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}),
     ("h100", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),  # SXM5
     ("a100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}),
@@ -27,7 +34,9 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
 
 # (substring of the NVML device name, lower case) -> DRAM bandwidth, TB/s (vendor figures).
 MEMORY_TBS: list[tuple[str, float]] = [
+    ("h200 nvl", 4.8),  # H200 NVL datasheet; the same HBM3e bandwidth as the SXM part
     ("h200", 4.8),
+    ("h100 nvl", 3.9),  # H100 NVL datasheet (94 GB HBM3)
     ("h100 pcie", 2.0),
     ("h100", 3.35),  # SXM5
     ("a100-sxm4-80gb", 2.039),

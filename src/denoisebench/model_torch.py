@@ -153,6 +153,40 @@ def add_noise(x: torch.Tensor, cfg: NoiseConfig, generator: torch.Generator) -> 
     return y.clamp(0.0, 1.0)
 
 
+class SSIMLoss:
+    """1 - SSIM with the 11x11, sigma 1.5 Gaussian window of tf.image.ssim (pytorch-msssim).
+
+    pytorch-msssim builds its window on the host and copies it to the device on every call
+    unless it is given one: a blocking copy that a CUDA graph cannot capture. The window is
+    built here once per (channels, device), on the first call (an eager step before any
+    capture), and passed in, so later calls, captured or not, copy nothing.
+    """
+
+    def __init__(self) -> None:
+        try:
+            from pytorch_msssim import ssim  # only this loss needs it
+        except ImportError as e:
+            raise ImportError(
+                "train.loss=ssim needs the package pytorch-msssim (pip install pytorch-msssim)"
+            ) from e
+        self.ssim = ssim
+        self.windows: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def window(self, channels: int, device: torch.device) -> torch.Tensor:
+        key = (channels, device)
+        if key not in self.windows:
+            coords = torch.arange(11, dtype=torch.float32) - 5
+            g = torch.exp(-(coords**2) / (2 * 1.5**2))
+            # one (1, 1, 1, 11) kernel per channel, the layout pytorch-msssim's groups expect
+            self.windows[key] = (g / g.sum()).reshape(1, 1, 1, 11).repeat(channels, 1, 1, 1)
+            self.windows[key] = self.windows[key].to(device)
+        return self.windows[key]
+
+    def __call__(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        win = self.window(out.shape[1], out.device).to(out.dtype)  # float32 losses: no copy
+        return 1.0 - self.ssim(out, target, data_range=1.0, win=win, size_average=True)
+
+
 def loss_fn(name: str) -> nn.Module | object:
     """Mean loss over every element of the batch, the same definition as model_tf.loss_fn."""
     if name == "mae":
@@ -160,17 +194,7 @@ def loss_fn(name: str) -> nn.Module | object:
     if name == "mse":
         return nn.MSELoss()
     if name == "ssim":
-        try:
-            from pytorch_msssim import ssim  # only this loss needs it
-        except ImportError as e:
-            raise ImportError(
-                "train.loss=ssim needs the package pytorch-msssim (pip install pytorch-msssim)"
-            ) from e
-
-        # 1 - SSIM with the 11x11, sigma 1.5 Gaussian window of tf.image.ssim
-        return lambda out, target: (
-            1.0 - ssim(out, target, data_range=1.0, win_size=11, win_sigma=1.5, size_average=True)
-        )
+        return SSIMLoss()
     raise ValueError(f"train.loss={name!r} is not one of mae, mse, ssim")
 
 

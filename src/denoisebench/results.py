@@ -1,6 +1,7 @@
 """The results folder: layout, record schemas and atomic writes, shared by both trainers.
 
     results/<run-id>/
+        launch.json           the launch choices that shape the run (LAUNCH_CHOICES), for --resume
         config.json           resolved config (profile < file < overrides)
         data.json             what data was used (source, description, counts)
         split.json            train and test indices into the canonical image order
@@ -16,6 +17,7 @@
             weights.npz       final weights in the canonical (PyTorch) layout, either framework
             test_outputs.npz  the final model's outputs for test_samples.npz
             checkpoints/      the last finished epoch, to --resume from
+            failures/         each process' own exception when it failed (read_failures)
             trace/            the framework profiler's trace (profiler.trace_steps; off by default)
 
 Every JSON file is written to a temporary name and renamed into place, so a reader never sees
@@ -25,19 +27,28 @@ past the last checkpoint are dropped so the finished run equals an uninterrupted
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import platform
+import re
+import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from denoisebench.config import Config, ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FRAMEWORKS = ("torch", "tf")
@@ -54,6 +65,8 @@ STEP_FIELDS: dict[str, str] = {
     "step_time_s": "time from the end of the previous step to the end of this one: CUDA events "
     "(PyTorch on a GPU), else the host clock; the devices are waited for once per epoch, after "
     "its last step, so the steps of an epoch add up to its training time",
+    "warmup": "true for a process' first steps, left out of the steady figures: "
+    "profiler.warmup_steps of them, and with CUDA graphs every step up to the capture",
     "data_wait_s": "part of step_time_s spent getting the step's batch indices (the images "
     "are already on the device)",
 }
@@ -72,7 +85,7 @@ EPOCH_FIELDS: dict[str, str] = {
     "eval_time_s": "wall time of the test evaluation",
     "throughput_img_s": "training images per second over the epoch (warm-up included)",
     "profiler_reason": "why the profiler's figures are missing (profiler off), else null",
-    "steady_steps": "steps after the warm-up (profiler.warmup_steps) in this epoch",
+    "steady_steps": "steps after the warm-up (the STEP rows' warmup flag) in this epoch",
     "steady_reason": "why the steady-state figures are missing, else null",
     "step_time_p50_s": "median step time after warm-up, all ranks",
     "step_time_p95_s": "95th percentile step time after warm-up, all ranks",
@@ -100,9 +113,17 @@ EPOCH_FIELDS: dict[str, str] = {
 }
 SUMMARY_FIELDS: dict[str, str] = {
     "framework": "torch or tf",
-    "status": "running, completed or failed",
+    "status": "running, completed, failed or interrupted (stopped by a signal; resumable)",
     "error": "the exception, when status is failed",
-    "failed_process": "which process failed first, when a distributed job failed",
+    "failed_process": "which process failed first (its own exception is `error`), when a "
+    "distributed job failed",
+    "knock_on_errors": "the other processes' errors after the first failure (a broken "
+    "collective, most often), as {process, error}",
+    "signal": "the stop signal (SIGINT, SIGTERM, SIGHUP), when status is interrupted",
+    "resume_command": "the command that continues the run, when status is interrupted",
+    "history": "earlier attempts that failed or were interrupted, oldest first: their status, "
+    "error, failed_process, signal, epochs_completed and updated (cleared from the top level "
+    "when the run is resumed)",
     "epochs_completed": "finished epochs",
     "epochs": "epochs asked for",
     "final": "the last EPOCH record",
@@ -116,6 +137,10 @@ SUMMARY_FIELDS: dict[str, str] = {
     "global_batch": "images per optimizer step over all devices",
     "lr": "learning rate used (train.lr, times world_size when train.scale_lr)",
     "strategy": "how the devices were used: single, ddp, mirrored, multi_worker_mirrored",
+    "step_clock": "what a step's time is: cuda_events (device time between CUDA events), "
+    "host (host clock, the step finished on return) or host_dispatch (host clock while the "
+    "device still works: TensorFlow on a GPU waits once an epoch, so single steps are not "
+    "device times)",
     "runtime": "speed settings in effect (mode, precision, TF32, cuDNN autotune, XLA, compile, "
     "channels_last, CUDA graphs, threads)",
     "throughput_steady_img_s": "median over epochs of the steady-state throughput",
@@ -128,6 +153,41 @@ SUMMARY_FIELDS: dict[str, str] = {
     "gpu_mem_alloc_peak_gib": "framework allocator's peak over the run",
     "host_rss_peak_gib": "peak resident memory over the run",
 }
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a run as 'interrupted' (resumable) rather than 'failed': Ctrl-C, SIGTERM
+from the launcher, torchrun or SLURM, a closed terminal."""
+
+
+class Interrupted(SystemExit):
+    """A stop signal arrived (STOP_SIGNALS). A SystemExit with the shell's code 128 + signal
+    number, so an entry point that lets it through ends quietly, without a traceback."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+        super().__init__(128 + signum)
+
+
+LAUNCH_FILE = "launch.json"
+LAUNCH_CHOICES: dict[str, str] = {
+    "profile": "--profile the config was resolved from",
+    "mode": "--mode laid over it (null: none)",
+    "framework": "--framework: torch, tf or both",
+    "gpus": "--gpus: devices per node (null: one device, not distributed)",
+    "nodes": "--nodes (null: SLURM's, else 1)",
+    "engine": "--engine",
+    "tf_strategy": "--tf-strategy: mirrored or multiworker",
+    "cpu_workers": "--cpu-workers: the devices are CPU workers (SLURM)",
+    "repeats": "--repeats",
+}
+"""launch.json: the launcher's options that shape a run beyond its config; --resume replays
+them, and refuses a different value given with it."""
+
+# Top-level summary fields of an attempt that ended early; moved into `history` when the run is
+# resumed, so a completed run never shows an earlier attempt's error.
+FAILURE_FIELDS = ("error", "failed_process", "knock_on_errors", "signal", "resume_command")
+ENDED_EARLY = ("failed", "interrupted")
 
 
 def utc_now() -> str:
@@ -151,11 +211,92 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_npz(path: Path, *arrays: Any, **named: Any) -> None:
-    """np.savez to a temporary name, then renamed into place."""
+    """np.savez to a temporary name, then renamed into place (the temporary file removed if
+    the write fails)."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, *arrays, **named)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, *arrays, **named)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""OSError numbers of a full disk (or quota)."""
+NEARLY_FULL_BYTES = 2**20
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system holding `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def disk_full(e: BaseException, path: Path) -> OSError | None:
+    """`e` as an out-of-space OSError naming `path`, else None. Libraries report a full disk in
+    their own way (torch.save: RuntimeError "file write failed"; TensorFlow: an OpError): those
+    count when the disk at `path` has less than 1 MiB left. Call it before removing what the
+    failed write left, which frees the space again."""
+    if isinstance(e, OSError):
+        if e.errno not in DISK_FULL:
+            return None
+    elif free_bytes(path) >= NEARLY_FULL_BYTES:
+        return None
+    number = e.errno if isinstance(e, OSError) and e.errno else errno.ENOSPC
+    return OSError(number, os.strerror(number), str(path))
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.1f} MB"
+
+
+def disk_full_report(e: OSError, fw_dir: Path) -> str:
+    """One line for a run stopped by a full disk: the file, the free space, what was kept (the
+    epochs the last checkpoint holds, which a resume continues from)."""
+    fw_dir = Path(fw_dir)
+    try:
+        done = int(read_json(fw_dir / "summary.json").get("epochs_completed") or 0)
+    except (OSError, ValueError):
+        done = 0
+    kept = (
+        f"{done} finished epoch(s) and their checkpoint in {fw_dir}; --resume continues there "
+        "once the disk has room"
+        if done
+        else f"no finished epoch in {fw_dir}"
+    )
+    return (
+        f"no space left on the device writing {e.filename or fw_dir} "
+        f"({_size(free_bytes(fw_dir))} free); kept: {kept}"
+    )
+
+
+def space_needed(cfg: Config, frameworks: int, devices: int) -> int:
+    """Bytes a run needs to write its first epoch: each framework's checkpoint twice (the new
+    one is written beside the old), its weights, records and sample outputs, and the shared
+    test samples and split. An estimate with a 50% margin, for the start-up check."""
+    params = cfg.model.num_parameters()
+    image = cfg.model.image_size**2 * cfg.model.in_channels * 4  # float32
+    checkpoint = params * 4 * 3 + 2**16  # weights and Adam's two moments, plus the container
+    steps = max(1, cfg.data.n_train // (cfg.train.batch_size * devices))
+    records = steps * devices * 400 + 2**16  # a STEP row is about 300 bytes of JSON
+    per_framework = 2 * checkpoint + params * 4 + records + 32 * image
+    shared = 3 * 32 * image + (cfg.data.n_train + cfg.data.n_test) * 8
+    return int(1.5 * (frameworks * per_framework + shared))
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse to start a run on a disk that cannot hold its first epoch (space_needed)."""
+    free = free_bytes(folder)
+    if free < needed:
+        raise ConfigError(
+            f"{folder}: {_size(free)} free, and the run needs about {_size(needed)} for its "
+            "first epoch's records and checkpoints; free some space, choose another --results, "
+            "or pass --no-space-check"
+        )
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -164,6 +305,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def _file_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -214,11 +359,16 @@ def gpu_info() -> dict[str, Any]:
         for i in range(count):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            try:
+                capability = list(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
+            except pynvml.NVMLError:
+                capability = None
             gpus.append(
                 {
                     "index": i,
                     "name": pynvml.nvmlDeviceGetName(handle),
                     "memory_total_gib": mem.total / 2**30,
+                    "compute_capability": capability,
                 }
             )
         return {"gpus": gpus, "driver": pynvml.nvmlSystemGetDriverVersion()}
@@ -230,6 +380,13 @@ def local_device_kind(device_choice: str) -> str:
     """ "gpu" where a run with train.device=`device_choice` trains on this machine's GPUs,
     else "cpu": which table of a speed mode (profiles/modes/) applies here."""
     return "gpu" if device_choice != "cpu" and gpu_info()["gpus"] else "cpu"
+
+
+def local_gpu_capability() -> tuple[int, int] | None:
+    """The oldest compute capability among this machine's GPUs (NVML), None when unknown."""
+    caps = [g.get("compute_capability") for g in gpu_info()["gpus"] or []]
+    known = [(int(c[0]), int(c[1])) for c in caps if c]
+    return min(known) if known and len(known) == len(caps) else None
 
 
 def environment(framework: str) -> dict[str, Any]:
@@ -287,11 +444,19 @@ class RunRecorder:
             ("hosts.jsonl", [{"epoch": epoch, **h} for h in hosts or []]),
             ("epochs.jsonl", [record]),
         )
-        for name, rows in tables:
-            with open(self.dir / name, "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-                f.flush()
-                os.fsync(f.fileno())
+        sizes = {name: _file_size(self.dir / name) for name, _ in tables}
+        try:
+            for name, rows in tables:
+                with open(self.dir / name, "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in rows)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError:
+            # a full disk cut a line short: back to the epochs before, whole lines only
+            for name, size in sizes.items():
+                with contextlib.suppress(OSError):
+                    os.truncate(self.dir / name, size)
+            raise
 
     def write_weights(self, weights: list[Any]) -> None:
         """weights.npz: canonical-layout arrays arr_0, arr_1, ... = W0, b0, W1, b1, ..."""
@@ -305,21 +470,164 @@ class RunRecorder:
         return read_jsonl(self.dir / "epochs.jsonl")
 
     def summary(self, **fields: Any) -> None:
+        """Update summary.json with `fields`. A trainer that starts again ('running') or
+        completes over an attempt that failed or was interrupted moves that attempt into
+        `history` and clears its FAILURE_FIELDS; a completed summary always has them (null)."""
         path = self.dir / "summary.json"
         current = read_json(path) if path.exists() else {}
+        if fields.get("status") in ("running", "completed"):
+            if current.get("status") in ENDED_EARLY:
+                _archive_attempt(current)
+            current.update(dict.fromkeys(FAILURE_FIELDS))
+            if fields["status"] == "completed":
+                current.setdefault("history", [])
         current.update(fields, framework=self.framework, updated=utc_now())
         atomic_write_json(path, current)
 
 
-def mark_failed(run_dir: Path, framework: str, error: str) -> None:
-    """Record a failure the trainer could not record itself (it was killed, or never started).
+def _archive_attempt(summary: dict[str, Any]) -> None:
+    """Append the attempt `summary` describes to its `history` list (in place)."""
+    keys = ("status", "error", "failed_process", "signal", "epochs_completed", "updated")
+    summary["history"] = [*summary.get("history", []), {k: summary.get(k) for k in keys}]
 
-    A summary that already holds the trainer's own error keeps it; `failed_process` says which
-    process failed first (a worker's crash shows on the others as a broken collective).
+
+FAILURES_DIR = "failures"
+"""<framework>/failures/: one JSON file per process that ended on an exception in this attempt
+(write_failure), so the launcher can tell the first failure from its knock-on errors."""
+
+
+def write_failure(fw_dir: Path, process: str, error: str) -> None:
+    """A process' own failure: its name ("torch rank 1", "tf worker 0", "tf"), the exception,
+    and when it happened. Best effort: a full disk must not hide the exception itself."""
+    with contextlib.suppress(OSError):
+        atomic_write_json(
+            Path(fw_dir) / FAILURES_DIR / f"{process.replace(' ', '-')}.json",
+            {"process": process, "error": error, "time": time.time()},
+        )
+
+
+def read_failures(fw_dir: Path) -> list[dict[str, Any]]:
+    """This attempt's process failures, earliest first: the first is the cause, the others
+    (a broken collective on the peers, most often) are knock-on errors."""
+    rows = []
+    for path in sorted((Path(fw_dir) / FAILURES_DIR).glob("*.json")):
+        try:
+            rows.append(read_json(path))
+        except (OSError, ValueError):
+            continue  # half-written by a process killed while writing it
+    return sorted(rows, key=lambda r: r.get("time", 0.0))
+
+
+def clear_failures(fw_dir: Path) -> None:
+    """Forget an earlier attempt's process failures (before the processes of a new one start)."""
+    shutil.rmtree(Path(fw_dir) / FAILURES_DIR, ignore_errors=True)
+
+
+def mark_failed(
+    run_dir: Path,
+    framework: str,
+    error: str,
+    failures: list[dict[str, Any]] | None = None,
+    interrupted_now: bool = False,
+) -> None:
+    """Record a failure the trainer could not record itself (it was killed, or never started),
+    or correct the one it recorded.
+
+    `failures` (read_failures) are the processes' own exceptions of this attempt: the earliest
+    gives `failed_process` and `error`, the rest go into `knock_on_errors`. Without them, a
+    summary that already holds the trainer's own error keeps it and `failed_process` is the
+    launcher's `error` (which process exited first, with its code). `interrupted_now`: the
+    summary's 'interrupted' is this attempt's (torchrun stops the other ranks with SIGTERM
+    after one fails), so it is replaced, not kept in `history`.
     """
     path = Path(run_dir) / framework / "summary.json"
     current = read_json(path) if path.exists() else {}
-    if current.get("status") != "failed" or not current.get("error"):
-        current.update(status="failed", error=error)
-    current.update(framework=framework, failed_process=error, updated=utc_now())
+    if current.get("status") == "interrupted":
+        if not interrupted_now:  # an earlier attempt's; this one failed
+            _archive_attempt(current)
+        current.update(dict.fromkeys(FAILURE_FIELDS))
+        current["status"] = "failed"
+    if failures:
+        first, *others = failures
+        current.update(
+            status="failed",
+            error=first["error"],
+            failed_process=first["process"],
+            knock_on_errors=[{"process": f["process"], "error": f["error"]} for f in others],
+        )
+    else:
+        if current.get("status") != "failed" or not current.get("error"):
+            current.update(status="failed", error=error)
+        current["failed_process"] = error
+    current.update(framework=framework, updated=utc_now())
     atomic_write_json(path, current)
+
+
+def mark_interrupted(run_dir: Path, framework: str, signal_name: str, resume: str) -> None:
+    """Record that a framework's run was stopped by a stop signal: status 'interrupted', the
+    signal, the epochs finished (`epochs_completed`, 0 when none was) and `resume_command`.
+
+    The trainer records this itself when it can (experiment.record_failure); the launcher
+    writes it again with the signal it received, which is the user's, not the one it forwarded.
+    """
+    path = Path(run_dir) / framework / "summary.json"
+    current = read_json(path) if path.exists() else {}
+    if current.get("status") == "failed":  # an earlier attempt's; this one was interrupted
+        _archive_attempt(current)
+    current.update(
+        status="interrupted",
+        error=None,
+        failed_process=None,
+        signal=signal_name,
+        epochs_completed=current.get("epochs_completed", 0),
+        resume_command=resume,
+        framework=framework,
+        updated=utc_now(),
+    )
+    atomic_write_json(path, current)
+
+
+def run_root(folder: Path) -> Path:
+    """The run folder that `python -m launch --resume` takes: `folder` itself, or the run
+    folder around it when it is one of the run's repeat-<k>/ folders."""
+    folder = Path(folder)
+    if re.fullmatch(r"repeat-\d+", folder.name) and (folder.parent / "config.json").is_file():
+        return folder.parent
+    return folder
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir` (or the run a repeat folder is in)."""
+    return f"python -m launch --resume {shlex.quote(str(run_root(run_dir).absolute()))}"
+
+
+def launch_option(key: str) -> str:
+    """The launcher option of a LAUNCH_CHOICES key: tf_strategy -> --tf-strategy."""
+    return "--" + key.replace("_", "-")
+
+
+def write_launch_choices(run_dir: Path, choices: dict[str, Any]) -> None:
+    """launch.json: the LAUNCH_CHOICES values of `choices` (the launcher's parsed options)."""
+    atomic_write_json(Path(run_dir) / LAUNCH_FILE, {k: choices[k] for k in LAUNCH_CHOICES})
+
+
+def read_launch_choices(run_dir: Path) -> dict[str, Any] | None:
+    """The run's launch.json, None for a run made before launch choices were saved."""
+    path = Path(run_dir) / LAUNCH_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def launch_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The given launch choices that differ from the run's saved ones, each as
+    '--option VALUE (the run's: SAVED)'; a choice the run did not save is not compared."""
+
+    def shown(value: Any) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return "none" if value is None else str(value)
+
+    return [
+        f"{launch_option(k)} {shown(v)} (the run's: {shown(saved[k])})"
+        for k, v in given.items()
+        if k in saved and v != saved[k]
+    ]

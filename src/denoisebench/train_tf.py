@@ -31,8 +31,14 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from denoisebench.config import Config, ConfigError, load_resolved, speed_label
-from denoisebench.distributed import maybe_inject_fault, tf_worker_index
+from denoisebench.config import (
+    Config,
+    ConfigError,
+    check_device_support,
+    load_resolved,
+    speed_label,
+)
+from denoisebench.distributed import maybe_delay_after_eval, maybe_inject_fault, tf_worker_index
 from denoisebench.experiment import (
     SAMPLE_IMAGES,
     USER_ERRORS,
@@ -45,7 +51,9 @@ from denoisebench.experiment import (
     measured,
     prepare_data,
     raise_on_sigterm,
+    record_failure,
     run_profiler,
+    warmup_steps,
 )
 from denoisebench.model_tf import (
     adam,
@@ -57,7 +65,7 @@ from denoisebench.model_tf import (
     set_weights,
 )
 from denoisebench.profiler import Profiler, nvml_indices
-from denoisebench.results import RunRecorder
+from denoisebench.results import DISK_FULL, RunRecorder, disk_full, disk_full_report
 from denoisebench.spec import shared_weights
 
 FRAMEWORK = "tf"
@@ -134,6 +142,16 @@ def memory_peaks_gib(gpus: list[int]) -> list[float]:
     return [tf.config.experimental.get_memory_info(f"GPU:{i}")["peak"] / 2**30 for i in gpus]
 
 
+def add_allocator_peaks(devices: list[dict[str, Any]], gpus: list[int]) -> None:
+    """TensorFlow's own peaks beside NVML's rows, one row per GPU. No rows (profiler off, or
+    NVML unavailable while TensorFlow sees GPUs): nothing to add them to."""
+    if not devices:
+        return
+    for d, peak in zip(devices, memory_peaks_gib(gpus), strict=True):
+        d["alloc_peak_gib"] = peak
+        d["reserved_peak_gib"] = None
+
+
 def evaluate(model: Any, data: RunData, cfg: Config, criterion: Any) -> tuple[float, np.ndarray]:
     """Test loss and the outputs (NHWC float32) on the fixed noisy test split."""
     outputs, total = [], 0.0
@@ -202,6 +220,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) ->
         "lr": cfg.train.lr * (replicas if cfg.train.scale_lr else 1),
         "strategy": name,
         "device": device if workers == 1 else f"{workers} workers, {replicas} replicas",
+        # TensorFlow waits for a GPU once an epoch (see the loop): its steps are host intervals
+        "step_clock": "host_dispatch" if tf_gpu_indices(strategy) else "host",
         "runtime": runtime,
     }
     rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
@@ -212,8 +232,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) ->
         with run_profiler(cfg, run_dir, FRAMEWORK, gpus, worker) as prof:
             return _train(cfg, run_dir, rec, strategy, world, worker, workers, resume, prof)
     except BaseException as e:
-        if rec:
-            rec.summary(status="failed", error=f"{type(e).__name__}: {e}")
+        process = f"tf worker {worker}" if workers > 1 else "tf"
+        record_failure(rec, e, Path(run_dir) / FRAMEWORK, process)
         raise
 
 
@@ -229,11 +249,21 @@ def _train(
     prof: Profiler | None,
 ) -> dict[str, Any]:
     replicas, global_batch = world["world_size"], world["global_batch"]
-    if cfg.runtime.xla and replicas > 1 and not tf_gpu_indices(strategy):
+    if cfg.runtime.xla and replicas > 1:
+        # on CPU devices XLA has no collectives at all (b/194942685); on GPUs Keras turns XLA
+        # off itself under tf.distribute (keras-team/keras#18716) and LossScaleOptimizer with
+        # jit_compile under MirroredStrategy is reported broken (keras-team/keras#21366)
         raise ConfigError(
-            f"runtime.xla with {replicas} CPU replicas: TensorFlow's XLA has no collectives on "
-            "CPU devices (b/194942685); use one device or GPUs, or set runtime.xla=false"
+            f"runtime.xla with {replicas} TensorFlow replicas is not supported: XLA runs on one "
+            "device only here (the tuned mode turns it off for several devices); set "
+            "runtime.xla=false or use one device"
         )
+    physical = tf.config.list_physical_devices("GPU")
+    for i in tf_gpu_indices(strategy):
+        details = tf.config.experimental.get_device_details(physical[i])
+        if details.get("compute_capability"):
+            name = details.get("device_name", physical[i].name)
+            check_device_support(cfg, name, tuple(details["compute_capability"]))
     data = prepare_data(cfg, run_dir, is_main=rec is not None)
     local_replicas = replicas // workers
     b = cfg.train.batch_size
@@ -277,11 +307,28 @@ def _train(
     if rec:
         rec.truncate_after(start_epoch)
 
+    def update(noisy: tf.Tensor, clean: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            out = model(noisy, training=True)
+            # this replica's mean; divided by the replicas, the all-reduced sum is the global
+            # batch's mean
+            loss = criterion(clean, out) / replicas
+            scaled = optimizer.scale_loss(loss)  # float16: loss scaling; else the loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss * replicas
+
+    if cfg.runtime.xla:
+        # XLA compiles the model's update only; picking the batch and drawing its noise stay
+        # outside it. Inside jit_compile the stateless random ops draw other values than
+        # outside (max abs difference 4.09 for stateless_normal, seen on CPU) and
+        # stateless_poisson has no XLA kernel at all: kept outside, an XLA run trains on
+        # exactly the eager run's noise. One replica only (refused above for several): a
+        # nested tf.function cannot hold the cross-replica gradient sum (merge_call)
+        update = tf.function(update, jit_compile=True)
+
     @tf.function
     def train_step(images: Any, order: Any, i: tf.Tensor, seed: tf.Tensor) -> Any:
-        # XLA compiles each replica's step, not the strategy's function around it (as Keras'
-        # own fit does): compiling across replicas fails with MirroredStrategy
-        @tf.function(jit_compile=cfg.runtime.xla)
         def step_fn(
             images: tf.Tensor, order: tf.Tensor, i: tf.Tensor, seed: tf.Tensor
         ) -> tf.Tensor:
@@ -289,22 +336,14 @@ def _train(
             global_idx = order[i]  # the step's global batch, from the epoch's order on the device
             clean = tf.cast(tf.gather(images, global_idx), tf.float32) / 255.0
             noisy = add_noise(clean, cfg.noise, seed)  # the whole global batch's noise
-            clean = clean[replica * b : (replica + 1) * b]
-            noisy = noisy[replica * b : (replica + 1) * b]
-            with tf.GradientTape() as tape:
-                out = model(noisy, training=True)
-                # this replica's mean; divided by the replicas, the all-reduced sum is the
-                # global batch's mean
-                loss = criterion(clean, out) / replicas
-                scaled = optimizer.scale_loss(loss)  # float16: loss scaling; else the loss
-            grads = tape.gradient(scaled, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return loss * replicas
+            start, end = replica * b, (replica + 1) * b
+            return update(noisy[start:end], clean[start:end])
 
         return strategy.run(step_fn, args=(images, order, i, seed))
 
     n_train = len(data.train_u8)
     step = start_epoch * (n_train // global_batch)
+    steady_from = step + warmup_steps(cfg)  # this process' warm-up (XLA compiles), resumed too
     wall_time_s = float(wall_var.numpy())
     gpus = tf_gpu_indices(strategy)
     if prof:
@@ -316,6 +355,10 @@ def _train(
         # step picks its row inside the step. (A distributed tf.data iterator handing out one
         # row a step cost 45% of the step time on a 2-core CPU: 270 against 500 img/s.)
         order_t = on_each_device(order)
+        if workers > 1:
+            # the chief evaluated and saved between epochs while the others went on: start
+            # the epoch's clock together, or their first collective's wait counts as training
+            gather_per_worker(strategy, workers, local_replicas, None)
         rows: list[dict[str, Any]] = []
         losses: list[Any] = []  # each step's per-replica losses, fetched after the epoch
         reset_memory_peaks(gpus)
@@ -328,7 +371,8 @@ def _train(
             disable=None if rec else True,
         ):
             t0 = time.perf_counter()
-            maybe_inject_fault(worker, step)
+            # this worker's replicas: under MirroredStrategy one process holds them all
+            maybe_inject_fault(range(worker * local_replicas, (worker + 1) * local_replicas), step)
             i_t = tf.constant(i, tf.int32)
             t_data = time.perf_counter()
             seed = tf.constant([cfg.train.seed, step], tf.int64)
@@ -351,6 +395,7 @@ def _train(
                     "loss": None,  # filled in after the epoch
                     "step_time_s": time.perf_counter() - t0,
                     "data_wait_s": t_data - t0,
+                    "warmup": step < steady_from,
                 }
             )
             tracer.step()
@@ -359,9 +404,7 @@ def _train(
         for row, local in zip(rows, losses, strict=True):
             row["loss"] = float(np.mean([np.asarray(v) for v in local]))
         devices, host = prof.window_end(mark) if prof and mark else ([], None)
-        for d, peak in zip(devices, memory_peaks_gib(gpus), strict=True):
-            d["alloc_peak_gib"] = peak  # TensorFlow's allocator, beside NVML's view
-            d["reserved_peak_gib"] = None
+        add_allocator_peaks(devices, gpus)
 
         gathered = gather_per_worker(
             strategy, workers, local_replicas, [rows, train_time, devices, [host] if host else []]
@@ -373,10 +416,11 @@ def _train(
 
         epoch_var.assign(epoch + 1)
         if rec is None:
-            manager.save()
+            save_checkpoint(manager, save_dir)
             continue
         t_eval = time.perf_counter()
         test_loss, outputs = evaluate(model, data, cfg, criterion)
+        maybe_delay_after_eval()
         record = epoch_record(
             FRAMEWORK,
             epoch,
@@ -391,7 +435,7 @@ def _train(
         wall_time_s += time.perf_counter() - t_epoch
         rec.epoch(record, rows, devices, hosts)
         wall_var.assign(wall_time_s)
-        manager.save()
+        save_checkpoint(manager, save_dir)
         rec.summary(epochs_completed=epoch + 1)
         print(epoch_line(record, cfg.train.epochs), flush=True)
 
@@ -405,6 +449,23 @@ def _train(
     summary = final_summary(rec, wall_time_s, int(model.count_params()), data, world)
     rec.summary(**summary)
     return summary
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, folder: Path) -> None:
+    """manager.save(), and on failure nothing of the new checkpoint left behind (TensorFlow
+    writes it into <prefix>_temp* first); a full disk is raised as the OSError it is."""
+    try:
+        manager.save()
+    except Exception as e:
+        full = disk_full(e, folder)
+        for partial in Path(folder).glob("*_temp*"):
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
+        if full is not None:
+            raise full from e
+        raise
 
 
 def gather_per_worker(
@@ -458,6 +519,11 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as e:  # bad input: a clear message, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        print(f"[tf] error: {disk_full_report(e, args.run_dir / FRAMEWORK)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,14 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from denoisebench.config import Config, ConfigError, load_resolved, speed_label
-from denoisebench.distributed import maybe_inject_fault
+from denoisebench.config import (
+    Config,
+    ConfigError,
+    check_device_support,
+    load_resolved,
+    speed_label,
+)
+from denoisebench.distributed import maybe_delay_after_eval, maybe_inject_fault
 from denoisebench.experiment import (
     SAMPLE_IMAGES,
     USER_ERRORS,
@@ -47,7 +53,9 @@ from denoisebench.experiment import (
     measured,
     prepare_data,
     raise_on_sigterm,
+    record_failure,
     run_profiler,
+    warmup_steps,
 )
 from denoisebench.model_torch import (
     add_noise,
@@ -60,7 +68,7 @@ from denoisebench.model_torch import (
     set_weights,
 )
 from denoisebench.profiler import Profiler, nvml_indices
-from denoisebench.results import RunRecorder
+from denoisebench.results import DISK_FULL, RunRecorder, disk_full, disk_full_report
 from denoisebench.spec import shared_weights
 
 FRAMEWORK = "torch"
@@ -151,6 +159,12 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
+    @property
+    def capture_step(self) -> int:
+        """The call (from 0) that captures the graph: the capture's time lands in that step,
+        so it and the eager calls before it are warm-up."""
+        return self.warmup
+
     def __call__(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.calls <= self.warmup:
@@ -205,9 +219,22 @@ class StepClock:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write to a temporary name, then rename: the last checkpoint stays whole if this fails,
+    and nothing of the failed one is left (torch.save reports a full disk as a RuntimeError:
+    it is raised as the OSError it is)."""
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        # through a file object closed here, also on failure: torch.save's own writer can keep
+        # a failed file open, and an unlinked file that is still open keeps its space
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException as e:
+        full = disk_full(e, tmp)
+        tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from e
+        raise
 
 
 class StepTracer:
@@ -322,6 +349,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         "lr": cfg.train.lr * (world_size if cfg.train.scale_lr else 1),
         "strategy": "ddp" if ddp else "single",
         "device": str(device) if not ddp else f"{world_size} x {device.type}",
+        # CUDA events on a GPU (StepClock); on the CPU a step has finished when it returns
+        "step_clock": "cuda_events" if device.type == "cuda" else "host",
         "runtime": runtime,
     }
     if rec:
@@ -341,8 +370,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
             dist.barrier()
         return summary
     except BaseException as e:
-        if rec:
-            rec.summary(status="failed", error=f"{type(e).__name__}: {e}")
+        record_failure(rec, e, Path(run_dir) / FRAMEWORK, f"torch rank {rank}" if ddp else "torch")
         raise
     finally:
         if ddp and dist.is_initialized():
@@ -368,6 +396,9 @@ def _train(
             f"runtime.cuda_graphs needs CUDA devices; this run is on {device.type} "
             "(set runtime.cuda_graphs=false)"
         )
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        check_device_support(cfg, torch.cuda.get_device_name(device), capability)
     # CUDA graphs: warm-up and capture run on this stream, and DDP is built on it (GraphedStep)
     graph_stream = torch.cuda.Stream(device) if cfg.runtime.cuda_graphs else None
     fmt = memory_format(cfg.runtime.channels_last)
@@ -375,12 +406,27 @@ def _train(
     if cfg.train.init == "shared":
         set_weights(raw_model, shared_weights(cfg.model, cfg.train.seed))
     raw_model = raw_model.to(memory_format=fmt)
+    ckpt_path = Path(run_dir) / FRAMEWORK / "checkpoints" / "last.pt"
+    state = None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        # every rank restores the same weights before DDP is built (its broadcast then copies
+        # equal values), so no rank's copy can race the broadcast
+        raw_model.load_state_dict(state["model"])
     # training runs the natural network on images flipped once (model_torch's flip identity):
     # no pads, crops or flips in the step; evaluation and the weights use raw_model, canonical
     model: torch.nn.Module = raw_model.net
     if ddp:
+        if graph_stream is not None:
+            # DDP's constructor broadcasts rank 0's weights on graph_stream: it must wait for the
+            # default stream's copies (to(device), channels_last, the restored checkpoint), and
+            # the default stream for the broadcast (PyTorch's CUDA-graph notes: wait_stream
+            # before building DDP on a side stream)
+            graph_stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(graph_stream) if graph_stream else contextlib.nullcontext():
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if graph_stream is not None:
+            torch.cuda.current_stream(device).wait_stream(graph_stream)
     if cfg.runtime.torch_compile:
         model = torch.compile(model)
     optimizer = torch.optim.Adam(
@@ -392,14 +438,13 @@ def _train(
     )
     criterion = loss_fn(cfg.train.loss)
     train_step, scaler = make_step(model, optimizer, criterion, device, cfg)
+    capture_step = None
     if graph_stream is not None:
         train_step = GraphedStep(train_step, optimizer, graph_stream, warmup=11 if ddp else 3)
+        capture_step = train_step.capture_step
 
-    ckpt_path = Path(run_dir) / FRAMEWORK / "checkpoints" / "last.pt"
     start_epoch, wall_time_s = 0, 0.0
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        raw_model.load_state_dict(state["model"])
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:  # float16 loss scale (checkpoints from before it lack it)
             scaler.load_state_dict(state["scaler"])
@@ -415,10 +460,15 @@ def _train(
     b = cfg.train.batch_size
     mine = slice(rank * b, (rank + 1) * b)
     step = start_epoch * (n_train // global_batch)
+    steady_from = step + warmup_steps(cfg, capture_step)  # this process' warm-up, resumed too
     if prof:
         prof.measure_idle(cfg.profiler.idle_s)
     tracer = StepTracer(cfg, Path(run_dir) / FRAMEWORK / "trace" if rec else None, device)
     for epoch in range(start_epoch, cfg.train.epochs):
+        if ddp:
+            # rank 0 evaluated and checkpointed after the last epoch while the others went on:
+            # start the clock together, or their first all-reduce's wait counts as training
+            dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
         # the same generator on every rank: noise depends only on (seed, epoch), not on the
         # number of devices, and a resumed run draws it again identically
         generator = torch.Generator(device).manual_seed(cfg.train.seed * 100_003 + epoch)
@@ -442,7 +492,7 @@ def _train(
             disable=None if rec else True,
         ):
             t0 = time.perf_counter()
-            maybe_inject_fault(rank, step)
+            maybe_inject_fault(range(rank, rank + 1), step)
             idx_t = order[i]
             waits.append(time.perf_counter() - t0)
             clean = train_images[idx_t].permute(0, 3, 1, 2).float() / 255
@@ -469,6 +519,7 @@ def _train(
                 "loss": loss_value,
                 "step_time_s": step_time,
                 "data_wait_s": wait,
+                "warmup": first_step + i < steady_from,
             }
             for i, (loss_value, step_time, wait) in enumerate(
                 zip(losses.tolist(), step_times, waits, strict=True)
@@ -491,6 +542,7 @@ def _train(
             continue
         t_eval = time.perf_counter()
         test_loss, outputs = evaluate(raw_model, data, cfg, device, criterion)
+        maybe_delay_after_eval()
         record = epoch_record(
             FRAMEWORK,
             epoch,
@@ -542,6 +594,11 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as e:  # bad input: a clear message, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        print(f"[torch] error: {disk_full_report(e, args.run_dir / FRAMEWORK)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,410 @@
+"""Interrupts and resumes, by fault injection: signals to the launcher, its process group and a
+trainer on its own, SIGKILL of a trainer; each asserts what is left on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import REPO
+
+from denoisebench.config import load_config
+from denoisebench.results import (
+    RunRecorder,
+    atomic_write_json,
+    launch_conflicts,
+    mark_failed,
+    mark_interrupted,
+    read_json,
+    read_jsonl,
+    resume_command,
+    write_launch_choices,
+)
+from launch.__main__ import build_parser, main
+from launch.supervise import StopSignals, run_group
+
+# a few seconds an epoch here: 44 training images, 2 steps of 16
+SMOKE = ["--profile", "smoke", "--limit", "48"]
+FAILURE_FIELDS = ("status", "error", "failed_process", "signal", "resume_command")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def start_launcher(results: Path, run_id: str, *args: str) -> subprocess.Popen:
+    """`python -m launch` in a session of its own, so its process group can be signalled."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launch",
+            *SMOKE,
+            "--results",
+            str(results),
+            "--run-id",
+            run_id,
+            *args,
+        ],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_epoch(proc: subprocess.Popen, summary: Path, timeout: float = 600) -> None:
+    """Until the trainer has recorded a finished epoch in `summary`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if read_json(summary).get("epochs_completed", 0) >= 1:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"no finished epoch in {summary} after {timeout}s")
+
+
+def finish(proc: subprocess.Popen) -> tuple[str, str]:
+    out, err = proc.communicate(timeout=300)
+    assert "Traceback" not in out + err, out + err
+    return out, err
+
+
+def failure_fields(summary: dict) -> dict:
+    return {k: summary.get(k) for k in FAILURE_FIELDS}
+
+
+def interrupted_fields(run: Path, framework: str, signal_name: str) -> tuple[dict, int]:
+    """The summary's failure fields, and the epochs it says are finished (checked against
+    epochs.jsonl: at most one record more, an epoch cut off before its checkpoint)."""
+    summary = read_json(run / framework / "summary.json")
+    done = summary["epochs_completed"]
+    assert done >= 1 and len(read_jsonl(run / framework / "epochs.jsonl")) in (done, done + 1)
+    assert failure_fields(summary) == {
+        "status": "interrupted",
+        "error": None,
+        "failed_process": None,
+        "signal": signal_name,
+        "resume_command": f"python -m launch --resume {run}",
+    }
+    return summary, done
+
+
+def assert_completed_with_history(run: Path, framework: str, history: list[dict]) -> None:
+    summary = read_json(run / framework / "summary.json")
+    assert failure_fields(summary) == {
+        "status": "completed",
+        "error": None,
+        "failed_process": None,
+        "signal": None,
+        "resume_command": None,
+    }
+    assert summary["epochs_completed"] == summary["epochs"]
+    assert [{k: v for k, v in h.items() if k != "updated"} for h in summary["history"]] == history
+    assert all(h["updated"] for h in summary["history"])
+
+
+# --- signals to the launcher --------------------------------------------------------------
+
+
+def test_ctrl_c_to_the_process_group_interrupts_quietly(tmp_path):
+    """A terminal's Ctrl-C: SIGINT to the launcher and its children at once. The framework
+    training is marked interrupted, the one not started yet stays so, the table is printed."""
+    run = tmp_path / "cc"
+    proc = start_launcher(tmp_path, "cc", "--framework", "both", "--epochs", "30")
+    wait_for_epoch(proc, run / "torch" / "summary.json")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = finish(proc)
+    assert proc.returncode == 130, out + err
+    _, done = interrupted_fields(run, "torch", "SIGINT")
+    assert not (run / "tf").exists()  # not started: stays as it was
+    row = next(line for line in out.splitlines() if line.strip().startswith("torch"))
+    assert row.split()[1:3] == ["interrupted", str(done)]
+    assert out.rstrip().endswith(
+        f"interrupted by SIGINT; continue with: python -m launch --resume {run}"
+    )
+    assert read_json(run / "launch.json") == {
+        "profile": "smoke",
+        "mode": None,
+        "framework": "both",
+        "gpus": None,
+        "nodes": None,
+        "engine": "native",
+        "tf_strategy": "mirrored",
+        "cpu_workers": False,
+        "repeats": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"]
+)
+def test_signal_to_the_launcher_alone_interrupts_and_resume_finishes_its_frameworks(
+    tmp_path, sig, code
+):
+    """The launcher passes its signal on; the summary names the launcher's signal. --resume
+    then trains the run's own framework (torch only) to the end, and the interruption moves
+    into the history."""
+    run = tmp_path / "one"
+    proc = start_launcher(tmp_path, "one", "--framework", "torch", "--epochs", "3")
+    wait_for_epoch(proc, run / "torch" / "summary.json")
+    os.kill(proc.pid, sig)
+    out, err = finish(proc)
+    assert proc.returncode == code, out + err
+    _, done = interrupted_fields(run, "torch", sig.name)
+    if sig != signal.SIGTERM:
+        return  # one resume is enough
+    resumed = subprocess.run(
+        [sys.executable, "-m", "launch", "--resume", str(run)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not (run / "tf").exists()  # the run was --framework torch
+    assert "[tf]" not in resumed.stdout
+    assert_completed_with_history(
+        run,
+        "torch",
+        [
+            {
+                "status": "interrupted",
+                "error": None,
+                "failed_process": None,
+                "signal": "SIGTERM",
+                "epochs_completed": done,
+            }
+        ],
+    )
+
+
+def test_sigkill_of_the_trainer_then_resume_leaves_no_stale_failure(tmp_path):
+    """kill -9 of the trainer: the launcher records the failure; a resume that completes
+    clears it from the top level and keeps it in the history."""
+    run = tmp_path / "k9"
+    proc = start_launcher(tmp_path, "k9", "--framework", "torch", "--epochs", "3")
+    wait_for_epoch(proc, run / "torch" / "summary.json")
+    [trainer] = psutil.Process(proc.pid).children()
+    trainer.kill()
+    out, err = finish(proc)
+    assert proc.returncode == 1, out + err
+    summary = read_json(run / "torch" / "summary.json")
+    assert failure_fields(summary) == {
+        "status": "failed",
+        "error": "torch exited with code -9",
+        "failed_process": "torch exited with code -9",
+        "signal": None,
+        "resume_command": None,
+    }
+    assert main(["--resume", str(run)]) == 0
+    assert_completed_with_history(
+        run,
+        "torch",
+        [
+            {
+                "status": "failed",
+                "error": "torch exited with code -9",
+                "failed_process": "torch exited with code -9",
+                "signal": None,
+                "epochs_completed": summary["epochs_completed"],
+            }
+        ],
+    )
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_trainer_without_launcher_records_sigterm(tmp_path, framework):
+    """A trainer run on its own (as under srun) stopped with SIGTERM: interrupted, exit 143."""
+    run = tmp_path / "alone"
+    run.mkdir()
+    cfg = load_config("smoke", {"data": {"limit": "48"}, "train": {"epochs": "30"}})
+    (run / "config.json").write_text(cfg.to_json() + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"denoisebench.train_{framework}", str(run)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_epoch(proc, run / framework / "summary.json")
+    proc.send_signal(signal.SIGTERM)
+    out, err = finish(proc)
+    assert proc.returncode == 143, out + err
+    _, done = interrupted_fields(run, framework, "SIGTERM")
+    assert f"[{framework}] interrupted by SIGTERM after {done} finished epoch(s)" in err
+
+
+# --- the supervisor -----------------------------------------------------------------------
+
+
+def test_run_group_passes_a_stop_signal_on_then_kills_what_is_left():
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    stubborn = [
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)",
+    ]
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        timer.start()
+        t0 = time.monotonic()
+        result = run_group([(sleeper, ENV), (stubborn, ENV)], ["a", "b"], grace_s=2.0, stop=stop)
+        elapsed = time.monotonic() - t0
+    assert (result.returncode, result.failed, result.signal) == (130, None, "SIGINT")
+    assert elapsed < 15  # SIGTERM, 2 s of grace, SIGKILL: not the sleepers' 60 s
+    assert signal.getsignal(signal.SIGINT) is before  # restored
+
+
+def test_children_start_with_sigint_ignored():
+    check = "import signal, sys; sys.exit(signal.getsignal(signal.SIGINT) != signal.SIG_IGN)"
+    assert run_group([([sys.executable, "-c", check], ENV)], ["c"]).returncode == 0
+
+
+# --- the summary's failure fields and history --------------------------------------------
+
+
+def test_history_keeps_earlier_attempts_and_completion_clears_them(tmp_path):
+    rec = RunRecorder(tmp_path, "torch")
+    path = tmp_path / "torch" / "summary.json"
+    rec.summary(status="running", error=None, epochs=4)
+    rec.summary(epochs_completed=1)
+    mark_failed(tmp_path, "torch", "torch exited with code -9")
+    rec.summary(status="running", error=None, epochs=4)  # resumed
+    assert failure_fields(read_json(path)) == {
+        "status": "running",
+        "error": None,
+        "failed_process": None,
+        "signal": None,
+        "resume_command": None,
+    }
+    rec.summary(epochs_completed=2)
+    mark_interrupted(tmp_path, "torch", "SIGINT", resume_command(tmp_path))
+    assert failure_fields(read_json(path)) == {
+        "status": "interrupted",
+        "error": None,
+        "failed_process": None,
+        "signal": "SIGINT",
+        "resume_command": f"python -m launch --resume {tmp_path}",
+    }
+    rec.summary(status="running", error=None, epochs=4)
+    rec.summary(status="completed", epochs_completed=4)
+    summary = read_json(path)
+    assert failure_fields(summary)["status"] == "completed"
+    assert not any(failure_fields(summary)[k] for k in FAILURE_FIELDS[1:])
+    assert [{k: v for k, v in h.items() if k != "updated"} for h in summary["history"]] == [
+        {
+            "status": "failed",
+            "error": "torch exited with code -9",
+            "failed_process": "torch exited with code -9",
+            "signal": None,
+            "epochs_completed": 1,
+        },
+        {
+            "status": "interrupted",
+            "error": None,
+            "failed_process": None,
+            "signal": "SIGINT",
+            "epochs_completed": 2,
+        },
+    ]
+
+
+def test_a_trainer_that_never_started_is_marked_interrupted_at_epoch_0(tmp_path):
+    mark_interrupted(tmp_path, "tf", "SIGHUP", "python -m launch --resume x")
+    summary = read_json(tmp_path / "tf" / "summary.json")
+    assert summary["epochs_completed"] == 0 and summary["status"] == "interrupted"
+
+
+def test_resume_command_of_a_repeat_names_the_run(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "repeat-1").mkdir()
+    assert resume_command(tmp_path / "repeat-1") == f"python -m launch --resume {tmp_path}"
+    assert resume_command(tmp_path / "x y") == f"python -m launch --resume '{tmp_path}/x y'"
+
+
+# --- --resume replays the launch choices and refuses changes ------------------------------
+
+
+def completed_run(tmp_path: Path, launch_args: list[str] | None) -> Path:
+    """A run folder whose frameworks all completed; launch.json from `launch_args`, or none
+    (a run made before launch choices were saved)."""
+    run = tmp_path / "done"
+    run.mkdir()
+    (run / "config.json").write_text(load_config("smoke").to_json() + "\n")
+    if launch_args is not None:
+        write_launch_choices(run, vars(build_parser().parse_args(launch_args)))
+        frameworks = ["torch"]
+    else:
+        frameworks = ["torch", "tf"]
+    for fw in frameworks:
+        atomic_write_json(run / fw / "summary.json", {"status": "completed", "framework": fw})
+    return run
+
+
+def test_launch_conflicts_name_option_and_both_values():
+    saved = {"framework": "torch", "gpus": None, "cpu_workers": False, "repeats": 1}
+    given = {"framework": "torch", "gpus": 1, "cpu_workers": True, "repeats": 2, "other": 3}
+    assert launch_conflicts(saved, given) == [
+        "--gpus 1 (the run's: none)",
+        "--cpu-workers on (the run's: off)",
+        "--repeats 2 (the run's: 1)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--profile", "paper"], "--profile paper (the run's: smoke)"),
+        (["--framework", "both"], "--framework both (the run's: torch)"),
+        (["--framework", "tf"], "--framework tf (the run's: torch)"),
+        (["--gpus", "2"], "--gpus 2 (the run's: none)"),
+        (["--mode", "tuned"], "--mode tuned (the run's: none)"),
+        (["--tf-strategy", "multiworker"], "--tf-strategy multiworker (the run's: mirrored)"),
+        (["--repeats", "3"], "--repeats 3 (the run's: 1)"),
+        (["--epochs", "3", "--set", "train.lr=0.1"], "drop --epochs, --set"),
+        (["--data", "synthetic"], "drop --data"),
+    ],
+)
+def test_resume_refuses_what_would_change_the_run_by_name(tmp_path, capsys, options, named):
+    run = completed_run(tmp_path, ["--profile", "smoke", "--framework", "torch"])
+    assert main(["--resume", str(run), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume continues {run} as it was started; drop ")
+    assert named in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_replays_the_saved_framework(tmp_path, capsys):
+    run = completed_run(tmp_path, ["--profile", "smoke", "--framework", "torch"])
+    assert main(["--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "[torch] already completed" in out and "[tf]" not in out
+    assert not (run / "tf").exists()
+    # the saved values themselves are accepted
+    argv = ["--resume", str(run), "--profile", "smoke", "--framework", "torch", "--repeats", "1"]
+    assert main([*argv, "--print-config"]) == 0
+
+
+def test_resume_of_a_run_without_launch_json_notes_it(tmp_path, capsys):
+    run = completed_run(tmp_path, None)
+    assert main(["--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {run} has no launch.json" in out
+    assert "[torch] already completed" in out and "[tf] already completed" in out
+    assert main(["--resume", str(run), "--profile", "paper"]) == 2
+    assert "--profile paper (the run's: smoke)" in capsys.readouterr().err
+    assert main(["--resume", str(run), "--profile", "smoke", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["profile"] == "smoke"
