@@ -34,21 +34,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from denoisebench.compare import comparison_table, repeats_table, sweep_table
-from denoisebench.config import Config, ConfigError, load_config, load_resolved, parse_overrides
-from denoisebench.distributed import slurm_nodes
-from denoisebench.results import (
+from denoisebench.core.config import (
+    Config,
+    ConfigError,
+    load_config,
+    load_resolved,
+    parse_overrides,
+)
+from denoisebench.core.distributed import slurm_nodes
+from denoisebench.core.records import (
     FRAMEWORKS,
     LAUNCH_CHOICES,
     LAUNCH_FILE,
     atomic_write_text,
     check_free_space,
     clear_failures,
-    gpu_info,
     launch_conflicts,
     launch_option,
-    local_device_kind,
-    local_gpu_capability,
     mark_failed,
     mark_interrupted,
     new_run_id,
@@ -59,7 +61,9 @@ from denoisebench.results import (
     space_needed,
     write_launch_choices,
 )
-from denoisebench.sweep import load_sweep
+from denoisebench.core.sweep import load_sweep
+from denoisebench.measure.environment import gpu_info, local_device_kind, local_gpu_capability
+from denoisebench.report.compare import comparison_table, repeats_table, sweep_table
 from launch.commands import (
     HOROVOD_UNAVAILABLE,
     Command,
@@ -508,18 +512,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
         # imported here: matplotlib and scikit-image would slow every other launch
-        from denoisebench.report import main as report_main
+        from denoisebench.report.build import main as report_main
 
         return report_main(argv[1:])
     if argv[:1] == ["bench"]:
-        # the suite's trainers against plain hand-written loops (denoisebench.bench); imported
+        # the suite's trainers against plain hand-written loops (denoisebench.bench.suite); imported
         # here like the report, so a training launch does not load it
-        from denoisebench.bench import main as bench_main
+        from denoisebench.bench.cli import main as bench_main
 
         return bench_main(argv[1:], prog="python -m launch bench")
     if argv[:1] == ["gpu-check"]:
-        # every GPU-only figure in one budgeted command (denoisebench.gpu_check)
-        from denoisebench.gpu_check import main as gpu_check_main
+        # every GPU-only figure in one budgeted command (denoisebench.bench.gpu_check)
+        from denoisebench.bench.gpu_check import main as gpu_check_main
 
         return gpu_check_main(argv[1:], prog="python -m launch gpu-check")
     # `python -m launch` alone is the main job: it ends with the report of its own runs.
@@ -600,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted
 
     if is_node0 and main_job:
-        from denoisebench.report import ReportError, write_report
+        from denoisebench.report.build import ReportError, write_report
 
         try:
             report = write_report([run_dir], run_dir / "report", args.results)

@@ -11,9 +11,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from denoisebench.distributed import tf_config
+from denoisebench.core.distributed import tf_config
 
-TRAINER_MODULES = {"torch": "denoisebench.train_torch", "tf": "denoisebench.train_tf"}
+TRAINER_MODULES = {
+    "torch": "denoisebench.torch_backend.train",
+    "tf": "denoisebench.tf_backend.train",
+}
 Command = tuple[list[str], dict[str, str]]
 
 HOROVOD_UNAVAILABLE = (
@@ -82,8 +85,8 @@ def build_torchrun_cmd(
     One node: --standalone. Several: c10d rendezvous at master_addr:master_port, so every node
     runs the same command with its own --node-rank.
     """
-    # torch.distributed.run, ended by a stop signal without its traceback (denoisebench.torchrun)
-    argv = [sys.executable, "-m", "denoisebench.torchrun"]
+    # torch.distributed.run, ended by a stop signal without its traceback (denoisebench.cluster.torchrun)
+    argv = [sys.executable, "-m", "denoisebench.cluster.torchrun"]
     if topo.nodes == 1:
         argv += ["--standalone", "--nnodes=1"]
     else:

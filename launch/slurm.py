@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from denoisebench.compare import comparison_table, sweep_table
-from denoisebench.config import Config, ConfigError
-from denoisebench.results import atomic_write_text, mark_failed
-from denoisebench.sweep import SweepElement
+from denoisebench.core.config import Config, ConfigError
+from denoisebench.core.records import atomic_write_text, mark_failed
+from denoisebench.core.sweep import SweepElement
+from denoisebench.report.compare import comparison_table, sweep_table
 
 SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
 
@@ -158,7 +158,7 @@ def submit(framework: str, req: SlurmRequest, run_dir: Path, log_dir: Path) -> A
     """Submit one framework's training through submitit; return the job."""
     import submitit
 
-    from denoisebench.slurm_job import TrainTask
+    from denoisebench.cluster.slurm_job import TrainTask
 
     executor = submitit.AutoExecutor(folder=log_dir)
     executor.update_parameters(**submitit_params(framework, req))
@@ -170,7 +170,7 @@ def submit_array(framework: str, req: SlurmRequest, run_dirs: list[Path], log_di
     """Submit one job array (submitit batch) training `framework` into each of run_dirs."""
     import submitit
 
-    from denoisebench.slurm_job import TrainTask
+    from denoisebench.cluster.slurm_job import TrainTask
 
     executor = submitit.AutoExecutor(folder=log_dir)
     executor.update_parameters(**submitit_params(framework, req))

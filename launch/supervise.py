@@ -12,7 +12,7 @@ what is left and reports the signal, so the launcher can mark the run interrupte
 
 The processes stay in the launcher's process group, so a terminal's Ctrl-C reaches them too;
 a trainer handles the first stop signal and ignores the launcher's SIGTERM that follows
-(experiment.raise_on_sigterm). They start with SIGINT ignored, until the trainer or torchrun
+(trainer.session.raise_on_sigterm). They start with SIGINT ignored, until the trainer or torchrun
 installs its own handler: a Ctrl-C while a child still imports PyTorch or TensorFlow would
 otherwise end it with a KeyboardInterrupt traceback; the launcher's SIGTERM ends it quietly.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from denoisebench.results import STOP_SIGNALS
+from denoisebench.core.records import STOP_SIGNALS
 from launch.commands import Command
 
 

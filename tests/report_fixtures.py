@@ -23,7 +23,7 @@ import pytest
 from helpers import apt_install, skip_or_fail
 from helpers import launch as run_launch
 
-from denoisebench.results import atomic_write_json, read_json, read_jsonl
+from denoisebench.core.records import atomic_write_json, read_json, read_jsonl
 
 REQUIRE_VAR = "DENOISEBENCH_REQUIRE_BROWSER"
 BROWSERS = ("chromium", "chromium-browser")

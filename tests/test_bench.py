@@ -1,4 +1,4 @@
-"""The benchmark of the suite's trainers against hand-written loops (denoisebench.bench).
+"""The benchmark of the suite's trainers against hand-written loops (denoisebench.bench.suite).
 
 The hand-written loops train for real on the smoke profile (the loss must go down); the table
 and the suite's figures are checked with known numbers; the command runs end to end for one
@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from denoisebench import bench
-from denoisebench.config import ConfigError, load_config
+from denoisebench.bench import cli
+from denoisebench.bench import suite as bench
+from denoisebench.core.config import ConfigError, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("framework", ["torch", "tf"])
 def test_handwritten_loop_trains_and_reports_sane_figures(framework: str) -> None:
-    module = pytest.importorskip(f"denoisebench.handwritten_{framework}")
+    module = pytest.importorskip(f"denoisebench.bench.handwritten_{framework}")
     cfg = load_config("smoke", {"train": {"lr": "5e-3"}})
     out = module.run(cfg, steps=24, warmup=6)
     assert out["framework"] == framework
@@ -38,12 +39,12 @@ def test_handwritten_loop_trains_and_reports_sane_figures(framework: str) -> Non
 
 @pytest.mark.parametrize("framework", ["torch", "tf"])
 def test_tight_loop_trains_on_the_images_it_is_given(tmp_path: Path, framework: str) -> None:
-    from denoisebench.data import load_images
+    from denoisebench.data.images import load_images
 
     images = load_images(load_config("smoke").data, 64, seed=0).images[:96]
     np.save(tmp_path / "train.npy", images)
     argv = [
-        sys.executable, "-m", f"denoisebench.tight_{framework}", "--images",
+        sys.executable, "-m", f"denoisebench.bench.tight_{framework}", "--images",
         str(tmp_path / "train.npy"), "--batch-size", "16", "--steps", "54", "--warmup", "6",
         "--lr", "5e-3", "--device", "cpu",
     ]  # fmt: skip
@@ -75,11 +76,11 @@ def test_tight_command_passes_the_runs_settings(tmp_path: Path) -> None:
     assert flags["--eps"] == str(cfg.train.eps) and flags["--widths"] == "32,64,128"
     assert "--tf32" in cmd and "--cudnn-benchmark" in cmd
     tf_cmd = bench.tight_cmd("tf", cfg, tmp_path / "x.npy", args)
-    assert "denoisebench.tight_tf" in tf_cmd and "--xla" not in tf_cmd
+    assert "denoisebench.bench.tight_tf" in tf_cmd and "--xla" not in tf_cmd
 
 
 def test_handwritten_loop_rejects_bad_step_counts() -> None:
-    from denoisebench import handwritten_torch
+    from denoisebench.bench import handwritten_torch
 
     with pytest.raises(ValueError, match="steps=0"):
         handwritten_torch.run(load_config("smoke"), steps=0, warmup=1)
@@ -190,4 +191,4 @@ def test_bench_command_runs_end_to_end(tmp_path: Path) -> None:
 
 
 def test_bench_command_refuses_a_batch_larger_than_the_data() -> None:
-    assert bench.main(["--profile", "smoke", "--batch-size", "4096", "--repeats", "1"]) == 2
+    assert cli.main(["--profile", "smoke", "--batch-size", "4096", "--repeats", "1"]) == 2

@@ -7,8 +7,8 @@ import sys
 import pytest
 from helpers import launch
 
-from denoisebench.config import load_config, load_resolved
-from denoisebench.results import (
+from denoisebench.core.config import load_config, load_resolved
+from denoisebench.core.records import (
     EPOCH_FIELDS,
     STEP_FIELDS,
     SUMMARY_FIELDS,
@@ -106,10 +106,10 @@ def test_bench_subcommand_runs_the_benchmark():
 
 def test_build_train_cmd_is_pure_and_per_framework(tmp_path):
     argv, env = build_train_cmd("torch", tmp_path, base_env={"PATH": "/bin"})
-    assert argv == [sys.executable, "-m", "denoisebench.train_torch", str(tmp_path)]
+    assert argv == [sys.executable, "-m", "denoisebench.torch_backend.train", str(tmp_path)]
     assert env == {"PATH": "/bin", "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     argv, env = build_train_cmd("tf", tmp_path, resume=True, base_env={})
-    assert argv[-3:] == ["denoisebench.train_tf", str(tmp_path), "--resume"]
+    assert argv[-3:] == ["denoisebench.tf_backend.train", str(tmp_path), "--resume"]
     assert env["TF_CPP_MIN_LOG_LEVEL"] == "2"
     with pytest.raises(ValueError, match="jax"):
         build_train_cmd("jax", tmp_path)

@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from denoisebench.config import (
+from denoisebench.core.config import (
     PROFILES_DIR,
     Config,
     ConfigError,

@@ -1,4 +1,4 @@
-"""Tests for denoisebench.data: real JPEG files written by Pillow, read by the real loaders."""
+"""Tests for denoisebench.data.images: real JPEG files written by Pillow, read by the real loaders."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from denoisebench.config import DataConfig
-from denoisebench.data import (
+from denoisebench.core.config import DataConfig
+from denoisebench.data.images import (
     EUROSAT_CLASSES,
     DataError,
     DataWarning,
@@ -332,8 +332,8 @@ def test_strict_data_flag_reaches_the_loader(fake: tuple[Path, Path]) -> None:
     """`--strict-data` is data.strict in the run's config, and load_images applies it."""
     import argparse
 
-    from denoisebench.config import load_config, parse_overrides
-    from denoisebench.data import load_images
+    from denoisebench.core.config import load_config, parse_overrides
+    from denoisebench.data.images import load_images
     from launch.__main__ import build_parser, flag_overrides
 
     folder, _ = fake

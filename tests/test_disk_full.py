@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from helpers import launch
 
-from denoisebench import results
-from denoisebench.config import ConfigError, load_config, parse_overrides
-from denoisebench.results import read_json, read_jsonl
+from denoisebench.core import records as results
+from denoisebench.core.config import ConfigError, load_config, parse_overrides
+from denoisebench.core.records import read_json, read_jsonl
 
 
 def leftovers(run: Path) -> list[Path]:
@@ -43,7 +43,7 @@ def run_trainer_main(framework: str, run: Path, monkeypatch, capsys) -> str:
     cfg = load_config("smoke", parse_overrides(["train.epochs=3"]))
     run.mkdir(parents=True)
     (run / "config.json").write_text(cfg.to_json())
-    module = importlib.import_module(f"denoisebench.train_{framework}")
+    module = importlib.import_module(f"denoisebench.{framework}_backend.train")
     monkeypatch.setattr(module, "raise_on_sigterm", lambda: None)  # leave pytest's handlers
     with pytest.raises(SystemExit) as exit_:
         module.main([str(run)])
@@ -55,7 +55,7 @@ def test_torch_checkpoint_on_a_full_disk(tmp_path, monkeypatch, capsys):
     """torch.save reports a full disk as a RuntimeError and leaves its partial file."""
     import torch
 
-    train_torch = importlib.import_module("denoisebench.train_torch")
+    train_torch = importlib.import_module("denoisebench.torch_backend.train")
     real_save, calls = torch.save, []
 
     def save(state, f):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from helpers import TORCH_SPLIT_ATOL, weights
 
-from denoisebench.results import read_json, read_jsonl
+from denoisebench.core.records import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH1 = ["--profile", "smoke", "--epochs", "1"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from denoisebench.results import EPOCH_FIELDS, STEP_FIELDS, SUMMARY_FIELDS
+from denoisebench.core.records import EPOCH_FIELDS, STEP_FIELDS, SUMMARY_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

@@ -18,20 +18,21 @@ import numpy as np
 import pytest
 from helpers import launch
 
-from denoisebench import bench, bench_paths
-from denoisebench.config import (
+from denoisebench.bench import cli
+from denoisebench.bench import paths as bench_paths
+from denoisebench.core.config import (
     MODES_DIR,
     ConfigError,
     load_config,
     parse_overrides,
     speed_label,
 )
-from denoisebench.results import read_json, read_jsonl
+from denoisebench.core.records import read_json, read_jsonl
 
 
 def train(framework: str, tmp_path: Path, name: str, *sets: str, epochs: int = 3) -> list[dict]:
     cfg = load_config("smoke", parse_overrides([f"train.epochs={epochs}", "train.lr=0.005", *sets]))
-    importlib.import_module(f"denoisebench.train_{framework}").train(cfg, tmp_path / name)
+    importlib.import_module(f"denoisebench.{framework}_backend.train").train(cfg, tmp_path / name)
     return read_jsonl(tmp_path / name / framework / "epochs.jsonl")
 
 
@@ -75,8 +76,8 @@ def test_channels_last_is_the_same_training(tmp_path):
 def test_memory_format_follows_the_setting():
     import torch
 
-    from denoisebench.model_torch import build_model, memory_format
-    from denoisebench.spec import ModelSpec
+    from denoisebench.core.spec import ModelSpec
+    from denoisebench.torch_backend.model import build_model, memory_format
 
     model = build_model(ModelSpec()).to(memory_format=memory_format(True))
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -218,8 +219,8 @@ def test_paths_plan_leaves_out_skipped_options_but_never_faithful():
 
 
 def test_bench_skip_path_must_name_an_option():
-    assert bench.main(["--paths", "--skip-path", "nope", "--profile", "smoke"]) == 2
-    assert bench.main(["--skip-path", "torch.compile", "--profile", "smoke"]) == 2
+    assert cli.main(["--paths", "--skip-path", "nope", "--profile", "smoke"]) == 2
+    assert cli.main(["--skip-path", "torch.compile", "--profile", "smoke"]) == 2
 
 
 def test_bench_paths_keeps_the_other_options_when_one_fails(tmp_path, monkeypatch, capsys):
@@ -231,7 +232,7 @@ def test_bench_paths_keeps_the_other_options_when_one_fails(tmp_path, monkeypatc
 
     monkeypatch.setattr(bench_paths, "measure_suite", fake_measure)
     out = tmp_path / "paths.json"
-    code = bench.main(
+    code = cli.main(
         ["--paths", "--framework", "torch", "--profile", "smoke", "--batch-size", "16",
          "--steps", "4", "--warmup", "0", "--repeats", "1", "--json", str(out)]
     )  # fmt: skip
@@ -244,12 +245,12 @@ def test_bench_paths_keeps_the_other_options_when_one_fails(tmp_path, monkeypatc
 
 
 def test_bench_paths_refuses_a_mode():
-    assert bench.main(["--paths", "--mode", "tuned", "--profile", "smoke"]) == 2
+    assert cli.main(["--paths", "--mode", "tuned", "--profile", "smoke"]) == 2
 
 
 def test_bench_paths_runs_end_to_end(tmp_path):
     out = tmp_path / "paths.json"
-    code = bench.main(
+    code = cli.main(
         [
             "--paths",
             "--framework",
@@ -303,7 +304,7 @@ def test_bfloat16_on_gpu_records_the_bf16_peak(tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from denoisebench.hardware import peak_flops
+    from denoisebench.measure.hardware import peak_flops
 
     epochs = train("torch", tmp_path, "bf16", "train.device=gpu", "runtime.precision=bfloat16")
     assert epochs[-1]["test_psnr_db"] > epochs[0]["test_psnr_db"]

@@ -9,7 +9,7 @@ import re
 import pytest
 from helpers import REPO, launch
 
-from denoisebench import gpu_check
+from denoisebench.bench import gpu_check
 
 
 def test_gpu_test_files_list_every_file_with_gpu_tests():
@@ -66,7 +66,7 @@ def test_a_step_cut_by_the_budget_keeps_the_summary(tmp_path):
 
 
 def test_without_a_gpu_it_says_so_and_names_the_rehearsal(tmp_path):
-    from denoisebench.results import gpu_info
+    from denoisebench.measure.environment import gpu_info
 
     if gpu_info().get("gpus"):
         pytest.skip("this machine has a GPU")

@@ -13,22 +13,22 @@ import numpy as np
 import pytest
 from helpers import launch, weights
 
-from denoisebench.config import (
+from denoisebench.core.config import (
     ConfigError,
     check_device_support,
     load_config,
     mode_runtime,
     parse_overrides,
 )
-from denoisebench.experiment import step_stats, warmup_steps
-from denoisebench.results import read_json, read_jsonl
+from denoisebench.core.epochs import step_stats, warmup_steps
+from denoisebench.core.records import read_json, read_jsonl
 
 
 def train(framework: str, run: Path, *sets: str, epochs: int = 1) -> list[dict]:
     cfg = load_config("smoke", parse_overrides([f"train.epochs={epochs}", *sets]))
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(cfg.to_json())  # as the launcher writes it
-    importlib.import_module(f"denoisebench.train_{framework}").train(cfg, run)
+    importlib.import_module(f"denoisebench.{framework}_backend.train").train(cfg, run)
     return read_jsonl(run / framework / "steps.jsonl")
 
 
@@ -38,7 +38,7 @@ def train(framework: str, run: Path, *sets: str, epochs: int = 1) -> list[dict]:
 def test_tf_allocator_peaks_need_profiler_rows(monkeypatch):
     """GPUs seen by TensorFlow but no NVML rows (profiler off, or NVML unavailable): the
     allocator's peaks have no row to go into, which must not end the epoch in a ValueError."""
-    train_tf = importlib.import_module("denoisebench.train_tf")
+    train_tf = importlib.import_module("denoisebench.tf_backend.train")
     monkeypatch.setattr(train_tf, "memory_peaks_gib", lambda gpus: [0.5 for _ in gpus])
     rows: list[dict] = []
     train_tf.add_allocator_peaks(rows, [0])  # one GPU, no rows
@@ -72,8 +72,8 @@ def test_xla_trains_on_the_eager_runs_noise(tmp_path):
 def test_report_leaves_out_step_percentiles_measured_as_host_dispatch(tmp_path):
     """TensorFlow on a GPU times each step on the host while the device still works (one wait
     an epoch): its step percentiles are not device times, unlike PyTorch's CUDA events."""
-    from denoisebench.report import DISPATCH_REASON, run_record
-    from denoisebench.results import atomic_write_json
+    from denoisebench.core.records import atomic_write_json
+    from denoisebench.report.build import DISPATCH_REASON, run_record
 
     train("tf", tmp_path, epochs=1)
     host = run_record(tmp_path, "tf", "run", None, 3.0)
@@ -128,7 +128,7 @@ def test_bfloat16_and_tf32_before_ampere_are_refused_by_key(sets, key):
 
 
 def test_a_mode_sub_table_with_an_unknown_name_is_refused(tmp_path, monkeypatch):
-    from denoisebench import config
+    from denoisebench.core import config
 
     (tmp_path / "odd.toml").write_text("[gpu]\nxla = true\n[gpu.before_hopper]\nxla = false\n")
     monkeypatch.setattr(config, "MODES_DIR", tmp_path)
@@ -144,7 +144,7 @@ def test_ssim_loss_builds_its_window_once_and_matches_pytorch_msssim():
     one: not allowed inside a CUDA graph capture. The loss builds it once and passes it in."""
     torch = pytest.importorskip("torch")
     msssim = pytest.importorskip("pytorch_msssim")
-    from denoisebench.model_torch import loss_fn
+    from denoisebench.torch_backend.model import loss_fn
 
     loss = loss_fn("ssim")
     gen = torch.Generator().manual_seed(0)
@@ -173,7 +173,7 @@ def test_step_rows_flag_each_process_warmup_and_the_stats_follow_the_flag(tmp_pa
     per_epoch = len(steps) // 2
     assert [s["warmup"] for s in steps] == [True] * 3 + [False] * (2 * per_epoch - 3)
     cfg = load_config("smoke", parse_overrides(["train.epochs=3", "profiler.warmup_steps=3"]))
-    importlib.import_module("denoisebench.train_torch").train(cfg, tmp_path, resume=True)
+    importlib.import_module("denoisebench.torch_backend.train").train(cfg, tmp_path, resume=True)
     resumed = read_jsonl(tmp_path / "torch" / "steps.jsonl")[2 * per_epoch :]
     assert [s["warmup"] for s in resumed] == [True] * 3 + [False] * (per_epoch - 3)
     # step_stats follows the flags, not step numbers

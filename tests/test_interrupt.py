@@ -16,8 +16,8 @@ import psutil
 import pytest
 from helpers import REPO
 
-from denoisebench.config import load_config
-from denoisebench.results import (
+from denoisebench.core.config import load_config
+from denoisebench.core.records import (
     RunRecorder,
     atomic_write_json,
     launch_conflicts,
@@ -232,7 +232,7 @@ def test_trainer_without_launcher_records_sigterm(tmp_path, framework):
     cfg = load_config("smoke", {"data": {"limit": "48"}, "train": {"epochs": "30"}})
     (run / "config.json").write_text(cfg.to_json() + "\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"denoisebench.train_{framework}", str(run)],
+        [sys.executable, "-m", f"denoisebench.{framework}_backend.train", str(run)],
         cwd=REPO,
         env=ENV,
         stdout=subprocess.PIPE,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from denoisebench.distributed import (
+from denoisebench.core.distributed import (
     expand_nodelist,
     maybe_inject_fault,
     slurm_nodes,
@@ -25,9 +25,9 @@ def test_torchrun_one_node_is_standalone():
     argv, env = build_torchrun_cmd(
         RUN, Topology(devices=4, cpu_threads=3), run_id="run1", base_env={}
     )
-    assert argv[:3] == [sys.executable, "-m", "denoisebench.torchrun"]
+    assert argv[:3] == [sys.executable, "-m", "denoisebench.cluster.torchrun"]
     assert "--standalone" in argv and "--nproc-per-node=4" in argv
-    assert argv[-3:] == ["-m", "denoisebench.train_torch", str(RUN)]
+    assert argv[-3:] == ["-m", "denoisebench.torch_backend.train", str(RUN)]
     assert env == {
         "PYTHONUNBUFFERED": "1",
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",

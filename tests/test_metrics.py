@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from denoisebench import metrics
+from denoisebench.measure import quality as metrics
 
 
 def skimage_quality(clean: np.ndarray, images: np.ndarray) -> tuple[list[float], list[float]]:

@@ -17,8 +17,10 @@ import pytest
 import tensorflow as tf
 import torch
 
-from denoisebench import model_tf, model_torch, noise
-from denoisebench.config import NoiseConfig
+from denoisebench.core import noise
+from denoisebench.core.config import NoiseConfig
+from denoisebench.tf_backend import model as model_tf
+from denoisebench.torch_backend import model as model_torch
 
 IMPLS = ["numpy", "torch", "tf"]
 KINDS = ["gaussian", "salt_and_pepper", "poisson", "speckle"]

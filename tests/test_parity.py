@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 import torch
 
-from denoisebench import model_tf, model_torch
-from denoisebench.spec import ModelSpec, shared_weights
+from denoisebench.core.spec import ModelSpec, shared_weights
+from denoisebench.tf_backend import model as model_tf
+from denoisebench.torch_backend import model as model_torch
 
 SPECS = [
     ModelSpec(),  # the paper's model

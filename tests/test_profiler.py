@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from denoisebench import profiler
-from denoisebench.config import Config, load_config
-from denoisebench.experiment import Measured, measured, measured_fields, step_stats
-from denoisebench.hardware import peak_flops
-from denoisebench.profiler import (
+from denoisebench.core.config import Config, load_config
+from denoisebench.core.epochs import Measured, measured_fields, step_stats
+from denoisebench.core.spec import ModelSpec
+from denoisebench.measure import profiler
+from denoisebench.measure.hardware import peak_flops
+from denoisebench.measure.profiler import (
     COUNTER_WRAP,
     Profiler,
     above_idle_j,
@@ -34,7 +35,7 @@ from denoisebench.profiler import (
     percentile,
     rapl_energy_j,
 )
-from denoisebench.spec import ModelSpec
+from denoisebench.trainer.session import measured
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -778,7 +779,9 @@ def test_measured_fields_energy_and_memory_from_device_rows():
 def test_unknown_device_has_no_peak_and_no_mfu():
     peak, reason = peak_flops("Tesla K80", "fp32")
     assert peak is None
-    assert reason == "Tesla K80: not in the peak FLOP/s table (src/denoisebench/hardware.py)"
+    assert (
+        reason == "Tesla K80: not in the peak FLOP/s table (src/denoisebench/measure/hardware.py)"
+    )
     assert peak_flops("Tesla V100-SXM2-16GB", "tf32") == (
         None,
         "Tesla V100-SXM2-16GB: no tf32 peak in the table",
@@ -846,13 +849,13 @@ def test_real_nvml_samples_power_and_energy(tmp_path):
 def test_trace_steps_write_the_frameworks_own_trace(tmp_path, framework, capsys):
     import importlib
 
-    from denoisebench.config import load_config, parse_overrides
+    from denoisebench.core.config import load_config, parse_overrides
 
     cfg = load_config(
         "smoke",
         parse_overrides(["train.epochs=1", "profiler.warmup_steps=2", "profiler.trace_steps=2"]),
     )
-    importlib.import_module(f"denoisebench.train_{framework}").train(cfg, tmp_path)
+    importlib.import_module(f"denoisebench.{framework}_backend.train").train(cfg, tmp_path)
     folder = tmp_path / framework / "trace"
     assert f"[{framework}] trace of steps 2-3: {folder}" in capsys.readouterr().out
     if framework == "torch":
@@ -865,8 +868,8 @@ def test_trace_steps_write_the_frameworks_own_trace(tmp_path, framework, capsys)
 
 
 def test_trace_longer_than_the_run_says_so(tmp_path, capsys):
-    from denoisebench import train_torch
-    from denoisebench.config import load_config, parse_overrides
+    from denoisebench.core.config import load_config, parse_overrides
+    from denoisebench.torch_backend import train as train_torch
 
     cfg = load_config("smoke", parse_overrides(["train.epochs=1", "profiler.trace_steps=1000"]))
     train_torch.train(cfg, tmp_path / "long")  # 9 steps: 5-8 traced, and said to be partial

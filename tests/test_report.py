@@ -1,4 +1,4 @@
-"""The comparison report (denoisebench.report) on real tiny results.
+"""The comparison report (denoisebench.report.build) on real tiny results.
 
 One module fixture trains real runs through the launcher (2 repeats on one device, one run on
 2 CPU workers, both frameworks) and writes the report once; the tests check its tables against
@@ -19,9 +19,10 @@ import pandas as pd
 import pytest
 from report_fixtures import add_gpu_records, dump_dom, ensure_chromium, make_results
 
-from denoisebench import baselines, report
-from denoisebench.report import Stat, find_run_folders, time_to_target, verdict, write_report
-from denoisebench.results import read_json, read_jsonl
+from denoisebench.core.records import read_json, read_jsonl
+from denoisebench.report import baselines
+from denoisebench.report import build as report
+from denoisebench.report.build import Stat, find_run_folders, time_to_target, verdict, write_report
 
 PLOTS = [
     "loss_per_framework.png",
@@ -384,7 +385,7 @@ def test_a_damaged_run_folder_is_skipped_and_named(built, tmp_path, capsys):
 
 
 def test_speed_modes_are_separate_setups_named_by_mode():
-    from denoisebench.config import load_config
+    from denoisebench.core.config import load_config
 
     faithful = json.loads(load_config("smoke", mode="faithful").to_json())
     tuned = json.loads(load_config("smoke", mode="tuned", device_kind="gpu").to_json())

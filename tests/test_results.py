@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from denoisebench import results
-from denoisebench.results import RunRecorder, atomic_write_json, read_json, read_jsonl
+from denoisebench.core import records as results
+from denoisebench.core.records import RunRecorder, atomic_write_json, read_json, read_jsonl
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):

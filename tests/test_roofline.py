@@ -1,4 +1,4 @@
-"""The roofline bounds (denoisebench.roofline) and the bandwidth and peak tables (hardware.py)."""
+"""The roofline bounds (denoisebench.measure.roofline) and the bandwidth and peak tables (hardware.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from denoisebench import roofline
-from denoisebench.hardware import memory_bandwidth, peak_flops
-from denoisebench.spec import ModelSpec
+from denoisebench.core.spec import ModelSpec
+from denoisebench.measure import roofline
+from denoisebench.measure.hardware import memory_bandwidth, peak_flops
 
 # the paper's model on 64x64 RGB, layer by layer (input, output elements), worked out by hand:
 # 64x64x3 -> 32x32x32 -> 16x16x64 -> 8x8x128 -> 16x16x64 -> 32x32x32 -> 64x64x3

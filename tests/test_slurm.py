@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import TORCH_SPLIT_ATOL, launch, weights
 
-from denoisebench.results import read_json, read_jsonl
+from denoisebench.core.records import read_json, read_jsonl
 from launch.slurm import SlurmRequest, render_sbatch, submitit_params, time_minutes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,8 +232,8 @@ def test_submitit_checkpoint_requeues_and_resumes(slurm_cluster, tmp_path):
     """submitit's preemption path: TrainTask.checkpoint() resubmits with resume=True."""
     import submitit
 
-    from denoisebench.config import load_config
-    from denoisebench.slurm_job import TrainTask
+    from denoisebench.cluster.slurm_job import TrainTask
+    from denoisebench.core.config import load_config
 
     run = tmp_path / "run"
     run.mkdir()

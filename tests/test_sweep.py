@@ -7,9 +7,9 @@ import re
 import pytest
 from helpers import launch
 
-from denoisebench.config import ConfigError
-from denoisebench.results import read_json
-from denoisebench.sweep import load_sweep
+from denoisebench.core.config import ConfigError
+from denoisebench.core.records import read_json
+from denoisebench.core.sweep import load_sweep
 
 
 def test_sweep_profiles_load():

@@ -6,8 +6,8 @@ import importlib
 
 import pytest
 
-from denoisebench.config import load_config
-from denoisebench.results import read_json, read_jsonl
+from denoisebench.core.config import load_config
+from denoisebench.core.records import read_json, read_jsonl
 
 # what a resumed run must reproduce exactly; times, memory and CPU use vary from run to run
 DETERMINISTIC = {
@@ -31,7 +31,7 @@ DETERMINISTIC = {
 
 
 def trainer(framework: str):
-    return importlib.import_module(f"denoisebench.train_{framework}")
+    return importlib.import_module(f"denoisebench.{framework}_backend.train")
 
 
 def without_timing(records: list[dict]) -> list[dict]:
@@ -104,7 +104,7 @@ def test_both_frameworks_see_the_same_split_and_test_set(tmp_path):
 
 
 def test_a_different_split_is_refused(tmp_path):
-    from denoisebench.experiment import SplitMismatchError
+    from denoisebench.trainer.session import SplitMismatchError
 
     trainer("torch").train(load_config("smoke", {"train": {"epochs": "1"}}), tmp_path)
     other = load_config("smoke", {"train": {"epochs": "1"}, "data": {"split_seed": "7"}})

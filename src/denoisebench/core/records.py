@@ -1,0 +1,541 @@
+"""The results folder: layout, record schemas and atomic writes, shared by both trainers.
+
+    results/<run-id>/
+        launch.json           the launch choices that shape the run (LAUNCH_CHOICES), for --resume
+        config.json           resolved config (profile < file < overrides)
+        data.json             what data was used (source, description, counts)
+        split.json            train and test indices into the canonical image order
+        test_samples.npz      the first 32 test images: clean, noisy (shared), and their indices
+        <framework>/          one per framework run: torch/ or tf/
+            environment.json  library versions, CPU/GPU model, driver, git commit
+            steps.jsonl       one STEP record per optimizer step and rank
+            devices.jsonl     one row per GPU per epoch: energy, power, memory, utilisation
+            hosts.jsonl       one row per process per epoch: RSS, CPU use, CPU energy
+            gpu_samples.rank<r>.jsonl  every NVML sample, appended as taken (GPU runs)
+            epochs.jsonl      one EPOCH record per finished epoch
+            summary.json      status and final figures (SUMMARY)
+            weights.npz       final weights in the canonical (PyTorch) layout, either framework
+            test_outputs.npz  the final model's outputs for test_samples.npz
+            checkpoints/      the last finished epoch, to --resume from
+            failures/         each process' own exception when it failed (read_failures)
+            trace/            the framework profiler's trace (profiler.trace_steps; off by default)
+
+Every JSON file is written to a temporary name and renamed into place, so a reader never sees
+half a file. The JSONL records are appended and fsynced at each epoch end; on resume, records
+past the last checkpoint are dropped so the finished run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from denoisebench.core.config import Config, ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+FRAMEWORKS = ("torch", "tf")
+
+# One schema for both frameworks. Name -> meaning (units in the name).
+STEP_FIELDS: dict[str, str] = {
+    "framework": "torch or tf",
+    "epoch": "epoch index, from 0",
+    "step": "global optimizer step, from 0",
+    "rank": "process that measured the row: torch rank, or TensorFlow worker index",
+    "replicas": "devices that process drives (1 for torch; N under MirroredStrategy)",
+    "batch_size": "images this process trained on in this step",
+    "loss": "mean training loss over this process' images (before the update)",
+    "step_time_s": "time from the end of the previous step to the end of this one: CUDA events "
+    "(PyTorch on a GPU), else the host clock; the devices are waited for once per epoch, after "
+    "its last step, so the steps of an epoch add up to its training time",
+    "warmup": "true for a process' first steps, left out of the steady figures: "
+    "profiler.warmup_steps of them, and with CUDA graphs every step up to the capture",
+    "data_wait_s": "part of step_time_s spent getting the step's batch indices (the images "
+    "are already on the device)",
+}
+EPOCH_FIELDS: dict[str, str] = {
+    "framework": "torch or tf",
+    "epoch": "epoch index, from 0",
+    "steps": "optimizer steps in the epoch",
+    "train_loss": "mean training loss over the epoch's batches",
+    "test_loss": "loss on the noisy test split (same loss as training)",
+    "test_mae": "mean absolute error of the outputs against the clean test images",
+    "test_psnr_db": "mean per-image PSNR of the outputs, dB",
+    "test_ssim": "mean per-image SSIM of the outputs",
+    "noisy_psnr_db": "mean PSNR of the noisy inputs themselves (the baseline to beat), dB",
+    "noisy_ssim": "mean SSIM of the noisy inputs",
+    "train_time_s": "wall time of the epoch's training steps",
+    "eval_time_s": "wall time of the test evaluation",
+    "throughput_img_s": "training images per second over the epoch (warm-up included)",
+    "profiler_reason": "why the profiler's figures are missing (profiler off), else null",
+    "steady_steps": "steps after the warm-up (the STEP rows' warmup flag) in this epoch",
+    "steady_reason": "why the steady-state figures are missing, else null",
+    "step_time_p50_s": "median step time after warm-up, all ranks",
+    "step_time_p95_s": "95th percentile step time after warm-up, all ranks",
+    "data_wait_fraction": "share of step time spent waiting for input, after warm-up",
+    "throughput_steady_img_s": "images/s after warm-up: all ranks' images / slowest rank's time",
+    "throughput_per_device_img_s": "throughput_steady_img_s / devices",
+    "model_flops_per_image": "training FLOPs per image from the spec (3 x forward)",
+    "mfu": "model FLOP utilisation: achieved FLOP/s / (peak FLOP/s x devices)",
+    "mfu_reason": "why mfu is missing (CPU, or a GPU not in hardware.py), else null",
+    "gpu_energy_j": "energy of all GPUs over the epoch's training window",
+    "gpu_energy_above_idle_j": "gpu_energy_j less the idle power over the same time",
+    "gpu_energy_method": "nvml_energy_counter or power_integration",
+    "gpu_energy_reason": "why GPU energy is missing, else null",
+    "gpu_energy_per_image_j": "gpu_energy_j / training images of the epoch",
+    "energy_window_too_short": "true when the window is shorter than profiler.min_window_s",
+    "gpu_power_mean_w": "mean power of all GPUs together over the window",
+    "gpu_util_mean_pct": "mean NVML utilisation over the window, averaged over GPUs",
+    "gpu_mem_alloc_peak_gib": "framework allocator's peak (torch max_memory_allocated, TF peak)",
+    "gpu_mem_reserved_peak_gib": "PyTorch's peak reserved memory (its caching allocator)",
+    "gpu_mem_used_peak_gib": "NVML's peak device memory used (all processes on the GPU)",
+    "host_rss_peak_gib": "peak resident memory of a training process and its children",
+    "cpu_util_mean_pct": "process CPU time / (window x cores), mean over processes",
+    "cpu_energy_j": "CPU package energy from RAPL over the window",
+    "cpu_energy_reason": "why cpu_energy_j is missing, else null",
+}
+SUMMARY_FIELDS: dict[str, str] = {
+    "framework": "torch or tf",
+    "status": "running, completed, failed or interrupted (stopped by a signal; resumable)",
+    "error": "the exception, when status is failed",
+    "failed_process": "which process failed first (its own exception is `error`), when a "
+    "distributed job failed",
+    "knock_on_errors": "the other processes' errors after the first failure (a broken "
+    "collective, most often), as {process, error}",
+    "signal": "the stop signal (SIGINT, SIGTERM, SIGHUP), when status is interrupted",
+    "resume_command": "the command that continues the run, when status is interrupted",
+    "history": "earlier attempts that failed or were interrupted, oldest first: their status, "
+    "error, failed_process, signal, epochs_completed and updated (cleared from the top level "
+    "when the run is resumed)",
+    "epochs_completed": "finished epochs",
+    "epochs": "epochs asked for",
+    "final": "the last EPOCH record",
+    "wall_time_s": "training and evaluation time of all epochs, resumed parts summed",
+    "throughput_img_s": "training images per second over all epochs",
+    "device": "what the model ran on",
+    "parameters": "trainable parameters",
+    "data": "data description (never calls other images EuroSAT)",
+    "world_size": "devices (replicas) training together",
+    "processes": "processes (torch ranks, TensorFlow workers)",
+    "global_batch": "images per optimizer step over all devices",
+    "lr": "learning rate used (train.lr, times world_size when train.scale_lr)",
+    "strategy": "how the devices were used: single, ddp, mirrored, multi_worker_mirrored",
+    "step_clock": "what a step's time is: cuda_events (device time between CUDA events), "
+    "host (host clock, the step finished on return) or host_dispatch (host clock while the "
+    "device still works: TensorFlow on a GPU waits once an epoch, so single steps are not "
+    "device times)",
+    "runtime": "speed settings in effect (mode, precision, TF32, cuDNN autotune, XLA, compile, "
+    "channels_last, CUDA graphs, threads)",
+    "throughput_steady_img_s": "median over epochs of the steady-state throughput",
+    "throughput_steady_min_img_s": "slowest epoch's steady-state throughput",
+    "throughput_steady_max_img_s": "fastest epoch's steady-state throughput",
+    "gpu_energy_j": "GPU energy of all epochs' training windows",
+    "gpu_energy_per_image_j": "gpu_energy_j / training images",
+    "gpu_energy_per_epoch_j": "gpu_energy_j / epochs",
+    "gpu_energy_method": "how the GPU energy was measured",
+    "gpu_mem_alloc_peak_gib": "framework allocator's peak over the run",
+    "host_rss_peak_gib": "peak resident memory over the run",
+}
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a run as 'interrupted' (resumable) rather than 'failed': Ctrl-C, SIGTERM
+from the launcher, torchrun or SLURM, a closed terminal."""
+
+
+class Interrupted(SystemExit):
+    """A stop signal arrived (STOP_SIGNALS). A SystemExit with the shell's code 128 + signal
+    number, so an entry point that lets it through ends quietly, without a traceback."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+        super().__init__(128 + signum)
+
+
+LAUNCH_FILE = "launch.json"
+LAUNCH_CHOICES: dict[str, str] = {
+    "profile": "--profile the config was resolved from",
+    "mode": "--mode laid over it (null: none)",
+    "framework": "--framework: torch, tf or both",
+    "gpus": "--gpus: devices per node (null: one device, not distributed)",
+    "nodes": "--nodes (null: SLURM's, else 1)",
+    "engine": "--engine",
+    "tf_strategy": "--tf-strategy: mirrored or multiworker",
+    "cpu_workers": "--cpu-workers: the devices are CPU workers (SLURM)",
+    "repeats": "--repeats",
+}
+"""launch.json: the launcher's options that shape a run beyond its config; --resume replays
+them, and refuses a different value given with it."""
+
+# Top-level summary fields of an attempt that ended early; moved into `history` when the run is
+# resumed, so a completed run never shows an earlier attempt's error.
+FAILURE_FIELDS = ("error", "failed_process", "knock_on_errors", "signal", "resume_command")
+ENDED_EARLY = ("failed", "interrupted")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_npz(path: Path, *arrays: Any, **named: Any) -> None:
+    """np.savez to a temporary name, then renamed into place (the temporary file removed if
+    the write fails)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    try:
+        np.savez(tmp, *arrays, **named)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""OSError numbers of a full disk (or quota)."""
+NEARLY_FULL_BYTES = 2**20
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system holding `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def disk_full(e: BaseException, path: Path) -> OSError | None:
+    """`e` as an out-of-space OSError naming `path`, else None. Libraries report a full disk in
+    their own way (torch.save: RuntimeError "file write failed"; TensorFlow: an OpError): those
+    count when the disk at `path` has less than 1 MiB left. Call it before removing what the
+    failed write left, which frees the space again."""
+    if isinstance(e, OSError):
+        if e.errno not in DISK_FULL:
+            return None
+    elif free_bytes(path) >= NEARLY_FULL_BYTES:
+        return None
+    number = e.errno if isinstance(e, OSError) and e.errno else errno.ENOSPC
+    return OSError(number, os.strerror(number), str(path))
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.1f} MB"
+
+
+def disk_full_report(e: OSError, fw_dir: Path) -> str:
+    """One line for a run stopped by a full disk: the file, the free space, what was kept (the
+    epochs the last checkpoint holds, which a resume continues from)."""
+    fw_dir = Path(fw_dir)
+    try:
+        done = int(read_json(fw_dir / "summary.json").get("epochs_completed") or 0)
+    except (OSError, ValueError):
+        done = 0
+    kept = (
+        f"{done} finished epoch(s) and their checkpoint in {fw_dir}; --resume continues there "
+        "once the disk has room"
+        if done
+        else f"no finished epoch in {fw_dir}"
+    )
+    return (
+        f"no space left on the device writing {e.filename or fw_dir} "
+        f"({_size(free_bytes(fw_dir))} free); kept: {kept}"
+    )
+
+
+def space_needed(cfg: Config, frameworks: int, devices: int) -> int:
+    """Bytes a run needs to write its first epoch: each framework's checkpoint twice (the new
+    one is written beside the old), its weights, records and sample outputs, and the shared
+    test samples and split. An estimate with a 50% margin, for the start-up check."""
+    params = cfg.model.num_parameters()
+    image = cfg.model.image_size**2 * cfg.model.in_channels * 4  # float32
+    checkpoint = params * 4 * 3 + 2**16  # weights and Adam's two moments, plus the container
+    steps = max(1, cfg.data.n_train // (cfg.train.batch_size * devices))
+    records = steps * devices * 400 + 2**16  # a STEP row is about 300 bytes of JSON
+    per_framework = 2 * checkpoint + params * 4 + records + 32 * image
+    shared = 3 * 32 * image + (cfg.data.n_train + cfg.data.n_test) * 8
+    return int(1.5 * (frameworks * per_framework + shared))
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse to start a run on a disk that cannot hold its first epoch (space_needed)."""
+    free = free_bytes(folder)
+    if free < needed:
+        raise ConfigError(
+            f"{folder}: {_size(free)} free, and the run needs about {_size(needed)} for its "
+            "first epoch's records and checkpoints; free some space, choose another --results, "
+            "or pass --no-space-check"
+        )
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _file_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def new_run_id(profile: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{Path(profile).stem}"
+
+
+class RunRecorder:
+    """Writes one framework's records into results/<run-id>/<framework>/."""
+
+    def __init__(self, run_dir: Path, framework: str) -> None:
+        self.dir = Path(run_dir) / framework
+        self.framework = framework
+        self.checkpoint_dir = self.dir / "checkpoints"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+    def write_environment(self, env: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / "environment.json", env)
+
+    def truncate_after(self, epochs_done: int) -> None:
+        """Drop records of epochs that no checkpoint covers (an interrupted epoch)."""
+        for name in ("steps.jsonl", "devices.jsonl", "hosts.jsonl", "epochs.jsonl"):
+            kept = [r for r in read_jsonl(self.dir / name) if r["epoch"] < epochs_done]
+            atomic_write_text(self.dir / name, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def epoch(
+        self,
+        record: dict[str, Any],
+        steps: list[dict[str, Any]],
+        devices: list[dict[str, Any]] | None = None,
+        hosts: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Append an epoch's STEP rows (every rank's), its per-GPU and per-process profiler
+        rows, and its EPOCH record (last, so a record never exists without its rows), durably."""
+        epoch = record["epoch"]
+        tables = (
+            ("steps.jsonl", steps),
+            ("devices.jsonl", [{"epoch": epoch, **d} for d in devices or []]),
+            ("hosts.jsonl", [{"epoch": epoch, **h} for h in hosts or []]),
+            ("epochs.jsonl", [record]),
+        )
+        sizes = {name: _file_size(self.dir / name) for name, _ in tables}
+        try:
+            for name, rows in tables:
+                with open(self.dir / name, "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in rows)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError:
+            # a full disk cut a line short: back to the epochs before, whole lines only
+            for name, size in sizes.items():
+                with contextlib.suppress(OSError):
+                    os.truncate(self.dir / name, size)
+            raise
+
+    def write_weights(self, weights: list[Any]) -> None:
+        """weights.npz: canonical-layout arrays arr_0, arr_1, ... = W0, b0, W1, b1, ..."""
+        atomic_write_npz(self.dir / "weights.npz", *weights)
+
+    def write_outputs(self, outputs: np.ndarray) -> None:
+        """test_outputs.npz: the model's outputs for the run's test_samples.npz (NHWC)."""
+        atomic_write_npz(self.dir / "test_outputs.npz", outputs=outputs.astype(np.float32))
+
+    def epochs(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.dir / "epochs.jsonl")
+
+    def summary(self, **fields: Any) -> None:
+        """Update summary.json with `fields`. A trainer that starts again ('running') or
+        completes over an attempt that failed or was interrupted moves that attempt into
+        `history` and clears its FAILURE_FIELDS; a completed summary always has them (null)."""
+        path = self.dir / "summary.json"
+        current = read_json(path) if path.exists() else {}
+        if fields.get("status") in ("running", "completed"):
+            if current.get("status") in ENDED_EARLY:
+                _archive_attempt(current)
+            current.update(dict.fromkeys(FAILURE_FIELDS))
+            if fields["status"] == "completed":
+                current.setdefault("history", [])
+        current.update(fields, framework=self.framework, updated=utc_now())
+        atomic_write_json(path, current)
+
+
+def _archive_attempt(summary: dict[str, Any]) -> None:
+    """Append the attempt `summary` describes to its `history` list (in place)."""
+    keys = ("status", "error", "failed_process", "signal", "epochs_completed", "updated")
+    summary["history"] = [*summary.get("history", []), {k: summary.get(k) for k in keys}]
+
+
+FAILURES_DIR = "failures"
+"""<framework>/failures/: one JSON file per process that ended on an exception in this attempt
+(write_failure), so the launcher can tell the first failure from its knock-on errors."""
+
+
+def write_failure(fw_dir: Path, process: str, error: str) -> None:
+    """A process' own failure: its name ("torch rank 1", "tf worker 0", "tf"), the exception,
+    and when it happened. Best effort: a full disk must not hide the exception itself."""
+    with contextlib.suppress(OSError):
+        atomic_write_json(
+            Path(fw_dir) / FAILURES_DIR / f"{process.replace(' ', '-')}.json",
+            {"process": process, "error": error, "time": time.time()},
+        )
+
+
+def read_failures(fw_dir: Path) -> list[dict[str, Any]]:
+    """This attempt's process failures, earliest first: the first is the cause, the others
+    (a broken collective on the peers, most often) are knock-on errors."""
+    rows = []
+    for path in sorted((Path(fw_dir) / FAILURES_DIR).glob("*.json")):
+        try:
+            rows.append(read_json(path))
+        except (OSError, ValueError):
+            continue  # half-written by a process killed while writing it
+    return sorted(rows, key=lambda r: r.get("time", 0.0))
+
+
+def clear_failures(fw_dir: Path) -> None:
+    """Forget an earlier attempt's process failures (before the processes of a new one start)."""
+    shutil.rmtree(Path(fw_dir) / FAILURES_DIR, ignore_errors=True)
+
+
+def mark_failed(
+    run_dir: Path,
+    framework: str,
+    error: str,
+    failures: list[dict[str, Any]] | None = None,
+    interrupted_now: bool = False,
+) -> None:
+    """Record a failure the trainer could not record itself (it was killed, or never started),
+    or correct the one it recorded.
+
+    `failures` (read_failures) are the processes' own exceptions of this attempt: the earliest
+    gives `failed_process` and `error`, the rest go into `knock_on_errors`. Without them, a
+    summary that already holds the trainer's own error keeps it and `failed_process` is the
+    launcher's `error` (which process exited first, with its code). `interrupted_now`: the
+    summary's 'interrupted' is this attempt's (torchrun stops the other ranks with SIGTERM
+    after one fails), so it is replaced, not kept in `history`.
+    """
+    path = Path(run_dir) / framework / "summary.json"
+    current = read_json(path) if path.exists() else {}
+    if current.get("status") == "interrupted":
+        if not interrupted_now:  # an earlier attempt's; this one failed
+            _archive_attempt(current)
+        current.update(dict.fromkeys(FAILURE_FIELDS))
+        current["status"] = "failed"
+    if failures:
+        first, *others = failures
+        current.update(
+            status="failed",
+            error=first["error"],
+            failed_process=first["process"],
+            knock_on_errors=[{"process": f["process"], "error": f["error"]} for f in others],
+        )
+    else:
+        if current.get("status") != "failed" or not current.get("error"):
+            current.update(status="failed", error=error)
+        current["failed_process"] = error
+    current.update(framework=framework, updated=utc_now())
+    atomic_write_json(path, current)
+
+
+def mark_interrupted(run_dir: Path, framework: str, signal_name: str, resume: str) -> None:
+    """Record that a framework's run was stopped by a stop signal: status 'interrupted', the
+    signal, the epochs finished (`epochs_completed`, 0 when none was) and `resume_command`.
+
+    The trainer records this itself when it can (trainer.session.record_failure); the launcher
+    writes it again with the signal it received, which is the user's, not the one it forwarded.
+    """
+    path = Path(run_dir) / framework / "summary.json"
+    current = read_json(path) if path.exists() else {}
+    if current.get("status") == "failed":  # an earlier attempt's; this one was interrupted
+        _archive_attempt(current)
+    current.update(
+        status="interrupted",
+        error=None,
+        failed_process=None,
+        signal=signal_name,
+        epochs_completed=current.get("epochs_completed", 0),
+        resume_command=resume,
+        framework=framework,
+        updated=utc_now(),
+    )
+    atomic_write_json(path, current)
+
+
+def run_root(folder: Path) -> Path:
+    """The run folder that `python -m launch --resume` takes: `folder` itself, or the run
+    folder around it when it is one of the run's repeat-<k>/ folders."""
+    folder = Path(folder)
+    if re.fullmatch(r"repeat-\d+", folder.name) and (folder.parent / "config.json").is_file():
+        return folder.parent
+    return folder
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir` (or the run a repeat folder is in)."""
+    return f"python -m launch --resume {shlex.quote(str(run_root(run_dir).absolute()))}"
+
+
+def launch_option(key: str) -> str:
+    """The launcher option of a LAUNCH_CHOICES key: tf_strategy -> --tf-strategy."""
+    return "--" + key.replace("_", "-")
+
+
+def write_launch_choices(run_dir: Path, choices: dict[str, Any]) -> None:
+    """launch.json: the LAUNCH_CHOICES values of `choices` (the launcher's parsed options)."""
+    atomic_write_json(Path(run_dir) / LAUNCH_FILE, {k: choices[k] for k in LAUNCH_CHOICES})
+
+
+def read_launch_choices(run_dir: Path) -> dict[str, Any] | None:
+    """The run's launch.json, None for a run made before launch choices were saved."""
+    path = Path(run_dir) / LAUNCH_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def launch_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The given launch choices that differ from the run's saved ones, each as
+    '--option VALUE (the run's: SAVED)'; a choice the run did not save is not compared."""
+
+    def shown(value: Any) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return "none" if value is None else str(value)
+
+    return [
+        f"{launch_option(k)} {shown(v)} (the run's: {shown(saved[k])})"
+        for k, v in given.items()
+        if k in saved and v != saved[k]
+    ]

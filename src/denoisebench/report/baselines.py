@@ -1,0 +1,205 @@
+"""Classical denoisers on a run's noisy test images, to place the autoencoders against methods
+that need no training (the paper's Table 1 lists BM3D).
+
+    from denoisebench.report.baselines import run_baselines
+    result = run_baselines(Path("results/<run-id>"), images=8, seed=0)
+    print(result.frame)   # method, images, psnr_db, ssim, mae, seconds, params, reason
+
+Every method, the noisy input and each framework's outputs are scored on the SAME seeded sample
+of `test_samples.npz` (the run's first 32 test images), with `metrics.image_quality`, so their
+figures compare directly; the sample size goes beside the figures. BM3D takes about 1 s per
+64x64 RGB image on one core (shared/FACTS.md, "Report tools"), which is why it runs on a
+sample and not the whole test split.
+
+The noise level BM3D and non-local means need is the config's sigma for Gaussian noise; other
+noise kinds are not additive Gaussian, so sigma is estimated from the noisy images with
+`skimage.restoration.estimate_sigma`, and the result says so. Parameters are fixed rules of
+sigma, not tuned on these images (tuning on the test images would flatter the baselines).
+A method that cannot run (bm3d not installed, say) is a row with no figures and the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from denoisebench.core.records import FRAMEWORKS, read_json
+from denoisebench.measure.quality import image_quality
+
+FRAMEWORK_NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}
+# Rules of the noise sigma, fixed before looking at any result: scikit-image's gallery uses
+# h = 0.8 sigma for fast-mode non-local means; TV's weight grows with the noise it removes.
+NLM_H_PER_SIGMA = 0.8
+NLM_PATCH_SIZE = 5
+NLM_PATCH_DISTANCE = 6
+TV_WEIGHT_PER_SIGMA = 1.0
+
+COLUMNS = ["method", "images", "psnr_db", "ssim", "mae", "seconds", "params", "reason"]
+
+
+@dataclass
+class BaselineResult:
+    """Scores of every method on one sample, and the images, for the report's picture grid."""
+
+    run_dir: Path
+    frame: pd.DataFrame
+    """One row per method (COLUMNS); figures missing (NaN) where `reason` says why."""
+    indices: np.ndarray
+    """Positions in test_samples.npz of the sampled images (sorted)."""
+    clean: np.ndarray
+    noisy: np.ndarray
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    """Method name -> its images for the sample (only the methods that ran)."""
+    sigma: float | None = None
+    sigma_source: str = ""
+    """Where sigma came from: the config, or an estimate (non-Gaussian noise)."""
+
+
+def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
+    """A seeded sample of min(size, n) distinct positions, sorted so the grid keeps test order."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(size, n), replace=False))
+
+
+def noise_sigma(config: dict[str, Any], noisy: np.ndarray) -> tuple[float, str]:
+    """The noise standard deviation for BM3D and NLM, and where it came from."""
+    noise = config.get("noise", {})
+    kind = noise.get("kind", "gaussian")
+    if kind == "gaussian":
+        return float(noise["sigma"]), f"from the config (gaussian noise, sigma {noise['sigma']:g})"
+    from skimage.restoration import estimate_sigma
+
+    estimates = [estimate_sigma(img, channel_axis=-1, average_sigmas=True) for img in noisy]
+    sigma = float(np.mean(estimates))
+    return sigma, (
+        f"estimated with skimage.restoration.estimate_sigma ({kind} noise is not additive "
+        f"Gaussian; mean over the sample): {sigma:.3f}"
+    )
+
+
+def _bm3d(sigma: float) -> Callable[[np.ndarray], np.ndarray]:
+    import bm3d  # optional at run time: a missing package becomes a reason, not a crash
+
+    return lambda img: bm3d.bm3d_rgb(img, sigma_psd=sigma)
+
+
+def _nlm(sigma: float) -> Callable[[np.ndarray], np.ndarray]:
+    from skimage.restoration import denoise_nl_means
+
+    return lambda img: denoise_nl_means(
+        img,
+        h=NLM_H_PER_SIGMA * sigma,
+        sigma=sigma,
+        patch_size=NLM_PATCH_SIZE,
+        patch_distance=NLM_PATCH_DISTANCE,
+        fast_mode=True,
+        channel_axis=-1,
+    )
+
+
+def _tv(sigma: float) -> Callable[[np.ndarray], np.ndarray]:
+    from skimage.restoration import denoise_tv_chambolle
+
+    return lambda img: denoise_tv_chambolle(
+        img, weight=TV_WEIGHT_PER_SIGMA * sigma, channel_axis=-1
+    )
+
+
+def _params(method: str, sigma: float) -> str:
+    return {
+        "BM3D": f"bm3d.bm3d_rgb, sigma_psd {sigma:.3f}, profile 'np'",
+        "non-local means": (
+            f"skimage denoise_nl_means, h {NLM_H_PER_SIGMA} x sigma = "
+            f"{NLM_H_PER_SIGMA * sigma:.3f}, patch {NLM_PATCH_SIZE}, "
+            f"distance {NLM_PATCH_DISTANCE}, fast mode"
+        ),
+        "total variation": (
+            f"skimage denoise_tv_chambolle, weight {TV_WEIGHT_PER_SIGMA} x sigma = "
+            f"{TV_WEIGHT_PER_SIGMA * sigma:.3f}"
+        ),
+    }[method]
+
+
+METHODS: dict[str, Callable[[float], Callable[[np.ndarray], np.ndarray]]] = {
+    "BM3D": _bm3d,
+    "non-local means": _nlm,
+    "total variation": _tv,
+}
+
+
+def run_baselines(
+    run_dir: Path,
+    images: int = 8,
+    seed: int = 0,
+    methods: tuple[str, ...] = tuple(METHODS),
+) -> BaselineResult:
+    """Score the classical methods, the noisy input and each framework's outputs on one sample.
+
+    `run_dir` is one run folder (test_samples.npz, config.json, <framework>/test_outputs.npz).
+    """
+    run_dir = Path(run_dir)
+    samples = np.load(run_dir / "test_samples.npz")
+    idx = sample_indices(len(samples["clean"]), images, seed)
+    clean = samples["clean"][idx].astype(np.float32)
+    noisy = samples["noisy"][idx].astype(np.float32)
+    sigma, sigma_source = noise_sigma(read_json(run_dir / "config.json"), noisy)
+    n = len(idx)
+    rows: list[dict[str, Any]] = []
+    outputs: dict[str, np.ndarray] = {}
+
+    def score(method: str, images_out: np.ndarray, seconds: float | None, params: str) -> None:
+        q = image_quality(clean, images_out)
+        outputs[method] = images_out
+        rows.append(
+            {
+                "method": method,
+                "images": n,
+                "psnr_db": q["psnr_db"],
+                "ssim": q["ssim"],
+                "mae": q["mae"],
+                "seconds": seconds,
+                "params": params,
+                "reason": None,
+            }
+        )
+
+    def missing(method: str, reason: str, params: str = "") -> None:
+        rows.append({"method": method, "images": n, "params": params, "reason": reason})
+
+    score("noisy input", noisy, None, sigma_source)
+    for method in methods:
+        t0 = time.perf_counter()
+        try:
+            denoise = METHODS[method](sigma)
+            out = np.stack([np.clip(denoise(img), 0.0, 1.0) for img in noisy]).astype(np.float32)
+        except Exception as e:  # an import or library failure: report it, keep the report
+            missing(method, f"{method} failed: {type(e).__name__}: {e}", _params(method, sigma))
+            continue
+        score(method, out, time.perf_counter() - t0, _params(method, sigma))
+    for framework in FRAMEWORKS:
+        path = run_dir / framework / "test_outputs.npz"
+        name = FRAMEWORK_NAMES[framework]
+        if not path.exists():
+            missing(name, f"no {framework}/test_outputs.npz in {run_dir}")
+            continue
+        out = np.load(path)["outputs"]
+        if len(out) != len(samples["clean"]):
+            missing(name, f"{path}: {len(out)} outputs for {len(samples['clean'])} test samples")
+            continue
+        score(name, out[idx].astype(np.float32), None, f"autoencoder outputs ({path.parent.name})")
+    return BaselineResult(
+        run_dir=run_dir,
+        frame=pd.DataFrame(rows, columns=COLUMNS),
+        indices=idx,
+        clean=clean,
+        noisy=noisy,
+        outputs=outputs,
+        sigma=sigma,
+        sigma_source=sigma_source,
+    )

@@ -1,0 +1,156 @@
+"""The side-by-side table printed at the end of a run, read back from the results folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from denoisebench.core.records import FRAMEWORKS, read_json
+
+COLUMNS = {
+    "framework": "framework",
+    "status": "status",
+    "epochs": "epochs",
+    "test_mae": "test MAE",
+    "test_psnr_db": "PSNR dB",
+    "test_ssim": "SSIM",
+    "noisy_psnr_db": "noisy PSNR dB",
+    "throughput_img_s": "img/s",
+    "throughput_steady_img_s": "steady img/s",
+    "gpu_energy_per_image_j": "GPU J/img",
+    "host_rss_peak_gib": "RSS GiB",
+    "wall_time_s": "wall s",
+}
+
+
+def comparison_frame(run_dir: Path) -> pd.DataFrame:
+    """One row per framework run found in run_dir; figures not measured stay missing (NaN)."""
+    rows = []
+    for framework in FRAMEWORKS:
+        path = Path(run_dir) / framework / "summary.json"
+        if not path.exists():
+            continue
+        summary = read_json(path)
+        final = summary.get("final") or {}
+        rows.append(
+            {
+                "framework": framework,
+                "status": summary.get("status"),
+                "epochs": summary.get("epochs_completed"),
+                "test_mae": final.get("test_mae"),
+                "test_psnr_db": final.get("test_psnr_db"),
+                "test_ssim": final.get("test_ssim"),
+                "noisy_psnr_db": final.get("noisy_psnr_db"),
+                "throughput_img_s": summary.get("throughput_img_s"),
+                "throughput_steady_img_s": summary.get("throughput_steady_img_s"),
+                "gpu_energy_per_image_j": summary.get("gpu_energy_per_image_j"),
+                "host_rss_peak_gib": summary.get("host_rss_peak_gib"),
+                "wall_time_s": summary.get("wall_time_s"),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    numeric = [c for c in COLUMNS if c not in ("framework", "status")]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric)  # None (not measured) -> NaN
+    return frame
+
+
+def repeats_table(folders: list[Path]) -> str:
+    """Median [min, max] over repeats, per framework; every repeat is counted, none dropped."""
+    frame = pd.concat([comparison_frame(f) for f in folders], ignore_index=True)
+    if frame.empty:
+        return f"(no framework results in {folders})"
+    lines = [f"{len(folders)} repeats; median [min, max] over the completed ones"]
+    for framework, group in frame.groupby("framework", sort=False):
+        done = group[group["status"] == "completed"]
+        lines.append(f"{framework}: {len(done)}/{len(group)} repeats completed")
+        for col, label, digits in (
+            ("throughput_steady_img_s", "steady img/s", 0),
+            ("gpu_energy_per_image_j", "GPU J/img", 4),
+            ("test_psnr_db", "PSNR dB", 2),
+            ("wall_time_s", "wall s", 1),
+        ):
+            values = done[col].dropna()
+            if values.empty:
+                lines.append(f"  {label:>12}: missing")
+                continue
+            lines.append(
+                f"  {label:>12}: {values.median():.{digits}f} "
+                f"[{values.min():.{digits}f}, {values.max():.{digits}f}]"
+            )
+    return "\n".join(lines)
+
+
+def comparison_table(run_dir: Path) -> str:
+    frame = comparison_frame(run_dir).rename(columns=COLUMNS)
+    if frame.empty:
+        return f"(no framework results in {run_dir})"
+    formats = {
+        "epochs": 0,
+        "test MAE": 4,
+        "PSNR dB": 2,
+        "SSIM": 3,
+        "noisy PSNR dB": 2,
+        "img/s": 0,
+        "steady img/s": 0,
+        "GPU J/img": 4,
+        "RSS GiB": 2,
+        "wall s": 1,
+    }
+    table = frame.to_string(
+        index=False,
+        na_rep="missing",
+        formatters={col: _fixed(digits) for col, digits in formats.items()},
+    )
+    return "\n".join([table, *missing_reasons(run_dir)])
+
+
+def missing_reasons(run_dir: Path) -> list[str]:
+    """One line per framework whose GPU energy is missing, saying why (never a silent blank)."""
+    lines = []
+    for framework in FRAMEWORKS:
+        path = Path(run_dir) / framework / "summary.json"
+        if path.exists():
+            summary = read_json(path)
+            if summary.get("gpu_energy_j") is None and summary.get("gpu_energy_reason"):
+                lines.append(f"  {framework}: GPU J/img missing: {summary['gpu_energy_reason']}")
+    return lines
+
+
+def _fixed(digits: int):
+    return lambda v: "missing" if pd.isna(v) else f"{v:.{digits}f}"
+
+
+def sweep_table(sweep_dir: Path, elements: list) -> str:
+    """One row per sweep element: its devices and batch, then the comparison columns."""
+    frames = []
+    for el in elements:
+        frame = comparison_frame(Path(sweep_dir) / el.name)
+        if frame.empty:
+            frame = pd.DataFrame([{"framework": el.framework, "status": "not run"}])
+        frames.append(frame.assign(devices=el.devices, batch=el.batch_size))
+    frame = pd.concat(frames, ignore_index=True)
+    columns = [
+        "framework",
+        "devices",
+        "batch",
+        "status",
+        "throughput_steady_img_s",
+        "test_psnr_db",
+        "gpu_energy_per_image_j",
+        "wall_time_s",
+    ]
+    return (
+        frame.reindex(columns=columns)
+        .rename(columns=COLUMNS)
+        .to_string(
+            index=False,
+            na_rep="missing",
+            formatters={
+                "steady img/s": _fixed(0),
+                "PSNR dB": _fixed(2),
+                "GPU J/img": _fixed(4),
+                "wall s": _fixed(1),
+            },
+        )
+    )

@@ -1,0 +1,531 @@
+"""TensorFlow / Keras 3 trainer for the denoising autoencoder, one device or several.
+
+Launched by `python -m launch` (which writes the run folder and its config.json first):
+
+    python -m denoisebench.tf_backend.train results/<run-id> [--resume]              # one device
+    python -m denoisebench.tf_backend.train results/<run-id> --devices 4             # MirroredStrategy
+    TF_CONFIG='{...}' python -m denoisebench.tf_backend.train results/<run-id>       # multi-worker
+
+Written the way TensorFlow training loops usually are (Orbit-style): variables created under
+`strategy.scope()`, the input distributed with `strategy.distribute_datasets_from_function`,
+one `tf.function` step run with `strategy.run`, each replica's loss divided by
+`num_replicas_in_sync` so the all-reduced gradient is that of the global batch's mean loss.
+Without GPUs, `--devices N` makes N logical CPU devices. Every replica draws the global batch's
+noise with stateless ops seeded by (seed, step) and trains on its own slice (distributed.py
+states the rule), so a resumed run, or a run on another device count, draws the same noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from denoisebench.core.config import (
+    Config,
+    ConfigError,
+    check_device_support,
+    load_resolved,
+    speed_label,
+)
+from denoisebench.core.distributed import (
+    maybe_delay_after_eval,
+    maybe_inject_fault,
+    tf_worker_index,
+)
+from denoisebench.core.epochs import epoch_batches, epoch_line, final_summary, warmup_steps
+from denoisebench.core.records import DISK_FULL, RunRecorder, disk_full, disk_full_report
+from denoisebench.core.spec import shared_weights
+from denoisebench.measure.profiler import Profiler, nvml_indices
+from denoisebench.tf_backend.model import (
+    adam,
+    add_noise,
+    build_model,
+    get_weights,
+    loss_fn,
+    pick_device,
+    set_weights,
+)
+from denoisebench.trainer.session import (
+    SAMPLE_IMAGES,
+    USER_ERRORS,
+    RunData,
+    announce,
+    epoch_record,
+    measured,
+    prepare_data,
+    raise_on_sigterm,
+    record_failure,
+    run_profiler,
+)
+
+FRAMEWORK = "tf"
+
+
+def build_strategy(devices: int, choice: str) -> tuple[tf.distribute.Strategy, str, str]:
+    """(strategy, its name, device description). Must run before any other TensorFlow work."""
+    device = pick_device(choice)  # also turns on GPU memory growth
+    if "TF_CONFIG" in os.environ:
+        return tf.distribute.MultiWorkerMirroredStrategy(), "multi_worker_mirrored", device
+    if devices <= 1:
+        return tf.distribute.OneDeviceStrategy(device), "single", device
+    gpus = tf.config.list_physical_devices("GPU")
+    if device.startswith("/GPU"):
+        if len(gpus) < devices:
+            raise RuntimeError(f"--devices {devices}, but TensorFlow sees {len(gpus)} GPU(s)")
+        names = [f"/GPU:{i}" for i in range(devices)]
+    else:
+        # N logical CPU devices, so the distributed code path runs on machines without GPUs
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * devices
+        )
+        names = [f"/CPU:{i}" for i in range(devices)]
+    return tf.distribute.MirroredStrategy(names), "mirrored", f"{devices} x {names[0][1:4]}"
+
+
+def apply_runtime(cfg: Config) -> dict[str, Any]:
+    """Pin every setting that changes speed (config.RuntimeConfig) and return what is in effect.
+
+    Runs before any other TensorFlow call: thread counts cannot change once the runtime is up.
+    """
+    rt = cfg.runtime
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.config.experimental.enable_tensor_float_32_execution(rt.tf32)
+    autotune = rt.cudnn_autotune and not cfg.train.deterministic
+    os.environ["TF_CUDNN_USE_AUTOTUNE"] = "1" if autotune else "0"
+    if rt.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(rt.intra_op_threads)
+    if rt.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(rt.inter_op_threads)
+    return {
+        "mode": speed_label(cfg),  # faithful, tuned (the --mode), or custom
+        "tf32_matmul": tf.config.experimental.tensor_float_32_execution_enabled(),
+        "tf32_conv": tf.config.experimental.tensor_float_32_execution_enabled(),
+        "cudnn_autotune": autotune,
+        "torch_compile": None,
+        "xla": rt.xla,
+        "precision": rt.precision,
+        "channels_last": None,  # TensorFlow's convolutions are NHWC already
+        "cuda_graphs": None,
+        # 0 means TensorFlow's default: as many threads as cores
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "deterministic": cfg.train.deterministic,
+    }
+
+
+def tf_gpu_indices(strategy: tf.distribute.Strategy) -> list[int]:
+    """TensorFlow's numbers of the GPUs this worker's replicas run on."""
+    return [
+        int(d.rsplit(":", 1)[1]) for d in strategy.extended.worker_devices if "GPU" in d.upper()
+    ]
+
+
+def reset_memory_peaks(gpus: list[int]) -> None:
+    for i in gpus:
+        tf.config.experimental.reset_memory_stats(f"GPU:{i}")
+
+
+def memory_peaks_gib(gpus: list[int]) -> list[float]:
+    """TensorFlow's own peak allocation on each GPU (not other processes' memory)."""
+    return [tf.config.experimental.get_memory_info(f"GPU:{i}")["peak"] / 2**30 for i in gpus]
+
+
+def add_allocator_peaks(devices: list[dict[str, Any]], gpus: list[int]) -> None:
+    """TensorFlow's own peaks beside NVML's rows, one row per GPU. No rows (profiler off, or
+    NVML unavailable while TensorFlow sees GPUs): nothing to add them to."""
+    if not devices:
+        return
+    for d, peak in zip(devices, memory_peaks_gib(gpus), strict=True):
+        d["alloc_peak_gib"] = peak
+        d["reserved_peak_gib"] = None
+
+
+def evaluate(model: Any, data: RunData, cfg: Config, criterion: Any) -> tuple[float, np.ndarray]:
+    """Test loss and the outputs (NHWC float32) on the fixed noisy test split."""
+    outputs, total = [], 0.0
+    n = len(data.test_noisy)
+    for i in range(0, n, cfg.train.eval_batch_size):
+        noisy = data.test_noisy[i : i + cfg.train.eval_batch_size]
+        clean = data.test_clean[i : i + cfg.train.eval_batch_size]
+        out = model(noisy, training=False)
+        total += float(criterion(clean, out)) * len(noisy)
+        outputs.append(np.asarray(out))
+    return total / n, np.concatenate(outputs)
+
+
+class StepTracer:
+    """TensorFlow's profiler over `profiler.trace_steps` steps after the
+    `profiler.warmup_steps` first ones (`folder` None: off), written to `folder` for
+    TensorBoard's profile plugin (`tensorboard --logdir <folder>`, with
+    tensorboard-plugin-profile installed)."""
+
+    def __init__(self, cfg: Config, folder: Path | None) -> None:
+        self.folder = folder
+        n, warm = cfg.profiler.trace_steps, cfg.profiler.warmup_steps
+        self.start_at, self.stop_at = warm, warm + n
+        self.done, self.running = 0, False
+        self.enabled = bool(n) and folder is not None
+        self.steps = f"{warm}-{warm + n - 1}"
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if self.enabled and self.done == self.start_at and not self.running:
+            assert self.folder is not None
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tf.profiler.experimental.start(str(self.folder))
+            self.running = True
+
+    def step(self) -> None:
+        if not self.enabled:
+            return
+        self.done += 1
+        if self.running and self.done == self.stop_at:
+            tf.profiler.experimental.stop()
+            self.running = False
+            print(f"[tf] trace of steps {self.steps}: {self.folder}", flush=True)
+        self._maybe_start()
+
+    def close(self) -> None:
+        if self.running:
+            tf.profiler.experimental.stop()
+            self.running = False
+            print(f"[tf] partial trace (the run ended before step {self.stop_at})", flush=True)
+        elif self.enabled and self.done < self.start_at:
+            print(f"[tf] no trace: the run ended before steps {self.steps} began", flush=True)
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) -> dict[str, Any]:
+    """Train `cfg` into run_dir/tf/ and return its summary fields (on the chief)."""
+    runtime = apply_runtime(cfg)
+    strategy, name, device = build_strategy(devices, cfg.train.device)
+    worker, workers = tf_worker_index()
+    is_main = worker == 0
+    replicas = strategy.num_replicas_in_sync
+    world = {
+        "world_size": replicas,
+        "processes": workers,
+        "global_batch": cfg.train.batch_size * replicas,
+        "lr": cfg.train.lr * (replicas if cfg.train.scale_lr else 1),
+        "strategy": name,
+        "device": device if workers == 1 else f"{workers} workers, {replicas} replicas",
+        # TensorFlow waits for a GPU once an epoch (see the loop): its steps are host intervals
+        "step_clock": "host_dispatch" if tf_gpu_indices(strategy) else "host",
+        "runtime": runtime,
+    }
+    rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
+    if rec:
+        announce(rec, cfg, world)
+    gpus = nvml_indices(tf_gpu_indices(strategy))
+    try:
+        with run_profiler(cfg, run_dir, FRAMEWORK, gpus, worker) as prof:
+            return _train(cfg, run_dir, rec, strategy, world, worker, workers, resume, prof)
+    except BaseException as e:
+        process = f"tf worker {worker}" if workers > 1 else "tf"
+        record_failure(rec, e, Path(run_dir) / FRAMEWORK, process)
+        raise
+
+
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    rec: RunRecorder | None,
+    strategy: tf.distribute.Strategy,
+    world: dict[str, Any],
+    worker: int,
+    workers: int,
+    resume: bool,
+    prof: Profiler | None,
+) -> dict[str, Any]:
+    replicas, global_batch = world["world_size"], world["global_batch"]
+    if cfg.runtime.xla and replicas > 1:
+        # on CPU devices XLA has no collectives at all (b/194942685); on GPUs Keras turns XLA
+        # off itself under tf.distribute (keras-team/keras#18716) and LossScaleOptimizer with
+        # jit_compile under MirroredStrategy is reported broken (keras-team/keras#21366)
+        raise ConfigError(
+            f"runtime.xla with {replicas} TensorFlow replicas is not supported: XLA runs on one "
+            "device only here (the tuned mode turns it off for several devices); set "
+            "runtime.xla=false or use one device"
+        )
+    physical = tf.config.list_physical_devices("GPU")
+    for i in tf_gpu_indices(strategy):
+        details = tf.config.experimental.get_device_details(physical[i])
+        if details.get("compute_capability"):
+            name = details.get("device_name", physical[i].name)
+            check_device_support(cfg, name, tuple(details["compute_capability"]))
+    data = prepare_data(cfg, run_dir, is_main=rec is not None)
+    local_replicas = replicas // workers
+    b = cfg.train.batch_size
+    with strategy.scope():
+        tf.keras.utils.set_random_seed(cfg.train.seed)  # native init draws from Keras' seed
+        model = build_model(cfg.model, precision=cfg.runtime.precision)
+        if cfg.train.init == "shared":
+            set_weights(model, shared_weights(cfg.model, cfg.train.seed))
+        optimizer = adam(cfg.train, world["lr"], cfg.runtime.precision)
+        optimizer.build(model.trainable_variables)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        wall_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    local_devices = strategy.extended.worker_devices
+
+    def on_each_device(array: np.ndarray) -> Any:
+        """One copy of `array` on each of this worker's devices. value_fn is not called under
+        the replica's device scope, so each copy is placed explicitly."""
+
+        def value_fn(ctx: tf.distribute.experimental.ValueContext) -> tf.Tensor:
+            with tf.device(local_devices[ctx.replica_id_in_sync_group % len(local_devices)]):
+                return tf.identity(array)
+
+        return strategy.experimental_distribute_values_from_function(value_fn)
+
+    train_images = on_each_device(data.train_u8)  # uint8, NHWC, on the devices once
+    criterion = loss_fn(cfg.train.loss)
+
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, epoch=epoch_var, wall_time_s=wall_var
+    )
+    ckpt_dir = Path(run_dir) / FRAMEWORK / "checkpoints"
+    # every worker saves (saving may need collectives); only the chief's copy is kept
+    save_dir = ckpt_dir if rec else Path(tempfile.mkdtemp(prefix=f"tf-worker{worker}-"))
+    manager = tf.train.CheckpointManager(checkpoint, str(save_dir), max_to_keep=1)
+    latest = tf.train.latest_checkpoint(str(ckpt_dir))
+    if resume and latest:
+        checkpoint.restore(latest).assert_consumed()
+        if rec:
+            print(f"[tf] resuming after epoch {int(epoch_var.numpy())}", flush=True)
+    start_epoch = int(epoch_var.numpy())
+    if rec:
+        rec.truncate_after(start_epoch)
+
+    def update(noisy: tf.Tensor, clean: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            out = model(noisy, training=True)
+            # this replica's mean; divided by the replicas, the all-reduced sum is the global
+            # batch's mean
+            loss = criterion(clean, out) / replicas
+            scaled = optimizer.scale_loss(loss)  # float16: loss scaling; else the loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss * replicas
+
+    if cfg.runtime.xla:
+        # XLA compiles the model's update only; picking the batch and drawing its noise stay
+        # outside it. Inside jit_compile the stateless random ops draw other values than
+        # outside (max abs difference 4.09 for stateless_normal, seen on CPU) and
+        # stateless_poisson has no XLA kernel at all: kept outside, an XLA run trains on
+        # exactly the eager run's noise. One replica only (refused above for several): a
+        # nested tf.function cannot hold the cross-replica gradient sum (merge_call)
+        update = tf.function(update, jit_compile=True)
+
+    @tf.function
+    def train_step(images: Any, order: Any, i: tf.Tensor, seed: tf.Tensor) -> Any:
+        def step_fn(
+            images: tf.Tensor, order: tf.Tensor, i: tf.Tensor, seed: tf.Tensor
+        ) -> tf.Tensor:
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            global_idx = order[i]  # the step's global batch, from the epoch's order on the device
+            clean = tf.cast(tf.gather(images, global_idx), tf.float32) / 255.0
+            noisy = add_noise(clean, cfg.noise, seed)  # the whole global batch's noise
+            start, end = replica * b, (replica + 1) * b
+            return update(noisy[start:end], clean[start:end])
+
+        return strategy.run(step_fn, args=(images, order, i, seed))
+
+    n_train = len(data.train_u8)
+    step = start_epoch * (n_train // global_batch)
+    steady_from = step + warmup_steps(cfg)  # this process' warm-up (XLA compiles), resumed too
+    wall_time_s = float(wall_var.numpy())
+    gpus = tf_gpu_indices(strategy)
+    if prof:
+        prof.measure_idle(cfg.profiler.idle_s)
+    tracer = StepTracer(cfg, Path(run_dir) / FRAMEWORK / "trace" if rec else None)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        order = np.stack(epoch_batches(n_train, global_batch, cfg.train.seed, epoch))
+        # the epoch's whole order goes to each device once, as the PyTorch trainer does; each
+        # step picks its row inside the step. (A distributed tf.data iterator handing out one
+        # row a step cost 45% of the step time on a 2-core CPU: 270 against 500 img/s.)
+        order_t = on_each_device(order)
+        if workers > 1:
+            # the chief evaluated and saved between epochs while the others went on: start
+            # the epoch's clock together, or their first collective's wait counts as training
+            gather_per_worker(strategy, workers, local_replicas, None)
+        rows: list[dict[str, Any]] = []
+        losses: list[Any] = []  # each step's per-replica losses, fetched after the epoch
+        reset_memory_peaks(gpus)
+        mark = prof.window_start() if prof else None
+        t_epoch = time.perf_counter()
+        for i in tqdm(
+            range(len(order)),
+            desc=f"tf epoch {epoch + 1}",
+            leave=False,
+            disable=None if rec else True,
+        ):
+            t0 = time.perf_counter()
+            # this worker's replicas: under MirroredStrategy one process holds them all
+            maybe_inject_fault(range(worker * local_replicas, (worker + 1) * local_replicas), step)
+            i_t = tf.constant(i, tf.int32)
+            t_data = time.perf_counter()
+            seed = tf.constant([cfg.train.seed, step], tf.int64)
+            per_replica = train_step(train_images, order_t, i_t, seed)
+            losses.append(strategy.experimental_local_results(per_replica))
+            if i == len(order) - 1:
+                # the one wait for the devices per epoch: the last step ends when all work has.
+                # Fetching every step's loss would stall a GPU's queue after each step; on a
+                # GPU the other steps' times are therefore the host's dispatch intervals, and
+                # their sum is still the epoch's wall time
+                [np.asarray(v) for v in losses[-1]]
+            rows.append(
+                {
+                    "framework": FRAMEWORK,
+                    "epoch": epoch,
+                    "step": step,
+                    "rank": worker,
+                    "replicas": local_replicas,
+                    "batch_size": b * local_replicas,
+                    "loss": None,  # filled in after the epoch
+                    "step_time_s": time.perf_counter() - t0,
+                    "data_wait_s": t_data - t0,
+                    "warmup": step < steady_from,
+                }
+            )
+            tracer.step()
+            step += 1
+        train_time = time.perf_counter() - t_epoch
+        for row, local in zip(rows, losses, strict=True):
+            row["loss"] = float(np.mean([np.asarray(v) for v in local]))
+        devices, host = prof.window_end(mark) if prof and mark else ([], None)
+        add_allocator_peaks(devices, gpus)
+
+        gathered = gather_per_worker(
+            strategy, workers, local_replicas, [rows, train_time, devices, [host] if host else []]
+        )
+        rows = [r for g in gathered for r in g[0]]
+        train_time = max(g[1] for g in gathered)  # the job is as fast as its slowest worker
+        devices = [d for g in gathered for d in g[2]]
+        hosts = [h for g in gathered for h in g[3]]
+
+        epoch_var.assign(epoch + 1)
+        if rec is None:
+            save_checkpoint(manager, save_dir)
+            continue
+        t_eval = time.perf_counter()
+        test_loss, outputs = evaluate(model, data, cfg, criterion)
+        maybe_delay_after_eval()
+        record = epoch_record(
+            FRAMEWORK,
+            epoch,
+            rows,
+            train_time,
+            time.perf_counter() - t_eval,
+            test_loss,
+            outputs,
+            data,
+            measured(cfg, devices, hosts, replicas) if prof else None,
+        )
+        wall_time_s += time.perf_counter() - t_epoch
+        rec.epoch(record, rows, devices, hosts)
+        wall_var.assign(wall_time_s)
+        save_checkpoint(manager, save_dir)
+        rec.summary(epochs_completed=epoch + 1)
+        print(epoch_line(record, cfg.train.epochs), flush=True)
+
+    tracer.close()
+    if rec is None:
+        shutil.rmtree(save_dir, ignore_errors=True)
+        return {}
+    rec.write_weights(get_weights(model))
+    # the report's image grid: outputs for the saved test samples
+    rec.write_outputs(np.asarray(model(data.test_noisy[:SAMPLE_IMAGES], training=False)))
+    summary = final_summary(rec, wall_time_s, int(model.count_params()), data.description, world)
+    rec.summary(**summary)
+    return summary
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, folder: Path) -> None:
+    """manager.save(), and on failure nothing of the new checkpoint left behind (TensorFlow
+    writes it into <prefix>_temp* first); a full disk is raised as the OSError it is."""
+    try:
+        manager.save()
+    except Exception as e:
+        full = disk_full(e, folder)
+        for partial in Path(folder).glob("*_temp*"):
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
+        if full is not None:
+            raise full from e
+        raise
+
+
+def gather_per_worker(
+    strategy: tf.distribute.Strategy, workers: int, local_replicas: int, obj: Any
+) -> list[Any]:
+    """Each worker's JSON-able `obj`, on every worker, in worker order.
+
+    Collectives carry numbers only (int32, not uint8): the object travels as its UTF-8 bytes,
+    one int32 each, padded to the longest.
+    """
+    if workers == 1:
+        return [obj]
+    payload = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8).astype(np.int32)
+
+    def gather(values: np.ndarray) -> np.ndarray:
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda _ctx: tf.constant(values[None, :])
+        )
+        # replicas are numbered worker by worker: keep the first replica of each worker
+        return strategy.gather(per_replica, axis=0).numpy()[::local_replicas]
+
+    lengths = gather(np.array([len(payload)], dtype=np.int64))[:, 0]
+    padded = np.zeros(int(lengths.max()), dtype=np.int32)
+    padded[: len(payload)] = payload
+    blobs = gather(padded)
+    return [
+        json.loads(blob[:n].astype(np.uint8).tobytes().decode())
+        for blob, n in zip(blobs, lengths, strict=True)
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="results/<run-id>, holding config.json")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="replicas on this machine: GPUs, or logical CPU devices without GPUs",
+    )
+    args = parser.parse_args(argv)
+    raise_on_sigterm()
+    try:
+        train(
+            load_resolved(args.run_dir / "config.json"),
+            args.run_dir,
+            resume=args.resume,
+            devices=args.devices,
+        )
+    except USER_ERRORS as e:  # bad input: a clear message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        print(f"[tf] error: {disk_full_report(e, args.run_dir / FRAMEWORK)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,602 @@
+"""PyTorch trainer for the denoising autoencoder, single device or DistributedDataParallel.
+
+Launched by `python -m launch` (which writes the run folder and its config.json first):
+
+    python -m denoisebench.torch_backend.train results/<run-id> [--resume]            # one device
+    torchrun --nproc-per-node 4 -m denoisebench.torch_backend.train results/<run-id>  # DDP
+
+Under torchrun (RANK in the environment) it runs DDP: NCCL on GPUs, gloo on CPUs. Every rank
+holds the training images on its device as uint8; each step takes one global batch from the
+shared epoch order, draws its noise from a generator seeded by (seed, epoch) on every rank,
+and trains on its own slice (distributed.py states the rule). Only rank 0 writes the results
+folder; every rank's step timings are gathered into it. A checkpoint is written at the end of
+every epoch; --resume continues from it and reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import itertools
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from denoisebench.core.config import (
+    Config,
+    ConfigError,
+    check_device_support,
+    load_resolved,
+    speed_label,
+)
+from denoisebench.core.distributed import maybe_delay_after_eval, maybe_inject_fault
+from denoisebench.core.epochs import epoch_batches, epoch_line, final_summary, warmup_steps
+from denoisebench.core.records import DISK_FULL, RunRecorder, disk_full, disk_full_report
+from denoisebench.core.spec import shared_weights
+from denoisebench.measure.profiler import Profiler, nvml_indices
+from denoisebench.torch_backend.model import (
+    add_noise,
+    autocast,
+    build_model,
+    get_weights,
+    loss_fn,
+    memory_format,
+    pick_device,
+    set_weights,
+)
+from denoisebench.trainer.session import (
+    SAMPLE_IMAGES,
+    USER_ERRORS,
+    RunData,
+    announce,
+    epoch_record,
+    measured,
+    prepare_data,
+    raise_on_sigterm,
+    record_failure,
+    run_profiler,
+)
+
+FRAMEWORK = "torch"
+
+
+def to_nchw(x: np.ndarray, device: torch.device, cfg: Config) -> torch.Tensor:
+    """NHWC float32 host images -> NCHW on the device, in the run's memory format."""
+    fmt = memory_format(cfg.runtime.channels_last)
+    return torch.from_numpy(x).to(device).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, noisy: np.ndarray, cfg: Config, device: torch.device) -> Any:
+    """The model's float32 NCHW output for NHWC host images, in the run's precision."""
+    with autocast(device, cfg.runtime.precision):
+        return model(to_nchw(noisy, device, cfg)).float()
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, data: RunData, cfg: Config, device: torch.device, criterion: Any
+) -> tuple[float, np.ndarray]:
+    """Test loss and the outputs (NHWC float32) on the fixed noisy test split."""
+    model.eval()
+    outputs, total = [], 0.0
+    n = len(data.test_noisy)
+    for i in range(0, n, cfg.train.eval_batch_size):
+        out = predict(model, data.test_noisy[i : i + cfg.train.eval_batch_size], cfg, device)
+        clean = to_nchw(data.test_clean[i : i + cfg.train.eval_batch_size], device, cfg)
+        total += criterion(out, clean).item() * len(out)
+        outputs.append(out.permute(0, 2, 3, 1).cpu().numpy())
+    model.train()
+    return total / n, np.concatenate(outputs)
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: Any,
+    device: torch.device,
+    cfg: Config,
+) -> tuple[StepFn, torch.amp.GradScaler]:
+    """One training step (forward in the run's precision, backward, Adam) -> the loss.
+
+    float16 scales the loss (GradScaler); bfloat16 and float32 need no scaling. The loss is
+    computed in float32 from the output either way, as the float32 run computes it."""
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.precision == "float16")
+
+    def step(noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        with autocast(device, cfg.runtime.precision, cache=not cfg.runtime.cuda_graphs):
+            out = model(noisy)
+        loss = criterion(out.float(), clean)
+        scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
+
+    return step, scaler
+
+
+class GraphedStep:
+    """A training step captured once in a CUDA graph and replayed (runtime.cuda_graphs).
+
+    The pattern of PyTorch's "whole network capture": the first `warmup` steps run eagerly on
+    `stream`, a side stream (real training steps; cuDNN picks its kernels and Adam builds its
+    state), the next one is captured on that stream from static input buffers, and every later
+    one copies its batch into those buffers and replays the graph: one launch per step instead
+    of dozens. One stream for warm-up and capture, so libraries that create handles lazily per
+    stream have them before capture starts. Adam must be `capturable` (its step counts live on
+    the device). Under DDP (NCCL >= 2.9.6 captures the all-reduces) PyTorch's CUDA notes ask for
+    three more things, done by the trainer: NCCL's async error handling off before the process
+    group starts, DDP constructed on `stream`, and at least 11 eager DDP steps before capture.
+    """
+
+    def __init__(
+        self,
+        step: StepFn,
+        optimizer: torch.optim.Optimizer,
+        stream: torch.cuda.Stream,
+        warmup: int = 3,
+    ) -> None:
+        self.step, self.optimizer, self.warmup = step, optimizer, warmup
+        self.calls = 0
+        self.stream = stream
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def capture_step(self) -> int:
+        """The call (from 0) that captures the graph: the capture's time lands in that step,
+        so it and the eager calls before it are warm-up."""
+        return self.warmup
+
+    def __call__(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls <= self.warmup:
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.step(noisy, clean)
+            torch.cuda.current_stream().wait_stream(self.stream)
+            return loss
+        if self.graph is None:
+            static_noisy, static_clean = noisy.clone(), clean.clone()
+            self.optimizer.zero_grad(set_to_none=True)  # backward fills the graph's own grads
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=self.stream):
+                static_loss = self.step(static_noisy, static_clean)
+            self.static = (static_noisy, static_clean, static_loss)
+        assert self.static is not None
+        static_noisy, static_clean, static_loss = self.static
+        static_noisy.copy_(noisy)
+        static_clean.copy_(clean)
+        self.graph.replay()
+        return static_loss
+
+
+class StepClock:
+    """Per-step times without making the host wait for the device after every step.
+
+    CUDA: an event is recorded after each step and all are read once at the end of the epoch,
+    so the host keeps queueing work (a sync per step would cost the launch pipeline, and is a
+    large part of a step this small on a fast GPU). CPU: PyTorch's CPU ops have finished when
+    they return, so the host clock is the step's time.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        """Seconds between consecutive marks (waits for the device first)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in itertools.pairwise(self.marks)]
+        return [b - a for a, b in itertools.pairwise(self.marks)]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write to a temporary name, then rename: the last checkpoint stays whole if this fails,
+    and nothing of the failed one is left (torch.save reports a full disk as a RuntimeError:
+    it is raised as the OSError it is)."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        # through a file object closed here, also on failure: torch.save's own writer can keep
+        # a failed file open, and an unlinked file that is still open keeps its space
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException as e:
+        full = disk_full(e, tmp)
+        tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from e
+        raise
+
+
+class StepTracer:
+    """torch.profiler over `profiler.trace_steps` steps after the `profiler.warmup_steps` first
+    ones (`folder` None: off). Writes trace.json (open in Perfetto or chrome://tracing) and
+    top_ops.txt (operators by self time on the device, or the CPU without one) into `folder`."""
+
+    def __init__(self, cfg: Config, folder: Path | None, device: torch.device) -> None:
+        self.folder, self.cuda, self.written = folder, device.type == "cuda", False
+        self.prof: torch.profiler.profile | None = None
+        n, warm = cfg.profiler.trace_steps, cfg.profiler.warmup_steps
+        self.first, self.end, self.done = warm, warm + n, 0
+        if not n or folder is None:
+            return
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.cuda:
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.prof = torch.profiler.profile(
+            activities=activities,
+            # steps before `warm` are not recorded; the one before the trace warms the profiler
+            schedule=torch.profiler.schedule(
+                wait=max(warm - 1, 0), warmup=min(warm, 1), active=n, repeat=1
+            ),
+            on_trace_ready=self._write,
+        )
+        self.prof.start()
+
+    def _write(self, prof: torch.profiler.profile) -> None:
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(self.folder / "trace.json"))
+        sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=sort, row_limit=40)
+        (self.folder / "top_ops.txt").write_text(table + "\n")
+        self.written = True
+        last = min(self.end, self.done) - 1
+        partial = f" (partial: the run ended before step {self.end})" if last < self.end - 1 else ""
+        print(f"[torch] trace of steps {self.first}-{last}{partial}: {self.folder}", flush=True)
+
+    def step(self) -> None:
+        if self.prof:
+            self.done += 1
+            self.prof.step()
+
+    def close(self) -> None:
+        if self.prof:
+            self.prof.stop()  # a trace still recording is written as it is
+            if not self.written:
+                print(f"[torch] no trace: the run ended before step {self.first}", flush=True)
+
+
+def apply_runtime(cfg: Config) -> dict[str, Any]:
+    """Pin every setting that changes speed (config.RuntimeConfig) and return what is in effect."""
+    rt = cfg.runtime
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cuda.matmul.allow_tf32 = rt.tf32
+    torch.backends.cudnn.allow_tf32 = rt.tf32
+    torch.backends.cudnn.benchmark = rt.cudnn_autotune and not cfg.train.deterministic
+    if rt.intra_op_threads:
+        torch.set_num_threads(rt.intra_op_threads)
+    if rt.inter_op_threads:
+        torch.set_num_interop_threads(rt.inter_op_threads)
+    return {
+        "mode": speed_label(cfg),  # faithful, tuned (the --mode), or custom
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_conv": torch.backends.cudnn.allow_tf32,
+        "cudnn_autotune": torch.backends.cudnn.benchmark,
+        "torch_compile": rt.torch_compile,
+        "xla": None,
+        "precision": rt.precision,
+        "channels_last": rt.channels_last,
+        "cuda_graphs": rt.cuda_graphs,
+        "intra_op_threads": torch.get_num_threads(),
+        "inter_op_threads": torch.get_num_interop_threads(),
+        "deterministic": cfg.train.deterministic,
+    }
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device, so a clock read after it measures finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Train `cfg` into run_dir/torch/ and return its summary fields (on rank 0)."""
+    ddp = "RANK" in os.environ  # set by torchrun
+    if ddp:
+        use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
+        if use_cuda and cfg.runtime.cuda_graphs:
+            # capturing NCCL all-reduces needs DDP's async error handling off (see GraphedStep)
+            os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if use_cuda:
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+    else:
+        rank, world_size, device = 0, 1, pick_device(cfg.train.device)
+    is_main = rank == 0
+    runtime = apply_runtime(cfg)
+
+    rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
+    world = {
+        "world_size": world_size,
+        "processes": world_size,
+        "global_batch": cfg.train.batch_size * world_size,
+        "lr": cfg.train.lr * (world_size if cfg.train.scale_lr else 1),
+        "strategy": "ddp" if ddp else "single",
+        "device": str(device) if not ddp else f"{world_size} x {device.type}",
+        # CUDA events on a GPU (StepClock); on the CPU a step has finished when it returns
+        "step_clock": "cuda_events" if device.type == "cuda" else "host",
+        "runtime": runtime,
+    }
+    if rec:
+        announce(rec, cfg, world)
+    gpus = nvml_indices([device.index or 0]) if device.type == "cuda" else []
+    try:
+        with run_profiler(cfg, run_dir, FRAMEWORK, gpus, rank) as prof:
+            summary = _train(cfg, run_dir, rec, device, rank, world, resume, ddp, prof)
+        if ddp:
+            # free the DDP model now: its reducer holds the process group and the last
+            # all-reduce's work objects, and left to the interpreter's exit their gloo threads
+            # are torn down after Python is gone (std::terminate, exit code -6, about one run
+            # in fifteen on a 2-core machine)
+            gc.collect()
+            # every rank waits for rank 0 to finish writing: tearing the gloo group down while
+            # a peer still holds its connections aborts that peer (also seen as exit code -6)
+            dist.barrier()
+        return summary
+    except BaseException as e:
+        record_failure(rec, e, Path(run_dir) / FRAMEWORK, f"torch rank {rank}" if ddp else "torch")
+        raise
+    finally:
+        if ddp and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    rec: RunRecorder | None,
+    device: torch.device,
+    rank: int,
+    world: dict[str, Any],
+    resume: bool,
+    ddp: bool,
+    prof: Profiler | None,
+) -> dict[str, Any]:
+    world_size, global_batch = world["world_size"], world["global_batch"]
+    data = prepare_data(cfg, run_dir, is_main=rec is not None)
+    torch.manual_seed(cfg.train.seed)  # native init draws from the global generator
+    if cfg.runtime.cuda_graphs and device.type != "cuda":
+        raise ConfigError(
+            f"runtime.cuda_graphs needs CUDA devices; this run is on {device.type} "
+            "(set runtime.cuda_graphs=false)"
+        )
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        check_device_support(cfg, torch.cuda.get_device_name(device), capability)
+    # CUDA graphs: warm-up and capture run on this stream, and DDP is built on it (GraphedStep)
+    graph_stream = torch.cuda.Stream(device) if cfg.runtime.cuda_graphs else None
+    fmt = memory_format(cfg.runtime.channels_last)
+    raw_model = build_model(cfg.model).to(device)
+    if cfg.train.init == "shared":
+        set_weights(raw_model, shared_weights(cfg.model, cfg.train.seed))
+    raw_model = raw_model.to(memory_format=fmt)
+    ckpt_path = Path(run_dir) / FRAMEWORK / "checkpoints" / "last.pt"
+    state = None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        # every rank restores the same weights before DDP is built (its broadcast then copies
+        # equal values), so no rank's copy can race the broadcast
+        raw_model.load_state_dict(state["model"])
+    # training runs the natural network on images flipped once (model_torch's flip identity):
+    # no pads, crops or flips in the step; evaluation and the weights use raw_model, canonical
+    model: torch.nn.Module = raw_model.net
+    if ddp:
+        if graph_stream is not None:
+            # DDP's constructor broadcasts rank 0's weights on graph_stream: it must wait for the
+            # default stream's copies (to(device), channels_last, the restored checkpoint), and
+            # the default stream for the broadcast (PyTorch's CUDA-graph notes: wait_stream
+            # before building DDP on a side stream)
+            graph_stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(graph_stream) if graph_stream else contextlib.nullcontext():
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if graph_stream is not None:
+            torch.cuda.current_stream(device).wait_stream(graph_stream)
+    if cfg.runtime.torch_compile:
+        model = torch.compile(model)
+    optimizer = torch.optim.Adam(
+        model.parameters(),
+        lr=world["lr"],
+        betas=(cfg.train.beta1, cfg.train.beta2),
+        eps=cfg.train.eps,
+        capturable=cfg.runtime.cuda_graphs,  # step counts on the device, for graph replay
+    )
+    criterion = loss_fn(cfg.train.loss)
+    train_step, scaler = make_step(model, optimizer, criterion, device, cfg)
+    capture_step = None
+    if graph_stream is not None:
+        train_step = GraphedStep(train_step, optimizer, graph_stream, warmup=11 if ddp else 3)
+        capture_step = train_step.capture_step
+
+    start_epoch, wall_time_s = 0, 0.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:  # float16 loss scale (checkpoints from before it lack it)
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, wall_time_s = state["epoch"], state["wall_time_s"]
+        if rec:
+            print(f"[torch] resuming after epoch {start_epoch}", flush=True)
+    if rec:
+        rec.truncate_after(start_epoch)
+
+    # uint8 NHWC, on the device once, flipped in height and width for raw_model.net
+    train_images = torch.from_numpy(data.train_u8).to(device).flip(1, 2)
+    n_train = len(train_images)
+    b = cfg.train.batch_size
+    mine = slice(rank * b, (rank + 1) * b)
+    step = start_epoch * (n_train // global_batch)
+    steady_from = step + warmup_steps(cfg, capture_step)  # this process' warm-up, resumed too
+    if prof:
+        prof.measure_idle(cfg.profiler.idle_s)
+    tracer = StepTracer(cfg, Path(run_dir) / FRAMEWORK / "trace" if rec else None, device)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if ddp:
+            # rank 0 evaluated and checkpointed after the last epoch while the others went on:
+            # start the clock together, or their first all-reduce's wait counts as training
+            dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+        # the same generator on every rank: noise depends only on (seed, epoch), not on the
+        # number of devices, and a resumed run draws it again identically
+        generator = torch.Generator(device).manual_seed(cfg.train.seed * 100_003 + epoch)
+        batches = epoch_batches(n_train, global_batch, cfg.train.seed, epoch)
+        # the epoch's whole order goes to the device once: no host-to-device copy per step
+        order = torch.from_numpy(np.stack(batches)).to(device)
+        losses = torch.empty(len(order), device=device)  # fetched once, after the epoch
+        waits: list[float] = []
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        mark = prof.window_start() if prof else None
+        clock = StepClock(device)
+        t_epoch = time.perf_counter()
+        clock.mark()
+        first_step = step
+        for i in tqdm(
+            range(len(order)),
+            desc=f"torch epoch {epoch + 1}",
+            leave=False,
+            disable=None if rec else True,
+        ):
+            t0 = time.perf_counter()
+            maybe_inject_fault(range(rank, rank + 1), step)
+            idx_t = order[i]
+            waits.append(time.perf_counter() - t0)
+            clean = train_images[idx_t].permute(0, 3, 1, 2).float() / 255
+            noisy = add_noise(clean, cfg.noise, generator)  # the whole global batch's noise
+            if not cfg.runtime.cuda_graphs:
+                optimizer.zero_grad(set_to_none=True)
+            losses[i] = train_step(
+                noisy[mine].contiguous(memory_format=fmt),
+                clean[mine].contiguous(memory_format=fmt),
+            )
+            clock.mark()
+            tracer.step()
+            step += 1
+        step_times = clock.durations()  # waits for the device: the epoch's work is done
+        train_time = time.perf_counter() - t_epoch
+        rows = [
+            {
+                "framework": FRAMEWORK,
+                "epoch": epoch,
+                "step": first_step + i,
+                "rank": rank,
+                "replicas": 1,
+                "batch_size": b,
+                "loss": loss_value,
+                "step_time_s": step_time,
+                "data_wait_s": wait,
+                "warmup": first_step + i < steady_from,
+            }
+            for i, (loss_value, step_time, wait) in enumerate(
+                zip(losses.tolist(), step_times, waits, strict=True)
+            )
+        ]
+        devices, host = prof.window_end(mark) if prof and mark else ([], None)
+        for d in devices:  # the caching allocator's own view, beside NVML's
+            d["alloc_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            d["reserved_peak_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        hosts = [host] if host else []
+
+        if ddp:  # every rank's rows, epoch time and profile, to rank 0
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, (rows, train_time, devices, hosts))
+            rows = [r for g in gathered for r in g[0]]
+            train_time = max(g[1] for g in gathered)  # the job is as fast as its slowest rank
+            devices = [d for g in gathered for d in g[2]]
+            hosts = [h for g in gathered for h in g[3]]
+        if rec is None:
+            continue
+        t_eval = time.perf_counter()
+        test_loss, outputs = evaluate(raw_model, data, cfg, device, criterion)
+        maybe_delay_after_eval()
+        record = epoch_record(
+            FRAMEWORK,
+            epoch,
+            rows,
+            train_time,
+            time.perf_counter() - t_eval,
+            test_loss,
+            outputs,
+            data,
+            measured(cfg, devices, hosts, world_size) if prof else None,
+        )
+        wall_time_s += time.perf_counter() - t_epoch
+        rec.epoch(record, rows, devices, hosts)
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "wall_time_s": wall_time_s,
+            },
+        )
+        rec.summary(epochs_completed=epoch + 1)
+        print(epoch_line(record, cfg.train.epochs), flush=True)
+
+    tracer.close()
+    if rec is None:
+        return {}
+    rec.write_weights(get_weights(raw_model))
+    raw_model.eval()  # the report's image grid: outputs for the saved test samples
+    sample = predict(raw_model, data.test_noisy[:SAMPLE_IMAGES], cfg, device)
+    rec.write_outputs(sample.permute(0, 2, 3, 1).cpu().numpy())
+    parameters = sum(p.numel() for p in raw_model.parameters())
+    summary = final_summary(rec, wall_time_s, parameters, data.description, world)
+    rec.summary(**summary)
+    return summary
+
+
+@record  # under torchrun, the failing rank's traceback goes into torchrun's failure summary
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="results/<run-id>, holding config.json")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    args = parser.parse_args(argv)
+    raise_on_sigterm()
+    try:
+        train(load_resolved(args.run_dir / "config.json"), args.run_dir, resume=args.resume)
+    except USER_ERRORS as e:  # bad input: a clear message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        print(f"[torch] error: {disk_full_report(e, args.run_dir / FRAMEWORK)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
