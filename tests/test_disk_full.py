@@ -20,6 +20,7 @@ from helpers import launch
 from denoisebench.core import records as results
 from denoisebench.core.config import ConfigError, load_config, parse_overrides
 from denoisebench.core.records import read_json, read_jsonl
+from denoisebench.trainer import session
 
 
 def leftovers(run: Path) -> list[Path]:
@@ -44,7 +45,7 @@ def run_trainer_main(framework: str, run: Path, monkeypatch, capsys) -> str:
     run.mkdir(parents=True)
     (run / "config.json").write_text(cfg.to_json())
     module = importlib.import_module(f"denoisebench.{framework}_backend.train")
-    monkeypatch.setattr(module, "raise_on_sigterm", lambda: None)  # leave pytest's handlers
+    monkeypatch.setattr(session, "raise_on_sigterm", lambda: None)  # leave pytest's handlers
     with pytest.raises(SystemExit) as exit_:
         module.main([str(run)])
     assert exit_.value.code == 1

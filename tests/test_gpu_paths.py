@@ -73,7 +73,7 @@ def test_report_leaves_out_step_percentiles_measured_as_host_dispatch(tmp_path):
     """TensorFlow on a GPU times each step on the host while the device still works (one wait
     an epoch): its step percentiles are not device times, unlike PyTorch's CUDA events."""
     from denoisebench.core.records import atomic_write_json
-    from denoisebench.report.build import DISPATCH_REASON, run_record
+    from denoisebench.report.runs import DISPATCH_REASON, run_record
 
     train("tf", tmp_path, epochs=1)
     host = run_record(tmp_path, "tf", "run", None, 3.0)

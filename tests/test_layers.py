@@ -128,3 +128,17 @@ def test_the_hand_written_loops_import_nothing_from_the_trainers():
             or t.startswith("denoisebench.tf_backend.train")
         }
         assert not bad, (name, bad)
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists packages one by one: a new subpackage left out would import from a
+    checkout but be missing from an installed wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {"launch"} | {
+        ".".join(p.relative_to(SRC.parent).parts[:-1]) for p in SRC.rglob("__init__.py")
+    }
+    assert listed == on_disk, listed ^ on_disk

@@ -20,9 +20,12 @@ import pytest
 from report_fixtures import add_gpu_records, dump_dom, ensure_chromium, make_results
 
 from denoisebench.core.records import read_json, read_jsonl
-from denoisebench.report import baselines
+from denoisebench.report import baselines, runs
 from denoisebench.report import build as report
-from denoisebench.report.build import Stat, find_run_folders, time_to_target, verdict, write_report
+from denoisebench.report.build import write_report
+from denoisebench.report.discover import find_run_folders
+from denoisebench.report.runs import time_to_target
+from denoisebench.report.verdicts import Stat, verdict
 
 PLOTS = [
     "loss_per_framework.png",
@@ -390,10 +393,10 @@ def test_speed_modes_are_separate_setups_named_by_mode():
     faithful = json.loads(load_config("smoke", mode="faithful").to_json())
     tuned = json.loads(load_config("smoke", mode="tuned", device_kind="gpu").to_json())
     plain = json.loads(load_config("smoke").to_json())
-    a, b, c = (report._setup_id(cfg) for cfg in (faithful, tuned, plain))
+    a, b, c = (runs._setup_id(cfg) for cfg in (faithful, tuned, plain))
     assert a.startswith("smoke:faithful:") and b.startswith("smoke:tuned:")
     assert len({a, b, c}) == 3  # never grouped together as repeats
-    assert report._setup_id(json.loads(json.dumps(tuned))) == b  # repeats of one config share it
+    assert runs._setup_id(json.loads(json.dumps(tuned))) == b  # repeats of one config share it
 
 
 def test_no_speed_modes_table_without_a_pair(built):

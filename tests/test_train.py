@@ -8,6 +8,7 @@ import pytest
 
 from denoisebench.core.config import load_config
 from denoisebench.core.records import read_json, read_jsonl
+from denoisebench.trainer import session
 
 # what a resumed run must reproduce exactly; times, memory and CPU use vary from run to run
 DETERMINISTIC = {
@@ -63,14 +64,15 @@ def test_resume_after_a_crash_equals_uninterrupted(tmp_path, framework, monkeypa
     module.train(cfg, tmp_path / "straight")
 
     # Crash in the middle of the second epoch: its steps ran, its record and checkpoint did not.
-    real_epoch_record = module.epoch_record
+    # (Both trainers end an epoch through trainer.session.end_epoch, which builds the record.)
+    real_epoch_record = session.epoch_record
 
     def crash_in_epoch_1(framework_, epoch, *args, **kwargs):
         if epoch == 1:
             raise RuntimeError("simulated node failure")
         return real_epoch_record(framework_, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(module, "epoch_record", crash_in_epoch_1)
+    monkeypatch.setattr(session, "epoch_record", crash_in_epoch_1)
     with pytest.raises(RuntimeError, match="simulated node failure"):
         module.train(cfg, tmp_path / "resumed")
     summary = read_json(tmp_path / "resumed" / framework / "summary.json")
@@ -79,7 +81,7 @@ def test_resume_after_a_crash_equals_uninterrupted(tmp_path, framework, monkeypa
     assert summary["epochs_completed"] == 1
     assert len(read_jsonl(tmp_path / "resumed" / framework / "epochs.jsonl")) == 1
 
-    monkeypatch.setattr(module, "epoch_record", real_epoch_record)
+    monkeypatch.setattr(session, "epoch_record", real_epoch_record)
     module.train(cfg, tmp_path / "resumed", resume=True)
 
     for name in ("steps.jsonl", "epochs.jsonl"):

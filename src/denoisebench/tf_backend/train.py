@@ -17,11 +17,9 @@ states the rule), so a resumed run, or a run on another device count, draws the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,16 +33,14 @@ from denoisebench.core.config import (
     Config,
     ConfigError,
     check_device_support,
-    load_resolved,
     speed_label,
 )
 from denoisebench.core.distributed import (
-    maybe_delay_after_eval,
     maybe_inject_fault,
     tf_worker_index,
 )
-from denoisebench.core.epochs import epoch_batches, epoch_line, final_summary, warmup_steps
-from denoisebench.core.records import DISK_FULL, RunRecorder, disk_full, disk_full_report
+from denoisebench.core.epochs import epoch_batches, final_summary, warmup_steps
+from denoisebench.core.records import RunRecorder, disk_full
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.profiler import Profiler, nvml_indices
 from denoisebench.tf_backend.model import (
@@ -58,15 +54,13 @@ from denoisebench.tf_backend.model import (
 )
 from denoisebench.trainer.session import (
     SAMPLE_IMAGES,
-    USER_ERRORS,
     RunData,
     announce,
-    epoch_record,
-    measured,
+    end_epoch,
     prepare_data,
-    raise_on_sigterm,
     record_failure,
     run_profiler,
+    trainer_main,
 )
 
 FRAMEWORK = "tf"
@@ -350,6 +344,11 @@ def _train(
     if prof:
         prof.measure_idle(cfg.profiler.idle_s)
     tracer = StepTracer(cfg, Path(run_dir) / FRAMEWORK / "trace" if rec else None)
+
+    def save(_epochs_done: int, wall_s: float) -> None:  # epoch_var is set before evaluating
+        wall_var.assign(wall_s)
+        save_checkpoint(manager, save_dir)
+
     for epoch in range(start_epoch, cfg.train.epochs):
         order = np.stack(epoch_batches(n_train, global_batch, cfg.train.seed, epoch))
         # the epoch's whole order goes to each device once, as the PyTorch trainer does; each
@@ -419,26 +418,18 @@ def _train(
         if rec is None:
             save_checkpoint(manager, save_dir)
             continue
-        t_eval = time.perf_counter()
-        test_loss, outputs = evaluate(model, data, cfg, criterion)
-        maybe_delay_after_eval()
-        record = epoch_record(
-            FRAMEWORK,
+        wall_time_s = end_epoch(
+            rec,
+            cfg,
+            data,
             epoch,
             rows,
             train_time,
-            time.perf_counter() - t_eval,
-            test_loss,
-            outputs,
-            data,
-            measured(cfg, devices, hosts, replicas) if prof else None,
+            (devices, hosts, replicas) if prof else None,
+            (wall_time_s, t_epoch),
+            evaluate=lambda: evaluate(model, data, cfg, criterion),
+            save=save,
         )
-        wall_time_s += time.perf_counter() - t_epoch
-        rec.epoch(record, rows, devices, hosts)
-        wall_var.assign(wall_time_s)
-        save_checkpoint(manager, save_dir)
-        rec.summary(epochs_completed=epoch + 1)
-        print(epoch_line(record, cfg.train.epochs), flush=True)
 
     tracer.close()
     if rec is None:
@@ -499,32 +490,7 @@ def gather_per_worker(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="results/<run-id>, holding config.json")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument(
-        "--devices",
-        type=int,
-        default=1,
-        help="replicas on this machine: GPUs, or logical CPU devices without GPUs",
-    )
-    args = parser.parse_args(argv)
-    raise_on_sigterm()
-    try:
-        train(
-            load_resolved(args.run_dir / "config.json"),
-            args.run_dir,
-            resume=args.resume,
-            devices=args.devices,
-        )
-    except USER_ERRORS as e:  # bad input: a clear message, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        if e.errno not in DISK_FULL:
-            raise
-        print(f"[tf] error: {disk_full_report(e, args.run_dir / FRAMEWORK)}", file=sys.stderr)
-        sys.exit(1)
+    trainer_main(FRAMEWORK, train, argv, __doc__, devices_option=True)
 
 
 if __name__ == "__main__":

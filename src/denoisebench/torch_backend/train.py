@@ -15,12 +15,10 @@ every epoch; --resume continues from it and reproduces the uninterrupted run.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import itertools
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,12 +35,11 @@ from denoisebench.core.config import (
     Config,
     ConfigError,
     check_device_support,
-    load_resolved,
     speed_label,
 )
-from denoisebench.core.distributed import maybe_delay_after_eval, maybe_inject_fault
-from denoisebench.core.epochs import epoch_batches, epoch_line, final_summary, warmup_steps
-from denoisebench.core.records import DISK_FULL, RunRecorder, disk_full, disk_full_report
+from denoisebench.core.distributed import maybe_inject_fault
+from denoisebench.core.epochs import epoch_batches, final_summary, warmup_steps
+from denoisebench.core.records import RunRecorder, disk_full
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.profiler import Profiler, nvml_indices
 from denoisebench.torch_backend.model import (
@@ -57,15 +54,13 @@ from denoisebench.torch_backend.model import (
 )
 from denoisebench.trainer.session import (
     SAMPLE_IMAGES,
-    USER_ERRORS,
     RunData,
     announce,
-    epoch_record,
-    measured,
+    end_epoch,
     prepare_data,
-    raise_on_sigterm,
     record_failure,
     run_profiler,
+    trainer_main,
 )
 
 FRAMEWORK = "torch"
@@ -461,6 +456,12 @@ def _train(
     if prof:
         prof.measure_idle(cfg.profiler.idle_s)
     tracer = StepTracer(cfg, Path(run_dir) / FRAMEWORK / "trace" if rec else None, device)
+
+    def save(epochs_done: int, wall_s: float) -> None:
+        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict()}
+        state |= {"scaler": scaler.state_dict(), "epoch": epochs_done, "wall_time_s": wall_s}
+        save_checkpoint(ckpt_path, state)
+
     for epoch in range(start_epoch, cfg.train.epochs):
         if ddp:
             # rank 0 evaluated and checkpointed after the last epoch while the others went on:
@@ -537,34 +538,18 @@ def _train(
             hosts = [h for g in gathered for h in g[3]]
         if rec is None:
             continue
-        t_eval = time.perf_counter()
-        test_loss, outputs = evaluate(raw_model, data, cfg, device, criterion)
-        maybe_delay_after_eval()
-        record = epoch_record(
-            FRAMEWORK,
+        wall_time_s = end_epoch(
+            rec,
+            cfg,
+            data,
             epoch,
             rows,
             train_time,
-            time.perf_counter() - t_eval,
-            test_loss,
-            outputs,
-            data,
-            measured(cfg, devices, hosts, world_size) if prof else None,
+            (devices, hosts, world_size) if prof else None,
+            (wall_time_s, t_epoch),
+            evaluate=lambda: evaluate(raw_model, data, cfg, device, criterion),
+            save=save,
         )
-        wall_time_s += time.perf_counter() - t_epoch
-        rec.epoch(record, rows, devices, hosts)
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "wall_time_s": wall_time_s,
-            },
-        )
-        rec.summary(epochs_completed=epoch + 1)
-        print(epoch_line(record, cfg.train.epochs), flush=True)
 
     tracer.close()
     if rec is None:
@@ -581,21 +566,7 @@ def _train(
 
 @record  # under torchrun, the failing rank's traceback goes into torchrun's failure summary
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="results/<run-id>, holding config.json")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    args = parser.parse_args(argv)
-    raise_on_sigterm()
-    try:
-        train(load_resolved(args.run_dir / "config.json"), args.run_dir, resume=args.resume)
-    except USER_ERRORS as e:  # bad input: a clear message, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        if e.errno not in DISK_FULL:
-            raise
-        print(f"[torch] error: {disk_full_report(e, args.run_dir / FRAMEWORK)}", file=sys.stderr)
-        sys.exit(1)
+    trainer_main(FRAMEWORK, train, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ random ops, with the same statistics (noise.py).
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +22,22 @@ from typing import Any
 
 import numpy as np
 
-from denoisebench.core.config import Config, ConfigError
+from denoisebench.core.config import Config, ConfigError, load_resolved
+from denoisebench.core.distributed import maybe_delay_after_eval
 from denoisebench.core.epochs import (
     Measured,
+    epoch_line,
     measured_fields,
 )
 from denoisebench.core.noise import noisy_test_set
 from denoisebench.core.records import (
+    DISK_FULL,
     STOP_SIGNALS,
     Interrupted,
     RunRecorder,
     atomic_write_json,
     atomic_write_npz,
+    disk_full_report,
     mark_interrupted,
     read_json,
     resume_command,
@@ -270,3 +276,84 @@ def record_failure(rec: RunRecorder | None, e: BaseException, fw_dir: Path, proc
             file=sys.stderr,
             flush=True,
         )
+
+
+def end_epoch(
+    rec: RunRecorder,
+    cfg: Config,
+    data: RunData,
+    epoch: int,
+    steps: list[dict[str, Any]],
+    train_time_s: float,
+    profiled: tuple[list[dict[str, Any]], list[dict[str, Any]], int] | None,
+    times: tuple[float, float],
+    evaluate: Callable[[], tuple[float, np.ndarray]],
+    save: Callable[[int, float], None],
+) -> float:
+    """What the main process does after every epoch's steps, in both trainers: evaluate on the
+    test split, write the epoch's records (durably, before the checkpoint: a resume drops
+    records no checkpoint covers), save the checkpoint, mark the epoch done, print its line.
+
+    `profiled`: the epoch's GPU rows, host rows and world size, None with the profiler off;
+    `times`: the run's wall time before this epoch and the perf_counter() the epoch started at;
+    `evaluate` returns the test loss and outputs; `save(epochs_done, wall_time_s)` writes the
+    checkpoint. Returns the run's wall time after this epoch (training and evaluation)."""
+    wall_before, t_epoch = times
+    t_eval = time.perf_counter()
+    test_loss, outputs = evaluate()
+    maybe_delay_after_eval()
+    devices, hosts, world_size = profiled or ([], [], 1)
+    record = epoch_record(
+        rec.framework,
+        epoch,
+        steps,
+        train_time_s,
+        time.perf_counter() - t_eval,
+        test_loss,
+        outputs,
+        data,
+        measured(cfg, devices, hosts, world_size) if profiled is not None else None,
+    )
+    wall_time_s = wall_before + time.perf_counter() - t_epoch
+    rec.epoch(record, steps, devices, hosts)
+    save(epoch + 1, wall_time_s)
+    rec.summary(epochs_completed=epoch + 1)
+    print(epoch_line(record, cfg.train.epochs), flush=True)
+    return wall_time_s
+
+
+def trainer_main(
+    framework: str,
+    train: Callable[..., Any],
+    argv: list[str] | None,
+    doc: str,
+    devices_option: bool = False,
+) -> None:
+    """The command line both trainers share: `python -m <trainer> RUN_DIR [--resume]` (and
+    `--devices N` for TensorFlow's MirroredStrategy). Stop signals become `Interrupted`; bad
+    input and a full disk end with one line (exit 2 and 1), not a traceback."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="results/<run-id>, holding config.json")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    if devices_option:
+        parser.add_argument(
+            "--devices",
+            type=int,
+            default=1,
+            help="replicas on this machine: GPUs, or logical CPU devices without GPUs",
+        )
+    args = parser.parse_args(argv)
+    raise_on_sigterm()
+    extra = {"devices": args.devices} if devices_option else {}
+    try:
+        train(load_resolved(args.run_dir / "config.json"), args.run_dir, args.resume, **extra)
+    except USER_ERRORS as e:  # bad input: a clear message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        print(
+            f"[{framework}] error: {disk_full_report(e, args.run_dir / framework)}", file=sys.stderr
+        )
+        sys.exit(1)

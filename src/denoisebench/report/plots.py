@@ -1,0 +1,291 @@
+"""The report's plots (matplotlib, Agg), each returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes; must precede pyplot
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from denoisebench.core.records import FRAMEWORKS, read_jsonl
+from denoisebench.measure.quality import image_quality
+from denoisebench.report.baselines import FRAMEWORK_NAMES, BaselineResult
+from denoisebench.report.groups import GROUP_KEYS
+from denoisebench.report.values import _missing
+
+GRID_ROWS = 6
+"""Test images in the picture grid (the first of the baseline sample)."""
+# One colour per framework in every plot, so a reader matches them across figures.
+COLORS = {"torch": "C0", "tf": "C1"}
+
+
+def _fig_png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _placeholder(title: str, message: str) -> bytes:
+    """A plot that has nothing to show still appears, saying why (never an empty axis)."""
+    fig, ax = plt.subplots(figsize=(7, 2.2))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "missing: " + message, ha="center", va="center", wrap=True, fontsize=10)
+    return _fig_png(fig)
+
+
+def _group_label(g: pd.Series) -> str:
+    return (
+        f"{FRAMEWORK_NAMES.get(g['framework'], g['framework'])} {g['devices']} {g['device_kind']}"
+    )
+
+
+def _reference_groups(groups: pd.DataFrame) -> pd.DataFrame:
+    """The groups the loss plots show: the most common setup and batch, fewest devices."""
+    if groups.empty:
+        return groups
+    main = groups.groupby(["setup", "batch_per_device"])["runs"].sum().idxmax()
+    pick = groups[(groups["setup"] == main[0]) & (groups["batch_per_device"] == main[1])]
+    return pick[pick["devices"] == pick["devices"].min()]
+
+
+def _loss_curves(runs: pd.DataFrame, g: pd.Series) -> dict[str, Any]:
+    """Per-epoch train and test loss of a group's completed runs: median, min, max over runs."""
+    sel = runs[
+        (runs["status"] == "completed")
+        & np.logical_and.reduce([runs[k] == g[k] for k in GROUP_KEYS])
+    ]
+    frames = []
+    for _, r in sel.iterrows():
+        epochs = pd.DataFrame(read_jsonl(Path(r["folder"]) / r["framework"] / "epochs.jsonl"))
+        if not epochs.empty:
+            frames.append(epochs[["epoch", "train_loss", "test_loss"]])
+    if not frames:
+        return {}
+    all_epochs = pd.concat(frames)
+    agg = all_epochs.groupby("epoch").agg(["median", "min", "max"])
+    return {"train": agg["train_loss"], "validation": agg["test_loss"], "n": len(frames)}
+
+
+def plot_losses(runs: pd.DataFrame, groups: pd.DataFrame) -> tuple[bytes, bytes]:
+    """Figures 4 and 5 of the paper (one panel per framework), and both on one axis."""
+    ref = _reference_groups(groups)
+    curves = {g["framework"]: (_group_label(g), _loss_curves(runs, g)) for _, g in ref.iterrows()}
+    curves = {fw: c for fw, c in curves.items() if c[1]}
+    if not curves:
+        msg = "no completed run with epoch records"
+        return _placeholder("Loss per epoch", msg), _placeholder("Loss per epoch", msg)
+    fws = [fw for fw in FRAMEWORKS if fw in curves]
+    fig, axes = plt.subplots(1, len(fws), figsize=(5.5 * len(fws), 3.8), squeeze=False, sharey=True)
+    for ax, fw in zip(axes[0], fws, strict=True):
+        label, c = curves[fw]
+        for part, style in (("train", "-"), ("validation", "--")):
+            s = c[part]
+            x = s.index + 1
+            ax.plot(x, s["median"], style, marker="o", ms=3, label=f"{part} loss")
+            if c["n"] > 1:
+                ax.fill_between(x, s["min"], s["max"], alpha=0.2)
+        ax.set_title(f"{label}\ntraining and validation loss (median of {c['n']} run(s))")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    panels = _fig_png(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for fw in fws:
+        label, c = curves[fw]
+        color = COLORS.get(fw, "C2")
+        for part, style in (("train", "-"), ("validation", "--")):
+            s = c[part]
+            ax.plot(
+                s.index + 1,
+                s["median"],
+                style,
+                color=color,
+                marker="o",
+                ms=3,
+                label=f"{label} {part}",
+            )
+    ax.set_title("Training (solid) and validation (dashed) loss, both frameworks")
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return panels, _fig_png(fig)
+
+
+def plot_scaling(groups: pd.DataFrame) -> bytes:
+    """Throughput against devices (median, [min, max] bars) with the ideal N x T(1) line."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    shown = False
+    for i, ((fw, batch, setup), g) in enumerate(
+        groups.groupby(["framework", "batch_per_device", "setup"])
+    ):
+        g = g.dropna(subset=["throughput_steady_img_s_median"]).sort_values("devices")
+        if g.empty:
+            continue
+        shown = True
+        color = COLORS.get(fw, f"C{i + 2}")
+        name = FRAMEWORK_NAMES.get(fw, fw) + (
+            f" b{batch} {setup}"
+            if groups["setup"].nunique() > 1 or groups["batch_per_device"].nunique() > 1
+            else ""
+        )
+        med = g["throughput_steady_img_s_median"]
+        err = [med - g["throughput_steady_img_s_min"], g["throughput_steady_img_s_max"] - med]
+        ax.errorbar(g["devices"], med, yerr=err, marker="o", capsize=4, color=color, label=name)
+        one = g[g["devices"] == 1]
+        if not one.empty:
+            n = np.arange(1, g["devices"].max() + 1)
+            ax.plot(
+                n,
+                n * one["throughput_steady_img_s_median"].iloc[0],
+                ":",
+                color=color,
+                label=f"{name} ideal (N x 1 device)",
+            )
+    if not shown:
+        plt.close(fig)
+        return _placeholder("Throughput against devices", "no steady-state throughput recorded")
+    ax.set_xlabel("devices")
+    ax.set_ylabel("steady-state throughput, img/s")
+    ax.set_title("Throughput against device count (median, bars: min-max over repeats)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _fig_png(fig)
+
+
+def _bars(groups: pd.DataFrame, key: str, title: str, ylabel: str, ax: plt.Axes) -> bool:
+    """Bars of one metric per group with min-max whiskers; missing groups say so in place."""
+    labels = [_group_label(g) for _, g in groups.iterrows()]
+    x = np.arange(len(labels))
+    any_value = False
+    for i, (_, g) in enumerate(groups.iterrows()):
+        med = g[f"{key}_median"]
+        if _missing(med):
+            ax.text(
+                i, 0, "missing", rotation=90, ha="center", va="bottom", fontsize=8, color="grey"
+            )
+            continue
+        any_value = True
+        ax.bar(
+            i,
+            med,
+            color=COLORS.get(g["framework"], "C2"),
+        )
+        ax.errorbar(
+            i,
+            med,
+            yerr=[[med - g[f"{key}_min"]], [g[f"{key}_max"] - med]],
+            color="black",
+            capsize=4,
+        )
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    return any_value
+
+
+def _first_reason(groups: pd.DataFrame, key: str) -> str:
+    reasons = groups[f"{key}_reason"].dropna()
+    return str(reasons.iloc[0]) if len(reasons) else "not recorded"
+
+
+def plot_energy(groups: pd.DataFrame) -> bytes:
+    key = "gpu_energy_per_image_j"
+    if groups.empty or groups[f"{key}_median"].isna().all():
+        return _placeholder(
+            "GPU energy per image", _first_reason(groups, key) if not groups.empty else "no runs"
+        )
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _bars(groups, key, "GPU energy per training image (median, min-max)", "J per image", ax)
+    return _fig_png(fig)
+
+
+def plot_memory(groups: pd.DataFrame) -> bytes:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    gpu = _bars(
+        groups, "gpu_mem_alloc_peak_gib", "Peak GPU memory (framework allocator)", "GiB", axes[0]
+    )
+    if not gpu:
+        axes[0].text(
+            0.5,
+            0.5,
+            "missing: " + _first_reason(groups, "gpu_mem_alloc_peak_gib"),
+            transform=axes[0].transAxes,
+            ha="center",
+            wrap=True,
+        )
+    _bars(groups, "host_rss_peak_gib", "Peak host RSS (training processes)", "GiB", axes[1])
+    return _fig_png(fig)
+
+
+def plot_power(runs: pd.DataFrame) -> bytes:
+    """Power against time from gpu_samples.rank<r>.jsonl, the first completed run of each group."""
+    done = runs[runs["status"] == "completed"].drop_duplicates(subset=GROUP_KEYS)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    shown = False
+    for _, r in done.iterrows():
+        fw_dir = Path(r["folder"]) / r["framework"]
+        for path in sorted(fw_dir.glob("gpu_samples.rank*.jsonl")):
+            samples = pd.DataFrame(read_jsonl(path))
+            if samples.empty or "power_w" not in samples:
+                continue
+            samples = samples.dropna(subset=["power_w"])
+            for dev, s in samples.groupby("device_index"):
+                t = s["t_s"] - s["t_s"].min()
+                ax.plot(
+                    t,
+                    s["power_w"],
+                    lw=1,
+                    label=f"{FRAMEWORK_NAMES.get(r['framework'])} {r['run']} GPU {dev}",
+                )
+                shown = True
+    if not shown:
+        plt.close(fig)
+        reasons = runs["gpu_energy_reason"].dropna() if not runs.empty else pd.Series(dtype=str)
+        why = str(reasons.iloc[0]) if len(reasons) else "no gpu_samples.rank<r>.jsonl in any run"
+        return _placeholder("GPU power over time", f"no GPU samples ({why})")
+    ax.set_xlabel("time since the first sample, s")
+    ax.set_ylabel("power, W")
+    ax.set_title("GPU power over time (NVML samples, idle measurement included)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _fig_png(fig)
+
+
+def plot_samples(res: BaselineResult, rows: int = GRID_ROWS) -> bytes:
+    """Clean, noisy, PyTorch, TensorFlow (and BM3D) for sample images, PSNR under each."""
+    columns = [("clean", res.clean), ("noisy input", res.noisy)]
+    columns += [(m, res.outputs[m]) for m in ("PyTorch", "TensorFlow", "BM3D") if m in res.outputs]
+    rows = min(rows, len(res.clean))
+    fig, axes = plt.subplots(
+        rows, len(columns), figsize=(2.0 * len(columns), 2.25 * rows), squeeze=False
+    )
+    for i in range(rows):
+        for j, (name, images) in enumerate(columns):
+            ax = axes[i][j]
+            ax.imshow(np.clip(images[i], 0, 1), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+            if name != "clean":
+                psnr = image_quality(res.clean[i : i + 1], images[i : i + 1])["psnr_db"]
+                ax.set_xlabel(f"{psnr:.2f} dB", fontsize=8)
+            else:
+                ax.set_xlabel(f"test sample {res.indices[i]}", fontsize=8)
+    fig.suptitle(f"Test images ({res.run_dir.name}); PSNR under each", fontsize=10)
+    return _fig_png(fig)

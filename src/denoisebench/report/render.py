@@ -1,0 +1,180 @@
+"""The report written out: Report (its content), report.md and the self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "(none)\n"
+
+    def esc(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(c) for c in frame.columns) + " |"]
+    lines.append("|" + "---|" * len(frame.columns))
+    lines += [
+        "| " + " | ".join(esc(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "<p>(none)</p>"
+    text = frame.to_html(index=False, escape=True, border=0, classes="t")
+    # Grey out missing figures so they read as absent at a glance, not as values.
+    return text.replace("<td>missing", '<td class="missing">missing')
+
+
+NOTES = [
+    "Each figure is the median over the group's completed runs, with [min, max] when they "
+    "differ; no run is dropped. A group is one framework, engine, device count, per-device "
+    "batch and setup (the config apart from the batch size; its id is profile:hash).",
+    "Throughput is the steady-state figure (warm-up steps excluded): the median over epochs "
+    "within a run (summary.json), then the median over repeats. Step times, data-wait "
+    "fraction: over all steady steps of a run (steps.jsonl, every rank); a step's time is "
+    "CUDA-event time for PyTorch on a GPU and the host clock on a CPU; TensorFlow on a GPU "
+    "waits for the device once an epoch, so its step percentiles are left out.",
+    "Scaling efficiency = throughput(N) / (N x throughput(1)), against the 1-device group of "
+    "the same framework, per-device batch and setup; the range is the widest the repeats allow.",
+    "Time to target: training time summed over epochs (evaluation excluded) up to the first "
+    "epoch whose test PSNR reaches the target; energy to target sums the GPU energy the same way.",
+    "A verdict names a winner only when both frameworks have at least two repeats and their "
+    "[min, max] ranges do not overlap; otherwise it says the difference is within noise.",
+]
+
+
+@dataclass
+class Report:
+    """Everything the Markdown and HTML writers show."""
+
+    title: str
+    generated: str
+    runs: pd.DataFrame
+    runs_display: pd.DataFrame
+    groups: pd.DataFrame
+    verdicts: list[str]
+    tables: dict[str, tuple[str, pd.DataFrame]]
+    plots: list[tuple[str, str, bytes]]  # (file name, caption, PNG)
+    baselines: pd.DataFrame
+    baseline_note: str
+    environment: pd.DataFrame
+    configs: dict[str, dict[str, Any]]
+    data: list[str]
+    skipped: list[str] = field(default_factory=list)
+    """Run folders left out, each with the file that did not parse and why."""
+
+
+def _sections(r: Report) -> list[tuple[str, str, Any]]:
+    """(heading, kind, content) in report order; kind: text, list, table, plots, configs."""
+    intro = [
+        f"Generated {r.generated} from {r.runs['folder'].nunique()} run folder(s), "
+        f"{len(r.runs)} framework run(s), {len(r.groups)} group(s).",
+        *(f"Data: {d}" for d in r.data),
+    ]
+    out: list[tuple[str, str, Any]] = [("", "list", intro)]
+    if r.skipped:
+        out.append(("Skipped run folders (damaged files)", "list", r.skipped))
+    out.append(("Verdicts", "list", r.verdicts))
+    out += [(title, "table", frame) for title, frame in r.tables.values()]
+    out.append(("Classical baselines (same noisy test images)", "text", r.baseline_note))
+    out.append(("", "table", r.baselines))
+    out.append(("Plots", "plots", r.plots))
+    out.append(("Runs", "table", r.runs_display))
+    out.append(("Environment", "table", r.environment))
+    out.append(("Configs", "configs", r.configs))
+    out.append(("How the figures are computed", "list", NOTES))
+    return out
+
+
+def render_markdown(r: Report) -> str:
+    lines = [f"# {r.title}", ""]
+    for heading, kind, content in _sections(r):
+        if heading:
+            lines += [f"## {heading}", ""]
+        if kind == "list":
+            lines += [f"- {x}" for x in content] + [""]
+        elif kind == "text":
+            lines += [content, ""]
+        elif kind == "table":
+            lines += [_md_table(content)]
+        elif kind == "plots":
+            for name, caption, _png in content:
+                lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+        elif kind == "configs":
+            for setup, cfg in content.items():
+                lines += [
+                    f"### setup {setup}",
+                    "",
+                    "```json",
+                    json.dumps(cfg, indent=2, sort_keys=True),
+                    "```",
+                    "",
+                ]
+    return "\n".join(lines)
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table.t { border-collapse: collapse; font-size: 13px; margin: 0.5em 0 1.5em; }
+table.t th, table.t td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
+table.t th { background: #f3f3f3; }
+td.missing { color: #888; font-style: italic; }
+figure { margin: 1em 0 2em; } figcaption { font-weight: 600; margin-bottom: 0.3em; }
+img { max-width: 100%; } pre { background: #f6f6f6; padding: 0.5em; overflow: auto; font-size: 12px; }
+"""
+# Writes each image's decoded width into the page (data-natural-width) and a count into
+# #image-check: a headless browser's DOM dump then shows whether the embedded PNGs decoded.
+IMAGE_CHECK_JS = """
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) {
+    imgs[i].setAttribute("data-natural-width", String(imgs[i].naturalWidth));
+    if (imgs[i].naturalWidth > 0) { ok++; }
+  }
+  document.getElementById("image-check").textContent = ok + " of " + imgs.length + " images decoded";
+});
+"""
+
+
+def render_html(r: Report) -> str:
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(r.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{esc(r.title)}</h1>",
+    ]
+    for heading, kind, content in _sections(r):
+        if heading:
+            parts.append(f"<h2>{esc(heading)}</h2>")
+        if kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in content) + "</ul>")
+        elif kind == "text":
+            parts.append(f"<p>{esc(content)}</p>")
+        elif kind == "table":
+            parts.append(_html_table(content))
+        elif kind == "plots":
+            for name, caption, png in content:
+                data = base64.b64encode(png).decode("ascii")
+                parts.append(
+                    f'<figure><figcaption>{esc(caption)}</figcaption><img alt="{esc(caption)}" '
+                    f'data-file="{esc(name)}" src="data:image/png;base64,{data}"></figure>'
+                )
+        elif kind == "configs":
+            for setup, cfg in content.items():
+                parts.append(
+                    f"<details><summary>setup {esc(setup)}</summary>"
+                    f"<pre>{esc(json.dumps(cfg, indent=2, sort_keys=True))}</pre></details>"
+                )
+    parts.append('<p id="image-check">images not checked (scripts off)</p>')
+    parts.append(f"<script>{IMAGE_CHECK_JS}</script></body></html>")
+    return "\n".join(parts)

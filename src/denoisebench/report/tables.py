@@ -1,0 +1,234 @@
+"""The report's tables as strings for display and as plain columns for CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from denoisebench.core.config import PSNR_TOLERANCE_DB
+from denoisebench.core.records import read_json
+from denoisebench.report.baselines import FRAMEWORK_NAMES, BaselineResult
+from denoisebench.report.groups import GROUP_KEYS, METRIC, Metric
+from denoisebench.report.values import _missing, _sig
+
+
+def _num(v: float, m: Metric) -> str:
+    v = v * m.scale
+    return _sig(v) if m.digits is None else f"{v:,.{m.digits}f}"
+
+
+def cell(g: pd.Series, key: str) -> str:
+    """median [min, max] (or one value), or 'missing (reason)'; never a silent blank or 0."""
+    m = METRIC.get(key, Metric(key, key))
+    med = g[f"{key}_median"]
+    if _missing(med):
+        return f"missing ({g[f'{key}_reason'] or 'not recorded'})"
+    lo, hi = g[f"{key}_min"], g[f"{key}_max"]
+    text = _num(med, m)
+    if lo != hi:
+        text += f" [{_num(lo, m)}, {_num(hi, m)}]"
+    if g[f"{key}_reason"]:  # some runs of the group lack it
+        text += f" ({g[f'{key}_n']} of {g['repeats']} runs; others: {g[f'{key}_reason']})"
+    return text
+
+
+TABLES: dict[str, tuple[str, list[str]]] = {
+    "speed": (
+        "Speed",
+        [
+            "throughput_steady_img_s",
+            "throughput_per_device_img_s",
+            "scaling_efficiency",
+            "step_time_p50_s",
+            "step_time_p95_s",
+            "data_wait_fraction",
+            "mfu",
+        ],
+    ),
+    "memory_energy": (
+        "Memory and energy",
+        [
+            "gpu_mem_alloc_peak_gib",
+            "gpu_mem_used_peak_gib",
+            "host_rss_peak_gib",
+            "gpu_energy_per_image_j",
+            "gpu_energy_per_epoch_j",
+            "energy_method",
+            "cpu_energy_per_image_j",
+        ],
+    ),
+    "time_to_target": (
+        "Time and energy to a target PSNR",
+        [
+            "epoch_time_s",
+            "target_psnr_db",
+            "epochs_to_target",
+            "time_to_target_s",
+            "energy_to_target_j",
+        ],
+    ),
+    "quality": (
+        "Final test quality",
+        ["test_mae", "test_psnr_db", "test_ssim", "noisy_psnr_db"],
+    ),
+}
+
+
+def display_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """A group table as strings, for Markdown and HTML."""
+    rows = []
+    for _, g in groups.iterrows():
+        row = {
+            "framework": FRAMEWORK_NAMES.get(g["framework"], g["framework"]),
+            "engine": g["engine"],
+            "devices": f"{g['devices']} {g['device_kind']}",
+            "batch/device": g["batch_per_device"],
+            "setup": g["setup"],
+            "repeats": f"{g['repeats']}"
+            + (f" of {g['runs']}" if g["runs"] != g["repeats"] else ""),
+        }
+        for key in keys:
+            if key == "energy_method":
+                method = g["energy_method"] or "missing (no GPU energy)"
+                if g["energy_window_too_short"]:
+                    method += " (a window shorter than profiler.min_window_s)"
+                row["energy method"] = method
+            else:
+                row[METRIC[key].label] = cell(g, key)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def speed_modes_table(groups: pd.DataFrame) -> pd.DataFrame:
+    """Each non-faithful group against the faithful group of the same experiment (framework,
+    engine, devices, per-device batch and everything but the speed settings): median img/s,
+    the speed-up, and the final test PSNR's difference. Empty when no such pair was run."""
+    keys = ["framework", "engine", "devices", "batch_per_device", "base_setup"]
+    rows = []
+    if groups.empty or "speed_mode" not in groups:
+        return pd.DataFrame()
+    for _key, same in groups.groupby(keys, sort=True):
+        faithful = same[same["speed_mode"] == "faithful"]
+        if faithful.empty:
+            continue
+        ref = faithful.iloc[0]
+        for _, g in same[same["speed_mode"] != "faithful"].iterrows():
+            tput, ref_tput = (
+                g["throughput_steady_img_s_median"],
+                ref["throughput_steady_img_s_median"],
+            )
+            psnr, ref_psnr = g["test_psnr_db_median"], ref["test_psnr_db_median"]
+            diff = None if _missing(psnr) or _missing(ref_psnr) else psnr - ref_psnr
+            fast = not (_missing(tput) or _missing(ref_tput)) and ref_tput > 0
+            rows.append(
+                {
+                    "framework": g["framework"],
+                    "devices": g["devices"],
+                    "batch/device": g["batch_per_device"],
+                    "mode": g["speed_mode"],
+                    "setup": g["setup"],
+                    "img/s": cell(g, "throughput_steady_img_s"),
+                    "faithful img/s": cell(ref, "throughput_steady_img_s"),
+                    "speed-up": f"{tput / ref_tput:.2f}x" if fast else "missing",
+                    "PSNR diff dB": "missing" if diff is None else f"{diff:+.3f}",
+                    f"within {PSNR_TOLERANCE_DB} dB": "missing"
+                    if diff is None
+                    else ("yes" if abs(diff) <= PSNR_TOLERANCE_DB else "no"),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def csv_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """A group table as numbers: median, min, max, n and reason per figure (empty = missing)."""
+    cols = [*GROUP_KEYS, "device_kind", "repeats", "runs"]
+    for key in keys:
+        if key == "energy_method":
+            cols += ["energy_method", "energy_window_too_short"]
+        else:
+            cols += [f"{key}_{s}" for s in ("median", "min", "max", "n", "reason")]
+    return groups.reindex(columns=cols)
+
+
+def baseline_display(results: list[BaselineResult]) -> pd.DataFrame:
+    rows = []
+    for res in results:
+        for _, r in res.frame.iterrows():
+            ok = not _missing(r["psnr_db"])
+            rows.append(
+                {
+                    "run folder": res.run_dir.name,
+                    "method": r["method"],
+                    "images": f"{r['images']} (seeded sample)",
+                    "PSNR dB": f"{r['psnr_db']:.2f}" if ok else f"missing ({r['reason']})",
+                    "SSIM": f"{r['ssim']:.3f}" if ok else f"missing ({r['reason']})",
+                    "MAE": f"{r['mae']:.4f}" if ok else "missing",
+                    "seconds": "" if _missing(r["seconds"]) else _sig(r["seconds"]),
+                    "parameters": r["params"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def baseline_csv(results: list[BaselineResult]) -> pd.DataFrame:
+    frames = [r.frame.assign(run_folder=str(r.run_dir), sigma=r.sigma) for r in results]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, r in runs.iterrows():
+        fw_dir = Path(r["folder"]) / r["framework"]
+        env = (
+            read_json(fw_dir / "environment.json")
+            if (fw_dir / "environment.json").is_file()
+            else {}
+        )
+        summary = read_json(fw_dir / "summary.json")
+        git = env.get("git") or {}
+        gpus = env.get("gpus")
+        gpu_text = (
+            ", ".join(f"{g['name']} ({g['memory_total_gib']:.0f} GiB)" for g in gpus)
+            if gpus
+            else f"missing ({env.get('reason', 'not recorded')})"
+        )
+        commit = git.get("commit")
+        rows.append(
+            {
+                "run": r["run"],
+                "framework": FRAMEWORK_NAMES.get(r["framework"], r["framework"]),
+                "host": env.get("hostname"),
+                "CPU": f"{env.get('cpu')} ({env.get('cpu_count')} cores)",
+                "GPUs": gpu_text,
+                "driver": env.get("driver") or "missing (no NVML)",
+                "device": summary.get("device"),
+                "strategy": f"{summary.get('strategy')}, {summary.get('processes')} process(es)",
+                "python": env.get("python"),
+                "packages": ", ".join(
+                    f"{k} {v}" for k, v in sorted((env.get("packages") or {}).items())
+                ),
+                "commit": (commit[:10] + (" (dirty)" if git.get("dirty") else ""))
+                if commit
+                else f"missing ({git.get('reason', 'not recorded')})",
+                "runtime": ", ".join(
+                    f"{k}={v}" for k, v in sorted((summary.get("runtime") or {}).items())
+                ),
+                "platform": env.get("platform"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def runs_display(runs: pd.DataFrame) -> pd.DataFrame:
+    out = runs[
+        ["run", "framework", "devices", "batch_per_device", "setup", "status", "epochs_completed"]
+    ].copy()
+    out["framework"] = out["framework"].map(lambda f: FRAMEWORK_NAMES.get(f, f))
+    out["throughput img/s"] = [
+        _sig(v) if not _missing(v) else f"missing ({r})"
+        for v, r in zip(runs["throughput_steady_img_s"], runs["throughput_reason"], strict=True)
+    ]
+    out["PSNR dB"] = [f"{v:.2f}" if not _missing(v) else "missing" for v in runs["test_psnr_db"]]
+    out["error"] = runs["error"].fillna("")
+    return out.rename(columns={"batch_per_device": "batch/device", "epochs_completed": "epochs"})
