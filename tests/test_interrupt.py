@@ -408,3 +408,19 @@ def test_resume_of_a_run_without_launch_json_notes_it(tmp_path, capsys):
     assert "--profile paper (the run's: smoke)" in capsys.readouterr().err
     assert main(["--resume", str(run), "--profile", "smoke", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["profile"] == "smoke"
+
+
+def test_the_table_of_an_interrupted_run_shows_its_last_finished_epoch(tmp_path):
+    """No `final` record: the quality columns come from the last checkpointed epoch."""
+    from denoisebench.core.records import atomic_write_json
+    from denoisebench.report.compare import comparison_frame
+
+    fw = tmp_path / "torch"
+    fw.mkdir()
+    rows = [{"epoch": e, "test_mae": 0.1 - e / 100, "test_psnr_db": 20.0 + e} for e in range(3)]
+    (fw / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # the third epoch's record was written, its checkpoint was not: two epochs completed
+    atomic_write_json(fw / "summary.json", {"status": "interrupted", "epochs_completed": 2})
+    row = comparison_frame(tmp_path).iloc[0]
+    assert row["status"] == "interrupted" and row["epochs"] == 2
+    assert row["test_psnr_db"] == 21.0 and row["test_mae"] == pytest.approx(0.09)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from denoisebench.core.records import FRAMEWORKS, read_json
+from denoisebench.core.records import FRAMEWORKS, read_json, read_jsonl
 
 COLUMNS = {
     "framework": "framework",
@@ -24,6 +24,12 @@ COLUMNS = {
 }
 
 
+def last_epoch(fw_dir: Path, epochs_completed: int | None) -> dict:
+    """The EPOCH record of the last epoch a run finished (and checkpointed), or {}."""
+    done = [e for e in read_jsonl(fw_dir / "epochs.jsonl") if e["epoch"] < (epochs_completed or 0)]
+    return done[-1] if done else {}
+
+
 def comparison_frame(run_dir: Path) -> pd.DataFrame:
     """One row per framework run found in run_dir; figures not measured stay missing (NaN)."""
     rows = []
@@ -32,7 +38,8 @@ def comparison_frame(run_dir: Path) -> pd.DataFrame:
         if not path.exists():
             continue
         summary = read_json(path)
-        final = summary.get("final") or {}
+        # a run that ended early has no final record: its last checkpointed epoch's quality
+        final = summary.get("final") or last_epoch(path.parent, summary.get("epochs_completed"))
         rows.append(
             {
                 "framework": framework,
