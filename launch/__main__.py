@@ -62,7 +62,7 @@ from denoisebench.core.records import (
     write_launch_choices,
 )
 from denoisebench.core.sweep import load_sweep
-from denoisebench.measure.environment import gpu_info, local_device_kind, local_gpu_capability
+from denoisebench.measure.environment import gpu_info, local_device_kind, oldest_capability
 from denoisebench.report.compare import comparison_table, repeats_table, sweep_table
 from launch.commands import (
     HOROVOD_UNAVAILABLE,
@@ -409,8 +409,10 @@ def mode_target(args: argparse.Namespace, devices: int | None = None) -> dict[st
     if not args.mode:
         return {"device_kind": "cpu"}
     slurm_gpus = args.slurm and not args.cpu_workers and args.device != "cpu"
-    kind = "gpu" if slurm_gpus else local_device_kind(args.device or "auto")
-    capability = local_gpu_capability() if kind == "gpu" and not args.slurm else None
+    info = None if slurm_gpus else gpu_info()  # one NVML read for the kind and the capability
+    kind = "gpu" if slurm_gpus else local_device_kind(args.device or "auto", info)
+    local_gpus = info is not None and kind == "gpu" and not args.slurm
+    capability = oldest_capability(info) if local_gpus else None
     if devices is None:
         devices = (args.gpus or 1) * (args.nodes or 1)
     return {"device_kind": kind, "capability": capability, "devices": devices}

@@ -70,15 +70,18 @@ def gpu_info() -> dict[str, Any]:
         pynvml.nvmlShutdown()
 
 
-def local_device_kind(device_choice: str) -> str:
+def local_device_kind(device_choice: str, info: dict[str, Any] | None = None) -> str:
     """ "gpu" where a run with train.device=`device_choice` trains on this machine's GPUs,
-    else "cpu": which table of a speed mode (profiles/modes/) applies here."""
-    return "gpu" if device_choice != "cpu" and gpu_info()["gpus"] else "cpu"
+    else "cpu": which table of a speed mode (profiles/modes/) applies here. `info`: a
+    gpu_info() already read (None: read it)."""
+    if device_choice == "cpu":
+        return "cpu"
+    return "gpu" if (gpu_info() if info is None else info)["gpus"] else "cpu"
 
 
-def local_gpu_capability() -> tuple[int, int] | None:
-    """The oldest compute capability among this machine's GPUs (NVML), None when unknown."""
-    caps = [g.get("compute_capability") for g in gpu_info()["gpus"] or []]
+def oldest_capability(info: dict[str, Any]) -> tuple[int, int] | None:
+    """The oldest compute capability among the GPUs of a gpu_info(), None when unknown."""
+    caps = [g.get("compute_capability") for g in info["gpus"] or []]
     known = [(int(c[0]), int(c[1])) for c in caps if c]
     return min(known) if known and len(known) == len(caps) else None
 
