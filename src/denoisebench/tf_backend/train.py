@@ -61,6 +61,7 @@ from denoisebench.trainer.session import (
     record_failure,
     run_profiler,
     trainer_main,
+    uninterrupted,
 )
 
 FRAMEWORK = "tf"
@@ -416,7 +417,8 @@ def _train(
 
         epoch_var.assign(epoch + 1)
         if rec is None:
-            save_checkpoint(manager, save_dir)
+            with uninterrupted():
+                save_checkpoint(manager, save_dir)
             continue
         wall_time_s = end_epoch(
             rec,

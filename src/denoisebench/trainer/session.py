@@ -14,8 +14,8 @@ import argparse
 import signal
 import sys
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,10 +240,32 @@ def raise_on_sigterm() -> None:
         if stopping:
             return
         stopping = True
+        if _HELD["depth"]:  # inside uninterrupted(): raised when it ends
+            _HELD["pending"] = signum
+            return
         raise Interrupted(signum)
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
+
+
+_HELD: dict[str, Any] = {"depth": 0, "pending": None}
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold a stop signal back while an epoch's records and checkpoint are written, and raise
+    it (`Interrupted`) once they are: a checkpoint is never cut by the signal (torch.save turns
+    an exception in mid-write into its own RuntimeError, a traceback instead of a quiet stop),
+    and the records, checkpoint and summary of an epoch end up all written or none."""
+    _HELD["depth"] += 1
+    try:
+        yield
+    finally:
+        _HELD["depth"] -= 1
+    if not _HELD["depth"] and _HELD["pending"] is not None:
+        signum, _HELD["pending"] = _HELD["pending"], None
+        raise Interrupted(signum)
 
 
 def record_failure(rec: RunRecorder | None, e: BaseException, fw_dir: Path, process: str) -> None:
@@ -315,9 +337,10 @@ def end_epoch(
         measured(cfg, devices, hosts, world_size) if profiled is not None else None,
     )
     wall_time_s = wall_before + time.perf_counter() - t_epoch
-    rec.epoch(record, steps, devices, hosts)
-    save(epoch + 1, wall_time_s)
-    rec.summary(epochs_completed=epoch + 1)
+    with uninterrupted():
+        rec.epoch(record, steps, devices, hosts)
+        save(epoch + 1, wall_time_s)
+        rec.summary(epochs_completed=epoch + 1)
     print(epoch_line(record, cfg.train.epochs), flush=True)
     return wall_time_s
 
