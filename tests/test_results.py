@@ -42,3 +42,35 @@ def test_summary_updates_merge_fields(tmp_path):
     summary = read_json(tmp_path / "tf" / "summary.json")
     assert summary["status"] == "running" and summary["epochs"] == 5
     assert summary["epochs_completed"] == 2 and summary["framework"] == "tf"
+
+
+def test_typed_records_match_the_written_schema():
+    """StepRow is STEP_FIELDS, typed, in the same order; a World's summary fields are the
+    summary's world fields; an EpochResult survives the JSON trip TensorFlow's gather makes."""
+    from dataclasses import asdict, fields
+
+    from denoisebench.core.config import load_config
+    from denoisebench.core.records import STEP_FIELDS, SUMMARY_FIELDS, StepRow
+    from denoisebench.trainer.session import EpochResult, World
+
+    assert [f.name for f in fields(StepRow)] == list(STEP_FIELDS)
+    cfg = load_config("smoke")
+    world = World.of(
+        cfg,
+        rank=1,
+        processes=2,
+        replicas=4,
+        strategy="multi_worker_mirrored",
+        device="2 workers, 4 replicas",
+        step_clock="host",
+        runtime={},
+    )
+    assert world.local_replicas == 2 and world.global_batch == 4 * cfg.train.batch_size
+    assert not world.is_main
+    assert set(world.summary_fields()) <= set(SUMMARY_FIELDS)
+    row = StepRow("tf", 0, 3, 1, 2, 8, 0.25, 0.01, False, 0.001)
+    part = EpochResult([row], 2.0, [{"gpu": 0}], [{"rss_gib": 1.0}])
+    assert EpochResult.from_json(part.to_json()) == part
+    merged = EpochResult.merge([part, EpochResult([row], 3.0)])
+    assert merged.train_time_s == 3.0 and len(merged.rows) == 2
+    assert asdict(merged.rows[0])["step"] == 3

@@ -64,7 +64,7 @@ def test_resume_after_a_crash_equals_uninterrupted(tmp_path, framework, monkeypa
     module.train(cfg, tmp_path / "straight")
 
     # Crash in the middle of the second epoch: its steps ran, its record and checkpoint did not.
-    # (Both trainers end an epoch through trainer.session.end_epoch, which builds the record.)
+    # (Both trainers end an epoch through trainer.session.Session.end_epoch, which builds the record.)
     real_epoch_record = session.epoch_record
 
     def crash_in_epoch_1(framework_, epoch, *args, **kwargs):
@@ -106,7 +106,7 @@ def test_both_frameworks_see_the_same_split_and_test_set(tmp_path):
 
 
 def test_a_different_split_is_refused(tmp_path):
-    from denoisebench.trainer.session import SplitMismatchError
+    from denoisebench.trainer.rundata import SplitMismatchError
 
     trainer("torch").train(load_config("smoke", {"train": {"epochs": "1"}}), tmp_path)
     other = load_config("smoke", {"train": {"epochs": "1"}, "data": {"split_seed": "7"}})

@@ -174,7 +174,7 @@ def final_summary(
     rec: RunRecorder, wall_time_s: float, parameters: int, data: str, world: dict[str, Any]
 ) -> dict[str, Any]:
     """The SUMMARY fields of a finished run (records.SUMMARY_FIELDS), from its epoch records;
-    `data` is the data description (trainer.session.RunData)."""
+    `data` is the data description (trainer.rundata.RunData)."""
     epochs = rec.epochs()
     train_time_s = sum(r["train_time_s"] for r in epochs)
     images = sum(r["throughput_img_s"] * r["train_time_s"] for r in epochs)

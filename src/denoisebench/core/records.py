@@ -37,6 +37,7 @@ import shutil
 import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,24 @@ SUMMARY_FIELDS: dict[str, str] = {
     "gpu_mem_alloc_peak_gib": "framework allocator's peak over the run",
     "host_rss_peak_gib": "peak resident memory over the run",
 }
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One STEP record, typed (fields and order of STEP_FIELDS, which says what each means):
+    what one process measured of one optimizer step. `dataclasses.asdict` gives the row as it is
+    written to steps.jsonl."""
+
+    framework: str
+    epoch: int
+    step: int
+    rank: int
+    replicas: int
+    batch_size: int
+    loss: float
+    step_time_s: float
+    warmup: bool
+    data_wait_s: float
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

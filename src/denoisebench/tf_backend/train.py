@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,9 @@ from denoisebench.core.distributed import (
     maybe_inject_fault,
     tf_worker_index,
 )
-from denoisebench.core.epochs import epoch_batches, final_summary, warmup_steps
-from denoisebench.core.records import RunRecorder, disk_full
+from denoisebench.core.records import disk_full
 from denoisebench.core.spec import shared_weights
-from denoisebench.measure.profiler import Profiler, nvml_indices
+from denoisebench.measure.profiler import nvml_indices
 from denoisebench.tf_backend.model import (
     adam,
     add_noise,
@@ -52,17 +52,8 @@ from denoisebench.tf_backend.model import (
     pick_device,
     set_weights,
 )
-from denoisebench.trainer.session import (
-    SAMPLE_IMAGES,
-    RunData,
-    announce,
-    end_epoch,
-    prepare_data,
-    record_failure,
-    run_profiler,
-    trainer_main,
-    uninterrupted,
-)
+from denoisebench.trainer.rundata import SAMPLE_IMAGES, RunData
+from denoisebench.trainer.session import EpochResult, Session, World, trainer_main
 
 FRAMEWORK = "tf"
 
@@ -207,44 +198,65 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) ->
     runtime = apply_runtime(cfg)
     strategy, name, device = build_strategy(devices, cfg.train.device)
     worker, workers = tf_worker_index()
-    is_main = worker == 0
     replicas = strategy.num_replicas_in_sync
-    world = {
-        "world_size": replicas,
-        "processes": workers,
-        "global_batch": cfg.train.batch_size * replicas,
-        "lr": cfg.train.lr * (replicas if cfg.train.scale_lr else 1),
-        "strategy": name,
-        "device": device if workers == 1 else f"{workers} workers, {replicas} replicas",
-        # TensorFlow waits for a GPU once an epoch (see the loop): its steps are host intervals
-        "step_clock": "host_dispatch" if tf_gpu_indices(strategy) else "host",
-        "runtime": runtime,
-    }
-    rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
-    if rec:
-        announce(rec, cfg, world)
-    gpus = nvml_indices(tf_gpu_indices(strategy))
-    try:
-        with run_profiler(cfg, run_dir, FRAMEWORK, gpus, worker) as prof:
-            return _train(cfg, run_dir, rec, strategy, world, worker, workers, resume, prof)
-    except BaseException as e:
-        process = f"tf worker {worker}" if workers > 1 else "tf"
-        record_failure(rec, e, Path(run_dir) / FRAMEWORK, process)
-        raise
+    gpus = tf_gpu_indices(strategy)
+    world = World.of(
+        cfg,
+        rank=worker,
+        processes=workers,
+        replicas=replicas,
+        strategy=name,
+        device=device if workers == 1 else f"{workers} workers, {replicas} replicas",
+        # TensorFlow waits for a GPU once an epoch (see run_epoch): steps are host intervals
+        step_clock="host_dispatch" if gpus else "host",
+        runtime=runtime,
+    )
+    session = Session(FRAMEWORK, cfg, run_dir, world, every_process_saves=True)
+    with session.running(nvml_indices(gpus)):
+        return _train(session, strategy, gpus, resume)
 
 
 def _train(
-    cfg: Config,
-    run_dir: Path,
-    rec: RunRecorder | None,
-    strategy: tf.distribute.Strategy,
-    world: dict[str, Any],
-    worker: int,
-    workers: int,
-    resume: bool,
-    prof: Profiler | None,
+    session: Session, strategy: tf.distribute.Strategy, gpus: list[int], resume: bool
 ) -> dict[str, Any]:
-    replicas, global_batch = world["world_size"], world["global_batch"]
+    """Build, restore, train epoch by epoch, finish: the run, top to bottom."""
+    cfg, world = session.cfg, session.world
+    check_devices(cfg, gpus, world.world_size)
+    data = session.load_data()
+    net = build(cfg, strategy, world.lr)
+    ckpt = Checkpoints(net, session.fw_dir / "checkpoints", world)
+    if resume:
+        ckpt.restore()
+    session.begin(int(net.epoch.numpy()), float(net.wall_time_s.numpy()))
+    images = on_each_device(strategy, data.train_u8)  # uint8, NHWC, on the devices once
+    train_step = make_train_step(cfg, strategy, net)
+    tracer = StepTracer(cfg, session.fw_dir / "trace" if session.rec else None)
+    for epoch, order in session.epochs():
+        # the epoch's whole order goes to each device once, as the PyTorch trainer does; each
+        # step picks its row inside the step. (A distributed tf.data iterator handing out one
+        # row a step cost 45% of the step time on a 2-core CPU: 270 against 500 img/s.)
+        order_t = on_each_device(strategy, order)
+        if world.processes > 1:
+            # the chief evaluated and saved between epochs while the others went on: start
+            # the epoch's clock together, or their first collective's wait counts as training
+            gather_per_worker(strategy, world, None)
+        result = run_epoch(session, strategy, train_step, images, order_t, epoch, gpus, tracer)
+        gathered = gather_per_worker(strategy, world, result.to_json())
+        net.epoch.assign(epoch + 1)
+        session.end_epoch(
+            epoch,
+            EpochResult.merge([EpochResult.from_json(g) for g in gathered]),
+            evaluate=lambda: evaluate(net.model, data, cfg, net.criterion),
+            save=ckpt.save,
+        )
+    tracer.close()
+    ckpt.close()
+    outputs = np.asarray(net.model(data.test_noisy[:SAMPLE_IMAGES], training=False))
+    return session.finish(get_weights(net.model), outputs, int(net.model.count_params()))
+
+
+def check_devices(cfg: Config, gpus: list[int], replicas: int) -> None:
+    """Refuse settings these devices cannot run, naming the key."""
     if cfg.runtime.xla and replicas > 1:
         # on CPU devices XLA has no collectives at all (b/194942685); on GPUs Keras turns XLA
         # off itself under tf.distribute (keras-team/keras#18716) and LossScaleOptimizer with
@@ -255,53 +267,93 @@ def _train(
             "runtime.xla=false or use one device"
         )
     physical = tf.config.list_physical_devices("GPU")
-    for i in tf_gpu_indices(strategy):
+    for i in gpus:
         details = tf.config.experimental.get_device_details(physical[i])
         if details.get("compute_capability"):
             name = details.get("device_name", physical[i].name)
             check_device_support(cfg, name, tuple(details["compute_capability"]))
-    data = prepare_data(cfg, run_dir, is_main=rec is not None)
-    local_replicas = replicas // workers
-    b = cfg.train.batch_size
+
+
+@dataclass
+class Net:
+    """What this worker trains with, created under the strategy's scope."""
+
+    model: Any
+    optimizer: Any
+    criterion: Any
+    replicas: int
+    epoch: tf.Variable
+    """Finished epochs, saved with the checkpoint."""
+    wall_time_s: tf.Variable
+    """The run's wall time so far, saved with the checkpoint."""
+
+
+def build(cfg: Config, strategy: tf.distribute.Strategy, lr: float) -> Net:
+    """The model, Adam and the run's counters, as the strategy's (mirrored) variables."""
     with strategy.scope():
         tf.keras.utils.set_random_seed(cfg.train.seed)  # native init draws from Keras' seed
         model = build_model(cfg.model, precision=cfg.runtime.precision)
         if cfg.train.init == "shared":
             set_weights(model, shared_weights(cfg.model, cfg.train.seed))
-        optimizer = adam(cfg.train, world["lr"], cfg.runtime.precision)
+        optimizer = adam(cfg.train, lr, cfg.runtime.precision)
         optimizer.build(model.trainable_variables)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-        wall_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        wall_time_s = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    replicas = strategy.num_replicas_in_sync
+    return Net(model, optimizer, loss_fn(cfg.train.loss), replicas, epoch, wall_time_s)
+
+
+class Checkpoints:
+    """The last epoch's checkpoint. Every worker saves (saving may need collectives); only the
+    chief's copy, in `folder`, is kept: the others write into a temporary folder, removed by
+    close()."""
+
+    def __init__(self, net: Net, folder: Path, world: World) -> None:
+        self.folder, self.wall_time_s = folder, net.wall_time_s
+        self.save_dir = (
+            folder if world.is_main else Path(tempfile.mkdtemp(prefix=f"tf-worker{world.rank}-"))
+        )
+        self.checkpoint = tf.train.Checkpoint(
+            model=net.model, optimizer=net.optimizer, epoch=net.epoch, wall_time_s=net.wall_time_s
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.save_dir), max_to_keep=1
+        )
+
+    def restore(self) -> None:
+        """Every worker restores the chief's last checkpoint, if there is one."""
+        latest = tf.train.latest_checkpoint(str(self.folder))
+        if latest:
+            self.checkpoint.restore(latest).assert_consumed()
+
+    def save(self, _epochs_done: int, wall_time_s: float) -> None:
+        """The run's state now (the epoch counter is set by the loop before evaluating)."""
+        self.wall_time_s.assign(wall_time_s)
+        save_checkpoint(self.manager, self.save_dir)
+
+    def close(self) -> None:
+        if self.save_dir != self.folder:
+            shutil.rmtree(self.save_dir, ignore_errors=True)
+
+
+def on_each_device(strategy: tf.distribute.Strategy, array: np.ndarray) -> Any:
+    """One copy of `array` on each of this worker's devices. value_fn is not called under the
+    replica's device scope, so each copy is placed explicitly."""
     local_devices = strategy.extended.worker_devices
 
-    def on_each_device(array: np.ndarray) -> Any:
-        """One copy of `array` on each of this worker's devices. value_fn is not called under
-        the replica's device scope, so each copy is placed explicitly."""
+    def value_fn(ctx: tf.distribute.experimental.ValueContext) -> tf.Tensor:
+        with tf.device(local_devices[ctx.replica_id_in_sync_group % len(local_devices)]):
+            return tf.identity(array)
 
-        def value_fn(ctx: tf.distribute.experimental.ValueContext) -> tf.Tensor:
-            with tf.device(local_devices[ctx.replica_id_in_sync_group % len(local_devices)]):
-                return tf.identity(array)
+    return strategy.experimental_distribute_values_from_function(value_fn)
 
-        return strategy.experimental_distribute_values_from_function(value_fn)
 
-    train_images = on_each_device(data.train_u8)  # uint8, NHWC, on the devices once
-    criterion = loss_fn(cfg.train.loss)
-
-    checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, epoch=epoch_var, wall_time_s=wall_var
-    )
-    ckpt_dir = Path(run_dir) / FRAMEWORK / "checkpoints"
-    # every worker saves (saving may need collectives); only the chief's copy is kept
-    save_dir = ckpt_dir if rec else Path(tempfile.mkdtemp(prefix=f"tf-worker{worker}-"))
-    manager = tf.train.CheckpointManager(checkpoint, str(save_dir), max_to_keep=1)
-    latest = tf.train.latest_checkpoint(str(ckpt_dir))
-    if resume and latest:
-        checkpoint.restore(latest).assert_consumed()
-        if rec:
-            print(f"[tf] resuming after epoch {int(epoch_var.numpy())}", flush=True)
-    start_epoch = int(epoch_var.numpy())
-    if rec:
-        rec.truncate_after(start_epoch)
+def make_train_step(cfg: Config, strategy: tf.distribute.Strategy, net: Net) -> Any:
+    """The distributed step: each replica picks the step's global batch from the epoch's order,
+    draws the whole global batch's noise (stateless, seeded by (seed, step)), and trains on its
+    slice; the all-reduced gradient is that of the global batch's mean loss."""
+    b, replicas = cfg.train.batch_size, net.replicas
+    model, optimizer, criterion = net.model, net.optimizer, net.criterion
 
     def update(noisy: tf.Tensor, clean: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
@@ -337,112 +389,55 @@ def _train(
 
         return strategy.run(step_fn, args=(images, order, i, seed))
 
-    n_train = len(data.train_u8)
-    step = start_epoch * (n_train // global_batch)
-    steady_from = step + warmup_steps(cfg)  # this process' warm-up (XLA compiles), resumed too
-    wall_time_s = float(wall_var.numpy())
-    gpus = tf_gpu_indices(strategy)
-    if prof:
-        prof.measure_idle(cfg.profiler.idle_s)
-    tracer = StepTracer(cfg, Path(run_dir) / FRAMEWORK / "trace" if rec else None)
+    return train_step
 
-    def save(_epochs_done: int, wall_s: float) -> None:  # epoch_var is set before evaluating
-        wall_var.assign(wall_s)
-        save_checkpoint(manager, save_dir)
 
-    for epoch in range(start_epoch, cfg.train.epochs):
-        order = np.stack(epoch_batches(n_train, global_batch, cfg.train.seed, epoch))
-        # the epoch's whole order goes to each device once, as the PyTorch trainer does; each
-        # step picks its row inside the step. (A distributed tf.data iterator handing out one
-        # row a step cost 45% of the step time on a 2-core CPU: 270 against 500 img/s.)
-        order_t = on_each_device(order)
-        if workers > 1:
-            # the chief evaluated and saved between epochs while the others went on: start
-            # the epoch's clock together, or their first collective's wait counts as training
-            gather_per_worker(strategy, workers, local_replicas, None)
-        rows: list[dict[str, Any]] = []
-        losses: list[Any] = []  # each step's per-replica losses, fetched after the epoch
-        reset_memory_peaks(gpus)
-        mark = prof.window_start() if prof else None
-        t_epoch = time.perf_counter()
-        for i in tqdm(
-            range(len(order)),
-            desc=f"tf epoch {epoch + 1}",
-            leave=False,
-            disable=None if rec else True,
-        ):
-            t0 = time.perf_counter()
-            # this worker's replicas: under MirroredStrategy one process holds them all
-            maybe_inject_fault(range(worker * local_replicas, (worker + 1) * local_replicas), step)
-            i_t = tf.constant(i, tf.int32)
-            t_data = time.perf_counter()
-            seed = tf.constant([cfg.train.seed, step], tf.int64)
-            per_replica = train_step(train_images, order_t, i_t, seed)
-            losses.append(strategy.experimental_local_results(per_replica))
-            if i == len(order) - 1:
-                # the one wait for the devices per epoch: the last step ends when all work has.
-                # Fetching every step's loss would stall a GPU's queue after each step; on a
-                # GPU the other steps' times are therefore the host's dispatch intervals, and
-                # their sum is still the epoch's wall time
-                [np.asarray(v) for v in losses[-1]]
-            rows.append(
-                {
-                    "framework": FRAMEWORK,
-                    "epoch": epoch,
-                    "step": step,
-                    "rank": worker,
-                    "replicas": local_replicas,
-                    "batch_size": b * local_replicas,
-                    "loss": None,  # filled in after the epoch
-                    "step_time_s": time.perf_counter() - t0,
-                    "data_wait_s": t_data - t0,
-                    "warmup": step < steady_from,
-                }
-            )
-            tracer.step()
-            step += 1
-        train_time = time.perf_counter() - t_epoch
-        for row, local in zip(rows, losses, strict=True):
-            row["loss"] = float(np.mean([np.asarray(v) for v in local]))
-        devices, host = prof.window_end(mark) if prof and mark else ([], None)
-        add_allocator_peaks(devices, gpus)
-
-        gathered = gather_per_worker(
-            strategy, workers, local_replicas, [rows, train_time, devices, [host] if host else []]
-        )
-        rows = [r for g in gathered for r in g[0]]
-        train_time = max(g[1] for g in gathered)  # the job is as fast as its slowest worker
-        devices = [d for g in gathered for d in g[2]]
-        hosts = [h for g in gathered for h in g[3]]
-
-        epoch_var.assign(epoch + 1)
-        if rec is None:
-            with uninterrupted():
-                save_checkpoint(manager, save_dir)
-            continue
-        wall_time_s = end_epoch(
-            rec,
-            cfg,
-            data,
-            epoch,
-            rows,
-            train_time,
-            (devices, hosts, replicas) if prof else None,
-            (wall_time_s, t_epoch),
-            evaluate=lambda: evaluate(model, data, cfg, criterion),
-            save=save,
-        )
-
-    tracer.close()
-    if rec is None:
-        shutil.rmtree(save_dir, ignore_errors=True)
-        return {}
-    rec.write_weights(get_weights(model))
-    # the report's image grid: outputs for the saved test samples
-    rec.write_outputs(np.asarray(model(data.test_noisy[:SAMPLE_IMAGES], training=False)))
-    summary = final_summary(rec, wall_time_s, int(model.count_params()), data.description, world)
-    rec.summary(**summary)
-    return summary
+def run_epoch(
+    session: Session,
+    strategy: tf.distribute.Strategy,
+    train_step: Any,
+    images: Any,
+    order: Any,
+    epoch: int,
+    gpus: list[int],
+    tracer: StepTracer,
+) -> EpochResult:
+    """One epoch's training steps on this worker's replicas."""
+    cfg, prof, world = session.cfg, session.prof, session.world
+    mine = range(world.rank * world.local_replicas, (world.rank + 1) * world.local_replicas)
+    first = session.first_step(epoch)
+    steps = session.steps_per_epoch
+    losses: list[Any] = []  # each step's per-replica losses, fetched after the epoch
+    step_times: list[float] = []
+    waits: list[float] = []
+    reset_memory_peaks(gpus)
+    mark = prof.window_start() if prof else None
+    t_epoch = time.perf_counter()
+    show = None if session.rec else True
+    for i in tqdm(range(steps), desc=f"tf epoch {epoch + 1}", leave=False, disable=show):
+        t0 = time.perf_counter()
+        # this worker's replicas: under MirroredStrategy one process holds them all
+        maybe_inject_fault(mine, first + i)
+        i_t = tf.constant(i, tf.int32)
+        t_data = time.perf_counter()
+        seed = tf.constant([cfg.train.seed, first + i], tf.int64)
+        per_replica = train_step(images, order, i_t, seed)
+        losses.append(strategy.experimental_local_results(per_replica))
+        if i == steps - 1:
+            # the one wait for the devices per epoch: the last step ends when all work has.
+            # Fetching every step's loss would stall a GPU's queue after each step; on a GPU
+            # the other steps' times are therefore the host's dispatch intervals, and their
+            # sum is still the epoch's wall time
+            [np.asarray(v) for v in losses[-1]]
+        step_times.append(time.perf_counter() - t0)
+        waits.append(t_data - t0)
+        tracer.step()
+    train_time = time.perf_counter() - t_epoch
+    means = [float(np.mean([np.asarray(v) for v in local])) for local in losses]
+    devices, host = prof.window_end(mark) if prof and mark else ([], None)
+    add_allocator_peaks(devices, gpus)
+    rows = session.step_rows(epoch, means, step_times, waits)
+    return EpochResult(rows, train_time, devices, [host] if host else [])
 
 
 def save_checkpoint(manager: tf.train.CheckpointManager, folder: Path) -> None:
@@ -462,15 +457,13 @@ def save_checkpoint(manager: tf.train.CheckpointManager, folder: Path) -> None:
         raise
 
 
-def gather_per_worker(
-    strategy: tf.distribute.Strategy, workers: int, local_replicas: int, obj: Any
-) -> list[Any]:
+def gather_per_worker(strategy: tf.distribute.Strategy, world: World, obj: Any) -> list[Any]:
     """Each worker's JSON-able `obj`, on every worker, in worker order.
 
     Collectives carry numbers only (int32, not uint8): the object travels as its UTF-8 bytes,
     one int32 each, padded to the longest.
     """
-    if workers == 1:
+    if world.processes == 1:
         return [obj]
     payload = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8).astype(np.int32)
 
@@ -479,7 +472,7 @@ def gather_per_worker(
             lambda _ctx: tf.constant(values[None, :])
         )
         # replicas are numbered worker by worker: keep the first replica of each worker
-        return strategy.gather(per_replica, axis=0).numpy()[::local_replicas]
+        return strategy.gather(per_replica, axis=0).numpy()[:: world.local_replicas]
 
     lengths = gather(np.array([len(payload)], dtype=np.int64))[:, 0]
     padded = np.zeros(int(lengths.max()), dtype=np.int32)

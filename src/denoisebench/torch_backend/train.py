@@ -21,6 +21,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,9 @@ from denoisebench.core.config import (
     speed_label,
 )
 from denoisebench.core.distributed import maybe_inject_fault
-from denoisebench.core.epochs import epoch_batches, final_summary, warmup_steps
-from denoisebench.core.records import RunRecorder, disk_full
+from denoisebench.core.records import disk_full
 from denoisebench.core.spec import shared_weights
-from denoisebench.measure.profiler import Profiler, nvml_indices
+from denoisebench.measure.profiler import nvml_indices
 from denoisebench.torch_backend.model import (
     add_noise,
     autocast,
@@ -52,16 +52,8 @@ from denoisebench.torch_backend.model import (
     pick_device,
     set_weights,
 )
-from denoisebench.trainer.session import (
-    SAMPLE_IMAGES,
-    RunData,
-    announce,
-    end_epoch,
-    prepare_data,
-    record_failure,
-    run_profiler,
-    trainer_main,
-)
+from denoisebench.trainer.rundata import SAMPLE_IMAGES, RunData
+from denoisebench.trainer.session import EpochResult, Session, World, trainer_main
 
 FRAMEWORK = "torch"
 
@@ -315,74 +307,95 @@ def sync(device: torch.device) -> None:
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train `cfg` into run_dir/torch/ and return its summary fields (on rank 0)."""
     ddp = "RANK" in os.environ  # set by torchrun
-    if ddp:
-        use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
-        if use_cuda and cfg.runtime.cuda_graphs:
-            # capturing NCCL all-reduces needs DDP's async error handling off (see GraphedStep)
-            os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-        local_rank = int(os.environ["LOCAL_RANK"])
-        if use_cuda:
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device("cpu")
-    else:
-        rank, world_size, device = 0, 1, pick_device(cfg.train.device)
-    is_main = rank == 0
-    runtime = apply_runtime(cfg)
-
-    rec = RunRecorder(run_dir, FRAMEWORK) if is_main else None
-    world = {
-        "world_size": world_size,
-        "processes": world_size,
-        "global_batch": cfg.train.batch_size * world_size,
-        "lr": cfg.train.lr * (world_size if cfg.train.scale_lr else 1),
-        "strategy": "ddp" if ddp else "single",
-        "device": str(device) if not ddp else f"{world_size} x {device.type}",
+    device = init_process(cfg) if ddp else pick_device(cfg.train.device)
+    ranks = dist.get_world_size() if ddp else 1
+    world = World.of(
+        cfg,
+        rank=dist.get_rank() if ddp else 0,
+        processes=ranks,
+        replicas=ranks,
+        strategy="ddp" if ddp else "single",
+        device=f"{ranks} x {device.type}" if ddp else str(device),
         # CUDA events on a GPU (StepClock); on the CPU a step has finished when it returns
-        "step_clock": "cuda_events" if device.type == "cuda" else "host",
-        "runtime": runtime,
-    }
-    if rec:
-        announce(rec, cfg, world)
+        step_clock="cuda_events" if device.type == "cuda" else "host",
+        runtime=apply_runtime(cfg),
+    )
+    session = Session(FRAMEWORK, cfg, run_dir, world)
     gpus = nvml_indices([device.index or 0]) if device.type == "cuda" else []
     try:
-        with run_profiler(cfg, run_dir, FRAMEWORK, gpus, rank) as prof:
-            summary = _train(cfg, run_dir, rec, device, rank, world, resume, ddp, prof)
-        if ddp:
-            # free the DDP model now: its reducer holds the process group and the last
-            # all-reduce's work objects, and left to the interpreter's exit their gloo threads
-            # are torn down after Python is gone (std::terminate, exit code -6, about one run
-            # in fifteen on a 2-core machine)
-            gc.collect()
-            # every rank waits for rank 0 to finish writing: tearing the gloo group down while
-            # a peer still holds its connections aborts that peer (also seen as exit code -6)
-            dist.barrier()
+        with session.running(gpus):
+            summary = _train(session, device, ddp, resume)
+            if ddp:
+                # free the DDP model now: its reducer holds the process group and the last
+                # all-reduce's work objects, and left to the interpreter's exit their gloo
+                # threads are torn down after Python is gone (std::terminate, exit code -6,
+                # about one run in fifteen on a 2-core machine)
+                gc.collect()
+                # every rank waits for rank 0 to finish writing: tearing the gloo group down
+                # while a peer still holds its connections aborts that peer (also exit code -6)
+                dist.barrier()
         return summary
-    except BaseException as e:
-        record_failure(rec, e, Path(run_dir) / FRAMEWORK, f"torch rank {rank}" if ddp else "torch")
-        raise
     finally:
         if ddp and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(
-    cfg: Config,
-    run_dir: Path,
-    rec: RunRecorder | None,
-    device: torch.device,
-    rank: int,
-    world: dict[str, Any],
-    resume: bool,
-    ddp: bool,
-    prof: Profiler | None,
-) -> dict[str, Any]:
-    world_size, global_batch = world["world_size"], world["global_batch"]
-    data = prepare_data(cfg, run_dir, is_main=rec is not None)
-    torch.manual_seed(cfg.train.seed)  # native init draws from the global generator
+def init_process(cfg: Config) -> torch.device:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs); this rank's device."""
+    use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
+    if use_cuda and cfg.runtime.cuda_graphs:
+        # capturing NCCL all-reduces needs DDP's async error handling off (see GraphedStep)
+        os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if not use_cuda:
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    torch.cuda.set_device(device)
+    return device
+
+
+def _train(session: Session, device: torch.device, ddp: bool, resume: bool) -> dict[str, Any]:
+    """Build, restore, train epoch by epoch, finish: the run, top to bottom."""
+    cfg = session.cfg
+    check_device(cfg, device)
+    data = session.load_data()
+    ckpt_path = session.fw_dir / "checkpoints" / "last.pt"
+    state = None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+    net = build(cfg, device, ddp, session.world.lr, state)
+    session.begin(state["epoch"] if state else 0, state["wall_time_s"] if state else 0.0)
+    # uint8 NHWC, on the device once, flipped in height and width for raw_model.net
+    images = torch.from_numpy(data.train_u8).to(device).flip(1, 2)
+    tracer = StepTracer(cfg, session.fw_dir / "trace" if session.rec else None, device)
+    for epoch, order in session.epochs():
+        if ddp:
+            # rank 0 evaluated and checkpointed after the last epoch while the others went on:
+            # start the clock together, or their first all-reduce's wait counts as training
+            dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+        result = run_epoch(session, net, images, order, epoch, device, tracer)
+        if ddp:  # every rank's rows, epoch time and profile, to every rank
+            gathered: list[Any] = [None] * session.world.processes
+            dist.all_gather_object(gathered, result)
+            result = EpochResult.merge(gathered)
+        session.end_epoch(
+            epoch,
+            result,
+            evaluate=lambda: evaluate(net.raw, data, cfg, device, net.criterion),
+            save=lambda done, wall_s: save_checkpoint(ckpt_path, net.state(done, wall_s)),
+        )
+    tracer.close()
+    net.raw.eval()  # the report's image grid: outputs for the saved test samples
+    outputs = predict(net.raw, data.test_noisy[:SAMPLE_IMAGES], cfg, device)
+    return session.finish(
+        get_weights(net.raw),
+        outputs.permute(0, 2, 3, 1).cpu().numpy(),
+        sum(p.numel() for p in net.raw.parameters()),
+    )
+
+
+def check_device(cfg: Config, device: torch.device) -> None:
+    """Refuse settings this device cannot run, naming the key."""
     if cfg.runtime.cuda_graphs and device.type != "cuda":
         raise ConfigError(
             f"runtime.cuda_graphs needs CUDA devices; this run is on {device.type} "
@@ -391,23 +404,50 @@ def _train(
     if device.type == "cuda":
         capability = torch.cuda.get_device_capability(device)
         check_device_support(cfg, torch.cuda.get_device_name(device), capability)
+
+
+@dataclass
+class Net:
+    """What one rank trains with: the canonical model, what the steps run, and their state."""
+
+    raw: torch.nn.Module
+    """The canonical model: evaluation, weights and checkpoints."""
+    optimizer: torch.optim.Optimizer
+    criterion: Any
+    step: StepFn
+    """One training step on (noisy, clean) NCHW -> its loss (GraphedStep with CUDA graphs)."""
+    scaler: torch.amp.GradScaler
+    capture_step: int | None
+    """The step that captures the CUDA graph, None without one."""
+
+    def state(self, epochs_done: int, wall_time_s: float) -> dict[str, Any]:
+        """The checkpoint: weights, Adam's state, the float16 loss scale, where the run is."""
+        return {
+            "model": self.raw.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epochs_done,
+            "wall_time_s": wall_time_s,
+        }
+
+
+def build(
+    cfg: Config, device: torch.device, ddp: bool, lr: float, state: dict[str, Any] | None
+) -> Net:
+    """The model (restored from `state`, a checkpoint, before DDP is built: its broadcast then
+    copies equal values on every rank), DDP, torch.compile, Adam, the step."""
+    torch.manual_seed(cfg.train.seed)  # native init draws from the global generator
     # CUDA graphs: warm-up and capture run on this stream, and DDP is built on it (GraphedStep)
     graph_stream = torch.cuda.Stream(device) if cfg.runtime.cuda_graphs else None
-    fmt = memory_format(cfg.runtime.channels_last)
-    raw_model = build_model(cfg.model).to(device)
+    raw = build_model(cfg.model).to(device)
     if cfg.train.init == "shared":
-        set_weights(raw_model, shared_weights(cfg.model, cfg.train.seed))
-    raw_model = raw_model.to(memory_format=fmt)
-    ckpt_path = Path(run_dir) / FRAMEWORK / "checkpoints" / "last.pt"
-    state = None
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        # every rank restores the same weights before DDP is built (its broadcast then copies
-        # equal values), so no rank's copy can race the broadcast
-        raw_model.load_state_dict(state["model"])
+        set_weights(raw, shared_weights(cfg.model, cfg.train.seed))
+    raw = raw.to(memory_format=memory_format(cfg.runtime.channels_last))
+    if state is not None:
+        raw.load_state_dict(state["model"])
     # training runs the natural network on images flipped once (model_torch's flip identity):
-    # no pads, crops or flips in the step; evaluation and the weights use raw_model, canonical
-    model: torch.nn.Module = raw_model.net
+    # no pads, crops or flips in the step; evaluation and the weights use raw, canonical
+    model: torch.nn.Module = raw.net
     if ddp:
         if graph_stream is not None:
             # DDP's constructor broadcasts rank 0's weights on graph_stream: it must wait for the
@@ -423,145 +463,76 @@ def _train(
         model = torch.compile(model)
     optimizer = torch.optim.Adam(
         model.parameters(),
-        lr=world["lr"],
+        lr=lr,
         betas=(cfg.train.beta1, cfg.train.beta2),
         eps=cfg.train.eps,
         capturable=cfg.runtime.cuda_graphs,  # step counts on the device, for graph replay
     )
     criterion = loss_fn(cfg.train.loss)
-    train_step, scaler = make_step(model, optimizer, criterion, device, cfg)
+    step, scaler = make_step(model, optimizer, criterion, device, cfg)
     capture_step = None
     if graph_stream is not None:
-        train_step = GraphedStep(train_step, optimizer, graph_stream, warmup=11 if ddp else 3)
-        capture_step = train_step.capture_step
-
-    start_epoch, wall_time_s = 0, 0.0
+        step = GraphedStep(step, optimizer, graph_stream, warmup=11 if ddp else 3)
+        capture_step = step.capture_step
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:  # float16 loss scale (checkpoints from before it lack it)
             scaler.load_state_dict(state["scaler"])
-        start_epoch, wall_time_s = state["epoch"], state["wall_time_s"]
-        if rec:
-            print(f"[torch] resuming after epoch {start_epoch}", flush=True)
-    if rec:
-        rec.truncate_after(start_epoch)
+    return Net(raw, optimizer, criterion, step, scaler, capture_step)
 
-    # uint8 NHWC, on the device once, flipped in height and width for raw_model.net
-    train_images = torch.from_numpy(data.train_u8).to(device).flip(1, 2)
-    n_train = len(train_images)
+
+def run_epoch(
+    session: Session,
+    net: Net,
+    images: torch.Tensor,
+    order: np.ndarray,
+    epoch: int,
+    device: torch.device,
+    tracer: StepTracer,
+) -> EpochResult:
+    """One epoch's training steps on this rank: each takes its global batch from `order`,
+    draws the whole global batch's noise and trains on this rank's slice of it."""
+    cfg, prof, rank = session.cfg, session.prof, session.world.rank
+    # the same generator on every rank: noise depends only on (seed, epoch), not on the
+    # number of devices, and a resumed run draws it again identically
+    generator = torch.Generator(device).manual_seed(cfg.train.seed * 100_003 + epoch)
+    fmt = memory_format(cfg.runtime.channels_last)
     b = cfg.train.batch_size
     mine = slice(rank * b, (rank + 1) * b)
-    step = start_epoch * (n_train // global_batch)
-    steady_from = step + warmup_steps(cfg, capture_step)  # this process' warm-up, resumed too
-    if prof:
-        prof.measure_idle(cfg.profiler.idle_s)
-    tracer = StepTracer(cfg, Path(run_dir) / FRAMEWORK / "trace" if rec else None, device)
-
-    def save(epochs_done: int, wall_s: float) -> None:
-        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict()}
-        state |= {"scaler": scaler.state_dict(), "epoch": epochs_done, "wall_time_s": wall_s}
-        save_checkpoint(ckpt_path, state)
-
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if ddp:
-            # rank 0 evaluated and checkpointed after the last epoch while the others went on:
-            # start the clock together, or their first all-reduce's wait counts as training
-            dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
-        # the same generator on every rank: noise depends only on (seed, epoch), not on the
-        # number of devices, and a resumed run draws it again identically
-        generator = torch.Generator(device).manual_seed(cfg.train.seed * 100_003 + epoch)
-        batches = epoch_batches(n_train, global_batch, cfg.train.seed, epoch)
-        # the epoch's whole order goes to the device once: no host-to-device copy per step
-        order = torch.from_numpy(np.stack(batches)).to(device)
-        losses = torch.empty(len(order), device=device)  # fetched once, after the epoch
-        waits: list[float] = []
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        mark = prof.window_start() if prof else None
-        clock = StepClock(device)
-        t_epoch = time.perf_counter()
-        clock.mark()
-        first_step = step
-        for i in tqdm(
-            range(len(order)),
-            desc=f"torch epoch {epoch + 1}",
-            leave=False,
-            disable=None if rec else True,
-        ):
-            t0 = time.perf_counter()
-            maybe_inject_fault(range(rank, rank + 1), step)
-            idx_t = order[i]
-            waits.append(time.perf_counter() - t0)
-            clean = train_images[idx_t].permute(0, 3, 1, 2).float() / 255
-            noisy = add_noise(clean, cfg.noise, generator)  # the whole global batch's noise
-            if not cfg.runtime.cuda_graphs:
-                optimizer.zero_grad(set_to_none=True)
-            losses[i] = train_step(
-                noisy[mine].contiguous(memory_format=fmt),
-                clean[mine].contiguous(memory_format=fmt),
-            )
-            clock.mark()
-            tracer.step()
-            step += 1
-        step_times = clock.durations()  # waits for the device: the epoch's work is done
-        train_time = time.perf_counter() - t_epoch
-        rows = [
-            {
-                "framework": FRAMEWORK,
-                "epoch": epoch,
-                "step": first_step + i,
-                "rank": rank,
-                "replicas": 1,
-                "batch_size": b,
-                "loss": loss_value,
-                "step_time_s": step_time,
-                "data_wait_s": wait,
-                "warmup": first_step + i < steady_from,
-            }
-            for i, (loss_value, step_time, wait) in enumerate(
-                zip(losses.tolist(), step_times, waits, strict=True)
-            )
-        ]
-        devices, host = prof.window_end(mark) if prof and mark else ([], None)
-        for d in devices:  # the caching allocator's own view, beside NVML's
-            d["alloc_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            d["reserved_peak_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-        hosts = [host] if host else []
-
-        if ddp:  # every rank's rows, epoch time and profile, to rank 0
-            gathered: list[Any] = [None] * world_size
-            dist.all_gather_object(gathered, (rows, train_time, devices, hosts))
-            rows = [r for g in gathered for r in g[0]]
-            train_time = max(g[1] for g in gathered)  # the job is as fast as its slowest rank
-            devices = [d for g in gathered for d in g[2]]
-            hosts = [h for g in gathered for h in g[3]]
-        if rec is None:
-            continue
-        wall_time_s = end_epoch(
-            rec,
-            cfg,
-            data,
-            epoch,
-            rows,
-            train_time,
-            (devices, hosts, world_size) if prof else None,
-            (wall_time_s, t_epoch),
-            evaluate=lambda: evaluate(raw_model, data, cfg, device, criterion),
-            save=save,
+    order_t = torch.from_numpy(order).to(device)  # once per epoch: no copy per step
+    losses = torch.empty(len(order_t), device=device)  # fetched once, after the epoch
+    waits: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    mark = prof.window_start() if prof else None
+    clock = StepClock(device)
+    t_epoch = time.perf_counter()
+    clock.mark()
+    first = session.first_step(epoch)
+    show = None if session.rec else True
+    for i in tqdm(range(len(order_t)), desc=f"torch epoch {epoch + 1}", leave=False, disable=show):
+        t0 = time.perf_counter()
+        maybe_inject_fault(range(rank, rank + 1), first + i)
+        idx = order_t[i]
+        waits.append(time.perf_counter() - t0)
+        clean = images[idx].permute(0, 3, 1, 2).float() / 255
+        noisy = add_noise(clean, cfg.noise, generator)  # the whole global batch's noise
+        if not cfg.runtime.cuda_graphs:
+            net.optimizer.zero_grad(set_to_none=True)
+        losses[i] = net.step(
+            noisy[mine].contiguous(memory_format=fmt), clean[mine].contiguous(memory_format=fmt)
         )
-
-    tracer.close()
-    if rec is None:
-        return {}
-    rec.write_weights(get_weights(raw_model))
-    raw_model.eval()  # the report's image grid: outputs for the saved test samples
-    sample = predict(raw_model, data.test_noisy[:SAMPLE_IMAGES], cfg, device)
-    rec.write_outputs(sample.permute(0, 2, 3, 1).cpu().numpy())
-    parameters = sum(p.numel() for p in raw_model.parameters())
-    summary = final_summary(rec, wall_time_s, parameters, data.description, world)
-    rec.summary(**summary)
-    return summary
+        clock.mark()
+        tracer.step()
+    step_times = clock.durations()  # waits for the device: the epoch's work is done
+    train_time = time.perf_counter() - t_epoch
+    devices, host = prof.window_end(mark) if prof and mark else ([], None)
+    for d in devices:  # the caching allocator's own view, beside NVML's
+        d["alloc_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        d["reserved_peak_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+    rows = session.step_rows(epoch, losses.tolist(), step_times, waits)
+    return EpochResult(rows, train_time, devices, [host] if host else [])
 
 
 @record  # under torchrun, the failing rank's traceback goes into torchrun's failure summary

@@ -1,11 +1,20 @@
-"""What both trainers share for one run, in plain Python: the data, split and test set on disk,
-the order of the batches, and the epoch bookkeeping.
+"""One trainer process's run, in plain Python: what both trainers do alike, so that each keeps
+only what is its own (building the model, the inner step loop, checkpoints, the gather across
+processes).
 
-Both frameworks see the same images in the same order: the split is written once into the run
-folder (and checked by whichever trainer comes second), the batch order of every epoch is a
-NumPy permutation of (seed, epoch), and the noisy test images are generated once from a seed.
-Only the training noise differs between frameworks: it is drawn on the device by each one's own
-random ops, with the same statistics (noise.py).
+    world = World.of(cfg, rank=..., processes=..., replicas=..., ...)   # where this process stands
+    session = Session(FRAMEWORK, cfg, run_dir, world)                   # announces the run
+    with session.running(gpus):                  # profiler; a failure is recorded, then raised
+        data = session.load_data()
+        session.begin(start_epoch, wall_time_s)  # after a restore: records past it dropped
+        for epoch, order in session.epochs():    # the epoch's batch order, the same everywhere
+            ...                                  # the framework's steps -> session.step_rows
+            session.end_epoch(epoch, result, evaluate, save)  # rank 0: evaluate, record, save
+        session.finish(weights, outputs, parameters)
+
+Typed records travel between the pieces: `World` (this process in the job, the summary's world
+fields), `core.records.StepRow` (one STEP row) and `EpochResult` (one epoch's rows, time and
+profiler rows, one process's or, merged, the job's).
 """
 
 from __future__ import annotations
@@ -15,8 +24,8 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,137 +35,317 @@ from denoisebench.core.config import Config, ConfigError, load_resolved
 from denoisebench.core.distributed import maybe_delay_after_eval
 from denoisebench.core.epochs import (
     Measured,
+    epoch_batches,
     epoch_line,
+    final_summary,
     measured_fields,
+    warmup_steps,
 )
-from denoisebench.core.noise import noisy_test_set
 from denoisebench.core.records import (
     DISK_FULL,
     STOP_SIGNALS,
     Interrupted,
     RunRecorder,
-    atomic_write_json,
-    atomic_write_npz,
+    StepRow,
     disk_full_report,
     mark_interrupted,
     read_json,
     resume_command,
     write_failure,
 )
-from denoisebench.data.images import DataError, Images, load_images, make_split
+from denoisebench.data.images import DataError
 from denoisebench.measure.environment import environment
 from denoisebench.measure.hardware import peak_flops
 from denoisebench.measure.profiler import Profiler, maybe_profile
 from denoisebench.measure.quality import image_quality
+from denoisebench.trainer.rundata import RunData, SplitMismatchError, prepare_data
 
 
 @dataclass(frozen=True)
-class RunData:
-    """Everything a trainer needs from the data, as NumPy arrays (NHWC)."""
+class World:
+    """Where one trainer process stands in its job (records.SUMMARY_FIELDS says what the
+    recorded fields mean)."""
 
-    train_u8: np.ndarray
-    """Training images, uint8 (N, H, W, C)."""
-    test_clean: np.ndarray
-    """Clean test images, float32 in [0, 1]."""
-    test_noisy: np.ndarray
-    """Noisy test images, float32 in [0, 1], identical for both frameworks."""
-    noisy_quality: dict[str, float]
-    """MAE/PSNR/SSIM of the noisy test inputs: the baseline a denoiser must beat."""
-    description: str
-    """What the images are (never calls other images EuroSAT)."""
+    rank: int
+    """This process: the torch rank, or the TensorFlow worker index."""
+    processes: int
+    world_size: int
+    """Replicas (devices) in the whole job."""
+    local_replicas: int
+    """Replicas this process drives: 1 under DDP, all of its devices under MirroredStrategy."""
+    global_batch: int
+    lr: float
+    strategy: str
+    device: str
+    step_clock: str
+    runtime: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls,
+        cfg: Config,
+        *,
+        rank: int,
+        processes: int,
+        replicas: int,
+        strategy: str,
+        device: str,
+        step_clock: str,
+        runtime: dict[str, Any],
+    ) -> World:
+        """The world of a job of `replicas` devices over `processes` processes: the global
+        batch is train.batch_size per device, the learning rate scaled by the replicas when
+        train.scale_lr."""
+        return cls(
+            rank=rank,
+            processes=processes,
+            world_size=replicas,
+            local_replicas=replicas // processes,
+            global_batch=cfg.train.batch_size * replicas,
+            lr=cfg.train.lr * (replicas if cfg.train.scale_lr else 1),
+            strategy=strategy,
+            device=device,
+            step_clock=step_clock,
+            runtime=runtime,
+        )
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes the results folder and evaluates."""
+        return self.rank == 0
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The fields the run's summary.json records of its world."""
+        fields = asdict(self)
+        del fields["rank"], fields["local_replicas"]
+        return fields
 
 
-SAMPLE_IMAGES = 32
-"""Test images whose clean, noisy and output versions are saved for the report."""
+@dataclass
+class EpochResult:
+    """What one epoch's training steps measured: one process's, or (`merge`) the whole job's."""
+
+    rows: list[StepRow]
+    train_time_s: float
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    """The profiler's rows, one per GPU (empty with the profiler off or without GPUs)."""
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+    """The profiler's rows, one per process."""
+
+    @staticmethod
+    def merge(parts: list[EpochResult]) -> EpochResult:
+        """Every process's result as one: the job is as fast as its slowest process."""
+        return EpochResult(
+            rows=[r for p in parts for r in p.rows],
+            train_time_s=max(p.train_time_s for p in parts),
+            devices=[d for p in parts for d in p.devices],
+            hosts=[h for p in parts for h in p.hosts],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """As plain JSON values, for collectives that carry bytes (TensorFlow's)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> EpochResult:
+        return cls(**obj | {"rows": [StepRow(**r) for r in obj["rows"]]})
 
 
-class SplitMismatchError(RuntimeError):
-    """The run folder's split.json disagrees with the split computed now."""
+class Session:
+    """One trainer process's run: announce it, hold its data and profiler, keep the step count
+    and the wall time across epochs, end each epoch and the run in the results folder (rank 0
+    only: `rec` is None on the other processes), and record how it failed if it did.
 
+    `every_process_saves`: the checkpoint is written by every process (TensorFlow's may need
+    collectives; only the chief's copy is kept), not by rank 0 alone (PyTorch's)."""
 
-def announce(rec: RunRecorder, cfg: Config, world: dict[str, Any]) -> None:
-    """What every run records as it starts: its environment, a 'running' summary, one line."""
-    rec.write_environment(environment(rec.framework) | {"device": world["device"]})
-    rec.summary(status="running", error=None, epochs=cfg.train.epochs, **world)
-    print(
-        f"[{rec.framework}] {world['strategy']} on {world['device']}: global batch "
-        f"{world['global_batch']} ({cfg.train.batch_size} per device), lr {world['lr']:g}",
-        flush=True,
-    )
+    def __init__(
+        self,
+        framework: str,
+        cfg: Config,
+        run_dir: Path,
+        world: World,
+        every_process_saves: bool = False,
+    ) -> None:
+        self.framework, self.cfg, self.world = framework, cfg, world
+        self.run_dir, self.fw_dir = Path(run_dir), Path(run_dir) / framework
+        self.every_process_saves = every_process_saves
+        self.rec = RunRecorder(run_dir, framework) if world.is_main else None
+        self.prof: Profiler | None = None
+        self.data: RunData | None = None
+        self.start_epoch, self.wall_time_s = 0, 0.0
+        self.steps_per_epoch = 0
+        self.steady_from = 0
+        self._epoch_t0 = 0.0
+        if self.rec:
+            self._announce(self.rec)
 
+    def _announce(self, rec: RunRecorder) -> None:
+        """What every run records as it starts: its environment, a 'running' summary, a line."""
+        w = self.world
+        rec.write_environment(environment(self.framework) | {"device": w.device})
+        rec.summary(
+            status="running", error=None, epochs=self.cfg.train.epochs, **w.summary_fields()
+        )
+        self.say(
+            f"{w.strategy} on {w.device}: global batch {w.global_batch} "
+            f"({self.cfg.train.batch_size} per device), lr {w.lr:g}"
+        )
 
-def run_profiler(
-    cfg: Config, run_dir: Path, framework: str, gpus: list[int], rank: int
-) -> AbstractContextManager[Profiler | None]:
-    """This process' profiler (maybe_profile), its GPU samples spooled into the run folder."""
-    spool = Path(run_dir) / framework / f"gpu_samples.rank{rank}.jsonl"
-    if gpus:
-        spool.parent.mkdir(parents=True, exist_ok=True)
-    return maybe_profile(
-        cfg.profiler.enabled,
-        devices=gpus,
-        rank=rank,
-        spool=spool,
-        interval_s=cfg.profiler.sample_interval_s,
-        min_window_s=cfg.profiler.min_window_s,
-    )
+    def say(self, line: str) -> None:
+        """One line to the console, from rank 0 only."""
+        if self.rec:
+            print(f"[{self.framework}] {line}", flush=True)
 
+    @property
+    def process(self) -> str:
+        """This process, as failures name it: 'torch', or 'torch rank 1', 'tf worker 1'."""
+        if self.world.processes == 1:
+            return self.framework
+        return f"{self.framework} {'rank' if self.framework == 'torch' else 'worker'} {self.world.rank}"
 
-def prepare_data(cfg: Config, run_dir: Path, is_main: bool = True) -> RunData:
-    """Load the images, write (or check) split.json and data.json, build the noisy test set.
+    @contextmanager
+    def running(self, gpus: list[int]) -> Iterator[Profiler | None]:
+        """The process's profiler over the run (maybe_profile; its GPU samples spooled into the
+        run folder), and the failure guard: an exception, a stop signal included, is recorded
+        (record_failure) and raised again."""
+        spool = self.fw_dir / f"gpu_samples.rank{self.world.rank}.jsonl"
+        if gpus:
+            spool.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with maybe_profile(
+                self.cfg.profiler.enabled,
+                devices=gpus,
+                rank=self.world.rank,
+                spool=spool,
+                interval_s=self.cfg.profiler.sample_interval_s,
+                min_window_s=self.cfg.profiler.min_window_s,
+            ) as prof:
+                self.prof = prof
+                yield prof
+        except BaseException as e:
+            record_failure(self.rec, e, self.fw_dir, self.process)
+            raise
 
-    Only the main process (rank 0) touches the run folder; the others compute the same split.
-    """
-    t0 = time.perf_counter()
-    images: Images = load_images(cfg.data, cfg.model.image_size, seed=cfg.train.seed)
-    split = make_split(len(images.images), cfg.data)
-    split_json = {"train": split.train.tolist(), "test": split.test.tolist()}
-    path = Path(run_dir) / "split.json"
-    if is_main and path.exists():
-        if read_json(path) != split_json:
-            raise SplitMismatchError(
-                f"{path}: the split on disk differs from the one computed from the config; "
-                "the frameworks would not see the same data"
+    def load_data(self) -> RunData:
+        """The run's data (rundata.prepare_data; only rank 0 writes to the run folder)."""
+        self.data = prepare_data(self.cfg, self.run_dir, is_main=self.world.is_main)
+        return self.data
+
+    def begin(self, start_epoch: int, wall_time_s: float, capture_step: int | None = None) -> None:
+        """Start training after `start_epoch` finished epochs (0, or a restored checkpoint's)
+        and `wall_time_s` of them: records no checkpoint covers are dropped, and the process's
+        first steps from here are warm-up again (core.epochs.warmup_steps; `capture_step`: the
+        step that captures a CUDA graph). Measures the GPUs' idle power first."""
+        assert self.data is not None, "load_data() first"
+        self.start_epoch, self.wall_time_s = start_epoch, wall_time_s
+        self.steps_per_epoch = len(self.data.train_u8) // self.world.global_batch
+        first = start_epoch * self.steps_per_epoch
+        self.steady_from = first + warmup_steps(self.cfg, capture_step)
+        if self.rec:
+            if start_epoch:
+                self.say(f"resuming after epoch {start_epoch}")
+            self.rec.truncate_after(start_epoch)
+        if self.prof:
+            self.prof.measure_idle(self.cfg.profiler.idle_s)
+
+    def epochs(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Each epoch left, with its batch order (steps x global batch indices, the same on
+        every process: core.epochs.epoch_batches). The run's wall time counts from here."""
+        assert self.data is not None, "load_data() first"
+        for epoch in range(self.start_epoch, self.cfg.train.epochs):
+            order = epoch_batches(
+                len(self.data.train_u8), self.world.global_batch, self.cfg.train.seed, epoch
             )
-    elif is_main:
-        atomic_write_json(path, split_json)
-    if is_main and not (Path(run_dir) / "data.json").exists():
-        atomic_write_json(
-            Path(run_dir) / "data.json",
-            {
-                "source": images.source,
-                "description": images.description,
-                "images": len(images.images),
-                "train": len(split.train),
-                "test": len(split.test),
-                "image_shape": list(images.images.shape[1:]),
-                "test_names": [images.names[i] for i in split.test[:50]],
-            },
+            self._epoch_t0 = time.perf_counter()
+            yield epoch, np.stack(order)
+
+    def first_step(self, epoch: int) -> int:
+        """The global step number of the epoch's first step."""
+        return epoch * self.steps_per_epoch
+
+    def step_rows(
+        self, epoch: int, losses: list[float], step_times: list[float], waits: list[float]
+    ) -> list[StepRow]:
+        """This process's STEP rows of an epoch, from its per-step losses and times."""
+        first, w = self.first_step(epoch), self.world
+        return [
+            StepRow(
+                framework=self.framework,
+                epoch=epoch,
+                step=first + i,
+                rank=w.rank,
+                replicas=w.local_replicas,
+                batch_size=self.cfg.train.batch_size * w.local_replicas,
+                loss=loss,
+                step_time_s=step_time,
+                warmup=first + i < self.steady_from,
+                data_wait_s=wait,
+            )
+            for i, (loss, step_time, wait) in enumerate(zip(losses, step_times, waits, strict=True))
+        ]
+
+    def end_epoch(
+        self,
+        epoch: int,
+        result: EpochResult,
+        evaluate: Callable[[], tuple[float, np.ndarray]],
+        save: Callable[[int, float], None],
+    ) -> None:
+        """After an epoch's steps (`result`: the whole job's), on rank 0: evaluate on the test
+        split, write the epoch's records (durably, before the checkpoint: a resume drops
+        records no checkpoint covers), save the checkpoint, mark the epoch done, print its
+        line. A stop signal meanwhile waits until all of that is written (uninterrupted).
+
+        `evaluate` returns the test loss and outputs; `save(epochs_done, wall_time_s)` writes
+        the checkpoint (on every process when every_process_saves, else rank 0's only)."""
+        if self.rec is None:
+            if self.every_process_saves:
+                with uninterrupted():
+                    save(epoch + 1, self.wall_time_s)
+            return
+        assert self.data is not None
+        t_eval = time.perf_counter()
+        test_loss, outputs = evaluate()
+        maybe_delay_after_eval()
+        steps = [asdict(r) for r in result.rows]
+        record = epoch_record(
+            self.framework,
+            epoch,
+            steps,
+            result.train_time_s,
+            time.perf_counter() - t_eval,
+            test_loss,
+            outputs,
+            self.data,
+            measured(self.cfg, result.devices, result.hosts, self.world.world_size)
+            if self.prof
+            else None,
         )
-    test_u8 = images.images[split.test]
-    test_clean = test_u8.astype(np.float32) / 255.0
-    test_noisy = noisy_test_set(test_u8, cfg.noise)
-    samples = Path(run_dir) / "test_samples.npz"
-    if is_main and not samples.exists():  # for the report: image grid, classical baselines
-        atomic_write_npz(
-            samples,
-            clean=test_clean[:SAMPLE_IMAGES],
-            noisy=test_noisy[:SAMPLE_IMAGES],
-            index=split.test[:SAMPLE_IMAGES],
+        self.wall_time_s += time.perf_counter() - self._epoch_t0
+        with uninterrupted():
+            self.rec.epoch(record, steps, result.devices, result.hosts)
+            save(epoch + 1, self.wall_time_s)
+            self.rec.summary(epochs_completed=epoch + 1)
+        print(epoch_line(record, self.cfg.train.epochs), flush=True)
+
+    def finish(self, weights: list[Any], outputs: np.ndarray, parameters: int) -> dict[str, Any]:
+        """On rank 0, the run's end: the final weights (canonical layout), the outputs for the
+        report's test samples (NHWC), and the 'completed' summary, returned."""
+        if self.rec is None:
+            return {}
+        assert self.data is not None
+        self.rec.write_weights(weights)
+        self.rec.write_outputs(outputs)
+        summary = final_summary(
+            self.rec,
+            self.wall_time_s,
+            parameters,
+            self.data.description,
+            self.world.summary_fields(),
         )
-    if is_main:
-        print(
-            f"data: {images.description}; {len(split.train)} train / {len(split.test)} test "
-            f"({time.perf_counter() - t0:.1f}s)",
-            flush=True,
-        )
-    return RunData(
-        train_u8=images.images[split.train],
-        test_clean=test_clean,
-        test_noisy=test_noisy,
-        noisy_quality=image_quality(test_clean, test_noisy),
-        description=images.description,
-    )
+        self.rec.summary(**summary)
+        return summary
 
 
 def peak_precision(cfg: Config) -> str:
@@ -298,51 +487,6 @@ def record_failure(rec: RunRecorder | None, e: BaseException, fw_dir: Path, proc
             file=sys.stderr,
             flush=True,
         )
-
-
-def end_epoch(
-    rec: RunRecorder,
-    cfg: Config,
-    data: RunData,
-    epoch: int,
-    steps: list[dict[str, Any]],
-    train_time_s: float,
-    profiled: tuple[list[dict[str, Any]], list[dict[str, Any]], int] | None,
-    times: tuple[float, float],
-    evaluate: Callable[[], tuple[float, np.ndarray]],
-    save: Callable[[int, float], None],
-) -> float:
-    """What the main process does after every epoch's steps, in both trainers: evaluate on the
-    test split, write the epoch's records (durably, before the checkpoint: a resume drops
-    records no checkpoint covers), save the checkpoint, mark the epoch done, print its line.
-
-    `profiled`: the epoch's GPU rows, host rows and world size, None with the profiler off;
-    `times`: the run's wall time before this epoch and the perf_counter() the epoch started at;
-    `evaluate` returns the test loss and outputs; `save(epochs_done, wall_time_s)` writes the
-    checkpoint. Returns the run's wall time after this epoch (training and evaluation)."""
-    wall_before, t_epoch = times
-    t_eval = time.perf_counter()
-    test_loss, outputs = evaluate()
-    maybe_delay_after_eval()
-    devices, hosts, world_size = profiled or ([], [], 1)
-    record = epoch_record(
-        rec.framework,
-        epoch,
-        steps,
-        train_time_s,
-        time.perf_counter() - t_eval,
-        test_loss,
-        outputs,
-        data,
-        measured(cfg, devices, hosts, world_size) if profiled is not None else None,
-    )
-    wall_time_s = wall_before + time.perf_counter() - t_epoch
-    with uninterrupted():
-        rec.epoch(record, steps, devices, hosts)
-        save(epoch + 1, wall_time_s)
-        rec.summary(epochs_completed=epoch + 1)
-    print(epoch_line(record, cfg.train.epochs), flush=True)
-    return wall_time_s
 
 
 def trainer_main(
