@@ -1,8 +1,9 @@
-"""Shared fixtures: small configs and a quiet TensorFlow."""
+"""Shared fixtures: small configs, a quiet TensorFlow, a reader of TensorBoard event files."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +18,30 @@ def smoke_overrides() -> dict[str, dict[str, str]]:
 
 # Real one-node SLURM cluster (session fixture `slurm_cluster`) for tests marked `slurm`.
 pytest_plugins = ["slurm_cluster"]
+
+
+@pytest.fixture
+def read_board(monkeypatch: pytest.MonkeyPatch):
+    """Reads a tensorboard/ folder: {tag: [(step, value), ...]} and the tags' descriptions.
+
+    TensorBoard reads files through tensorboard.compat.tf, which imports TensorFlow where it is
+    installed (7 s here); for this test its readers use tensorboard's own stub of it instead."""
+    from tensorboard.backend.event_processing import (
+        directory_watcher,
+        event_file_loader,
+        io_wrapper,
+    )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat import tensorflow_stub
+
+    for module in (directory_watcher, event_file_loader, io_wrapper):
+        monkeypatch.setattr(module, "tf", tensorflow_stub)
+
+    def read(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str]]:
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        points = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags}
+        return points, {t: acc.SummaryMetadata(t).summary_description for t in tags}
+
+    return read

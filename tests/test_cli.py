@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 from helpers import launch
 
@@ -18,7 +19,12 @@ from denoisebench.core.records import (
 from launch.commands import build_train_cmd
 
 
-def test_cli_end_to_end_writes_a_valid_results_folder(tmp_path):
+def f32(x: float) -> float:
+    """What a TensorBoard scalar (a float32) holds for x."""
+    return float(np.float32(x))
+
+
+def test_cli_end_to_end_writes_a_valid_results_folder(tmp_path, read_board):
     proc = launch("--profile", "smoke", "--results", str(tmp_path), "--run-id", "e2e")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "e2e"
@@ -48,6 +54,17 @@ def test_cli_end_to_end_writes_a_valid_results_folder(tmp_path):
         assert set(SUMMARY_FIELDS) - {"error", "failed_process"} <= set(summary)
         assert summary["status"] == "completed" and summary["final"] == epochs[-1]
         assert (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+        # TensorBoard: each epoch's figures, one tag scheme for both frameworks
+        points, _ = read_board(folder / "tensorboard")
+        for field, tag in {
+            "train_loss": "loss/train",
+            "test_loss": "loss/test",
+            "test_psnr_db": "quality/psnr_db",
+            "test_ssim": "quality/ssim",
+            "throughput_img_s": "speed/img_s",
+        }.items():
+            assert points[tag] == [(e["epoch"] + 1, f32(e[field])) for e in epochs], tag
+        assert not any(tag.startswith("gpu/") for tag in points)  # no GPU here: nothing to show
         # the printed table carries this framework's figures
         row = next(line for line in proc.stdout.splitlines() if line.strip().startswith(framework))
         assert f"{summary['final']['test_psnr_db']:.2f}" in row

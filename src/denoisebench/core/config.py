@@ -149,6 +149,10 @@ class ProfileConfig:
     """Seconds of idle power measured before training (GPU only; 0 skips it)."""
     min_window_s: float = 5.0
     """Energy windows shorter than this are flagged as too short to trust."""
+    tensorboard: bool = True
+    """Write each epoch's figures (losses, PSNR, SSIM, img/s, GPU power, energy and memory where
+    measured) as TensorBoard events into <framework>/tensorboard/, on rank 0: `tensorboard
+    --logdir results/<run-id>` shows both frameworks on the same charts, live while it runs."""
     trace_steps: int = 0
     """Record the framework's own profiler trace (torch.profiler; TensorFlow's profiler) of this
     many steps after the warm-up steps, on rank 0, into <framework>/trace/ (0: off). Traced

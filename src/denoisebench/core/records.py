@@ -19,6 +19,7 @@
             checkpoints/      the last finished epoch, to --resume from
             failures/         each process' own exception when it failed (read_failures)
             trace/            the framework profiler's trace (profiler.trace_steps; off by default)
+            tensorboard/      TensorBoard events of every epoch (profiler.tensorboard; on by default)
 
 Every JSON file is written to a temporary name and renamed into place, so a reader never sees
 half a file. The JSONL records are appended and fsynced at each epoch end; on resume, records

@@ -58,6 +58,7 @@ from denoisebench.measure.environment import environment
 from denoisebench.measure.hardware import peak_flops
 from denoisebench.measure.profiler import Profiler, maybe_profile
 from denoisebench.measure.quality import image_quality
+from denoisebench.measure.tensorboard import EpochBoard
 from denoisebench.trainer.rundata import RunData, SplitMismatchError, prepare_data
 
 
@@ -153,8 +154,9 @@ class EpochResult:
 
 class Session:
     """One trainer process's run: announce it, hold its data and profiler, keep the step count
-    and the wall time across epochs, end each epoch and the run in the results folder (rank 0
-    only: `rec` is None on the other processes), and record how it failed if it did.
+    and the wall time across epochs, end each epoch and the run in the results folder and the
+    TensorBoard events (rank 0 only: `rec` is None on the other processes), and record how it
+    failed if it did.
 
     `every_process_saves`: the checkpoint is written by every process (TensorFlow's may need
     collectives; only the chief's copy is kept), not by rank 0 alone (PyTorch's)."""
@@ -171,6 +173,14 @@ class Session:
         self.run_dir, self.fw_dir = Path(run_dir), Path(run_dir) / framework
         self.every_process_saves = every_process_saves
         self.rec = RunRecorder(run_dir, framework) if world.is_main else None
+        try:
+            self.board = EpochBoard(
+                self.fw_dir / "tensorboard", enabled=world.is_main and cfg.profiler.tensorboard
+            )
+        except ImportError as e:  # a declared dependency the environment lacks
+            raise ConfigError(
+                f"profiler.tensorboard: {e} (--set profiler.tensorboard=false)"
+            ) from e
         self.prof: Profiler | None = None
         self.data: RunData | None = None
         self.start_epoch, self.wall_time_s = 0, 0.0
@@ -226,6 +236,8 @@ class Session:
         except BaseException as e:
             record_failure(self.rec, e, self.fw_dir, self.process)
             raise
+        finally:
+            self.board.close()
 
     def load_data(self) -> RunData:
         """The run's data (rundata.prepare_data; only rank 0 writes to the run folder)."""
@@ -327,6 +339,7 @@ class Session:
             self.rec.epoch(record, steps, result.devices, result.hosts)
             save(epoch + 1, self.wall_time_s)
             self.rec.summary(epochs_completed=epoch + 1)
+        self.board.write(record)
         print(epoch_line(record, self.cfg.train.epochs), flush=True)
 
     def finish(self, weights: list[Any], outputs: np.ndarray, parameters: int) -> dict[str, Any]:
