@@ -55,8 +55,8 @@ from denoisebench.core.records import (
     mark_interrupted,
     new_run_id,
     read_failures,
-    read_json,
     read_launch_choices,
+    read_summary,
     resume_command,
     space_needed,
     write_launch_choices,
@@ -686,8 +686,7 @@ def run_framework(
 ) -> int | None:
     """Train one framework into one results folder; None on success, else the exit code:
     128 + the signal's number when a stop signal ended it (it is then marked interrupted)."""
-    summary = folder / framework / "summary.json"
-    before = read_summary(summary)
+    before = read_summary(folder, framework)
     if args.resume and before and before.get("status") == "completed":
         print(f"[{framework}] already completed, skipping", flush=True)
         return None
@@ -701,7 +700,7 @@ def run_framework(
     if result.returncode == 0:
         return None
     stopped_by = result.signal
-    after = read_summary(summary)
+    after = read_summary(folder, framework)
     failures = read_failures(folder / framework)  # each failed process' own exception
     interrupted_now = after != before and bool(after) and after.get("status") == "interrupted"
     if stopped_by is None and interrupted_now and not failures:
@@ -724,14 +723,6 @@ def run_framework(
     except OSError as e:  # a full disk: the trainer's own record (and message) stands
         print(f"[{framework}] could not record the failure in {folder}: {e}", file=sys.stderr)
     return 1 if result.returncode > 128 else result.returncode  # > 128: interrupted, above
-
-
-def read_summary(path: Path) -> dict[str, Any] | None:
-    """A framework's summary.json; None when there is none yet, or it cannot be read."""
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":

@@ -74,3 +74,25 @@ def test_typed_records_match_the_written_schema():
     merged = EpochResult.merge([part, EpochResult([row], 3.0)])
     assert merged.train_time_s == 3.0 and len(merged.rows) == 2
     assert asdict(merged.rows[0])["step"] == 3
+
+
+def test_framework_records_reader(tmp_path):
+    """The one reader of a framework's records: none without a summary; `final` is the
+    summary's, else the last checkpointed epoch's (not an epoch cut short), else {}."""
+    from denoisebench.core.records import FrameworkRecords, read_summary
+
+    assert FrameworkRecords.read(tmp_path, "torch") is None
+    assert read_summary(tmp_path, "torch") is None
+    rec = RunRecorder(tmp_path, "torch")
+    rec.summary(status="running")
+    assert FrameworkRecords.read(tmp_path, "torch").final() == {}
+    for epoch in range(3):
+        rec.epoch({"epoch": epoch, "test_psnr_db": 20.0 + epoch}, [])
+    rec.summary(status="interrupted", epochs_completed=2)  # epoch 2's records, no checkpoint
+    records = FrameworkRecords.read(tmp_path, "torch")
+    assert records.final()["epoch"] == 1 and records.environment() == {}
+    assert [e["epoch"] for e in records.epochs()] == [0, 1, 2]
+    rec.summary(status="completed", final={"epoch": 2})
+    assert FrameworkRecords.read(tmp_path, "torch").final() == {"epoch": 2}
+    (tmp_path / "torch" / "summary.json").write_text("{half")
+    assert read_summary(tmp_path, "torch") is None

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from denoisebench.bench.suite import machine_line, run_checked
-from denoisebench.core.records import read_json
+from denoisebench.core.records import FrameworkRecords
 
 
 def measure(framework: str, enabled: bool, args: argparse.Namespace, root: Path, k: int) -> float:
@@ -52,8 +52,10 @@ def measure(framework: str, enabled: bool, args: argparse.Namespace, root: Path,
     if args.gpus:
         cmd += ["--gpus", str(args.gpus)]
     run_checked(cmd)
-    summary = read_json(root / run_id / framework / "summary.json")
-    return float(summary["throughput_steady_img_s"])
+    records = FrameworkRecords.read(root / run_id, framework)
+    if records is None:
+        raise RuntimeError(f"{root / run_id / framework}: the run wrote no summary.json")
+    return float(records.summary["throughput_steady_img_s"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -333,6 +333,61 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+class FrameworkRecords:
+    """One framework's records in a run folder (the layout above), read as the trainers wrote
+    them: the one reader the report, the console table, the benchmarks and the launcher share.
+    The summary is read once; the other files when asked for."""
+
+    def __init__(self, folder: Path, summary: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        """results/<run-id>/<framework>."""
+        self.framework = self.folder.name
+        self.summary = summary
+
+    @classmethod
+    def read(cls, run_dir: Path, framework: str) -> FrameworkRecords | None:
+        """The records of `framework` in run_dir; None when it has no summary.json."""
+        folder = Path(run_dir) / framework
+        path = folder / "summary.json"
+        return cls(folder, read_json(path)) if path.is_file() else None
+
+    def epochs(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.folder / "epochs.jsonl")
+
+    def steps(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.folder / "steps.jsonl")
+
+    def devices(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.folder / "devices.jsonl")
+
+    def hosts(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.folder / "hosts.jsonl")
+
+    def environment(self) -> dict[str, Any]:
+        """environment.json; {} when the run has not written it."""
+        path = self.folder / "environment.json"
+        return read_json(path) if path.is_file() else {}
+
+    def final(self, epochs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The last EPOCH record of the run: the summary's `final` when it completed, else the
+        last epoch it finished and checkpointed (`epochs_completed`; a record past it belongs
+        to an epoch cut short), else {}. `epochs`: the EPOCH records, when already read."""
+        if self.summary.get("final"):
+            return self.summary["final"]
+        done = self.summary.get("epochs_completed") or 0
+        kept = [e for e in (self.epochs() if epochs is None else epochs) if e["epoch"] < done]
+        return kept[-1] if kept else {}
+
+
+def read_summary(run_dir: Path, framework: str) -> dict[str, Any] | None:
+    """A framework's summary.json, for a caller that must go on without one: None when there is
+    none yet or it cannot be read (being replaced, or damaged)."""
+    try:
+        return read_json(Path(run_dir) / framework / "summary.json")
+    except (OSError, ValueError):
+        return None
+
+
 def new_run_id(profile: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{Path(profile).stem}"

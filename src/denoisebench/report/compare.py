@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from denoisebench.core.records import FRAMEWORKS, read_json, read_jsonl
+from denoisebench.core.records import FRAMEWORKS, FrameworkRecords
 
 COLUMNS = {
     "framework": "framework",
@@ -24,22 +24,16 @@ COLUMNS = {
 }
 
 
-def last_epoch(fw_dir: Path, epochs_completed: int | None) -> dict:
-    """The EPOCH record of the last epoch a run finished (and checkpointed), or {}."""
-    done = [e for e in read_jsonl(fw_dir / "epochs.jsonl") if e["epoch"] < (epochs_completed or 0)]
-    return done[-1] if done else {}
-
-
 def comparison_frame(run_dir: Path) -> pd.DataFrame:
     """One row per framework run found in run_dir; figures not measured stay missing (NaN)."""
     rows = []
     for framework in FRAMEWORKS:
-        path = Path(run_dir) / framework / "summary.json"
-        if not path.exists():
+        records = FrameworkRecords.read(run_dir, framework)
+        if records is None:
             continue
-        summary = read_json(path)
+        summary = records.summary
         # a run that ended early has no final record: its last checkpointed epoch's quality
-        final = summary.get("final") or last_epoch(path.parent, summary.get("epochs_completed"))
+        final = records.final()
         rows.append(
             {
                 "framework": framework,
@@ -116,9 +110,9 @@ def missing_reasons(run_dir: Path) -> list[str]:
     """One line per framework whose GPU energy is missing, saying why (never a silent blank)."""
     lines = []
     for framework in FRAMEWORKS:
-        path = Path(run_dir) / framework / "summary.json"
-        if path.exists():
-            summary = read_json(path)
+        records = FrameworkRecords.read(run_dir, framework)
+        if records:
+            summary = records.summary
             if summary.get("gpu_energy_j") is None and summary.get("gpu_energy_reason"):
                 lines.append(f"  {framework}: GPU J/img missing: {summary['gpu_energy_reason']}")
     return lines

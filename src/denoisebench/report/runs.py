@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from denoisebench.core.epochs import step_stats
-from denoisebench.core.records import read_json, read_jsonl
+from denoisebench.core.records import FrameworkRecords, read_json
 
 DEFAULT_TARGET_GAIN_DB = 3.0
 """Without an explicit target, time-to-target aims at the noisy input's PSNR plus this."""
@@ -106,14 +106,13 @@ def run_record(
     folder: Path, framework: str, label: str, target_psnr_db: float | None, gain_db: float
 ) -> dict[str, Any]:
     """One row of the runs table: every figure of one framework's run, read from its records."""
-    fw_dir = folder / framework
     config = read_json(folder / "config.json")
-    summary = read_json(fw_dir / "summary.json")
-    epochs = read_jsonl(fw_dir / "epochs.jsonl")
-    steps = read_jsonl(fw_dir / "steps.jsonl")
-    devices = read_jsonl(fw_dir / "devices.jsonl")
-    hosts = read_jsonl(fw_dir / "hosts.jsonl")
-    final = summary.get("final") or (epochs[-1] if epochs else {})
+    records = FrameworkRecords.read(folder, framework)
+    if records is None:
+        raise FileNotFoundError(f"{folder / framework / 'summary.json'}: no such file")
+    summary, epochs, steps = records.summary, records.epochs(), records.steps()
+    devices, hosts = records.devices(), records.hosts()
+    final = records.final(epochs)
     world = summary.get("world_size") or 1
     warmup = config.get("profiler", {}).get("warmup_steps", 0)
     # Run-level step statistics over every epoch's steady steps, the same arithmetic as the

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from denoisebench.core.config import PSNR_TOLERANCE_DB
-from denoisebench.core.records import read_json
+from denoisebench.core.records import FrameworkRecords
 from denoisebench.report.baselines import FRAMEWORK_NAMES, BaselineResult
 from denoisebench.report.groups import GROUP_KEYS, METRIC, Metric
 from denoisebench.report.values import _missing, _sig
@@ -179,13 +179,9 @@ def baseline_csv(results: list[BaselineResult]) -> pd.DataFrame:
 def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in runs.iterrows():
-        fw_dir = Path(r["folder"]) / r["framework"]
-        env = (
-            read_json(fw_dir / "environment.json")
-            if (fw_dir / "environment.json").is_file()
-            else {}
-        )
-        summary = read_json(fw_dir / "summary.json")
+        records = FrameworkRecords.read(Path(r["folder"]), r["framework"])
+        assert records is not None  # a runs-table row comes from a summary.json
+        env, summary = records.environment(), records.summary
         git = env.get("git") or {}
         gpus = env.get("gpus")
         gpu_text = (
