@@ -25,6 +25,7 @@ nodes, node rank and master address are taken from SLURM's environment.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -78,19 +79,39 @@ from launch.supervise import StopSignals, run_group
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def prog() -> str:
+    """How the user called us, for usage lines: the console command or `python -m launch`."""
+    return "denoisebench" if Path(sys.argv[0]).name == "denoisebench" else "python -m launch"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The command line, one argument group per concern (each built by its own function)."""
     p = argparse.ArgumentParser(
-        prog="python -m launch",
+        prog=prog(),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
+    for add_options in (
+        _run_options,
+        _data_options,
+        _training_options,
+        _output_options,
+        _distributed_options,
+        _slurm_options,
+    ):
+        add_options(p)
+    return p
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to run")
+    g.add_argument(
         "--profile",
         default="default",
         help="profiles/<name>.toml or a path to a TOML file: paper (the paper's setup), "
         "default (short embedded run), smoke (tests) (default: %(default)s)",
     )
-    p.add_argument(
+    g.add_argument(
         "--mode",
         metavar="MODE",
         help="speed mode laid over the profile's [runtime] (profiles/modes/<MODE>.toml): "
@@ -98,53 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         "framework's fastest options within 0.1 dB PSNR of float32); its GPU or CPU table "
         "as the run trains on GPUs or not; --set still wins",
     )
-    p.add_argument(
+    g.add_argument(
         "--framework",
         choices=["torch", "tf", "both"],
         default="both",
         help="which framework(s) to train, one after the other (default: %(default)s)",
     )
-    p.add_argument(
-        "--data",
-        metavar="SOURCE",
-        help="builtin (photographs shipped with scikit-image, cut into 64x64 patches; "
-        "not EuroSAT), synthetic (random images), tfds (tensorflow-datasets "
-        "eurosat/rgb, see --tfds-dir), or a path to EuroSAT.zip or its folder",
-    )
-    p.add_argument("--tfds-dir", metavar="DIR", help="TFDS data dir (with --data tfds)")
-    p.add_argument(
-        "--manual-dir",
-        metavar="DIR",
-        help="folder holding EuroSAT.zip, to build the TFDS dataset offline",
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="let tensorflow-datasets download EuroSAT (needs internet)",
-    )
-    p.add_argument(
-        "--strict-data",
-        action="store_true",
-        help="refuse EuroSAT files whose content is not RGB JPEG (default: a warning naming them)",
-    )
-    p.add_argument("--limit", type=int, metavar="N", help="use only the first N images")
-    p.add_argument("--epochs", type=int, help="training epochs")
-    p.add_argument("--batch-size", type=int, help="images per optimizer step")
-    p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--loss", choices=["mae", "mse", "ssim"], help="training loss")
-    p.add_argument(
-        "--noise",
-        choices=["gaussian", "salt_and_pepper", "poisson", "speckle"],
-        help="noise model (its level: --set noise.sigma=, noise.amount=, noise.peak=)",
-    )
-    p.add_argument(
-        "--init",
-        choices=["native", "shared"],
-        help="native: each framework's own initialisers; shared: the same seeded weights in both",
-    )
-    p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and noise")
-    p.add_argument("--device", choices=["auto", "cpu", "gpu"], help="where to train")
-    p.add_argument(
+    g.add_argument(
         "--set",
         action="append",
         default=[],
@@ -152,20 +133,85 @@ def build_parser() -> argparse.ArgumentParser:
         help="override any config field, e.g. --set model.encoder_widths=32,64,128,256 "
         "(repeatable; sections: model, data, noise, train)",
     )
-    p.add_argument(
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="builtin (photographs shipped with scikit-image, cut into 64x64 patches; "
+        "not EuroSAT), synthetic (random images), tfds (tensorflow-datasets "
+        "eurosat/rgb, see --tfds-dir), or a path to EuroSAT.zip or its folder",
+    )
+    g.add_argument("--tfds-dir", metavar="DIR", help="TFDS data dir (with --data tfds)")
+    g.add_argument(
+        "--manual-dir",
+        metavar="DIR",
+        help="folder holding EuroSAT.zip, to build the TFDS dataset offline",
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="let tensorflow-datasets download EuroSAT (needs internet)",
+    )
+    g.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="refuse EuroSAT files whose content is not RGB JPEG (default: a warning naming them)",
+    )
+    g.add_argument("--limit", type=int, metavar="N", help="use only the first N images")
+
+
+def _training_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (each sets one config field; --set sets any)")
+    g.add_argument("--epochs", type=int, help="training epochs")
+    g.add_argument("--batch-size", type=int, help="images per optimizer step")
+    g.add_argument("--lr", type=float, help="Adam learning rate")
+    g.add_argument("--loss", choices=["mae", "mse", "ssim"], help="training loss")
+    g.add_argument(
+        "--noise",
+        choices=["gaussian", "salt_and_pepper", "poisson", "speckle"],
+        help="noise model (its level: --set noise.sigma=, noise.amount=, noise.peak=)",
+    )
+    g.add_argument(
+        "--init",
+        choices=["native", "shared"],
+        help="native: each framework's own initialisers; shared: the same seeded weights in both",
+    )
+    g.add_argument("--seed", type=int, help="seed of initialisation, shuffling and noise")
+    g.add_argument("--device", choices=["auto", "cpu", "gpu"], help="where to train")
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """--seeds: comma-separated integers, each used once."""
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers like 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a seed given twice (repeats of one seed: --repeats N --seed S)"
+        )
+    return seeds
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("results, repeats and resuming")
+    g.add_argument(
         "--results",
         type=Path,
         default=REPO_ROOT / "results",
         help="folder that receives results/<run-id>/ (default: %(default)s)",
     )
-    p.add_argument("--run-id", help="name of the run folder (default: <UTC time>-<profile>)")
-    p.add_argument(
+    g.add_argument("--run-id", help="name of the run folder (default: <UTC time>-<profile>)")
+    g.add_argument(
         "--no-space-check",
         action="store_true",
         help="start even where the results disk looks too full for one epoch's records and "
         "checkpoints (checked by default)",
     )
-    p.add_argument(
+    g.add_argument(
         "--repeats",
         type=int,
         default=1,
@@ -173,7 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="train N times (repeat-<k>/ folders, frameworks interleaved) and report "
         "the median and spread (default: %(default)s)",
     )
-    p.add_argument(
+    g.add_argument(
+        "--seeds",
+        type=seed_list,
+        metavar="S,S,...",
+        help="one repeat per seed, each repeat's train.seed recorded in its config.json "
+        "(seed-to-seed variation for quality figures); sets --repeats, or must agree with it",
+    )
+    g.add_argument(
         "--resume",
         type=Path,
         metavar="RUN_DIR",
@@ -181,102 +234,107 @@ def build_parser() -> argparse.ArgumentParser:
         "and launch choices (launch.json: --framework, --gpus, --mode...); an option that "
         "would change the run is refused",
     )
-    p.add_argument(
+    g.add_argument(
         "--print-config", action="store_true", help="print the resolved config as JSON and exit"
     )
-    d = p.add_argument_group("distributed")
-    d.add_argument(
+
+
+def _distributed_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distributed")
+    g.add_argument(
         "--gpus",
         type=int,
         metavar="N",
         help="devices per node for data-parallel training (without GPUs: N CPU workers)",
     )
-    d.add_argument(
+    g.add_argument(
         "--engine",
         choices=["native", "horovod"],
         default="native",
         help="native: torchrun/DDP and tf.distribute; horovod: not available, see README",
     )
-    d.add_argument(
+    g.add_argument(
         "--tf-strategy",
         choices=["mirrored", "multiworker"],
         default="mirrored",
         help="one node: one MirroredStrategy process, or one MultiWorkerMirroredStrategy "
         "worker per device (several nodes always use multiworker)",
     )
-    d.add_argument(
+    g.add_argument(
         "--scale-lr",
         action="store_true",
         help="multiply the learning rate by the number of devices",
     )
-    d.add_argument("--nodes", type=int, help="nodes in the job (default: SLURM's, else 1)")
-    d.add_argument(
+    g.add_argument("--nodes", type=int, help="nodes in the job (default: SLURM's, else 1)")
+    g.add_argument(
         "--node-rank", type=int, help="this node's index (default: SLURM_NODEID, else 0)"
     )
-    d.add_argument(
+    g.add_argument(
         "--master-addr",
         help="rendezvous host, node 0 (default: SLURM's first node, else 127.0.0.1)",
     )
-    d.add_argument(
+    g.add_argument(
         "--master-port",
         type=int,
         default=29500,
         help="rendezvous port (torch c10d; TensorFlow workers) (default: %(default)s)",
     )
-    d.add_argument(
+    g.add_argument(
         "--hosts",
         help="TensorFlow across nodes: every node's host, comma-separated, "
         "in node-rank order (default: SLURM's node list)",
     )
-    sl = p.add_argument_group("SLURM (see also slurm/*.sbatch)")
-    sl.add_argument(
+
+
+def _slurm_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SLURM (see also slurm/*.sbatch)")
+    g.add_argument(
         "--slurm",
         action="store_true",
         help="submit through submitit instead of running here; prints the job id "
         "and the log folder",
     )
-    sl.add_argument("--partition", default="gpu", help="SLURM partition (default: %(default)s)")
-    sl.add_argument("--time", default="01:00:00", help="time limit (default: %(default)s)")
-    sl.add_argument("--account", help="SLURM account to charge")
-    sl.add_argument(
+    g.add_argument("--partition", default="gpu", help="SLURM partition (default: %(default)s)")
+    g.add_argument("--time", default="01:00:00", help="time limit (default: %(default)s)")
+    g.add_argument("--account", help="SLURM account to charge")
+    g.add_argument(
         "--cpus-per-task",
         type=int,
         default=4,
         help="CPU cores per SLURM task (default: %(default)s)",
     )
-    sl.add_argument(
+    g.add_argument(
         "--cpu-workers",
         action="store_true",
         help="the --gpus devices are CPU workers: ask SLURM for no GPUs",
     )
-    sl.add_argument(
+    g.add_argument(
         "--wait", action="store_true", help="wait for the job, then print the comparison table"
     )
-    sl.add_argument(
+    g.add_argument(
         "--wait-timeout",
         type=float,
         default=7200.0,
         metavar="S",
         help="stop waiting after S seconds (default: %(default)s)",
     )
-    sl.add_argument(
+    g.add_argument(
         "--sbatch-out",
         type=Path,
         metavar="FILE",
         help="write the sbatch script for these options to FILE and exit",
     )
-    sl.add_argument(
+    g.add_argument(
         "--sweep",
         metavar="FILE",
         help="run every element of a sweep profile (profiles/sweeps/<name>.toml or a path): "
         "framework x devices x batch size, each in its own folder",
     )
-    sl.add_argument(
+    g.add_argument(
         "--auto-resume",
         action="store_true",
         help="resume the run folder if it exists, else start it (requeued jobs)",
     )
-    return p
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -510,28 +568,31 @@ def measurement_dirs(run_dir: Path, repeats: int) -> list[Path]:
     return [run_dir] if repeats == 1 else [run_dir / f"repeat-{k}" for k in range(repeats)]
 
 
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module, what it does). Imported only when asked for: the report's matplotlib and
+    # scikit-image, or the benchmarks, would slow every training launch.
+    "report": ("denoisebench.report.build", "the comparison report of results folders"),
+    "bench": ("denoisebench.bench.cli", "the suite's trainers against hand-written loops"),
+    "gpu-check": ("denoisebench.bench.gpu_check", "every GPU-only figure in one command"),
+    "claims": ("launch.claims", "the paper's claims tested: both inits x seeds, then the report"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`python -m launch [SUBCOMMAND] ...`: a subcommand's own command line, else a launch."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["report"]:
-        # imported here: matplotlib and scikit-image would slow every other launch
-        from denoisebench.report.build import main as report_main
-
-        return report_main(argv[1:])
-    if argv[:1] == ["bench"]:
-        # the suite's trainers against plain hand-written loops (denoisebench.bench.suite); imported
-        # here like the report, so a training launch does not load it
-        from denoisebench.bench.cli import main as bench_main
-
-        return bench_main(argv[1:], prog="python -m launch bench")
-    if argv[:1] == ["gpu-check"]:
-        # every GPU-only figure in one budgeted command (denoisebench.bench.gpu_check)
-        from denoisebench.bench.gpu_check import main as gpu_check_main
-
-        return gpu_check_main(argv[1:], prog="python -m launch gpu-check")
-    # `python -m launch` alone is the main job: it ends with the report of its own runs.
-    main_job = argv == []
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+        return module.main(argv[1:], prog=f"{prog()} {argv[0]}")
     args = build_parser().parse_args(argv)
-    given = given_options(argv)
+    # `python -m launch` alone is the main job: it ends with the report of its own runs.
+    return launch(args, given_options(argv), main_job=argv == [])
+
+
+def launch(args: argparse.Namespace, given: set[str] | None, main_job: bool = False) -> int:
+    """One launch from parsed options: check and write the run folder, then train (here, or
+    submitted to SLURM), print the table, and write the report for the main job. `given`: the
+    options on the command line (given_options; None: those that differ from the defaults)."""
     try:
         if args.engine == "horovod":
             raise ConfigError(HOROVOD_UNAVAILABLE)
@@ -546,22 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             print(cfg.to_json())
             return 0
         topo = None if args.slurm else resolve_topology(args)
-        is_node0 = topo is None or topo.node_rank == 0
-        if is_node0 and not args.no_space_check:
-            devices = topo.devices * topo.nodes if topo else 1
-            needed = space_needed(cfg, 2 if args.framework == "both" else 1, devices)
-            check_free_space(
-                args.results if args.resume is None else run_dir, needed * args.repeats
-            )
-        if args.resume is None and is_node0:
-            if run_dir.exists():
-                raise ConfigError(f"{run_dir} exists; pick another --run-id or --resume it")
-            write_launch_choices(run_dir, vars(args))  # first: config.json marks a run folder
-            for folder in [run_dir, *measurement_dirs(run_dir, args.repeats)]:
-                folder.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(folder / "config.json", cfg.to_json() + "\n")
-        elif not is_node0:
-            wait_for_config(measurement_dirs(run_dir, args.repeats)[-1])
+        prepare_run_folder(args, cfg, run_dir, topo)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -569,12 +615,87 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run folder: {run_dir}", flush=True)
     if args.slurm:
         return submit_to_slurm(args, frameworks, run_dir)
+    code = train_frameworks(args, frameworks, run_dir, topo)
+    if code or not main_job or (topo is not None and topo.node_rank != 0):
+        return code
+    from denoisebench.report.build import ReportError, write_report
 
+    try:
+        report = write_report([run_dir], run_dir / "report", args.results)
+    except (ReportError, OSError) as e:  # no summary to report on, or no room to write it
+        print(f"report: not written ({e})", file=sys.stderr)
+        return 1
+    print(f"report: {report}", flush=True)
+    return 0
+
+
+def repeat_seeds(args: argparse.Namespace, run_dir: Path) -> list[int] | None:
+    """Each repeat's train.seed from --seeds (None: every repeat keeps the config's), setting
+    --repeats to their number. Refused with --seed or --set train.seed, with a --repeats that
+    differs, and, resuming, when they are not the seeds the run was started with."""
+    seeds = getattr(args, "seeds", None)
+    if not seeds:
+        return None
+    given = ",".join(map(str, seeds))
+    if args.resume is not None:
+        started = [
+            json.loads((folder / "config.json").read_text())["train"]["seed"]
+            for folder in measurement_dirs(run_dir, args.repeats)
+        ]
+        if list(seeds) != started:
+            run_seeds = ",".join(map(str, started))
+            raise ConfigError(
+                f"--seeds {given}: {run_dir} was started with seeds {run_seeds}; drop --seeds"
+            )
+        return None
+    if args.seed is not None or any(s.split("=")[0].strip() == "train.seed" for s in args.set):
+        raise ConfigError(f"--seeds {given} sets train.seed per repeat: drop --seed / train.seed")
+    if args.repeats not in (1, len(seeds)):
+        raise ConfigError(
+            f"--seeds {given} gives {len(seeds)} repeats but --repeats is {args.repeats}: "
+            "drop --repeats or make them agree"
+        )
+    args.repeats = len(seeds)
+    return list(seeds)
+
+
+def prepare_run_folder(
+    args: argparse.Namespace, cfg: Config, run_dir: Path, topo: Topology | None
+) -> None:
+    """Node 0 checks the disk has room and writes a new run's folders (launch.json first, then
+    each measurement folder's config.json); the other nodes wait for them."""
+    is_node0 = topo is None or topo.node_rank == 0
+    seeds = repeat_seeds(args, run_dir)
+    if is_node0 and not args.no_space_check:
+        devices = topo.devices * topo.nodes if topo else 1
+        needed = space_needed(cfg, 2 if args.framework == "both" else 1, devices)
+        check_free_space(args.results if args.resume is None else run_dir, needed * args.repeats)
+    if args.resume is None and is_node0:
+        if run_dir.exists():
+            raise ConfigError(f"{run_dir} exists; pick another --run-id or --resume it")
+        write_launch_choices(run_dir, vars(args))  # first: config.json marks a run folder
+        folders = measurement_dirs(run_dir, args.repeats)
+        configs = dict.fromkeys([run_dir, *folders], cfg.to_dict())
+        for folder, seed in zip(folders, seeds or [], strict=False):  # --seeds: one per repeat
+            configs[folder] = {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "seed": seed}}
+        for folder, config in configs.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(config, indent=2, sort_keys=True)  # as Config.to_json writes it
+            atomic_write_text(folder / "config.json", text + "\n")
+    elif not is_node0:
+        wait_for_config(measurement_dirs(run_dir, args.repeats)[-1])
+
+
+def train_frameworks(
+    args: argparse.Namespace, frameworks: list[str], run_dir: Path, topo: Topology | None
+) -> int:
+    """Train each framework in each repeat's folder, then print the table. Returns 0, 1 when
+    one failed, or 128 + the signal's number when a stop signal ended it (SIGINT, SIGTERM and
+    SIGHUP stop the children and mark the framework interrupted; frameworks not started yet
+    stay as they are)."""
     failed = []
-    interrupted = None  # the exit code of a run stopped by a signal: 128 + its number
+    interrupted = None
     folders = measurement_dirs(run_dir, args.repeats)
-    # SIGINT, SIGTERM and SIGHUP stop the children, mark the framework interrupted, and end
-    # here with the table; frameworks not started yet stay as they are
     with StopSignals() as stop:
         # repeats interleave the frameworks, so a slow drift of the machine hits both alike
         for k, folder in enumerate(folders):
@@ -594,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
                     break  # bad input (config or data): the next framework would fail the same
             if failed or interrupted or stop.signum is not None:
                 break
-        if is_node0:
+        if topo is None or topo.node_rank == 0:
             print()
             print(comparison_table(folders[0]) if len(folders) == 1 else repeats_table(folders))
             print(f"\nresults: {run_dir}")
@@ -604,16 +725,6 @@ def main(argv: list[str] | None = None) -> int:
         name = signal.Signals(interrupted - 128).name
         print(f"interrupted by {name}; continue with: {resume_command(run_dir)}", flush=True)
         return interrupted
-
-    if is_node0 and main_job:
-        from denoisebench.report.build import ReportError, write_report
-
-        try:
-            report = write_report([run_dir], run_dir / "report", args.results)
-        except (ReportError, OSError) as e:  # no summary to report on, or no room to write it
-            print(f"report: not written ({e})", file=sys.stderr)
-            return 1
-        print(f"report: {report}", flush=True)
     return 1 if failed else 0
 
 
@@ -624,7 +735,6 @@ def run_sweep(args: argparse.Namespace) -> int:
     if sweep_dir.exists():
         raise ConfigError(f"{sweep_dir} exists; pick another --run-id")
     elements = sweep.elements()
-    sets = [x for o in sweep.overrides for x in ("--set", o)]
     configs = {}
     for el in elements:  # resolve every element first: a bad value stops the sweep before it runs
         overrides = parse_overrides([*sweep.overrides, f"train.batch_size={el.batch_size}"])
@@ -648,24 +758,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                 print(sweep_table(sweep_dir, elements))
                 return 128 + stop.signum
             print(f"=== {el.name}", flush=True)
-            argv = [
-                "--profile",
-                sweep.profile,
-                "--framework",
-                el.framework,
-                "--batch-size",
-                str(el.batch_size),
-                "--results",
-                str(sweep_dir),
-                "--run-id",
-                el.name,
-                *sets,
-            ]
-            if el.devices > 1:
-                argv += ["--gpus", str(el.devices)]
-            if args.mode:
-                argv += ["--mode", args.mode]
-            code = main(argv)
+            code = launch(element_args(args, sweep, el, sweep_dir), given=None)
             if code > 128:  # interrupted: the rest of the sweep is not started
                 print()
                 print(sweep_table(sweep_dir, elements))
@@ -675,6 +768,20 @@ def run_sweep(args: argparse.Namespace) -> int:
     print()
     print(sweep_table(sweep_dir, elements))
     return 1 if failed else 0
+
+
+def element_args(
+    args: argparse.Namespace, sweep: Any, el: Any, sweep_dir: Path
+) -> argparse.Namespace:
+    """The launch options of one sweep element: the parser's defaults, the sweep's profile and
+    overrides, the element's framework, batch size and devices, the sweep's --mode."""
+    el_args = build_parser().parse_args([])
+    el_args.profile, el_args.set = sweep.profile, list(sweep.overrides)
+    el_args.framework, el_args.batch_size = el.framework, el.batch_size
+    el_args.results, el_args.run_id = sweep_dir, el.name
+    el_args.gpus = el.devices if el.devices > 1 else None
+    el_args.mode = args.mode
+    return el_args
 
 
 def run_framework(

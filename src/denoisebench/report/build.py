@@ -209,9 +209,9 @@ def write_report(
     return out_dir / "report.html"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m launch report") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m launch report",
+        prog=prog,
         description="Gather run folders into results/report/: report.md, a self-contained "
         "report.html and one CSV per table.",
     )
@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m launch report") -> int:
+    args = build_parser(prog).parse_args(argv)
     out = args.out or args.results_root / "report"
     try:
         path = write_report(
