@@ -31,11 +31,11 @@ PLOTS = [
     "loss_per_framework.png",
     "loss_overlay.png",
     "throughput_scaling.png",
-    "energy_per_image.png",
-    "power_over_time.png",
     "peak_memory.png",
     "test_images.png",
 ]
+# Nothing to show on CPU runs: one line each in the report, no image ("Not drawn: why").
+NOT_DRAWN = {"energy_per_image.png": "GPU energy per image", "power_over_time.png": "GPU power"}
 CSVS = ["speed", "memory_energy", "time_to_target", "quality", "runs", "baselines"]
 CSVS += ["environment", "verdicts"]
 BASELINE_IMAGES = 3  # BM3D takes about 1 s an image on one core
@@ -197,6 +197,10 @@ def test_files_are_written_and_html_is_self_contained(built):
     for name in PLOTS:
         assert f"]({name})" in md
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name, caption in NOT_DRAWN.items():
+        after = md.split(f"### {caption}")[1].split("###")[0]
+        assert "Not drawn: " in after and "no GPU" in after and "![" not in after
+        assert not (out / name).exists()
     sources = re.findall(r'<img [^>]*src="([^"]*)"', html)
     assert len(sources) == len(PLOTS)
     assert all(s.startswith("data:image/png;base64,") for s in sources)

@@ -3,13 +3,14 @@ self-contained report.html (plots embedded as PNG data URIs) and one CSV per tab
 
     python -m launch report                       # every run folder under results/
     python -m launch report results/exp1 results/sweep-x --target-psnr 27
+    python -m launch report results/claims-x --claims   # with "The paper's claims" (claims.py)
     python -m denoisebench.report.build results/exp1 --out /tmp/report
 
 A run folder is a folder with config.json and at least one <framework>/summary.json; folders
 are searched recursively, so repeats (repeat-<k>/) and sweep elements are found. Runs are
 grouped by (framework, engine, devices = summary world_size, per-device batch, setup), where
-the setup is the config apart from the batch size: repeats of one config form one group, and
-each figure is given as the median and [min, max] over the group's completed runs, none
+the setup is the config apart from the batch size and the seed: repeats of one config (with
+--seeds, one seed each) form one group, and each figure is given as the median and [min, max] over the group's completed runs, none
 dropped. A figure that was not measured stays missing with its reason, never 0.
 
 The stages, each its own module: discover.py (run folders, damage), runs.py (one run's figures),
@@ -31,10 +32,13 @@ import pandas as pd
 
 from denoisebench.core.records import REPO_ROOT, atomic_write_text, read_json, utc_now
 from denoisebench.report.baselines import METHODS, BaselineResult, run_baselines
+from denoisebench.report.claims import claims_section
 from denoisebench.report.discover import ReportError, damage, find_run_folders
 from denoisebench.report.groups import group_frame, runs_frame
 from denoisebench.report.plots import (
     GRID_ROWS,
+    MEMORY_PANELS,
+    memory_missing,
     plot_energy,
     plot_losses,
     plot_memory,
@@ -63,8 +67,10 @@ def build_report(
     target_gain_db: float = DEFAULT_TARGET_GAIN_DB,
     baseline_images: int = 8,
     baseline_seed: int = 0,
+    claims: bool = False,
 ) -> tuple[Report, dict[str, pd.DataFrame]]:
-    """The report's content and its CSV tables, from run folders (no files written)."""
+    """The report's content and its CSV tables, from run folders (no files written); `claims`:
+    with the section that tests the paper's statements (claims.py)."""
     runs = runs_frame(run_dirs, target_psnr_db, target_gain_db)
     groups = group_frame(runs)
     tables = {name: (title, display_table(groups, keys)) for name, (title, keys) in TABLES.items()}
@@ -125,7 +131,7 @@ def build_report(
         ),
         ("energy_per_image.png", "GPU energy per image", plot_energy(groups)),
         ("power_over_time.png", "GPU power over time", plot_power(runs)),
-        ("peak_memory.png", "Peak memory", plot_memory(groups)),
+        ("peak_memory.png", _memory_caption(groups), plot_memory(groups)),
     ]
     for i, res in enumerate(baseline_results):
         name = "test_images.png" if i == 0 else f"test_images_{i + 1}.png"
@@ -159,7 +165,20 @@ def build_report(
         configs=configs,
         data=sorted(set(runs["data"].dropna())),
     )
+    if claims:
+        report.claims = claims_section(runs)
+        csvs["claims"] = report.claims.csv()
     return report, csvs
+
+
+def _memory_caption(groups: pd.DataFrame) -> str:
+    """The memory plot's caption, naming a panel left out for want of figures, and why."""
+    missing = memory_missing(groups)
+    if not missing or len(missing) == len(MEMORY_PANELS):
+        return "Peak memory"
+    return "Peak memory; not drawn: " + "; ".join(
+        f"{MEMORY_PANELS[key]}: {why}" for key, why in missing.items()
+    )
 
 
 def write_report(
@@ -171,11 +190,13 @@ def write_report(
     target_gain_db: float = DEFAULT_TARGET_GAIN_DB,
     baseline_images: int = 8,
     baseline_seed: int = 0,
+    claims: bool = False,
 ) -> Path:
     """Write report.md, report.html, the plots (PNG) and one CSV per table into out_dir.
 
     run_dirs: run folders or folders above them (searched recursively); None: all of
-    results_root. Returns the path of report.html.
+    results_root; claims: with the section that tests the paper's statements. Returns the
+    path of report.html.
     """
     folders = find_run_folders(run_dirs if run_dirs is not None else [results_root])
     if not folders:
@@ -189,21 +210,28 @@ def write_report(
     if not folders:
         raise ReportError(f"every run folder is damaged: {'; '.join(skipped)}")
     report, csvs = build_report(
-        folders, target_psnr_db, target_gain_db, baseline_images, baseline_seed
+        folders, target_psnr_db, target_gain_db, baseline_images, baseline_seed, claims
     )
     report.skipped = skipped
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in csvs.items():
         atomic_write_text(out_dir / f"{name}.csv", frame.to_csv(index=False))
-    for name, _caption, png in report.plots:
+    for name, _caption, png in report.all_plots():
+        if isinstance(png, str):  # nothing to show: a line in the report, and no stale file
+            (out_dir / name).unlink(missing_ok=True)
+            continue
         tmp = out_dir / f".{name}.tmp"
         tmp.write_bytes(png)
         os.replace(tmp, out_dir / name)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     atomic_write_text(out_dir / "report.html", render_html(report))
     # atomic_write_text's temporary files are private (0600); a report is meant to be shared.
-    written = [f"{n}.csv" for n in csvs] + [n for n, _c, _p in report.plots]
+    written = [f"{n}.csv" for n in csvs]
+    if report.claims is not None:  # the claims as plain text, for a terminal
+        atomic_write_text(out_dir / "claims.txt", report.claims.text() + "\n")
+        written.append("claims.txt")
+    written += [n for n, _c, png in report.all_plots() if isinstance(png, bytes)]
     for name in [*written, "report.md", "report.html"]:
         os.chmod(out_dir / name, 0o644)
     return out_dir / "report.html"
@@ -245,6 +273,12 @@ def build_parser(prog: str = "python -m launch report") -> argparse.ArgumentPars
         "BM3D takes about 1 s each; 0 skips them (default: %(default)s)",
     )
     p.add_argument("--baseline-seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument(
+        "--claims",
+        action="store_true",
+        help="add the section on the paper's claims: each statement tested on these runs "
+        "(native and shared init, repeats with --seeds; python -m launch claims runs them)",
+    )
     return p
 
 
@@ -259,6 +293,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m launch report") -
             target_psnr_db=args.target_psnr,
             baseline_images=args.baseline_images,
             baseline_seed=args.baseline_seed,
+            claims=args.claims,
         )
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)

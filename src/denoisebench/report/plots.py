@@ -1,4 +1,6 @@
-"""The report's plots (matplotlib, Agg), each returned as PNG bytes."""
+"""The report's plots (matplotlib, Agg), each returned as PNG bytes, or, when it has nothing to
+show, as one line saying why (a str: the report prints it in the plot's place, never an empty
+axis)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from denoisebench.report.baselines import FRAMEWORK_NAMES, BaselineResult
 from denoisebench.report.groups import GROUP_KEYS
 from denoisebench.report.values import _missing
 
+Plot = bytes | str
+"""A plot's PNG, or one line saying why there is nothing to show."""
 GRID_ROWS = 6
 """Test images in the picture grid (the first of the baseline sample)."""
 # One colour per framework in every plot, so a reader matches them across figures.
@@ -30,15 +34,6 @@ def _fig_png(fig: plt.Figure) -> bytes:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
-
-
-def _placeholder(title: str, message: str) -> bytes:
-    """A plot that has nothing to show still appears, saying why (never an empty axis)."""
-    fig, ax = plt.subplots(figsize=(7, 2.2))
-    ax.axis("off")
-    ax.set_title(title)
-    ax.text(0.5, 0.5, "missing: " + message, ha="center", va="center", wrap=True, fontsize=10)
-    return _fig_png(fig)
 
 
 def _group_label(g: pd.Series) -> str:
@@ -74,14 +69,14 @@ def _loss_curves(runs: pd.DataFrame, g: pd.Series) -> dict[str, Any]:
     return {"train": agg["train_loss"], "validation": agg["test_loss"], "n": len(frames)}
 
 
-def plot_losses(runs: pd.DataFrame, groups: pd.DataFrame) -> tuple[bytes, bytes]:
+def plot_losses(runs: pd.DataFrame, groups: pd.DataFrame) -> tuple[Plot, Plot]:
     """Figures 4 and 5 of the paper (one panel per framework), and both on one axis."""
     ref = _reference_groups(groups)
     curves = {g["framework"]: (_group_label(g), _loss_curves(runs, g)) for _, g in ref.iterrows()}
     curves = {fw: c for fw, c in curves.items() if c[1]}
     if not curves:
         msg = "no completed run with epoch records"
-        return _placeholder("Loss per epoch", msg), _placeholder("Loss per epoch", msg)
+        return msg, msg
     fws = [fw for fw in FRAMEWORKS if fw in curves]
     fig, axes = plt.subplots(1, len(fws), figsize=(5.5 * len(fws), 3.8), squeeze=False, sharey=True)
     for ax, fw in zip(axes[0], fws, strict=True):
@@ -123,17 +118,93 @@ def plot_losses(runs: pd.DataFrame, groups: pd.DataFrame) -> tuple[bytes, bytes]
     return panels, _fig_png(fig)
 
 
-def plot_scaling(groups: pd.DataFrame) -> bytes:
-    """Throughput against devices (median, [min, max] bars) with the ideal N x T(1) line."""
+RunCurve = tuple[list[float], list[float]]
+"""One run's training and validation loss per epoch."""
+INIT_TITLES = {"native": "native initialisers", "shared": "shared initial weights"}
+
+
+def _run_lines(ax: plt.Axes, fw: str, runs: list[RunCurve]) -> None:
+    """Every run's training (solid) and validation (dashed) loss, in the framework's colour;
+    one legend entry for each of the two."""
+    color = COLORS.get(fw, "C2")
+    for i, (train, val) in enumerate(runs):
+        for part, values, style in (("training", train, "-"), ("validation", val, "--")):
+            name = f"{FRAMEWORK_NAMES.get(fw, fw)} {part}" if i == 0 else None
+            x = np.arange(1, len(values) + 1)
+            ax.plot(x, values, style, color=color, lw=1, alpha=0.8, marker=".", ms=3, label=name)
+
+
+def _loss_axis(ax: plt.Axes, title: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+
+
+def plot_claim_losses(curves: dict[str, dict[str, list[RunCurve]]]) -> tuple[Plot, Plot]:
+    """The claims' loss plots from every run's curves (init -> framework -> runs): both
+    frameworks on one axis, one panel per initialisation side by side; and the paper's Figures
+    4 and 5 (one panel per framework), a row per initialisation. An initialisation without
+    runs gets no panel; with none at all, each is one line."""
+    inits = [init for init, by_fw in curves.items() if any(by_fw.values())]
+    if not inits:
+        return ("no completed single-device run with epoch records",) * 2
+    fig, axes = plt.subplots(1, len(inits), figsize=(6 * len(inits), 4), squeeze=False, sharey=True)
+    for ax, init in zip(axes[0], inits, strict=True):
+        by_fw = curves[init]
+        for fw in [f for f in FRAMEWORKS if by_fw.get(f)]:
+            _run_lines(ax, fw, by_fw[fw])
+        n = ", ".join(f"{len(by_fw[f])} {FRAMEWORK_NAMES.get(f, f)}" for f in by_fw if by_fw[f])
+        _loss_axis(ax, f"{INIT_TITLES.get(init, init)}: every run ({n})")
+        ax.legend(fontsize=8)
+    overlay = _fig_png(fig)
+    fws = [f for f in FRAMEWORKS if any(curves[i].get(f) for i in inits)]
+    fig, axes = plt.subplots(
+        len(inits),
+        len(fws),
+        figsize=(5.5 * len(fws), 3.8 * len(inits)),
+        squeeze=False,
+        sharey="row",
+        layout="constrained",
+    )
+    for row, init in zip(axes, inits, strict=True):
+        for ax, fw in zip(row, fws, strict=True):
+            runs = curves[init].get(fw) or []
+            if not runs:
+                ax.axis("off")
+                ax.set_title(f"{FRAMEWORK_NAMES.get(fw, fw)}, {INIT_TITLES.get(init, init)}")
+                ax.text(0.5, 0.5, "no run", ha="center", va="center", color="grey")
+                continue
+            _run_lines(ax, fw, runs)
+            _loss_axis(
+                ax,
+                f"{FRAMEWORK_NAMES.get(fw, fw)}, {INIT_TITLES.get(init, init)}: {len(runs)} run(s)",
+            )
+            ax.legend(fontsize=8)
+    return overlay, _fig_png(fig)
+
+
+def plot_scaling(groups: pd.DataFrame) -> Plot:
+    """Throughput against devices (median, [min, max] bars) with the ideal N x T(1) line; a
+    line saying why where no framework and setup ran on two device counts or more."""
+    measured = groups.dropna(subset=["throughput_steady_img_s_median"]) if len(groups) else groups
+    if measured.empty:
+        return "no steady-state throughput recorded"
+    counts = measured.groupby(["framework", "batch_per_device", "setup"])["devices"].nunique()
+    if counts.max() < 2:
+        devices = ", ".join(map(str, sorted(measured["devices"].unique())))
+        return (
+            f"every run of a framework and setup used the same device count ({devices}): "
+            "nothing to scale against (add runs with --gpus N)"
+        )
     fig, ax = plt.subplots(figsize=(7, 4))
-    shown = False
     for i, ((fw, batch, setup), g) in enumerate(
         groups.groupby(["framework", "batch_per_device", "setup"])
     ):
         g = g.dropna(subset=["throughput_steady_img_s_median"]).sort_values("devices")
         if g.empty:
             continue
-        shown = True
         color = COLORS.get(fw, f"C{i + 2}")
         name = FRAMEWORK_NAMES.get(fw, fw) + (
             f" b{batch} {setup}"
@@ -153,9 +224,6 @@ def plot_scaling(groups: pd.DataFrame) -> bytes:
                 color=color,
                 label=f"{name} ideal (N x 1 device)",
             )
-    if not shown:
-        plt.close(fig)
-        return _placeholder("Throughput against devices", "no steady-state throughput recorded")
     ax.set_xlabel("devices")
     ax.set_ylabel("steady-state throughput, img/s")
     ax.set_title("Throughput against device count (median, bars: min-max over repeats)")
@@ -203,36 +271,46 @@ def _first_reason(groups: pd.DataFrame, key: str) -> str:
     return str(reasons.iloc[0]) if len(reasons) else "not recorded"
 
 
-def plot_energy(groups: pd.DataFrame) -> bytes:
+def plot_energy(groups: pd.DataFrame) -> Plot:
     key = "gpu_energy_per_image_j"
     if groups.empty or groups[f"{key}_median"].isna().all():
-        return _placeholder(
-            "GPU energy per image", _first_reason(groups, key) if not groups.empty else "no runs"
-        )
+        return _first_reason(groups, key) if not groups.empty else "no runs"
     fig, ax = plt.subplots(figsize=(7, 4))
     _bars(groups, key, "GPU energy per training image (median, min-max)", "J per image", ax)
     return _fig_png(fig)
 
 
-def plot_memory(groups: pd.DataFrame) -> bytes:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    gpu = _bars(
-        groups, "gpu_mem_alloc_peak_gib", "Peak GPU memory (framework allocator)", "GiB", axes[0]
-    )
-    if not gpu:
-        axes[0].text(
-            0.5,
-            0.5,
-            "missing: " + _first_reason(groups, "gpu_mem_alloc_peak_gib"),
-            transform=axes[0].transAxes,
-            ha="center",
-            wrap=True,
-        )
-    _bars(groups, "host_rss_peak_gib", "Peak host RSS (training processes)", "GiB", axes[1])
+MEMORY_PANELS = {
+    "gpu_mem_alloc_peak_gib": "Peak GPU memory (framework allocator)",
+    "host_rss_peak_gib": "Peak host RSS (training processes)",
+}
+
+
+def memory_missing(groups: pd.DataFrame) -> dict[str, str]:
+    """The panels of plot_memory with nothing to show, each with the records' reason."""
+    if groups.empty:
+        return dict.fromkeys(MEMORY_PANELS, "no runs")
+    return {
+        key: _first_reason(groups, key)
+        for key in MEMORY_PANELS
+        if groups[f"{key}_median"].isna().all()
+    }
+
+
+def plot_memory(groups: pd.DataFrame) -> Plot:
+    """Peak GPU memory and host RSS per group; a panel with no figure is left out (its reason
+    is memory_missing's, for the caption), and with neither this is one line."""
+    missing = memory_missing(groups)
+    keys = [key for key in MEMORY_PANELS if key not in missing]
+    if not keys:
+        return "; ".join(f"{MEMORY_PANELS[k]}: {why}" for k, why in missing.items())
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        _bars(groups, key, MEMORY_PANELS[key], "GiB", ax)
     return _fig_png(fig)
 
 
-def plot_power(runs: pd.DataFrame) -> bytes:
+def plot_power(runs: pd.DataFrame) -> Plot:
     """Power against time from gpu_samples.rank<r>.jsonl, the first completed run of each group."""
     done = runs[runs["status"] == "completed"].drop_duplicates(subset=GROUP_KEYS)
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -257,7 +335,7 @@ def plot_power(runs: pd.DataFrame) -> bytes:
         plt.close(fig)
         reasons = runs["gpu_energy_reason"].dropna() if not runs.empty else pd.Series(dtype=str)
         why = str(reasons.iloc[0]) if len(reasons) else "no gpu_samples.rank<r>.jsonl in any run"
-        return _placeholder("GPU power over time", f"no GPU samples ({why})")
+        return f"no GPU samples ({why})"
     ax.set_xlabel("time since the first sample, s")
     ax.set_ylabel("power, W")
     ax.set_title("GPU power over time (NVML samples, idle measurement included)")

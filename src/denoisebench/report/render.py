@@ -6,9 +6,13 @@ import base64
 import html
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from denoisebench.report.claims import ClaimsSection
+    from denoisebench.report.plots import Plot
 
 
 def _md_table(frame: pd.DataFrame) -> str:
@@ -37,7 +41,8 @@ def _html_table(frame: pd.DataFrame) -> str:
 NOTES = [
     "Each figure is the median over the group's completed runs, with [min, max] when they "
     "differ; no run is dropped. A group is one framework, engine, device count, per-device "
-    "batch and setup (the config apart from the batch size; its id is profile:hash).",
+    "batch and setup (the config apart from the batch size and the seed, so the repeats of "
+    "--seeds are one group; its id is profile:hash).",
     "Throughput is the steady-state figure (warm-up steps excluded): the median over epochs "
     "within a run (summary.json), then the median over repeats. Step times, data-wait "
     "fraction: over all steady steps of a run (steps.jsonl, every rank); a step's time is "
@@ -63,7 +68,8 @@ class Report:
     groups: pd.DataFrame
     verdicts: list[str]
     tables: dict[str, tuple[str, pd.DataFrame]]
-    plots: list[tuple[str, str, bytes]]  # (file name, caption, PNG)
+    plots: list[tuple[str, str, Plot]]
+    """(file name, caption, PNG, or one line saying why there is nothing to show)."""
     baselines: pd.DataFrame
     baseline_note: str
     environment: pd.DataFrame
@@ -71,6 +77,12 @@ class Report:
     data: list[str]
     skipped: list[str] = field(default_factory=list)
     """Run folders left out, each with the file that did not parse and why."""
+    claims: ClaimsSection | None = None
+    """The paper's claims, tested (report --claims, launch claims); None: no such section."""
+
+    def all_plots(self) -> list[tuple[str, str, Plot]]:
+        """Every plot of the report: the claims' and the others."""
+        return [*(self.claims.plots if self.claims else []), *self.plots]
 
 
 def _sections(r: Report) -> list[tuple[str, str, Any]]:
@@ -83,6 +95,12 @@ def _sections(r: Report) -> list[tuple[str, str, Any]]:
     out: list[tuple[str, str, Any]] = [("", "list", intro)]
     if r.skipped:
         out.append(("Skipped run folders (damaged files)", "list", r.skipped))
+    if r.claims is not None:
+        out.append(("The paper's claims", "list", r.claims.scope))
+        out.append(("", "table", r.claims.table()))
+        out.append(("", "text", "How a verdict is reached:"))
+        out.append(("", "list", r.claims.rule))
+        out.append(("", "plots", r.claims.plots))
     out.append(("Verdicts", "list", r.verdicts))
     out += [(title, "table", frame) for title, frame in r.tables.values()]
     out.append(("Classical baselines (same noisy test images)", "text", r.baseline_note))
@@ -107,8 +125,9 @@ def render_markdown(r: Report) -> str:
         elif kind == "table":
             lines += [_md_table(content)]
         elif kind == "plots":
-            for name, caption, _png in content:
-                lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+            for name, caption, png in content:
+                shown = f"Not drawn: {png}" if isinstance(png, str) else f"![{caption}]({name})"
+                lines += [f"### {caption}", "", shown, ""]
         elif kind == "configs":
             for setup, cfg in content.items():
                 lines += [
@@ -127,7 +146,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 table.t { border-collapse: collapse; font-size: 13px; margin: 0.5em 0 1.5em; }
 table.t th, table.t td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
 table.t th { background: #f3f3f3; }
-td.missing { color: #888; font-style: italic; }
+td.missing, p.missing { color: #888; font-style: italic; }
 figure { margin: 1em 0 2em; } figcaption { font-weight: 600; margin-bottom: 0.3em; }
 img { max-width: 100%; } pre { background: #f6f6f6; padding: 0.5em; overflow: auto; font-size: 12px; }
 """
@@ -164,6 +183,12 @@ def render_html(r: Report) -> str:
             parts.append(_html_table(content))
         elif kind == "plots":
             for name, caption, png in content:
+                if isinstance(png, str):  # nothing to show: one line saying why
+                    parts.append(
+                        f"<figure><figcaption>{esc(caption)}</figcaption>"
+                        f'<p class="missing">Not drawn: {esc(png)}</p></figure>'
+                    )
+                    continue
                 data = base64.b64encode(png).decode("ascii")
                 parts.append(
                     f'<figure><figcaption>{esc(caption)}</figcaption><img alt="{esc(caption)}" '

@@ -22,11 +22,13 @@ DISPATCH_REASON = (
 
 
 def _setup_id(config: dict[str, Any]) -> str:
-    """The config without the per-device batch (its own key), hashed: repeats share it.
-    Named by its profile and its speed mode where it has one (faithful and tuned runs of one
-    profile are different setups)."""
+    """The config without the per-device batch (its own key) and the seed, hashed: repeats
+    share it, those of `--seeds` too (the seed is what varies between repeats). Named by its
+    profile and its speed mode where it has one (faithful and tuned runs of one profile are
+    different setups)."""
     rest = json.loads(json.dumps(config))
     rest.get("train", {}).pop("batch_size", None)
+    rest.get("train", {}).pop("seed", None)
     digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
     mode = f"{config['mode']}:" if config.get("mode") else ""
     return f"{config.get('profile', '?')}:{mode}{digest}"
@@ -37,6 +39,7 @@ def _base_setup_id(config: dict[str, Any]) -> str:
     runs of one experiment share it."""
     rest = json.loads(json.dumps(config))
     rest.get("train", {}).pop("batch_size", None)
+    rest.get("train", {}).pop("seed", None)
     rest.pop("runtime", None)
     rest.pop("mode", None)
     return hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
