@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from denoisebench.cluster.horovod_build import engine_unavailable
 from denoisebench.core.config import (
     Config,
     ConfigError,
@@ -66,9 +67,9 @@ from denoisebench.core.sweep import load_sweep
 from denoisebench.measure.environment import gpu_info, local_device_kind, oldest_capability
 from denoisebench.report.compare import comparison_table, repeats_table, sweep_table
 from launch.commands import (
-    HOROVOD_UNAVAILABLE,
     Command,
     Topology,
+    build_horovodrun_cmd,
     build_tf_cmds,
     build_torchrun_cmd,
     build_train_cmd,
@@ -199,6 +200,12 @@ def seed_list(text: str) -> tuple[int, ...]:
 def _output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("results, repeats and resuming")
     g.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the frameworks' C++ start-up lines (hidden by default: TensorFlow's C++ "
+        "INFO and WARNING lines, and the start-up notices in launch/supervise.py STARTUP_NOISE)",
+    )
+    g.add_argument(
         "--results",
         type=Path,
         default=REPO_ROOT / "results",
@@ -251,7 +258,9 @@ def _distributed_options(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=["native", "horovod"],
         default="native",
-        help="native: torchrun/DDP and tf.distribute; horovod: not available, see README",
+        help="native: torchrun/DDP and tf.distribute; horovod: N Horovod workers on this "
+        "machine under horovodrun (Gloo), with --gpus N; build it first with "
+        "`horovod-build` (default: %(default)s)",
     )
     g.add_argument(
         "--tf-strategy",
@@ -505,9 +514,12 @@ def resolve_topology(args: argparse.Namespace) -> Topology | None:
         tf_kind = (
             "workers" if args.tf_strategy == "multiworker" or nodes > 1 else "logical CPU devices"
         )
+        how = f"torch: {devices} gloo processes, tf: {devices} {tf_kind}"
+        if args.engine == "horovod":
+            how = f"{devices} Horovod processes over Gloo"
         print(
             f"notice: no GPU here ({info.get('reason', 'NVML found none')}); running {devices} "
-            f"CPU workers instead (torch: {devices} gloo processes, tf: {devices} {tf_kind})",
+            f"CPU workers instead ({how})",
             flush=True,
         )
     master = args.master_addr or (slurm.master_addr if slurm else "127.0.0.1")
@@ -539,13 +551,16 @@ def free_ports(n: int) -> list[int]:
 def framework_cmds(
     framework: str, run_dir: Path, topo: Topology | None, args: argparse.Namespace, resume: bool
 ) -> list[Command]:
+    quiet = {"verbose": args.verbose}
     if topo is None:
-        return [build_train_cmd(framework, run_dir, resume=resume)]
+        return [build_train_cmd(framework, run_dir, resume=resume, **quiet)]
+    if args.engine == "horovod":
+        return [build_horovodrun_cmd(framework, run_dir, topo, resume=resume, **quiet)]
     if framework == "torch":
         return [build_torchrun_cmd(run_dir, topo, run_id=run_dir.name, resume=resume)]
     multi = args.tf_strategy == "multiworker"
     ports = free_ports(topo.devices) if multi and topo.nodes == 1 else None
-    return build_tf_cmds(run_dir, topo, multi_worker=multi, ports=ports, resume=resume)
+    return build_tf_cmds(run_dir, topo, multi_worker=multi, ports=ports, resume=resume, **quiet)
 
 
 def wait_for_config(run_dir: Path, timeout_s: float = 300.0) -> None:
@@ -575,6 +590,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("denoisebench.bench.cli", "the suite's trainers against hand-written loops"),
     "gpu-check": ("denoisebench.bench.gpu_check", "every GPU-only figure in one command"),
     "claims": ("launch.claims", "the paper's claims tested: both inits x seeds, then the report"),
+    "horovod-build": ("denoisebench.cluster.horovod_build", "build and install Horovod (cached)"),
 }
 
 
@@ -594,8 +610,8 @@ def launch(args: argparse.Namespace, given: set[str] | None, main_job: bool = Fa
     submitted to SLURM), print the table, and write the report for the main job. `given`: the
     options on the command line (given_options; None: those that differ from the defaults)."""
     try:
-        if args.engine == "horovod":
-            raise ConfigError(HOROVOD_UNAVAILABLE)
+        if args.engine == "horovod" and (args.slurm or args.sbatch_out or args.sweep):
+            raise ConfigError(HOROVOD_HERE_ONLY + "; --slurm, --sbatch-out and --sweep")
         if args.repeats < 1:
             raise ConfigError(f"--repeats {args.repeats} must be >= 1")
         if args.sbatch_out:
@@ -607,6 +623,7 @@ def launch(args: argparse.Namespace, given: set[str] | None, main_job: bool = Fa
             print(cfg.to_json())
             return 0
         topo = None if args.slurm else resolve_topology(args)
+        check_horovod(args, topo)
         prepare_run_folder(args, cfg, run_dir, topo)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -627,6 +644,24 @@ def launch(args: argparse.Namespace, given: set[str] | None, main_job: bool = Fa
         return 1
     print(f"report: {report}", flush=True)
     return 0
+
+
+HOROVOD_HERE_ONLY = (
+    "--engine horovod runs its workers on this machine (horovodrun -H localhost:N): one node, "
+    "with --gpus N; across nodes or under SLURM use --engine native"
+)
+
+
+def check_horovod(args: argparse.Namespace, topo: Topology | None) -> None:
+    """--engine horovod: workers on this one node, and Horovod built here for the frameworks."""
+    if args.engine != "horovod":
+        return
+    if topo is None or topo.nodes > 1:
+        raise ConfigError(HOROVOD_HERE_ONLY)
+    frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
+    reason = engine_unavailable(frameworks, prog())
+    if reason is not None:
+        raise ConfigError(reason)
 
 
 def repeat_seeds(args: argparse.Namespace, run_dir: Path) -> list[int] | None:
@@ -780,7 +815,7 @@ def element_args(
     el_args.framework, el_args.batch_size = el.framework, el.batch_size
     el_args.results, el_args.run_id = sweep_dir, el.name
     el_args.gpus = el.devices if el.devices > 1 else None
-    el_args.mode = args.mode
+    el_args.mode, el_args.verbose = args.mode, args.verbose
     return el_args
 
 
@@ -803,7 +838,7 @@ def run_framework(
     for argv_, _env in cmds:
         print(f"[{framework}] {' '.join(argv_)}", flush=True)
     names = [f"{framework} worker {i}" for i in range(len(cmds))] if len(cmds) > 1 else [framework]
-    result = run_group(cmds, names, stop=stop)
+    result = run_group(cmds, names, stop=stop, verbose=args.verbose)
     if result.returncode == 0:
         return None
     stopped_by = result.signal

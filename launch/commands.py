@@ -19,13 +19,6 @@ TRAINER_MODULES = {
 }
 Command = tuple[list[str], dict[str, str]]
 
-HOROVOD_UNAVAILABLE = (
-    "--engine horovod is not available: Horovod 0.28.1 (its last release) does not build "
-    "against torch 2.13 / tensorflow 2.21. It compiles its PyTorch binding as C++14 while "
-    "torch's headers require C++17, and its TensorFlow binding stops on a header TensorFlow "
-    "2.21 does not ship (README 'Horovod', results/horovod/build.md). Use --engine native."
-)
-
 
 @dataclass(frozen=True)
 class Topology:
@@ -56,11 +49,18 @@ def _base_env(base_env: dict[str, str] | None) -> dict[str, str]:
 
 
 def build_train_cmd(
-    framework: str, run_dir: Path, resume: bool = False, base_env: dict[str, str] | None = None
+    framework: str,
+    run_dir: Path,
+    resume: bool = False,
+    base_env: dict[str, str] | None = None,
+    verbose: bool = False,
 ) -> Command:
     """(argv, env) that trains one framework on one device into run_dir.
 
     Each framework runs in its own process, so a PyTorch run never imports TensorFlow.
+    TensorFlow's C++ logging is kept to errors (TF_CPP_MIN_LOG_LEVEL=2: no INFO or WARNING
+    lines) unless `verbose` or the environment sets its own level; it changes only what is
+    printed, never how TensorFlow runs.
     """
     if framework not in TRAINER_MODULES:
         raise ValueError(f"framework {framework!r} is not one of {', '.join(TRAINER_MODULES)}")
@@ -68,7 +68,7 @@ def build_train_cmd(
     if resume:
         argv.append("--resume")
     env = _base_env(base_env)
-    if framework == "tf":
+    if framework == "tf" and not verbose:
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
     return argv, env
 
@@ -110,6 +110,35 @@ def build_torchrun_cmd(
     return argv, env
 
 
+def build_horovodrun_cmd(
+    framework: str,
+    run_dir: Path,
+    topo: Topology,
+    resume: bool = False,
+    base_env: dict[str, str] | None = None,
+    verbose: bool = False,
+) -> Command:
+    """horovodrun starting topo.devices Horovod workers of one framework on this machine.
+
+    Gloo, not MPI (the build has none): `-H localhost:N` runs the N workers here, without ssh.
+    Each worker is the framework's usual trainer; it finds itself under Horovod by the
+    HOROVOD_RANK horovodrun sets. Gloo's rendezvous waits 120 s instead of 30: two workers
+    importing TensorFlow on a busy 2-core machine can start further apart than that.
+    """
+    trainer, env = build_train_cmd(
+        framework, run_dir, resume=resume, base_env=base_env, verbose=verbose
+    )
+    n = topo.devices
+    # horovodrun, ended by a failed worker without its traceback (denoisebench.cluster.horovodrun)
+    argv = [sys.executable, "-m", "denoisebench.cluster.horovodrun", "-np", str(n)]
+    argv += ["-H", f"localhost:{n}"]
+    argv += ["--gloo", "--gloo-timeout-seconds", "120", *trainer]
+    if topo.cpu_threads:
+        env["OMP_NUM_THREADS"] = str(topo.cpu_threads)
+        env["TF_NUM_INTRAOP_THREADS"] = str(topo.cpu_threads)
+    return argv, env
+
+
 def build_tf_cmds(
     run_dir: Path,
     topo: Topology,
@@ -117,6 +146,7 @@ def build_tf_cmds(
     ports: list[int] | None = None,
     resume: bool = False,
     base_env: dict[str, str] | None = None,
+    verbose: bool = False,
 ) -> list[Command]:
     """The TensorFlow processes to start on this node.
 
@@ -126,8 +156,10 @@ def build_tf_cmds(
       i-th GPU this process sees (CUDA_VISIBLE_DEVICES' i-th entry, or GPU i without one);
     - several nodes: this node's one worker, TF_CONFIG listing every node's host at
       master_port; each worker drives its node's devices.
+
+    `verbose`: TensorFlow's C++ logging at its own default level (build_train_cmd).
     """
-    argv, env = build_train_cmd("tf", run_dir, resume=resume, base_env=base_env)
+    argv, env = build_train_cmd("tf", run_dir, resume=resume, base_env=base_env, verbose=verbose)
     if topo.cpu_threads:
         env["TF_NUM_INTRAOP_THREADS"] = str(topo.cpu_threads)
     if topo.nodes > 1:

@@ -15,13 +15,28 @@ a trainer handles the first stop signal and ignores the launcher's SIGTERM that 
 (trainer.session.raise_on_sigterm). They start with SIGINT ignored, until the trainer or torchrun
 installs its own handler: a Ctrl-C while a child still imports PyTorch or TensorFlow would
 otherwise end it with a KeyboardInterrupt traceback; the launcher's SIGTERM ends it quietly.
+
+Unless `verbose`, each process' stderr reaches the launcher's through `StartupFilter`, which
+drops the few start-up lines of the frameworks' C++ libraries in `STARTUP_NOISE` (printed
+whatever TF_CPP_MIN_LOG_LEVEL says) and passes everything else on as it comes. Where the
+launcher's stderr is a terminal the process gets a pseudo-terminal, so it still sees one (tqdm
+draws its progress bars only on a terminal); elsewhere (a SLURM log, a test) a pipe.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import pty
+import re
+import select
 import signal
 import subprocess
+import termios
+import threading
 import time
+import tty
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -72,13 +87,30 @@ def run_group(
     names: list[str],
     grace_s: float = 10.0,
     stop: StopSignals | None = None,
+    verbose: bool = False,
 ) -> GroupResult:
+    """Run `cmds` together until all succeed, one fails or `stop` catches a signal.
+    `verbose`: the processes write to the launcher's stderr directly, start-up lines included."""
     procs: list[subprocess.Popen] = []
+    pumps: list[threading.Thread] = []
     try:
         for argv, env in cmds:
             if stop is not None and stop.signum is not None:
                 break
-            procs.append(subprocess.Popen(argv, env=env, preexec_fn=_ignore_sigint))
+            if verbose:
+                procs.append(subprocess.Popen(argv, env=env, preexec_fn=_ignore_sigint))
+                continue
+            read_fd, write_fd = _stderr_channel()
+            try:
+                proc = subprocess.Popen(argv, env=env, stderr=write_fd, preexec_fn=_ignore_sigint)
+            except BaseException:
+                os.close(read_fd)
+                raise
+            finally:
+                os.close(write_fd)  # the process holds it now: end of file when it exits
+            procs.append(proc)
+            pumps.append(threading.Thread(target=_pump, args=(read_fd,), daemon=True))
+            pumps[-1].start()
         while True:
             if stop is not None and stop.signum is not None:
                 _stop(procs, grace_s, stop)
@@ -95,6 +127,10 @@ def run_group(
     except BaseException:  # the launcher itself failed: take the workers down too
         _stop(procs, grace_s)
         raise
+    finally:
+        # the processes have ended: their last lines (a traceback) come before the launcher's
+        for pump in pumps:
+            pump.join(timeout=5.0)  # a grandchild still holding the stream is not waited for
 
 
 def _ignore_sigint() -> None:
@@ -118,3 +154,122 @@ def _stop(procs: list[subprocess.Popen], grace_s: float, stop: StopSignals | Non
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# Lines the frameworks' C++ libraries print at start-up whatever TF_CPP_MIN_LOG_LEVEL says
+# (static initialisers log before TensorFlow reads it; tensorflow/tensorflow#100442 shows them
+# at level 3 with TensorFlow 2.19's CUDA build) or below its level 2, where a user set it lower.
+# None is a problem: CUDA plugins and XLA's computation placer registered twice by TensorFlow's
+# own libraries (tensorflow/tensorflow#62075), the absl notice that precedes the first of them,
+# and notices about oneDNN, the CPU's instructions and TensorRT. Each pattern is a whole line,
+# message included: another message from the same source file still passes.
+_LOG_PREFIX = (
+    r"(?:[IWEF]\d{4} [\d:.]+ +\d+ "  # absl: E0000 00:00:1758131437.297298 3722519 file.cc:1]
+    r"|\d{4}-\d\d-\d\d [\d:.]+: [IWEF] )"  # TensorFlow's own: 2025-09-17 14:44:05.1: E path.cc:1]
+    r"[\w./-]+:\d+\] "
+)
+STARTUP_NOISE: tuple[str, ...] = (
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    _LOG_PREFIX + r"Unable to register cu(?:DNN|FFT|BLAS) factory: Attempting to register "
+    r"factory for plugin cu(?:DNN|FFT|BLAS) when one has already been registered",
+    _LOG_PREFIX + r"computation placer already registered\. Please check linkage and avoid "
+    r"linking the same target more than once\.",
+    _LOG_PREFIX + r"oneDNN custom operations are on\. .*",
+    _LOG_PREFIX + r"This TensorFlow binary is optimized to use available CPU instructions in "
+    r"performance-critical operations\.",
+    r"To enable the following instructions: .*, in other operations, rebuild TensorFlow with "
+    r"the appropriate compiler flags\.",
+    _LOG_PREFIX + r"TF-TRT Warning: Could not find TensorRT",
+)
+_NOISE = re.compile("|".join(f"(?:{p})" for p in STARTUP_NOISE).encode())
+# Every line in STARTUP_NOISE starts with one of these; a line that does not is never held back.
+_NOISE_FIRST_BYTES = frozenset(b"IWEFT0123456789")
+_HOLD_MAX = 4096
+"""A partial line longer than this is let through (none of STARTUP_NOISE is this long)."""
+
+
+class StartupFilter:
+    """Drops the lines of STARTUP_NOISE from a byte stream and passes everything else on at once.
+
+    A line is held back only while it is incomplete and could still be one of them (it starts
+    as they do), until its end of line or `flush`: tqdm's progress lines (`\\r...`, no end of
+    line), tracebacks and warnings go straight through, byte for byte.
+    """
+
+    def __init__(self) -> None:
+        self._held = b""
+        self._passing = False  # the current line's start was let through: so is the rest
+
+    def feed(self, data: bytes) -> bytes:
+        """What to write now of `data`, the next bytes of the stream."""
+        out = bytearray()
+        for piece in re.split(rb"(?<=\n)", data):
+            if not piece:
+                continue
+            complete = piece.endswith(b"\n")
+            if self._passing:
+                out += piece
+            else:
+                line = self._held + piece
+                self._held = b""
+                if complete:
+                    if not _NOISE.fullmatch(line.rstrip(b"\r\n")):
+                        out += line
+                elif line[0] in _NOISE_FIRST_BYTES and len(line) <= _HOLD_MAX:
+                    self._held = line
+                else:
+                    out += line
+                    self._passing = True
+            if complete:
+                self._passing = False
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        """The line held back so far, let through: nothing more came for a while, or the
+        stream ended."""
+        held, self._held = self._held, b""
+        if held:
+            self._passing = True
+        return held
+
+
+def _stderr_channel() -> tuple[int, int]:
+    """(read end, write end) for a process' stderr: a pseudo-terminal of the launcher's window
+    size where the launcher's stderr is a terminal, else a pipe."""
+    if not os.isatty(2):
+        return os.pipe()
+    read_fd, write_fd = pty.openpty()
+    tty.setraw(write_fd)  # bytes pass unchanged ('\n' stays '\n')
+    with contextlib.suppress(OSError):
+        size = fcntl.ioctl(2, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(write_fd, termios.TIOCSWINSZ, size)
+    return read_fd, write_fd
+
+
+def _pump(read_fd: int, out_fd: int = 2, idle_s: float = 0.2) -> None:
+    """Copy a process' stderr to the launcher's through StartupFilter until it ends; a held
+    partial line waits at most idle_s."""
+    filt = StartupFilter()
+    try:
+        while True:
+            if not select.select([read_fd], [], [], idle_s)[0]:
+                _write_all(out_fd, filt.flush())
+                continue
+            try:
+                data = os.read(read_fd, 65536)
+            except OSError:  # EIO: a pseudo-terminal's last writer closed it
+                data = b""
+            if not data:
+                break
+            _write_all(out_fd, filt.feed(data))
+        _write_all(out_fd, filt.flush())
+    finally:
+        os.close(read_fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            data = data[os.write(fd, data) :]
+        except OSError:  # the launcher's stderr is gone: keep reading, so the process never blocks
+            return

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import launch
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,8 +17,20 @@ def smoke_overrides() -> dict[str, dict[str, str]]:
     return {"data": {"limit": "96"}, "train": {"epochs": "2", "batch_size": "16"}}
 
 
-# Real one-node SLURM cluster (session fixture `slurm_cluster`) for tests marked `slurm`.
-pytest_plugins = ["slurm_cluster"]
+@pytest.fixture(scope="session")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both frameworks on one device with the global batch, 16 (one epoch of the smoke profile):
+    the run that 2 devices with batch 8 must equal (test_distributed.py, test_horovod.py)."""
+    root = tmp_path_factory.mktemp("single")
+    proc = launch("--profile", "smoke", "--epochs", "1", "--batch-size", "16",
+                  "--results", str(root), "--run-id", "one")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root / "one"
+
+
+# Real one-node SLURM cluster (session fixture `slurm_cluster`) for tests marked `slurm`; Horovod
+# built in the background for tests marked `horovod`, which run last (fixture `horovod_built`).
+pytest_plugins = ["slurm_cluster", "horovod_wheel"]
 
 
 @pytest.fixture

@@ -52,15 +52,6 @@ def assert_same_training(a: Path, b: Path, framework: str, atol: float) -> None:
     assert abs(ea[-1]["test_mae"] - eb[-1]["test_mae"]) < 1e-4
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory) -> Path:
-    """Both frameworks on one device with the global batch, 16."""
-    root = tmp_path_factory.mktemp("single")
-    proc = launch(*EPOCH1, "--batch-size", "16", "--results", str(root), "--run-id", "one")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root / "one"
-
-
 def test_torch_ddp_two_ranks_equals_one_device(single, tmp_path):
     proc = launch(
         *EPOCH1,

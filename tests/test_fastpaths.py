@@ -44,7 +44,7 @@ def test_mixed_precision_trains_like_float32(tmp_path, framework, precision):
     assert mixed[-1]["test_psnr_db"] > mixed[0]["test_psnr_db"]  # it learns
     # the same model from the same start lands near float32's result; three epochs on 148
     # images leave the PSNR moving by ~1 dB an epoch, so "near" is 0.5 dB here (the 0.1 dB of
-    # the tuned mode is for a converged run: README "Fast paths")
+    # the tuned mode is for a converged run: docs/measurements.md "Fast paths and speed modes")
     assert abs(mixed[-1]["test_psnr_db"] - ref[-1]["test_psnr_db"]) < 0.5
     assert all(math.isfinite(e["train_loss"]) for e in mixed)
     summary = read_json(tmp_path / precision / framework / "summary.json")

@@ -16,7 +16,7 @@ from denoisebench.core.distributed import (
     tf_worker_index,
 )
 from launch.__main__ import build_parser, main, resolve_topology
-from launch.commands import HOROVOD_UNAVAILABLE, Topology, build_tf_cmds, build_torchrun_cmd
+from launch.commands import Topology, build_tf_cmds, build_torchrun_cmd
 
 RUN = Path("/r/run1")
 
@@ -172,10 +172,13 @@ def test_fault_injection_only_where_asked(monkeypatch):
         maybe_inject_fault(range(0, 2), 3)
 
 
-def test_horovod_fails_fast_with_the_reason(tmp_path, capsys):
+def test_horovod_runs_workers_on_this_machine_only(tmp_path, capsys):
+    """--engine horovod is horovodrun on one node: without --gpus, or with --slurm, it stops
+    at once with the reason and writes nothing (tests/test_horovod.py trains with it)."""
     assert main(["--engine", "horovod", "--results", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert HOROVOD_UNAVAILABLE in err and "C++17" in err
+    assert "one node, with --gpus N" in capsys.readouterr().err
+    assert main(["--engine", "horovod", "--gpus", "2", "--slurm", "--results", str(tmp_path)]) == 2
+    assert "--slurm" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

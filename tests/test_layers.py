@@ -1,4 +1,4 @@
-"""The import rules the layout promises (README "How the code is laid out"), read from the source
+"""The import rules the layout promises (docs/layout.md), read from the source
 with an AST walk, so a wrong import fails here before it becomes a habit.
 
 Layers, lowest first: core; data and measure; trainer; torch_backend and tf_backend; bench,

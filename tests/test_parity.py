@@ -179,7 +179,7 @@ def test_adam_steps_agree():
     The epsilon is tiny on purpose: PyTorch adds it to sqrt(v_hat), Keras to sqrt(v) (Kingma and
     Ba's "epsilon hat"), so with the same epsilon Keras' is effectively larger by
     1/sqrt(1 - beta2**t) (31.6x at step 1). For gradients near epsilon's size the updates then
-    differ; this is a real difference between the two Adams, documented in the README.
+    differ; this is a real difference between the two Adams, documented in docs/method.md ("Adam").
     In float64, so that rounding cannot flip the sign of a near-zero gradient (Adam turns any
     gradient, however small, into a step of about lr).
     """

@@ -133,7 +133,8 @@ SUMMARY_FIELDS: dict[str, str] = {
     "processes": "processes (torch ranks, TensorFlow workers)",
     "global_batch": "images per optimizer step over all devices",
     "lr": "learning rate used (train.lr, times world_size when train.scale_lr)",
-    "strategy": "how the devices were used: single, ddp, mirrored, multi_worker_mirrored",
+    "strategy": "how the devices were used: single, ddp, mirrored, multi_worker_mirrored, horovod",
+    "engine": "what ran the devices: native (torchrun, tf.distribute) or horovod (horovodrun)",
     "step_clock": "what a step's time is: cuda_events (device time between CUDA events), "
     "host (host clock, the step finished on return) or host_dispatch (host clock while the "
     "device still works: TensorFlow on a GPU waits once an epoch, so single steps are not "

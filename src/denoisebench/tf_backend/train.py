@@ -5,6 +5,7 @@ Launched by `python -m launch` (which writes the run folder and its config.json 
     python -m denoisebench.tf_backend.train results/<run-id> [--resume]              # one device
     python -m denoisebench.tf_backend.train results/<run-id> --devices 4             # MirroredStrategy
     TF_CONFIG='{...}' python -m denoisebench.tf_backend.train results/<run-id>       # multi-worker
+    horovodrun -np 2 -H localhost:2 --gloo python -m denoisebench.tf_backend.train DIR  # Horovod
 
 Written the way TensorFlow training loops usually are (Orbit-style): variables created under
 `strategy.scope()`, the input distributed with `strategy.distribute_datasets_from_function`,
@@ -13,6 +14,8 @@ one `tf.function` step run with `strategy.run`, each replica's loss divided by
 Without GPUs, `--devices N` makes N logical CPU devices. Every replica draws the global batch's
 noise with stateless ops seeded by (seed, step) and trains on its own slice (distributed.py
 states the rule), so a resumed run, or a run on another device count, draws the same noise.
+Under horovodrun (HOROVOD_RANK) each worker trains one device and Horovod averages the
+gradients (horovod_engine.py).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -196,9 +201,13 @@ class StepTracer:
 def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) -> dict[str, Any]:
     """Train `cfg` into run_dir/tf/ and return its summary fields (on the chief)."""
     runtime = apply_runtime(cfg)
-    strategy, name, device = build_strategy(devices, cfg.train.device)
-    worker, workers = tf_worker_index()
-    replicas = strategy.num_replicas_in_sync
+    if "HOROVOD_RANK" in os.environ:  # set by horovodrun: one device per worker
+        strategy, name, device, worker, workers = horovod_engine().join(cfg.train.device)
+        replicas = workers
+    else:
+        strategy, name, device = build_strategy(devices, cfg.train.device)
+        worker, workers = tf_worker_index()
+        replicas = strategy.num_replicas_in_sync
     gpus = tf_gpu_indices(strategy)
     world = World.of(
         cfg,
@@ -216,11 +225,19 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) ->
         return _train(session, strategy, gpus, resume)
 
 
+def horovod_engine() -> ModuleType:
+    """The Horovod pieces (horovod_engine.py), imported only under horovodrun."""
+    from denoisebench.tf_backend import horovod_engine
+
+    return horovod_engine
+
+
 def _train(
     session: Session, strategy: tf.distribute.Strategy, gpus: list[int], resume: bool
 ) -> dict[str, Any]:
     """Build, restore, train epoch by epoch, finish: the run, top to bottom."""
     cfg, world = session.cfg, session.world
+    hvd = horovod_engine() if world.strategy == "horovod" else None
     check_devices(cfg, gpus, world.world_size)
     data = session.load_data()
     net = build(cfg, strategy, world.lr)
@@ -229,7 +246,11 @@ def _train(
         ckpt.restore()
     session.begin(int(net.epoch.numpy()), float(net.wall_time_s.numpy()))
     images = on_each_device(strategy, data.train_u8)  # uint8, NHWC, on the devices once
-    train_step = make_train_step(cfg, strategy, net)
+    if hvd:  # rank 0's weights and Adam state on every worker; its slice; averaged gradients
+        hvd.broadcast_start([*net.model.variables, *net.optimizer.variables])
+        train_step = make_train_step(cfg, strategy, net, world.rank, hvd.average)
+    else:
+        train_step = make_train_step(cfg, strategy, net)
     tracer = StepTracer(cfg, session.fw_dir / "trace" if session.rec else None)
     for epoch, order in session.epochs():
         # the epoch's whole order goes to each device once, as the PyTorch trainer does; each
@@ -348,10 +369,19 @@ def on_each_device(strategy: tf.distribute.Strategy, array: np.ndarray) -> Any:
     return strategy.experimental_distribute_values_from_function(value_fn)
 
 
-def make_train_step(cfg: Config, strategy: tf.distribute.Strategy, net: Net) -> Any:
+def make_train_step(
+    cfg: Config,
+    strategy: tf.distribute.Strategy,
+    net: Net,
+    first_replica: int = 0,
+    all_reduce: Callable[[list[tf.Tensor]], list[tf.Tensor]] | None = None,
+) -> Any:
     """The distributed step: each replica picks the step's global batch from the epoch's order,
     draws the whole global batch's noise (stateless, seeded by (seed, step)), and trains on its
-    slice; the all-reduced gradient is that of the global batch's mean loss."""
+    slice; the all-reduced gradient is that of the global batch's mean loss.
+
+    Under Horovod the strategy holds this worker's one replica: `first_replica` (its rank) picks
+    its slice, and `all_reduce` averages the gradients over the workers."""
     b, replicas = cfg.train.batch_size, net.replicas
     model, optimizer, criterion = net.model, net.optimizer, net.criterion
 
@@ -363,6 +393,8 @@ def make_train_step(cfg: Config, strategy: tf.distribute.Strategy, net: Net) -> 
             loss = criterion(clean, out) / replicas
             scaled = optimizer.scale_loss(loss)  # float16: loss scaling; else the loss
         grads = tape.gradient(scaled, model.trainable_variables)
+        if all_reduce is not None:
+            grads = all_reduce(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss * replicas
 
@@ -380,7 +412,7 @@ def make_train_step(cfg: Config, strategy: tf.distribute.Strategy, net: Net) -> 
         def step_fn(
             images: tf.Tensor, order: tf.Tensor, i: tf.Tensor, seed: tf.Tensor
         ) -> tf.Tensor:
-            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            replica = first_replica + tf.distribute.get_replica_context().replica_id_in_sync_group
             global_idx = order[i]  # the step's global batch, from the epoch's order on the device
             clean = tf.cast(tf.gather(images, global_idx), tf.float32) / 255.0
             noisy = add_noise(clean, cfg.noise, seed)  # the whole global batch's noise
@@ -465,6 +497,8 @@ def gather_per_worker(strategy: tf.distribute.Strategy, world: World, obj: Any) 
     """
     if world.processes == 1:
         return [obj]
+    if world.strategy == "horovod":
+        return horovod_engine().all_gather(obj)
     payload = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8).astype(np.int32)
 
     def gather(values: np.ndarray) -> np.ndarray:

@@ -4,8 +4,10 @@ Launched by `python -m launch` (which writes the run folder and its config.json 
 
     python -m denoisebench.torch_backend.train results/<run-id> [--resume]            # one device
     torchrun --nproc-per-node 4 -m denoisebench.torch_backend.train results/<run-id>  # DDP
+    horovodrun -np 4 -H localhost:4 --gloo python -m denoisebench.torch_backend.train DIR  # Horovod
 
-Under torchrun (RANK in the environment) it runs DDP: NCCL on GPUs, gloo on CPUs. Every rank
+Under torchrun (RANK in the environment) it runs DDP: NCCL on GPUs, gloo on CPUs. Under
+horovodrun (HOROVOD_RANK) Horovod averages the gradients instead (horovod_engine.py). Every rank
 holds the training images on its device as uint8; each step takes one global batch from the
 shared epoch order, draws its noise from a generator seeded by (seed, epoch) on every rank,
 and trains on its own slice (distributed.py states the rule). Only rank 0 writes the results
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -306,16 +309,18 @@ def sync(device: torch.device) -> None:
 
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train `cfg` into run_dir/torch/ and return its summary fields (on rank 0)."""
-    ddp = "RANK" in os.environ  # set by torchrun
-    device = init_process(cfg) if ddp else pick_device(cfg.train.device)
-    ranks = dist.get_world_size() if ddp else 1
+    # set by horovodrun and torchrun respectively
+    strategy = (
+        "horovod" if "HOROVOD_RANK" in os.environ else "ddp" if "RANK" in os.environ else "single"
+    )
+    device, rank, ranks = init_process(cfg, strategy)
     world = World.of(
         cfg,
-        rank=dist.get_rank() if ddp else 0,
+        rank=rank,
         processes=ranks,
         replicas=ranks,
-        strategy="ddp" if ddp else "single",
-        device=f"{ranks} x {device.type}" if ddp else str(device),
+        strategy=strategy,
+        device=str(device) if strategy == "single" else f"{ranks} x {device.type}",
         # CUDA events on a GPU (StepClock); on the CPU a step has finished when it returns
         step_clock="cuda_events" if device.type == "cuda" else "host",
         runtime=apply_runtime(cfg),
@@ -324,60 +329,90 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     gpus = nvml_indices([device.index or 0]) if device.type == "cuda" else []
     try:
         with session.running(gpus):
-            summary = _train(session, device, ddp, resume)
-            if ddp:
+            summary = _train(session, device, resume)
+            if strategy == "ddp":
                 # free the DDP model now: its reducer holds the process group and the last
                 # all-reduce's work objects, and left to the interpreter's exit their gloo
                 # threads are torn down after Python is gone (std::terminate, exit code -6,
                 # about one run in fifteen on a 2-core machine)
                 gc.collect()
+            if strategy != "single":
                 # every rank waits for rank 0 to finish writing: tearing the gloo group down
                 # while a peer still holds its connections aborts that peer (also exit code -6)
-                dist.barrier()
+                barrier(strategy, device)
         return summary
     finally:
-        if ddp and dist.is_initialized():
+        if strategy == "ddp" and dist.is_initialized():
             dist.destroy_process_group()
+        elif strategy == "horovod":
+            horovod_engine().shutdown()
 
 
-def init_process(cfg: Config) -> torch.device:
-    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs); this rank's device."""
+def horovod_engine() -> ModuleType:
+    """The Horovod pieces (horovod_engine.py), imported only under horovodrun."""
+    from denoisebench.torch_backend import horovod_engine
+
+    return horovod_engine
+
+
+def init_process(cfg: Config, strategy: str) -> tuple[torch.device, int, int]:
+    """Join the job (torchrun's process group: NCCL on GPUs, gloo on CPUs; or Horovod's):
+    (this rank's device, its rank, the ranks)."""
+    if strategy == "single":
+        return pick_device(cfg.train.device), 0, 1
+    if strategy == "horovod":
+        return horovod_engine().init_process(cfg)
     use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
     if use_cuda and cfg.runtime.cuda_graphs:
         # capturing NCCL all-reduces needs DDP's async error handling off (see GraphedStep)
         os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if not use_cuda:
-        return torch.device("cpu")
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    torch.cuda.set_device(device)
-    return device
+    device = torch.device("cpu")
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device, dist.get_rank(), dist.get_world_size()
 
 
-def _train(session: Session, device: torch.device, ddp: bool, resume: bool) -> dict[str, Any]:
+def barrier(strategy: str, device: torch.device) -> None:
+    """Every rank waits here for the others."""
+    if strategy == "horovod":
+        horovod_engine().barrier()
+    else:
+        dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def all_gather(strategy: str, obj: Any, ranks: int) -> list[Any]:
+    """Every rank's `obj`, on every rank, in rank order."""
+    if strategy == "horovod":
+        return horovod_engine().all_gather(obj)
+    gathered: list[Any] = [None] * ranks
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _train(session: Session, device: torch.device, resume: bool) -> dict[str, Any]:
     """Build, restore, train epoch by epoch, finish: the run, top to bottom."""
-    cfg = session.cfg
+    cfg, strategy = session.cfg, session.world.strategy
     check_device(cfg, device)
     data = session.load_data()
     ckpt_path = session.fw_dir / "checkpoints" / "last.pt"
     state = None
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
-    net = build(cfg, device, ddp, session.world.lr, state)
+    net = build(cfg, device, strategy, session.world.lr, state)
     session.begin(state["epoch"] if state else 0, state["wall_time_s"] if state else 0.0)
     # uint8 NHWC, on the device once, flipped in height and width for raw_model.net
     images = torch.from_numpy(data.train_u8).to(device).flip(1, 2)
     tracer = StepTracer(cfg, session.fw_dir / "trace" if session.rec else None, device)
     for epoch, order in session.epochs():
-        if ddp:
+        if strategy != "single":
             # rank 0 evaluated and checkpointed after the last epoch while the others went on:
             # start the clock together, or their first all-reduce's wait counts as training
-            dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+            barrier(strategy, device)
         result = run_epoch(session, net, images, order, epoch, device, tracer)
-        if ddp:  # every rank's rows, epoch time and profile, to every rank
-            gathered: list[Any] = [None] * session.world.processes
-            dist.all_gather_object(gathered, result)
-            result = EpochResult.merge(gathered)
+        if strategy != "single":  # every rank's rows, epoch time and profile, to every rank
+            result = EpochResult.merge(all_gather(strategy, result, session.world.processes))
         session.end_epoch(
             epoch,
             result,
@@ -432,10 +467,12 @@ class Net:
 
 
 def build(
-    cfg: Config, device: torch.device, ddp: bool, lr: float, state: dict[str, Any] | None
+    cfg: Config, device: torch.device, strategy: str, lr: float, state: dict[str, Any] | None
 ) -> Net:
     """The model (restored from `state`, a checkpoint, before DDP is built: its broadcast then
-    copies equal values on every rank), DDP, torch.compile, Adam, the step."""
+    copies equal values on every rank), DDP, torch.compile, Adam (Horovod's distributed
+    optimizer under horovodrun, its state restored and broadcast from rank 0), the step."""
+    ddp = strategy == "ddp"
     torch.manual_seed(cfg.train.seed)  # native init draws from the global generator
     # CUDA graphs: warm-up and capture run on this stream, and DDP is built on it (GraphedStep)
     graph_stream = torch.cuda.Stream(device) if cfg.runtime.cuda_graphs else None
@@ -468,6 +505,8 @@ def build(
         eps=cfg.train.eps,
         capturable=cfg.runtime.cuda_graphs,  # step counts on the device, for graph replay
     )
+    if strategy == "horovod":
+        optimizer = horovod_engine().distributed_optimizer(optimizer, model)
     criterion = loss_fn(cfg.train.loss)
     step, scaler = make_step(model, optimizer, criterion, device, cfg)
     capture_step = None
@@ -478,6 +517,8 @@ def build(
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:  # float16 loss scale (checkpoints from before it lack it)
             scaler.load_state_dict(state["scaler"])
+    if strategy == "horovod":
+        horovod_engine().broadcast_start(raw, optimizer)
     return Net(raw, optimizer, criterion, step, scaler, capture_step)
 
 
@@ -519,7 +560,8 @@ def run_epoch(
         clean = images[idx].permute(0, 3, 1, 2).float() / 255
         noisy = add_noise(clean, cfg.noise, generator)  # the whole global batch's noise
         if not cfg.runtime.cuda_graphs:
-            net.optimizer.zero_grad(set_to_none=True)
+            # set_to_none, torch's default (Horovod's DistributedOptimizer takes no argument)
+            net.optimizer.zero_grad()
         losses[i] = net.step(
             noisy[mine].contiguous(memory_format=fmt), clean[mine].contiguous(memory_format=fmt)
         )

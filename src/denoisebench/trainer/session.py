@@ -77,6 +77,8 @@ class World:
     global_batch: int
     lr: float
     strategy: str
+    engine: str
+    """native (torchrun, tf.distribute) or horovod (horovodrun): the report's engine column."""
     device: str
     step_clock: str
     runtime: dict[str, Any]
@@ -105,6 +107,7 @@ class World:
             global_batch=cfg.train.batch_size * replicas,
             lr=cfg.train.lr * (replicas if cfg.train.scale_lr else 1),
             strategy=strategy,
+            engine="horovod" if strategy == "horovod" else "native",
             device=device,
             step_clock=step_clock,
             runtime=runtime,

@@ -1,0 +1,200 @@
+"""--engine horovod and `python -m launch horovod-build`.
+
+The build's pieces are checked directly (the edits, the error summary, the cache key, the
+command horovodrun runs). The tests marked `horovod` train through `python -m launch` under
+horovodrun with 2 Gloo workers on the smoke profile; they need the wheel, which conftest.py
+starts building in the background when the session begins (about 5 minutes on 2 cores, then
+cached) and runs these tests last, waiting for it (`horovod_built`). Without a working build they
+skip with the build's error, or fail where DENOISEBENCH_REQUIRE_HOROVOD=1 (CI).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import REPO, TORCH_SPLIT_ATOL, launch, weights
+
+from denoisebench.cluster import horovod_build as hb
+from denoisebench.core.records import read_json, read_jsonl
+from launch.__main__ import main
+from launch.commands import Topology, build_horovodrun_cmd
+
+EPOCH1 = ["--profile", "smoke", "--epochs", "1"]
+HOROVOD = ["--engine", "horovod", "--gpus", "2", "--batch-size", "8"]
+
+
+def test_horovodrun_command_starts_n_gloo_workers_of_the_usual_trainer():
+    argv, env = build_horovodrun_cmd(
+        "tf", Path("/r/run1"), Topology(devices=2, cpu_threads=1), resume=True, base_env={}
+    )
+    assert argv[:3] == [sys.executable, "-m", "denoisebench.cluster.horovodrun"]
+    assert argv[3:9] == ["-np", "2", "-H", "localhost:2", "--gloo", "--gloo-timeout-seconds"]
+    assert argv[-4:] == ["-m", "denoisebench.tf_backend.train", "/r/run1", "--resume"]
+    assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert env["TF_CPP_MIN_LOG_LEVEL"] == "2"
+
+
+def test_without_the_build_the_launch_names_the_build_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hb, "installed_bindings", lambda: {"torch"})
+    assert main([*EPOCH1, "--framework", "both", *HOROVOD, "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "tf binding" in err and "horovod-build" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def fake_source(root: Path) -> Path:
+    """The three files the edits change, with the text they change (0.28.1's)."""
+    for edit in hb.EDITS:
+        path = root / edit.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = path.read_text() if path.exists() else "# before\n"
+        path.write_text(text + edit.old + "\n# after\n")
+    return root
+
+
+def test_edits_change_the_source_and_stop_on_text_they_do_not_find(tmp_path):
+    src = fake_source(tmp_path / "a")
+    hb.apply_edits(src)
+    torch_cmake = (src / "horovod/torch/CMakeLists.txt").read_text()
+    assert "CMAKE_CXX_STANDARD 17" in torch_cmake and "CMAKE_CXX_STANDARD 14" not in torch_cmake
+    assert "PYTORCH_LINKER_LIBS compatible17_gloo" in torch_cmake
+    xla = (src / "horovod/tensorflow/xla_mpi_ops.cc").read_text()
+    assert "#if TENSORFLOW_VERSION >= 2006000000 && HAVE_GPU\n" in xla
+    with pytest.raises(hb.BuildError, match=r"horovod/torch/CMakeLists.txt: .* 0 times"):
+        hb.apply_edits(src)  # already applied: the text is gone
+
+
+def test_a_failed_build_names_the_error_and_its_compiler_line():
+    log = "\n".join(
+        [
+            "[ 40%] Building CXX object horovod/torch/CMakeFiles/pytorch.dir/mpi_ops_v2.cc.o",
+            "cd /b/horovod/torch && /usr/bin/c++ -DHAVE_GLOO=1 -std=c++14 -o x.o -c /h/mpi_ops_v2.cc",
+            "In file included from /site/torch/include/torch/extension.h:6,",
+            "/site/torch/all.h:5:2: error: #error C++17 or later compatible compiler is required",
+            "gmake[2]: *** [horovod/torch/CMakeFiles/pytorch.dir/build.make:76: x.o] Error 1",
+        ]
+    )
+    summary = hb.failure_summary(log)
+    assert "first error: /site/torch/all.h:5:2: error: #error C++17" in summary
+    assert "compiler line: cd /b/horovod/torch && /usr/bin/c++" in summary
+    assert "no error line found" in hb.failure_summary("configuring\nstopped")
+
+
+def test_the_cache_is_outside_the_repository_and_keyed_by_versions(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert hb.cache_root() == tmp_path / "denoisebench" / "horovod"
+    key = hb.cache_key({"torch": "2.13.0+cpu", "tensorflow": "2.21.0"})
+    py = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    # no '+': Horovod's CMake reads the source path (below the key) as a regular expression
+    assert key.startswith(f"horovod-0.28.1_torch-2.13.0-cpu_tf-2.21.0_{py}_")
+    assert key != hb.cache_key({"torch": "2.12.0", "tensorflow": "2.21.0"})
+
+
+def test_the_build_requirements_are_declared_and_pinned():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {r.split(">")[0].split("=")[0] for r in project["optional-dependencies"]["horovod"]}
+    pins = {
+        line.split("==")[0].lower()
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    }
+    assert declared <= set(hb.BUILD_REQUIREMENTS) <= pins
+
+
+# Training under horovodrun: these need the wheel (conftest.py builds it and runs them last).
+
+
+def assert_same_weights(a: Path, b: Path, framework: str, atol: float) -> None:
+    """Same weights after the same 9 steps, and the weights really moved."""
+    start = read_json(b / framework / "summary.json")
+    assert start["status"] == "completed"
+    for x, y in zip(weights(a, framework), weights(b, framework), strict=True):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+    ea, eb = read_jsonl(a / framework / "epochs.jsonl"), read_jsonl(b / framework / "epochs.jsonl")
+    assert [e["steps"] for e in ea] == [e["steps"] for e in eb] == [9]
+    assert abs(ea[-1]["train_loss"] - eb[-1]["train_loss"]) < 1e-4
+    assert abs(ea[-1]["test_mae"] - eb[-1]["test_mae"]) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def horovod_run(tmp_path_factory, horovod_built) -> tuple[Path, str]:
+    """Both frameworks under horovodrun, 2 workers with batch 8: the run and its output."""
+    root = tmp_path_factory.mktemp("horovod")
+    proc = launch(*EPOCH1, *HOROVOD, "--results", str(root), "--run-id", "hvd")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    return root / "hvd", out
+
+
+@pytest.mark.horovod
+@pytest.mark.parametrize(
+    ("framework", "atol"),
+    # TensorFlow: its CPU kernels round batch 8 and 16 differently (test_distributed.py)
+    [("torch", TORCH_SPLIT_ATOL), ("tf", 1e-4)],
+)
+def test_two_horovod_workers_equal_one_device_with_twice_the_batch(
+    horovod_run, single, framework, atol
+):
+    run, out = horovod_run
+    assert "denoisebench.cluster.horovodrun -np 2 -H localhost:2 --gloo" in out
+    assert f"-m denoisebench.{framework}_backend.train {run}" in out
+    assert f"[{framework}] horovod on 2" in out and "global batch 16 (8 per device)" in out
+    summary = read_json(run / framework / "summary.json")
+    assert (summary["strategy"], summary["engine"]) == ("horovod", "horovod")
+    assert (summary["world_size"], summary["processes"], summary["global_batch"]) == (2, 2, 16)
+    assert_same_weights(run, single, framework, atol)
+    rows = read_jsonl(run / framework / "steps.jsonl")  # each worker's rows, gathered by rank 0
+    assert sorted({(r["rank"], r["step"]) for r in rows}) == [
+        (k, s) for k in (0, 1) for s in range(9)
+    ]
+    assert all(r["batch_size"] == 8 and r["replicas"] == 1 for r in rows)
+
+
+@pytest.mark.horovod
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_a_crashing_horovod_worker_fails_the_job_fast_with_its_error(
+    horovod_built, tmp_path, framework
+):
+    t0 = time.monotonic()
+    proc = launch(
+        "--profile", "smoke", "--framework", framework, *HOROVOD,
+        "--results", str(tmp_path), "--run-id", "crash",
+        env={"DENOISEBENCH_FAULT": "1:11"},
+    )  # fmt: skip  # rank 1, step 11: in the second epoch
+    elapsed = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "injected fault" in out and "on rank 1 at step 11" in out
+    assert elapsed < 120, f"took {elapsed:.0f}s to fail"
+    summary = read_json(tmp_path / "crash" / framework / "summary.json")
+    assert summary["status"] == "failed" and summary["epochs_completed"] == 1
+    worker = "rank" if framework == "torch" else "worker"
+    assert summary["failed_process"] == f"{framework} {worker} 1"
+    assert summary["error"] == (
+        "RuntimeError: injected fault (DENOISEBENCH_FAULT=1:11) on rank 1 at step 11"
+    )
+    assert [e["epoch"] for e in read_jsonl(tmp_path / "crash" / framework / "epochs.jsonl")] == [0]
+
+
+@pytest.mark.horovod
+def test_horovod_and_native_runs_side_by_side_in_the_report(horovod_run, single, tmp_path):
+    """The report's rows of one setup differ by engine: Horovod beside DDP on 2 ranks (and
+    the one-device runs)."""
+    from denoisebench.report.build import build_report
+
+    ddp = launch(
+        *EPOCH1, "--framework", "torch", "--gpus", "2", "--batch-size", "8",
+        "--results", str(tmp_path), "--run-id", "ddp",
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    _report, csvs = build_report([single, horovod_run[0], tmp_path / "ddp"], baseline_images=0)
+    speed = csvs["speed"]
+    rows = {(r.framework, r.engine, r.devices, r.batch_per_device) for r in speed.itertuples()}
+    assert {("torch", "horovod", 2, 8), ("torch", "native", 2, 8), ("tf", "horovod", 2, 8)} <= rows
+    assert {("torch", "native", 1, 16), ("tf", "native", 1, 16)} <= rows
+    assert speed["throughput_steady_img_s_median"].notna().all()
