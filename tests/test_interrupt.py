@@ -37,7 +37,16 @@ FAILURE_FIELDS = ("status", "error", "failed_process", "signal", "resume_command
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
-def start_launcher(results: Path, run_id: str, *args: str) -> subprocess.Popen:
+# Each epoch of a 3-epoch run held 2 s after its evaluation (core.distributed
+# maybe_delay_after_eval), so the run is still going when a test's signal lands after the first
+# epoch: without it a loaded machine could see all 3 epochs finish first (seen once: the summary
+# read 'completed').
+SLOW_EPOCHS = {**ENV, "DENOISEBENCH_EVAL_DELAY_S": "2"}
+
+
+def start_launcher(
+    results: Path, run_id: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """`python -m launch` in a session of its own, so its process group can be signalled."""
     return subprocess.Popen(
         [
@@ -52,7 +61,7 @@ def start_launcher(results: Path, run_id: str, *args: str) -> subprocess.Popen:
             *args,
         ],
         cwd=REPO,
-        env=ENV,
+        env=env or ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -156,7 +165,7 @@ def test_signal_to_the_launcher_alone_interrupts_and_resume_finishes_its_framewo
     then trains the run's own framework (torch only) to the end, and the interruption moves
     into the history."""
     run = tmp_path / "one"
-    proc = start_launcher(tmp_path, "one", "--framework", "torch", "--epochs", "3")
+    proc = start_launcher(tmp_path, "one", "--framework", "torch", "--epochs", "3", env=SLOW_EPOCHS)
     wait_for_epoch(proc, run / "torch" / "summary.json")
     os.kill(proc.pid, sig)
     out, err = finish(proc)
@@ -194,7 +203,7 @@ def test_sigkill_of_the_trainer_then_resume_leaves_no_stale_failure(tmp_path):
     """kill -9 of the trainer: the launcher records the failure; a resume that completes
     clears it from the top level and keeps it in the history."""
     run = tmp_path / "k9"
-    proc = start_launcher(tmp_path, "k9", "--framework", "torch", "--epochs", "3")
+    proc = start_launcher(tmp_path, "k9", "--framework", "torch", "--epochs", "3", env=SLOW_EPOCHS)
     wait_for_epoch(proc, run / "torch" / "summary.json")
     [trainer] = psutil.Process(proc.pid).children()
     trainer.kill()
