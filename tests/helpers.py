@@ -86,3 +86,28 @@ def apt_install(
         if proc.returncode != 0:
             output = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
             skip_or_fail(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{output}", require_var)
+
+
+INJECTED_FAULT = {"DENOISEBENCH_FAULT": "1:11"}
+"""Rank 1 raises at step 11, in the second epoch (core.distributed.maybe_inject_fault)."""
+
+
+def assert_failed_fast_on_the_fault(
+    proc: subprocess.CompletedProcess, elapsed: float, fw_dir: Path, process: str
+) -> dict:
+    """A job run with INJECTED_FAULT failed within 2 minutes with rank 1's own error, named
+    `process` in fw_dir/summary.json (not a peer's broken collective), after 1 finished epoch.
+    Returns the summary."""
+    from denoisebench.core.records import read_json
+
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "injected fault" in out and "on rank 1 at step 11" in out
+    assert elapsed < 120, f"took {elapsed:.0f}s to fail"
+    summary = read_json(fw_dir / "summary.json")
+    assert summary["status"] == "failed" and summary["epochs_completed"] == 1
+    assert summary["failed_process"] == process
+    assert summary["error"] == (
+        "RuntimeError: injected fault (DENOISEBENCH_FAULT=1:11) on rank 1 at step 11"
+    )
+    return summary

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TORCH_SPLIT_ATOL, weights
+from helpers import INJECTED_FAULT, TORCH_SPLIT_ATOL, assert_failed_fast_on_the_fault, weights
 
 from denoisebench.core.records import read_json, read_jsonl
 
@@ -203,19 +203,11 @@ def test_a_crashing_rank_fails_the_job_fast_and_keeps_results(tmp_path, framewor
         str(tmp_path),
         "--run-id",
         "crash",
-        env={"DENOISEBENCH_FAULT": "1:11"},
-    )  # rank 1, step 11: in the second epoch
+        env=INJECTED_FAULT,
+    )
     elapsed = time.monotonic() - t0
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "injected fault" in out and "on rank 1 at step 11" in out
-    assert elapsed < 120, f"took {elapsed:.0f}s to fail"
-    summary = read_json(tmp_path / "crash" / framework / "summary.json")
-    assert summary["status"] == "failed" and summary["epochs_completed"] == 1
-    # the failing process and its own exception, not a peer's broken collective
-    assert summary["failed_process"] == process
-    assert summary["error"] == (
-        "RuntimeError: injected fault (DENOISEBENCH_FAULT=1:11) on rank 1 at step 11"
+    summary = assert_failed_fast_on_the_fault(
+        proc, elapsed, tmp_path / "crash" / framework, process
     )
     knock_on = summary["knock_on_errors"]
     assert all(k["process"] != process and "injected" not in k["error"] for k in knock_on)

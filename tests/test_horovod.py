@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, TORCH_SPLIT_ATOL, launch, weights
+from helpers import (
+    INJECTED_FAULT,
+    REPO,
+    TORCH_SPLIT_ATOL,
+    assert_failed_fast_on_the_fault,
+    launch,
+    weights,
+)
 
 from denoisebench.cluster import horovod_build as hb
 from denoisebench.core.records import read_json, read_jsonl
@@ -164,20 +171,12 @@ def test_a_crashing_horovod_worker_fails_the_job_fast_with_its_error(
     proc = launch(
         "--profile", "smoke", "--framework", framework, *HOROVOD,
         "--results", str(tmp_path), "--run-id", "crash",
-        env={"DENOISEBENCH_FAULT": "1:11"},
-    )  # fmt: skip  # rank 1, step 11: in the second epoch
+        env=INJECTED_FAULT,
+    )  # fmt: skip
     elapsed = time.monotonic() - t0
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "injected fault" in out and "on rank 1 at step 11" in out
-    assert elapsed < 120, f"took {elapsed:.0f}s to fail"
-    summary = read_json(tmp_path / "crash" / framework / "summary.json")
-    assert summary["status"] == "failed" and summary["epochs_completed"] == 1
     worker = "rank" if framework == "torch" else "worker"
-    assert summary["failed_process"] == f"{framework} {worker} 1"
-    assert summary["error"] == (
-        "RuntimeError: injected fault (DENOISEBENCH_FAULT=1:11) on rank 1 at step 11"
-    )
+    process = f"{framework} {worker} 1"
+    assert_failed_fast_on_the_fault(proc, elapsed, tmp_path / "crash" / framework, process)
     assert [e["epoch"] for e in read_jsonl(tmp_path / "crash" / framework / "epochs.jsonl")] == [0]
 
 
