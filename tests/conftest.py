@@ -28,6 +28,45 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "one"
 
 
+# The suite runs in parallel workers (pytest-xdist; pyproject's addopts: -n auto --dist
+# loadgroup). Tests that share an expensive fixture go to one worker, which builds it once: a
+# second SLURM cluster, or a second copy of the report's runs, would cost more than it saves.
+SHARED_FIXTURE_GROUPS = {
+    "slurm_cluster": "slurm",  # one real SLURM controller for the session
+    "local_run": "slurm",  # test_slurm.py's reference run
+    "built": "report",  # test_report.py's tiny runs and report
+    "horovod_run": "horovod",  # test_horovod.py's run under horovodrun
+}
+MAX_WORKERS = 4
+"""Most tests start two to four processes of their own: more workers than this only queue."""
+
+
+FIRST_GROUPS = ("slurm", "report")
+"""Scheduled first, in this order: the longest units of work (SLURM about 7 minutes on 2 cores,
+the report 2), so that the other worker runs the short tests beside them instead of waiting
+for them at the end. Horovod's tests stay last (tests/horovod_wheel.py)."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups from the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {}
+    for item in items:
+        groups = {SHARED_FIXTURE_GROUPS[f] for f in item.fixturenames if f in SHARED_FIXTURE_GROUPS}
+        if item.get_closest_marker("slurm"):
+            groups.add("slurm")
+        for group in sorted(groups)[:1]:
+            item.add_marker(pytest.mark.xdist_group(group))
+            if group in FIRST_GROUPS:
+                rank[item] = FIRST_GROUPS.index(group)
+    items.sort(key=lambda item: rank.get(item, len(FIRST_GROUPS)))  # stable
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: two workers even on one or two cores (the tests wait on their subprocesses,
+    SLURM and sockets for about half of their time), at most MAX_WORKERS."""
+    return max(2, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
 # Real one-node SLURM cluster (session fixture `slurm_cluster`) for tests marked `slurm`; Horovod
 # built in the background for tests marked `horovod`, which run last (fixture `horovod_built`).
 pytest_plugins = ["slurm_cluster", "horovod_wheel"]
