@@ -8,9 +8,11 @@ names the key. CUDA graphs need a GPU: those tests are marked `gpu` and run wher
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import math
+import time
 import tomllib
 from pathlib import Path
 
@@ -248,6 +250,19 @@ def test_bench_paths_refuses_a_mode():
     assert cli.main(["--paths", "--mode", "tuned", "--profile", "smoke"]) == 2
 
 
+def test_bench_paths_json_holds_what_was_measured_before_the_end(tmp_path):
+    """--json is rewritten after every run: a benchmark cut at its time limit (the GPU check's
+    fast-paths step) keeps the options it measured, marked unfinished."""
+    fig = {"img_s": 100.0, "psnr_db": 20.0, "data_wait_fraction": 0.0}
+    raw = {("torch", bench_paths.FAITHFUL): [fig], ("torch", "channels_last"): []}
+    args = argparse.Namespace(json=tmp_path / "paths.json", framework="torch")
+    bench_paths.write_json(args, "cpu", 3, 1, time.perf_counter(), [], {}, raw)
+    result = json.loads((tmp_path / "paths.json").read_text())
+    assert not result["finished"]
+    assert [row["option"] for row in result["table"]] == [bench_paths.FAITHFUL]
+    assert result["raw"]["torch/channels_last"] == []
+
+
 def test_bench_paths_runs_end_to_end(tmp_path):
     out = tmp_path / "paths.json"
     code = cli.main(
@@ -271,6 +286,7 @@ def test_bench_paths_runs_end_to_end(tmp_path):
     )
     assert code == 0
     result = json.loads(out.read_text())
+    assert result["finished"]
     options = [row["option"] for row in result["table"]]
     assert options[0] == bench_paths.FAITHFUL and bench_paths.TUNED in options
     assert all(row["img/s"] > 0 for row in result["table"])

@@ -391,9 +391,11 @@ def step_environment(r: Runner, ctx: Context, res: StepResult) -> None:
 
 
 def step_gpu_tests(r: Runner, ctx: Context, res: StepResult) -> None:
+    # -o addopts=: in one process, without the project's parallel workers (pytest-xdist is a
+    # development extra, absent on a GPU node, and these tests share one GPU)
     run = r.run(
         [ctx.python, "-m", "pytest", "-q", "-rs", "-m", "gpu", "-p", "no:cacheprovider",
-         *GPU_TEST_FILES],
+         "-o", "addopts=", *GPU_TEST_FILES],
         check=False,
     )  # fmt: skip
     summary = run.output.strip().splitlines()[-1] if run.output.strip() else ""
@@ -435,13 +437,20 @@ def step_fast_paths(r: Runner, ctx: Context, res: StepResult) -> None:
         "--steps", str(s.paths_steps), "--warmup", str(s.paths_warmup), "--repeats", "1",
         "--set", f"train.device={s.device}", *skip,
     ]  # fmt: skip
-    # an option that fails leaves the others measured: keep the table, then say what failed
+    # an option that fails leaves the others measured: keep the table, then say what failed.
+    # The JSON is rewritten after every run, so a step cut at its limit keeps those too.
     path = ctx.work / "paths.json"
     run = r.run([*argv, "--json", str(path)], check=False)
     if path.exists():
-        res.figures, res.table = json.loads(path.read_text()), printed_table(run.output)
+        res.figures = json.loads(path.read_text())
+        res.table = (
+            printed_table(run.output)
+            if res.figures.get("finished")
+            else "\n".join(line for line in run.output.splitlines() if line.startswith("repeat "))
+        )
     if run.timed_out:
-        raise StepFailed("timeout", f"cut after {run.wall_s:.0f} s", run)
+        done = len(res.figures.get("table", []))
+        raise StepFailed("timeout", f"cut after {run.wall_s:.0f} s ({done} options measured)", run)
     if run.returncode != 0:
         failed = res.figures.get("failed") or [last_lines(run.output)]
         raise StepFailed("failed", "; ".join(map(str, failed)), run)

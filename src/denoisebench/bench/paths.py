@@ -34,7 +34,7 @@ import pandas as pd
 
 from denoisebench.bench.suite import machine_line, measure_suite
 from denoisebench.core.config import PSNR_TOLERANCE_DB, Config
-from denoisebench.core.records import FRAMEWORKS
+from denoisebench.core.records import FRAMEWORKS, atomic_write_json
 from denoisebench.measure.environment import local_device_kind
 
 FAITHFUL = "float32 (faithful)"
@@ -151,10 +151,10 @@ def run_paths(
                     f"{fig['img_s']:.0f} img/s, PSNR {fig['psnr_db']:.2f} dB",
                     flush=True,
                 )
+                if args.json:  # after every run: a benchmark cut short keeps what it measured
+                    write_json(args, kind, epochs, first_steady, t_start, skipped, failed, raw)
     elapsed_s = time.perf_counter() - t_start
-    measured = {key: runs for key, runs in raw.items() if runs}
-    frameworks_ok = {f for f, o in measured if o == FAITHFUL}
-    frame = paths_frame({(f, o): v for (f, o), v in measured.items() if f in frameworks_ok})
+    frame = measured_frame(raw)
     print()
     print(machine_line([]))
     print(
@@ -169,24 +169,40 @@ def run_paths(
         print(f"FAILED: {framework} {option}: {error}")
     print(f"\nbenchmark took {elapsed_s:.0f} s", flush=True)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": machine_line([]),
-                    "device_kind": kind,
-                    "args": {
-                        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                    },
-                    "suite_epochs": epochs,
-                    "suite_first_steady_epoch": first_steady,
-                    "elapsed_s": elapsed_s,
-                    "skipped": skipped,
-                    "failed": [[f, o, error] for (f, o), error in failed.items()],
-                    "raw": {f"{f}/{o}": v for (f, o), v in raw.items()},
-                    "table": json.loads(frame.to_json(orient="records")),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        write_json(args, kind, epochs, first_steady, t_start, skipped, failed, raw, finished=True)
     return 1 if failed else 0
+
+
+def measured_frame(raw: dict[tuple[str, str], list[dict[str, Any]]]) -> pd.DataFrame:
+    """The table of what was measured so far (frameworks whose faithful run is among it)."""
+    measured = {key: runs for key, runs in raw.items() if runs}
+    frameworks_ok = {f for f, o in measured if o == FAITHFUL}
+    return paths_frame({(f, o): v for (f, o), v in measured.items() if f in frameworks_ok})
+
+
+def write_json(
+    args: argparse.Namespace,
+    kind: str,
+    epochs: int,
+    first_steady: int,
+    t_start: float,
+    skipped: list[tuple[str, str, str]],
+    failed: dict[tuple[str, str], str],
+    raw: dict[tuple[str, str], list[dict[str, Any]]],
+    finished: bool = False,
+) -> None:
+    """--json FILE, rewritten whole (atomically); `finished` false while runs remain."""
+    result = {
+        "machine": machine_line([]),
+        "device_kind": kind,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "finished": finished,
+        "suite_epochs": epochs,
+        "suite_first_steady_epoch": first_steady,
+        "elapsed_s": time.perf_counter() - t_start,
+        "skipped": skipped,
+        "failed": [[f, o, error] for (f, o), error in failed.items()],
+        "raw": {f"{f}/{o}": v for (f, o), v in raw.items()},
+        "table": json.loads(measured_frame(raw).to_json(orient="records")),
+    }
+    atomic_write_json(args.json, result)

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from denoisebench.core.config import NoiseConfig, TrainConfig
 from denoisebench.core.spec import ModelSpec
+from denoisebench.measure.quality import PSNR_CAP_DB, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
 
 
 def build_model(
@@ -120,6 +121,22 @@ def loss_fn(name: str):
             )
         )
     raise ValueError(f"train.loss={name!r} is not one of mae, mse, ssim")
+
+
+def image_metrics(out: tf.Tensor, clean: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per-image PSNR (dB, capped) and SSIM and the sum of |out - clean| of NHWC images, on
+    their device in float32: measure.quality's definitions (the output clipped to [0, 1];
+    tf.image.ssim averages over the border-free interior with population covariance, as
+    skimage does), where the host's NumPy version of them cost more than a GPU's epoch."""
+    out = tf.clip_by_value(tf.cast(out, tf.float32), 0.0, 1.0)
+    clean = tf.cast(clean, tf.float32)
+    mse = tf.reduce_mean(tf.square(out - clean), axis=[1, 2, 3])
+    psnr = tf.minimum(10.0 * tf.math.log(1.0 / mse) / tf.math.log(10.0), PSNR_CAP_DB)
+    ssim = tf.image.ssim(
+        out, clean, max_val=1.0, filter_size=SSIM_WINDOW, filter_sigma=SSIM_SIGMA,
+        k1=SSIM_K1, k2=SSIM_K2,
+    )  # fmt: skip
+    return psnr, ssim, tf.reduce_sum(tf.abs(out - clean))
 
 
 def pick_device(choice: str) -> str:

@@ -48,11 +48,13 @@ from denoisebench.core.distributed import (
 from denoisebench.core.records import disk_full
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.profiler import nvml_indices
+from denoisebench.measure.quality import summarize
 from denoisebench.tf_backend.model import (
     adam,
     add_noise,
     build_model,
     get_weights,
+    image_metrics,
     loss_fn,
     pick_device,
     set_weights,
@@ -144,17 +146,34 @@ def add_allocator_peaks(devices: list[dict[str, Any]], gpus: list[int]) -> None:
         d["reserved_peak_gib"] = None
 
 
-def evaluate(model: Any, data: RunData, cfg: Config, criterion: Any) -> tuple[float, np.ndarray]:
-    """Test loss and the outputs (NHWC float32) on the fixed noisy test split."""
-    outputs, total = [], 0.0
+def evaluate(
+    model: Any, data: RunData, cfg: Config, criterion: Any, on_gpu: bool
+) -> tuple[float, np.ndarray, dict[str, float] | None]:
+    """Test loss, the outputs (NHWC float32) on the fixed noisy test split, and, on a GPU,
+    their quality computed there (None on a CPU: the host's threaded NumPy version is faster
+    there; for 2,000 images on 2 cores the epoch's evaluation took 3.4 s with it and 16.8 s
+    with tf.image.ssim's 11x11 window on the CPU)."""
+    outputs, total, psnr, ssim, abs_sum = [], 0.0, [], [], 0.0
     n = len(data.test_noisy)
     for i in range(0, n, cfg.train.eval_batch_size):
         noisy = data.test_noisy[i : i + cfg.train.eval_batch_size]
         clean = data.test_clean[i : i + cfg.train.eval_batch_size]
         out = model(noisy, training=False)
         total += float(criterion(clean, out)) * len(noisy)
+        if on_gpu:
+            p, s, a = image_metrics(out, clean)
+            psnr.append(p.numpy())
+            ssim.append(s.numpy())
+            abs_sum += float(a)
         outputs.append(np.asarray(out))
-    return total / n, np.concatenate(outputs)
+    images = np.concatenate(outputs)
+    if not on_gpu:
+        return total / n, images, None
+    return (
+        total / n,
+        images,
+        summarize(np.concatenate(psnr), np.concatenate(ssim), abs_sum, images.size),
+    )
 
 
 class StepTracer:
@@ -267,7 +286,7 @@ def _train(
         session.end_epoch(
             epoch,
             EpochResult.merge([EpochResult.from_json(g) for g in gathered]),
-            evaluate=lambda: evaluate(net.model, data, cfg, net.criterion),
+            evaluate=lambda: evaluate(net.model, data, cfg, net.criterion, bool(gpus)),
             save=ckpt.save,
         )
     tracer.close()

@@ -24,12 +24,22 @@ flip. So:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from denoisebench.core.config import NoiseConfig
 from denoisebench.core.spec import ModelSpec
+from denoisebench.measure.quality import (
+    PSNR_CAP_DB,
+    SSIM_CROP,
+    SSIM_K1,
+    SSIM_K2,
+    SSIM_SIGMA,
+    SSIM_WINDOW,
+)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -153,38 +163,64 @@ def add_noise(x: torch.Tensor, cfg: NoiseConfig, generator: torch.Generator) -> 
     return y.clamp(0.0, 1.0)
 
 
-class SSIMLoss:
-    """1 - SSIM with the 11x11, sigma 1.5 Gaussian window of tf.image.ssim (pytorch-msssim).
+_WINDOWS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def ssim_window(channels: int, device: torch.device) -> torch.Tensor:
+    """The SSIM window of measure.quality (11 taps, sigma 1.5; tf.image.ssim's) as
+    pytorch-msssim takes it, one (1, 1, 1, 11) kernel per channel, made once per device.
 
     pytorch-msssim builds its window on the host and copies it to the device on every call
-    unless it is given one: a blocking copy that a CUDA graph cannot capture. The window is
-    built here once per (channels, device), on the first call (an eager step before any
-    capture), and passed in, so later calls, captured or not, copy nothing.
-    """
+    unless it is given one: a blocking copy that a CUDA graph cannot capture. Built on the
+    first call (an eager step before any capture) and passed in, later calls copy nothing."""
+    key = (channels, device)
+    if key not in _WINDOWS:
+        coords = torch.arange(SSIM_WINDOW, dtype=torch.float32) - SSIM_CROP
+        g = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
+        window = (g / g.sum()).reshape(1, 1, 1, SSIM_WINDOW).repeat(channels, 1, 1, 1)
+        _WINDOWS[key] = window.to(device)
+    return _WINDOWS[key]
+
+
+def _msssim() -> Any:
+    try:
+        from pytorch_msssim import ssim  # only SSIM needs it
+    except ImportError as e:
+        raise ImportError("SSIM on the device needs the package pytorch-msssim") from e
+    return ssim
+
+
+class SSIMLoss:
+    """1 - SSIM with the 11x11, sigma 1.5 Gaussian window of tf.image.ssim (pytorch-msssim)."""
 
     def __init__(self) -> None:
         try:
-            from pytorch_msssim import ssim  # only this loss needs it
+            self.ssim = _msssim()
         except ImportError as e:
             raise ImportError(
                 "train.loss=ssim needs the package pytorch-msssim (pip install pytorch-msssim)"
             ) from e
-        self.ssim = ssim
-        self.windows: dict[tuple[int, torch.device], torch.Tensor] = {}
-
-    def window(self, channels: int, device: torch.device) -> torch.Tensor:
-        key = (channels, device)
-        if key not in self.windows:
-            coords = torch.arange(11, dtype=torch.float32) - 5
-            g = torch.exp(-(coords**2) / (2 * 1.5**2))
-            # one (1, 1, 1, 11) kernel per channel, the layout pytorch-msssim's groups expect
-            self.windows[key] = (g / g.sum()).reshape(1, 1, 1, 11).repeat(channels, 1, 1, 1)
-            self.windows[key] = self.windows[key].to(device)
-        return self.windows[key]
 
     def __call__(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        win = self.window(out.shape[1], out.device).to(out.dtype)  # float32 losses: no copy
+        win = ssim_window(out.shape[1], out.device).to(out.dtype)  # float32 losses: no copy
         return 1.0 - self.ssim(out, target, data_range=1.0, win=win, size_average=True)
+
+
+def image_metrics(
+    out: torch.Tensor, clean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image PSNR (dB, capped) and SSIM and the sum of |out - clean| of NCHW images, on
+    their device in float32: measure.quality's definitions (the output clipped to [0, 1],
+    SSIM over the border-free interior, population covariance), where the host's NumPy
+    version of them cost more than a GPU's training epoch. Raises ImportError without
+    pytorch-msssim (the caller then falls back to measure.quality.image_quality)."""
+    ssim = _msssim()
+    out, clean = out.float().clamp(0.0, 1.0), clean.float()
+    mse = (out - clean).square().mean(dim=(1, 2, 3))
+    psnr = (10.0 * torch.log10(1.0 / mse)).clamp(max=PSNR_CAP_DB)
+    win = ssim_window(out.shape[1], out.device)
+    s = ssim(out, clean, data_range=1.0, win=win, size_average=False, K=(SSIM_K1, SSIM_K2))
+    return psnr, s, (out - clean).abs().sum()
 
 
 def loss_fn(name: str) -> nn.Module | object:

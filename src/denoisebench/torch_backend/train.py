@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import itertools
 import os
 import time
@@ -45,11 +46,13 @@ from denoisebench.core.distributed import maybe_inject_fault
 from denoisebench.core.records import disk_full
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.profiler import nvml_indices
+from denoisebench.measure.quality import summarize
 from denoisebench.torch_backend.model import (
     add_noise,
     autocast,
     build_model,
     get_weights,
+    image_metrics,
     loss_fn,
     memory_format,
     pick_device,
@@ -77,18 +80,32 @@ def predict(model: torch.nn.Module, noisy: np.ndarray, cfg: Config, device: torc
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module, data: RunData, cfg: Config, device: torch.device, criterion: Any
-) -> tuple[float, np.ndarray]:
-    """Test loss and the outputs (NHWC float32) on the fixed noisy test split."""
+) -> tuple[float, np.ndarray, dict[str, float] | None]:
+    """Test loss, the outputs (NHWC float32) on the fixed noisy test split, and, on a GPU,
+    their quality computed there (None on a CPU, where the host's threaded NumPy version is
+    as fast, or without pytorch-msssim: the host computes it then)."""
     model.eval()
-    outputs, total = [], 0.0
+    outputs, total, psnr, ssim, abs_sum = [], 0.0, [], [], 0.0
+    on_device = device.type == "cuda" and importlib.util.find_spec("pytorch_msssim") is not None
     n = len(data.test_noisy)
     for i in range(0, n, cfg.train.eval_batch_size):
         out = predict(model, data.test_noisy[i : i + cfg.train.eval_batch_size], cfg, device)
         clean = to_nchw(data.test_clean[i : i + cfg.train.eval_batch_size], device, cfg)
         total += criterion(out, clean).item() * len(out)
+        if on_device:
+            p, s, a = image_metrics(out, clean)
+            psnr.append(p.cpu().numpy())
+            ssim.append(s.cpu().numpy())
+            abs_sum += a.item()
         outputs.append(out.permute(0, 2, 3, 1).cpu().numpy())
     model.train()
-    return total / n, np.concatenate(outputs)
+    images = np.concatenate(outputs)
+    quality = (
+        summarize(np.concatenate(psnr), np.concatenate(ssim), abs_sum, images.size)
+        if on_device
+        else None
+    )
+    return total / n, images, quality
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -304,7 +304,7 @@ class Session:
         self,
         epoch: int,
         result: EpochResult,
-        evaluate: Callable[[], tuple[float, np.ndarray]],
+        evaluate: Callable[[], tuple[float, np.ndarray, dict[str, float] | None]],
         save: Callable[[int, float], None],
     ) -> None:
         """After an epoch's steps (`result`: the whole job's), on rank 0: evaluate on the test
@@ -312,7 +312,8 @@ class Session:
         records no checkpoint covers), save the checkpoint, mark the epoch done, print its
         line. A stop signal meanwhile waits until all of that is written (uninterrupted).
 
-        `evaluate` returns the test loss and outputs; `save(epochs_done, wall_time_s)` writes
+        `evaluate` returns the test loss, the outputs and their quality (measure.quality's
+        figures, computed on the device; None: computed here from the outputs); `save(epochs_done, wall_time_s)` writes
         the checkpoint (on every process when every_process_saves, else rank 0's only)."""
         if self.rec is None:
             if self.every_process_saves:
@@ -321,17 +322,19 @@ class Session:
             return
         assert self.data is not None
         t_eval = time.perf_counter()
-        test_loss, outputs = evaluate()
+        test_loss, outputs, quality = evaluate()
+        quality = quality or image_quality(self.data.test_clean, outputs)
         maybe_delay_after_eval()
+        eval_time_s = time.perf_counter() - t_eval  # the quality figures included
         steps = [asdict(r) for r in result.rows]
         record = epoch_record(
             self.framework,
             epoch,
             steps,
             result.train_time_s,
-            time.perf_counter() - t_eval,
+            eval_time_s,
             test_loss,
-            outputs,
+            quality,
             self.data,
             measured(self.cfg, result.devices, result.hosts, self.world.world_size)
             if self.prof
@@ -397,7 +400,7 @@ def epoch_record(
     train_time_s: float,
     eval_time_s: float,
     test_loss: float,
-    outputs: np.ndarray,
+    quality: dict[str, float],
     data: RunData,
     measured: Measured | None = None,
 ) -> dict[str, Any]:
@@ -405,7 +408,6 @@ def epoch_record(
 
     train_time_s is the slowest rank's, so the throughput is what the whole job achieved.
     """
-    quality = image_quality(data.test_clean, outputs)
     images = sum(r["batch_size"] for r in steps)
     return {
         "framework": framework,
