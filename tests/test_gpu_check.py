@@ -65,6 +65,19 @@ def test_a_step_cut_by_the_budget_keeps_the_summary(tmp_path):
     assert "$ python -m launch bench" in (out / "log.txt").read_text()
 
 
+def test_step_limits_share_what_is_left_by_need():
+    needs = [need for _, _, need, _ in gpu_check.STEPS]
+    total = sum(needs)
+    # a budget covering every need: each step may take more than it needs
+    assert gpu_check.step_limit_s(2 * total, needs[1], total) == pytest.approx(2 * needs[1])
+    # a short budget: the same proportion for every step, so the last one still gets its part
+    last = gpu_check.step_limit_s(0.5 * needs[-1], needs[-1], needs[-1])
+    assert last == pytest.approx(0.5 * needs[-1])
+    # never below the floor, never above what is left
+    assert gpu_check.step_limit_s(100.0, 1.0, total) == gpu_check.MIN_STEP_S
+    assert gpu_check.step_limit_s(10.0, 1.0, total) == 10.0
+
+
 def test_without_a_gpu_it_says_so_and_names_the_rehearsal(tmp_path):
     from denoisebench.measure.environment import gpu_info
 

@@ -158,6 +158,26 @@ def test_ssim_loss_builds_its_window_once_and_matches_pytorch_msssim():
     assert float(second) == pytest.approx(float(first), abs=1e-6)  # SSIM is symmetric
 
 
+@pytest.mark.gpu
+def test_psnr_and_ssim_on_a_cuda_device_equal_the_hosts():
+    """On a GPU the trainers score each epoch there (torch_backend.model.image_metrics)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("pytorch_msssim")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from denoisebench.measure.quality import image_quality, summarize
+    from denoisebench.torch_backend.model import image_metrics
+
+    rng = np.random.default_rng(0)
+    clean = rng.random((40, 64, 64, 3), dtype=np.float32)
+    noisy = (clean + rng.normal(0, 0.2, clean.shape)).astype(np.float32)
+    nchw = [torch.from_numpy(a).permute(0, 3, 1, 2).cuda() for a in (noisy, clean)]
+    psnr, ssim, abs_sum = image_metrics(*nchw)
+    assert psnr.device.type == ssim.device.type == "cuda"
+    got = summarize(psnr.cpu().numpy(), ssim.cpu().numpy(), float(abs_sum), clean.size)
+    assert got == pytest.approx(image_quality(clean, noisy), abs=2e-6, rel=1e-5)
+
+
 def test_warmup_covers_the_cuda_graph_capture():
     cfg = load_config("smoke")
     cfg = dataclasses.replace(cfg, profiler=dataclasses.replace(cfg.profiler, warmup_steps=5))

@@ -40,6 +40,31 @@ def without_timing(records: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_scores_computed_on_the_device_equal_the_hosts(tmp_path, framework, monkeypatch):
+    """On a GPU the trainers compute each epoch's PSNR and SSIM there (image_metrics); made to
+    do so here on the CPU, the same training records the host's figures to float32 rounding."""
+    if framework == "torch":
+        pytest.importorskip("pytorch_msssim")
+    cfg = load_config("smoke", {"train": {"epochs": "1"}})
+    module = trainer(framework)
+    module.train(cfg, tmp_path / "host")
+    monkeypatch.setattr(module, "scores_on_device", lambda *_: True)
+    calls = []
+    metrics = module.image_metrics
+    monkeypatch.setattr(module, "image_metrics", lambda *a: calls.append(1) or metrics(*a))
+    module.train(cfg, tmp_path / "device")
+    assert calls  # the device's figures were the ones recorded
+    host, device = (
+        read_jsonl(tmp_path / r / framework / "epochs.jsonl")[0] for r in ("host", "device")
+    )
+    assert device["test_loss"] == host["test_loss"]  # the same outputs were scored
+    assert device["test_psnr_db"] == pytest.approx(host["test_psnr_db"], abs=1e-4)
+    # float32 on the device: E[x^2] - E[x]^2 loses digits on the flat outputs of a short run
+    assert device["test_ssim"] == pytest.approx(host["test_ssim"], abs=1e-5)
+    assert device["test_mae"] == pytest.approx(host["test_mae"], rel=1e-5)
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
 def test_training_lowers_the_loss(tmp_path, framework):
     cfg = load_config("smoke", {"train": {"epochs": "3", "lr": "0.005"}})
     summary = trainer(framework).train(cfg, tmp_path)

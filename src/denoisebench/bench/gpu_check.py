@@ -599,16 +599,36 @@ def paper_lines(figures: dict[str, Any], s: Sizes) -> list[str]:
 
 
 STEPS: list[tuple[str, str, float, Callable[[Runner, Context, StepResult], None]]] = [
-    # name, title, share of the budget it may take at most, function
-    ("environment", "Environment", 0.08, step_environment),
-    ("gpu-tests", "Tests marked gpu", 0.25, step_gpu_tests),
-    ("bench", "Suite vs hand-written loop, faithful float32", 0.25, step_bench),
-    ("fast-paths", "Each fast path alone and the tuned mode (0.1 dB check)", 0.35, step_fast_paths),
-    ("profiler", "Profiler overhead (profiler on vs off)", 0.2, step_profiler),
-    ("batch-sweep", "Tuned mode over batch sizes, with the roofline", 0.25, step_batch_sweep),
-    ("trace", "What holds a tuned step back (torch.profiler)", 0.12, step_trace),
-    ("paper", "The paper's workload, end to end", 1.0, step_paper),
+    # name, title, the seconds it needs at GPU_SIZES on one H200, function. Measured there
+    # (results/benchmarks/gpu_check_h200_2026-11-26_full, commit 397c1ce) except where marked:
+    # fast-paths ran 7 of its 8 runs in 158 s; batch-sweep, its first batch's suite and
+    # tight loops in 42 s (of 2 batches x 3 loops); trace, a guess from a 2-epoch run; paper,
+    # 100 epochs x (0.5 s training + 0.1 s forward pass + the figures, now on the GPU) each,
+    # faithful and tuned, plus start-up: projected, not yet measured.
+    ("environment", "Environment", 8.0, step_environment),
+    ("gpu-tests", "Tests marked gpu", 86.0, step_gpu_tests),
+    ("bench", "Suite vs hand-written loop, faithful float32", 91.0, step_bench),
+    (
+        "fast-paths",
+        "Each fast path alone and the tuned mode (0.1 dB check)",
+        180.0,
+        step_fast_paths,
+    ),
+    ("profiler", "Profiler overhead (profiler on vs off)", 65.0, step_profiler),
+    ("batch-sweep", "Tuned mode over batch sizes, with the roofline", 115.0, step_batch_sweep),
+    ("trace", "What holds a tuned step back (torch.profiler)", 25.0, step_trace),
+    ("paper", "The paper's workload, end to end", 130.0, step_paper),
 ]
+MIN_STEP_S = 30.0
+"""No step is given less than this (never more than what is left of the budget)."""
+
+
+def step_limit_s(left_s: float, need_s: float, needs_after_s: float) -> float:
+    """A step's time limit: its need's share of what is left, against the needs of the steps
+    still to run (itself included, `needs_after_s`). A budget that covers every need gives each
+    step more than it needs; a shorter one cuts every step in the same proportion instead of
+    starving the last ones, and a step that ends early leaves its time to the rest."""
+    return min(left_s, max(MIN_STEP_S, left_s * need_s / needs_after_s))
 
 
 # --- the summary ----------------------------------------------------------------------------
@@ -706,8 +726,9 @@ def run_check(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="denoisebench-gpucheck-") as tmp:
         ctx = Context(sizes, frameworks, Path(tmp), out)
         runner = Runner(ctx, out / "log.txt", deadline)
-        for res, (name, _title, share, fn) in zip(results, STEPS, strict=True):
-            if args.only and name not in args.only:
+        chosen = [not args.only or name in args.only for name, *_ in STEPS]
+        for i, (res, (name, _title, need_s, fn)) in enumerate(zip(results, STEPS, strict=True)):
+            if not chosen[i]:
                 res.status, res.reason = "skipped", "not in --only"
                 continue
             left = deadline - time.monotonic()
@@ -715,11 +736,11 @@ def run_check(args: argparse.Namespace) -> int:
                 res.status, res.reason = "not run", "the budget was spent"
                 continue
             runner.result = res
-            runner.step_deadline = time.monotonic() + max(share * args.budget_s, 30.0)
+            needs_after = sum(step[2] for step, c in zip(STEPS[i:], chosen[i:], strict=True) if c)
+            limit = step_limit_s(left, need_s, needs_after)
+            runner.step_deadline = time.monotonic() + limit
             t0 = time.monotonic()
-            print(
-                f"[{name}] {res.title} (up to {min(left, share * args.budget_s):.0f} s)", flush=True
-            )
+            print(f"[{name}] {res.title} (up to {limit:.0f} s)", flush=True)
             try:
                 fn(runner, ctx, res)
                 res.status = "ok"
@@ -754,8 +775,10 @@ def main(
     )  # fmt: skip
     parser.add_argument(
         "--budget-s", type=float, default=480.0,
-        help="seconds for the whole check; each step gets at most its share and never more "
-        "than is left (default: %(default)s, fits 8 minutes on one H100)",
+        help="seconds for the whole check; each step may take its need's share of what is "
+        "left (the needs, measured on an H200, add up to about 700 s: a shorter budget cuts "
+        "every step in proportion, and a step that ends early leaves its time to the rest) "
+        "(default: %(default)s, fits 8 minutes on one H100)",
     )  # fmt: skip
     parser.add_argument(
         "--cpu-rehearsal", action="store_true",

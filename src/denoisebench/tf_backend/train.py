@@ -146,13 +146,18 @@ def add_allocator_peaks(devices: list[dict[str, Any]], gpus: list[int]) -> None:
         d["reserved_peak_gib"] = None
 
 
+def scores_on_device(gpus: list[int]) -> bool:
+    """Whether each epoch's PSNR and SSIM are computed on the device: on GPUs. On a CPU the
+    host's threaded NumPy version is faster (2,000 images on 2 cores: an epoch's evaluation
+    took 3.4 s with it and 16.8 s with tf.image.ssim's 11x11 window)."""
+    return bool(gpus)
+
+
 def evaluate(
     model: Any, data: RunData, cfg: Config, criterion: Any, on_gpu: bool
 ) -> tuple[float, np.ndarray, dict[str, float] | None]:
-    """Test loss, the outputs (NHWC float32) on the fixed noisy test split, and, on a GPU,
-    their quality computed there (None on a CPU: the host's threaded NumPy version is faster
-    there; for 2,000 images on 2 cores the epoch's evaluation took 3.4 s with it and 16.8 s
-    with tf.image.ssim's 11x11 window on the CPU)."""
+    """Test loss, the outputs (NHWC float32) on the fixed noisy test split, and their quality
+    computed on the device (`on_gpu`; else None: the host computes it)."""
     outputs, total, psnr, ssim, abs_sum = [], 0.0, [], [], 0.0
     n = len(data.test_noisy)
     for i in range(0, n, cfg.train.eval_batch_size):
@@ -271,6 +276,7 @@ def _train(
     else:
         train_step = make_train_step(cfg, strategy, net)
     tracer = StepTracer(cfg, session.fw_dir / "trace" if session.rec else None)
+    on_device = scores_on_device(gpus)
     for epoch, order in session.epochs():
         # the epoch's whole order goes to each device once, as the PyTorch trainer does; each
         # step picks its row inside the step. (A distributed tf.data iterator handing out one
@@ -286,7 +292,7 @@ def _train(
         session.end_epoch(
             epoch,
             EpochResult.merge([EpochResult.from_json(g) for g in gathered]),
-            evaluate=lambda: evaluate(net.model, data, cfg, net.criterion, bool(gpus)),
+            evaluate=lambda: evaluate(net.model, data, cfg, net.criterion, on_device),
             save=ckpt.save,
         )
     tracer.close()
