@@ -77,7 +77,6 @@ def predict(model: torch.nn.Module, noisy: np.ndarray, cfg: Config, device: torc
         return model(to_nchw(noisy, device, cfg)).float()
 
 
-@torch.no_grad()
 def scores_on_device(device: torch.device) -> bool:
     """Whether each epoch's PSNR and SSIM are computed on the device: on a GPU, with
     pytorch-msssim. On a CPU the host's threaded NumPy version is as fast (2,000 images on 2
@@ -85,6 +84,7 @@ def scores_on_device(device: torch.device) -> bool:
     return device.type == "cuda" and importlib.util.find_spec("pytorch_msssim") is not None
 
 
+@torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     data: RunData,

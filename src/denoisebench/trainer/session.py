@@ -313,8 +313,9 @@ class Session:
         line. A stop signal meanwhile waits until all of that is written (uninterrupted).
 
         `evaluate` returns the test loss, the outputs and their quality (measure.quality's
-        figures, computed on the device; None: computed here from the outputs); `save(epochs_done, wall_time_s)` writes
-        the checkpoint (on every process when every_process_saves, else rank 0's only)."""
+        figures, computed on the device; None: computed here from the outputs);
+        `save(epochs_done, wall_time_s)` writes the checkpoint (on every process when
+        every_process_saves, else rank 0's only)."""
         if self.rec is None:
             if self.every_process_saves:
                 with uninterrupted():
