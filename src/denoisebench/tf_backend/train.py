@@ -154,10 +154,10 @@ def scores_on_device(gpus: list[int]) -> bool:
 
 
 def evaluate(
-    model: Any, data: RunData, cfg: Config, criterion: Any, on_gpu: bool
+    model: Any, data: RunData, cfg: Config, criterion: Any, on_device: bool
 ) -> tuple[float, np.ndarray, dict[str, float] | None]:
     """Test loss, the outputs (NHWC float32) on the fixed noisy test split, and their quality
-    computed on the device (`on_gpu`; else None: the host computes it)."""
+    computed on the device (`on_device`; else None: the host computes it)."""
     outputs, total, psnr, ssim, abs_sum = [], 0.0, [], [], 0.0
     n = len(data.test_noisy)
     for i in range(0, n, cfg.train.eval_batch_size):
@@ -165,14 +165,14 @@ def evaluate(
         clean = data.test_clean[i : i + cfg.train.eval_batch_size]
         out = model(noisy, training=False)
         total += float(criterion(clean, out)) * len(noisy)
-        if on_gpu:
+        if on_device:
             p, s, a = image_metrics(out, clean)
             psnr.append(p.numpy())
             ssim.append(s.numpy())
             abs_sum += float(a)
         outputs.append(np.asarray(out))
     images = np.concatenate(outputs)
-    if not on_gpu:
+    if not on_device:
         return total / n, images, None
     return (
         total / n,
