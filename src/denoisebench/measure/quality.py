@@ -1,8 +1,8 @@
 """Image quality on the test split: MAE, PSNR and SSIM, computed the same way for both frameworks.
 
 On a CPU both trainers hand their test outputs here as NumPy arrays, so the figures that compare
-the frameworks come from one implementation (on a GPU, see the end). PSNR and SSIM are computed per image
-and averaged; SSIM is the Gaussian-weighted form of Wang et al. (2004) (11x11 window, sigma 1.5,
+the frameworks come from one implementation (on a GPU, see the end). PSNR and SSIM are computed
+per image and averaged; SSIM is the Gaussian-weighted form of Wang et al. (2004) (11x11 window, sigma 1.5,
 population covariance), the same as `tf.image.ssim` and as scikit-image's
 `structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
 channel_axis=-1)`, which tests/test_metrics.py holds it to (within 2e-6 per image).
@@ -21,10 +21,10 @@ way), which keeps each image's SSIM within 2e-6 of skimage's float64 figure. On 
 
 On a GPU that is still more than a training epoch: an H200 trained the paper's epoch in 0.5 s
 and ran the test split's forward pass in 0.1 s, yet each epoch took about 1.1 s more; on two
-CPU cores the same gap (1.6 s an epoch) is exactly this function's time. So on a GPU the trainers compute the same
-figures on the device with their framework (`image_metrics` in torch_backend/model.py, with
-pytorch-msssim, and in tf_backend/model.py, with tf.image.ssim) and hand them to `summarize`;
-tests/test_metrics.py holds both to skimage image by image.
+CPU cores the same gap (1.6 s an epoch) is exactly this function's time. So on a GPU the
+trainers compute the same figures on the device with their framework (`image_metrics` in
+torch_backend/model.py, with pytorch-msssim, and in tf_backend/model.py, with tf.image.ssim)
+and hand them to `summarize`; tests/test_metrics.py holds both to skimage image by image.
 """
 
 from __future__ import annotations
@@ -86,21 +86,28 @@ def image_quality(clean: np.ndarray, images: np.ndarray) -> dict[str, float]:
         y = np.clip(images[i : i + BLOCK].astype(np.float64), 0.0, 1.0)
         return psnr_per_image(x, y), ssim_per_image(x, y), float(np.abs(y - x).sum())
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = max(1, min(len(starts), cpus or 1, 16))
+    workers = max(1, min(len(starts), cpus(), 16))
     with ThreadPoolExecutor(workers) as pool:
         parts = list(pool.map(block, starts))
-    return {
-        "mae": sum(m for *_, m in parts) / clean.size,
-        "psnr_db": float(np.mean(np.concatenate([p for p, *_ in parts]))),
-        "ssim": float(np.mean(np.concatenate([s for _, s, _ in parts]))),
-    }
+    return summarize(
+        np.concatenate([p for p, _, _ in parts]),
+        np.concatenate([s for _, s, _ in parts]),
+        sum(m for _, _, m in parts),
+        clean.size,
+    )
+
+
+def cpus() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def summarize(psnr_db: np.ndarray, ssim: np.ndarray, abs_sum: float, size: int) -> dict[str, float]:
-    """image_quality's figures from a framework's own per-image PSNR and SSIM, computed on its
-    device with the definitions above (the trainers' `image_metrics`; tests/test_metrics.py
-    holds each to scikit-image) and the sum of |output - clean| over `size` elements."""
+    """The figures of an epoch (mean MAE, PSNR, SSIM) from per-image PSNR and SSIM and the sum
+    of |output - clean| over `size` elements: image_quality's, or a framework's own computed on
+    its device with the definitions above (the trainers' `image_metrics`)."""
     return {
         "mae": float(abs_sum) / size,
         "psnr_db": float(np.mean(psnr_db, dtype=np.float64)),
@@ -122,7 +129,7 @@ def main() -> None:
         image_quality(clean, images)
         times.append(time.perf_counter() - t0)
     print(f"image_quality, 2,000 images of 64x64x3: {min(times):.2f} s (best of 3), "
-          f"{len(os.sched_getaffinity(0))} CPUs")  # fmt: skip
+          f"{cpus()} CPUs")  # fmt: skip
 
 
 if __name__ == "__main__":

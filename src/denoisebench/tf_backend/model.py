@@ -130,13 +130,14 @@ def image_metrics(out: tf.Tensor, clean: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
     skimage does), where the host's NumPy version of them cost more than a GPU's epoch."""
     out = tf.clip_by_value(tf.cast(out, tf.float32), 0.0, 1.0)
     clean = tf.cast(clean, tf.float32)
-    mse = tf.reduce_mean(tf.square(out - clean), axis=[1, 2, 3])
+    diff = out - clean
+    mse = tf.reduce_mean(tf.square(diff), axis=[1, 2, 3])
     psnr = tf.minimum(10.0 * tf.math.log(1.0 / mse) / tf.math.log(10.0), PSNR_CAP_DB)
     ssim = tf.image.ssim(
         out, clean, max_val=1.0, filter_size=SSIM_WINDOW, filter_sigma=SSIM_SIGMA,
         k1=SSIM_K1, k2=SSIM_K2,
     )  # fmt: skip
-    return psnr, ssim, tf.reduce_sum(tf.abs(out - clean))
+    return psnr, ssim, tf.reduce_sum(tf.abs(diff))
 
 
 def pick_device(choice: str) -> str:

@@ -212,15 +212,15 @@ def image_metrics(
     """Per-image PSNR (dB, capped) and SSIM and the sum of |out - clean| of NCHW images, on
     their device in float32: measure.quality's definitions (the output clipped to [0, 1],
     SSIM over the border-free interior, population covariance), where the host's NumPy
-    version of them cost more than a GPU's training epoch. Raises ImportError without
-    pytorch-msssim (the caller then falls back to measure.quality.image_quality)."""
+    version of them cost more than a GPU's training epoch. Needs pytorch-msssim (the trainer
+    asks `scores_on_device` first)."""
     ssim = _msssim()
     out, clean = out.float().clamp(0.0, 1.0), clean.float()
-    mse = (out - clean).square().mean(dim=(1, 2, 3))
-    psnr = (10.0 * torch.log10(1.0 / mse)).clamp(max=PSNR_CAP_DB)
+    diff = out - clean
+    psnr = (10.0 * torch.log10(1.0 / diff.square().mean(dim=(1, 2, 3)))).clamp(max=PSNR_CAP_DB)
     win = ssim_window(out.shape[1], out.device)
     s = ssim(out, clean, data_range=1.0, win=win, size_average=False, K=(SSIM_K1, SSIM_K2))
-    return psnr, s, (out - clean).abs().sum()
+    return psnr, s, diff.abs().sum()
 
 
 def loss_fn(name: str) -> nn.Module | object:

@@ -324,7 +324,8 @@ class Session:
         assert self.data is not None
         t_eval = time.perf_counter()
         test_loss, outputs, quality = evaluate()
-        quality = quality or image_quality(self.data.test_clean, outputs)
+        if quality is None:  # not computed on the device
+            quality = image_quality(self.data.test_clean, outputs)
         maybe_delay_after_eval()
         eval_time_s = time.perf_counter() - t_eval  # the quality figures included
         steps = [asdict(r) for r in result.rows]
