@@ -606,13 +606,20 @@ StorageLoc=slurm_acct_db
         )
         cluster._wait("munged's socket", munge_socket.exists, timeout=30)
 
-        data = mysql_dir / "data"
+        data, mysql_tmp = mysql_dir / "data", mysql_dir / "tmp"
+        # A private tmpdir: MariaDB keeps temporary tables (the bootstrap's tmp_user_sys among
+        # them) as '#sql*' files in its tmpdir, /tmp by default, and every mariadbd that starts
+        # (a bootstrap too) deletes all '#sql*' files in its tmpdir. With a shared /tmp, any
+        # other MariaDB starting meanwhile wipes ours: a CI run failed mid-bootstrap with
+        # "Unknown table 'mysql.tmp_user_sys'".
+        mysql_tmp.mkdir()
         install = subprocess.run(
             [
                 exe("mariadb-install-db"),
                 "--no-defaults",  # ignore /etc/mysql: its socket and datadir are the system's
                 "--user=root",
                 f"--datadir={data}",
+                f"--tmpdir={mysql_tmp}",  # mariadb-install-db hands it on to mariadbd
                 "--auth-root-authentication-method=socket",
                 "--skip-test-db",
             ],
@@ -631,6 +638,7 @@ StorageLoc=slurm_acct_db
                 "--no-defaults",
                 "--user=root",
                 f"--datadir={data}",
+                f"--tmpdir={mysql_tmp}",
                 f"--socket={mysql_socket}",
                 f"--pid-file={run_dir}/mariadbd.pid",
                 f"--log-error={log_dir}/mariadbd.log",
