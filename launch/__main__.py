@@ -51,6 +51,8 @@ from denoisebench.core.records import (
     atomic_write_text,
     check_free_space,
     clear_failures,
+    killed_error,
+    killed_unhandled,
     launch_conflicts,
     launch_option,
     mark_failed,
@@ -61,6 +63,7 @@ from denoisebench.core.records import (
     read_summary,
     resume_command,
     space_needed,
+    write_failure,
     write_launch_choices,
 )
 from denoisebench.core.sweep import load_sweep
@@ -843,6 +846,14 @@ def run_framework(
         return None
     stopped_by = result.signal
     after = read_summary(folder, framework)
+    if result.killed_by and result.failed_process and killed_unhandled(result.killed_by):
+        # it could not record its own failure; torchrun's ranks: denoisebench.cluster.torchrun
+        write_failure(
+            folder / framework,
+            result.failed_process,
+            killed_error(result.killed_by),
+            killed_by=result.killed_by,
+        )
     failures = read_failures(folder / framework)  # each failed process' own exception
     interrupted_now = after != before and bool(after) and after.get("status") == "interrupted"
     if stopped_by is None and interrupted_now and not failures:
@@ -864,7 +875,8 @@ def run_framework(
         mark_failed(folder, framework, result.failed or "failed", failures, interrupted_now)
     except OSError as e:  # a full disk: the trainer's own record (and message) stands
         print(f"[{framework}] could not record the failure in {folder}: {e}", file=sys.stderr)
-    return 1 if result.returncode > 128 else result.returncode  # > 128: interrupted, above
+    # > 128 is kept for interrupted (above); < 0 (killed by a signal) is not an exit code
+    return 1 if result.returncode > 128 or result.returncode < 0 else result.returncode
 
 
 if __name__ == "__main__":

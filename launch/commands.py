@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from denoisebench.core.distributed import tf_config
+from denoisebench.core.distributed import TORCHRUN_FAILURES_FLAG, tf_config
 
 TRAINER_MODULES = {
     "torch": "denoisebench.torch_backend.train",
@@ -86,7 +86,9 @@ def build_torchrun_cmd(
     runs the same command with its own --node-rank.
     """
     # torch.distributed.run, ended by a stop signal without its traceback (denoisebench.cluster.torchrun)
+    # it records the ranks a signal killed (SIGKILL by the OOM killer) in the framework folder
     argv = [sys.executable, "-m", "denoisebench.cluster.torchrun"]
+    argv += [TORCHRUN_FAILURES_FLAG, str(Path(run_dir) / "torch")]
     if topo.nodes == 1:
         argv += ["--standalone", "--nnodes=1"]
     else:

@@ -52,6 +52,11 @@ class GroupResult:
     """Name of the first process that failed, with its exit code; None when all succeeded."""
     signal: str | None = None
     """The stop signal the launcher received (and forwarded), e.g. "SIGINT"; else None."""
+    failed_process: str | None = None
+    """The first failed process' name alone, e.g. "tf worker 1"."""
+    killed_by: str | None = None
+    """The signal that killed the first failed process (not one the launcher sent), e.g.
+    "SIGKILL" from the out-of-memory killer; None when it exited on its own."""
 
 
 class StopSignals:
@@ -120,7 +125,10 @@ def run_group(
             if bad:
                 i, rc = bad[0]
                 _stop(procs, grace_s)
-                return GroupResult(rc, f"{names[i]} exited with code {rc}")
+                if rc < 0:  # Popen's convention: minus the number of the signal that killed it
+                    killer = signal.Signals(-rc).name
+                    return GroupResult(rc, f"{names[i]} killed by {killer}", None, names[i], killer)
+                return GroupResult(rc, f"{names[i]} exited with code {rc}", None, names[i])
             if all(rc == 0 for rc in codes):
                 return GroupResult(0, None)
             time.sleep(0.2)

@@ -200,9 +200,13 @@ def test_signal_to_the_launcher_alone_interrupts_and_resume_finishes_its_framewo
 
 
 def test_sigkill_of_the_trainer_then_resume_leaves_no_stale_failure(tmp_path):
-    """kill -9 of the trainer: the launcher records the failure; a resume that completes
-    clears it from the top level and keeps it in the history."""
+    """kill -9 of the trainer: the launcher records the failure for it, by its name; a resume
+    that completes clears it from the top level and keeps it in the history."""
     run = tmp_path / "k9"
+    killed = (
+        "killed by SIGKILL: most often the kernel's out-of-memory killer (see dmesg) or the "
+        "batch system's memory limit"
+    )
     proc = start_launcher(tmp_path, "k9", "--framework", "torch", "--epochs", "3", env=SLOW_EPOCHS)
     wait_for_epoch(proc, run / "torch" / "summary.json")
     [trainer] = psutil.Process(proc.pid).children()
@@ -210,10 +214,11 @@ def test_sigkill_of_the_trainer_then_resume_leaves_no_stale_failure(tmp_path):
     out, err = finish(proc)
     assert proc.returncode == 1, out + err
     summary = read_json(run / "torch" / "summary.json")
+    assert "[torch] failed: torch killed by SIGKILL" in err
     assert failure_fields(summary) == {
         "status": "failed",
-        "error": "torch exited with code -9",
-        "failed_process": "torch exited with code -9",
+        "error": killed,
+        "failed_process": "torch",
         "signal": None,
         "resume_command": None,
     }
@@ -224,8 +229,8 @@ def test_sigkill_of_the_trainer_then_resume_leaves_no_stale_failure(tmp_path):
         [
             {
                 "status": "failed",
-                "error": "torch exited with code -9",
-                "failed_process": "torch exited with code -9",
+                "error": killed,
+                "failed_process": "torch",
                 "signal": None,
                 "epochs_completed": summary["epochs_completed"],
             }

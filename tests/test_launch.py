@@ -25,7 +25,13 @@ def test_torchrun_one_node_is_standalone():
     argv, env = build_torchrun_cmd(
         RUN, Topology(devices=4, cpu_threads=3), run_id="run1", base_env={}
     )
-    assert argv[:3] == [sys.executable, "-m", "denoisebench.cluster.torchrun"]
+    assert argv[:5] == [
+        sys.executable,
+        "-m",
+        "denoisebench.cluster.torchrun",
+        "--record-failures-in",  # the wrapper's own option, before torchrun's
+        str(RUN / "torch"),
+    ]
     assert "--standalone" in argv and "--nproc-per-node=4" in argv
     assert argv[-3:] == ["-m", "denoisebench.torch_backend.train", str(RUN)]
     assert env == {

@@ -16,12 +16,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 FAULT_ENV = "DENOISEBENCH_FAULT"
-"""For tests: "RANK:STEP" makes that rank raise an exception at that global step."""
+"""For tests: "RANK:STEP" makes that rank raise an exception at that global step;
+"RANK:STEP:kill" makes its process die by SIGKILL there instead, as the kernel's out-of-memory
+killer would end it (no exception, nothing recorded by the process itself)."""
+TORCHRUN_FAILURES_FLAG = "--record-failures-in"
+"""The first option of denoisebench.cluster.torchrun (the launcher's torchrun): the framework
+folder where it records the ranks a signal killed."""
 EVAL_DELAY_ENV = "DENOISEBENCH_EVAL_DELAY_S"
 """For tests: seconds the main process sleeps after each epoch's evaluation (a slow one)."""
 
@@ -94,15 +100,18 @@ def tf_worker_index(env: Mapping[str, str] | None = None) -> tuple[int, int]:
 
 
 def maybe_inject_fault(ranks: range, step: int) -> None:
-    """Raise where DENOISEBENCH_FAULT=RANK:STEP asks: how the tests crash one worker on purpose.
+    """Raise, or die by SIGKILL, where DENOISEBENCH_FAULT=RANK:STEP[:kill] asks: how the tests
+    crash one worker on purpose.
 
     `ranks`: the devices (replicas) this process drives: one torch rank, or every replica of a
     TensorFlow worker (all of them under MirroredStrategy, which runs in one process)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
-    rank, _, at = spec.partition(":")
+    rank, at, *how = spec.split(":")
     if int(rank) in ranks and int(at) == step:
+        if how == ["kill"]:
+            os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected fault ({FAULT_ENV}={spec}) on rank {rank} at step {step}")
 
 

@@ -111,7 +111,8 @@ EPOCH_FIELDS: dict[str, str] = {
 SUMMARY_FIELDS: dict[str, str] = {
     "framework": "torch or tf",
     "status": "running, completed, failed or interrupted (stopped by a signal; resumable)",
-    "error": "the exception, when status is failed",
+    "error": "the exception, when status is failed ('killed by SIGKILL: ...' for a process "
+    "that a signal killed)",
     "failed_process": "which process failed first (its own exception is `error`), when a "
     "distributed job failed",
     "knock_on_errors": "the other processes' errors after the first failure (a broken "
@@ -477,29 +478,67 @@ def _archive_attempt(summary: dict[str, Any]) -> None:
 
 FAILURES_DIR = "failures"
 """<framework>/failures/: one JSON file per process that ended on an exception in this attempt
-(write_failure), so the launcher can tell the first failure from its knock-on errors."""
+(write_failure), or that a signal killed (written for it by whoever saw it die: the launcher,
+or the torchrun wrapper for a DDP rank), so the launcher can tell the first failure from its
+knock-on errors."""
+
+KILL_NOTICE_S = 2.0
+"""How long after a process' death by a signal its record may be written: the launcher polls
+every 0.2 s, torchrun every 0.5 s and times failures in whole seconds. read_failures dates a
+killed process' record this much earlier, so that its peers' knock-on errors (a broken
+collective, within milliseconds of the death) follow it."""
 
 
-def write_failure(fw_dir: Path, process: str, error: str) -> None:
+def write_failure(
+    fw_dir: Path, process: str, error: str, killed_by: str | None = None, when: float | None = None
+) -> None:
     """A process' own failure: its name ("torch rank 1", "tf worker 0", "tf"), the exception,
-    and when it happened. Best effort: a full disk must not hide the exception itself."""
+    and when it happened (`when`, default now). `killed_by`: the signal's name when it died by
+    one (then `error` is killed_error's). Best effort: a full disk must not hide the exception
+    itself."""
     with contextlib.suppress(OSError):
         atomic_write_json(
             Path(fw_dir) / FAILURES_DIR / f"{process.replace(' ', '-')}.json",
-            {"process": process, "error": error, "time": time.time()},
+            {
+                "process": process,
+                "error": error,
+                "time": time.time() if when is None else when,
+                "killed_by": killed_by,
+            },
         )
+
+
+def killed_unhandled(signal_name: str) -> bool:
+    """Whether a process that died by this signal failed: the trainers handle STOP_SIGNALS
+    themselves (they record 'interrupted'), and torchrun stops the other ranks with SIGTERM."""
+    return signal_name not in {s.name for s in STOP_SIGNALS}
+
+
+def killed_error(signal_name: str) -> str:
+    """The `error` recorded for a process that died by a signal it did not handle."""
+    if signal_name == "SIGKILL":
+        return (
+            "killed by SIGKILL: most often the kernel's out-of-memory killer (see dmesg) or the "
+            "batch system's memory limit"
+        )
+    return f"killed by {signal_name}"
 
 
 def read_failures(fw_dir: Path) -> list[dict[str, Any]]:
     """This attempt's process failures, earliest first: the first is the cause, the others
-    (a broken collective on the peers, most often) are knock-on errors."""
+    (a broken collective on the peers, most often) are knock-on errors. A killed process'
+    record counts as KILL_NOTICE_S older than written: its death was noticed, not timed."""
     rows = []
     for path in sorted((Path(fw_dir) / FAILURES_DIR).glob("*.json")):
         try:
             rows.append(read_json(path))
         except (OSError, ValueError):
             continue  # half-written by a process killed while writing it
-    return sorted(rows, key=lambda r: r.get("time", 0.0))
+
+    def died(row: dict[str, Any]) -> float:
+        return row.get("time", 0.0) - (KILL_NOTICE_S if row.get("killed_by") else 0.0)
+
+    return sorted(rows, key=died)
 
 
 def clear_failures(fw_dir: Path) -> None:
