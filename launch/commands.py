@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from denoisebench.core.distributed import TORCHRUN_FAILURES_FLAG, tf_config
+from denoisebench.core.distributed import WRAPPER_FAILURES_FLAG, tf_config
 
 TRAINER_MODULES = {
     "torch": "denoisebench.torch_backend.train",
@@ -88,7 +88,7 @@ def build_torchrun_cmd(
     # torch.distributed.run, ended by a stop signal without its traceback (denoisebench.cluster.torchrun)
     # it records the ranks a signal killed (SIGKILL by the OOM killer) in the framework folder
     argv = [sys.executable, "-m", "denoisebench.cluster.torchrun"]
-    argv += [TORCHRUN_FAILURES_FLAG, str(Path(run_dir) / "torch")]
+    argv += [WRAPPER_FAILURES_FLAG, str(Path(run_dir) / "torch")]
     if topo.nodes == 1:
         argv += ["--standalone", "--nnodes=1"]
     else:
@@ -131,8 +131,10 @@ def build_horovodrun_cmd(
         framework, run_dir, resume=resume, base_env=base_env, verbose=verbose
     )
     n = topo.devices
-    # horovodrun, ended by a failed worker without its traceback (denoisebench.cluster.horovodrun)
-    argv = [sys.executable, "-m", "denoisebench.cluster.horovodrun", "-np", str(n)]
+    # horovodrun, ended by a failed worker without its traceback (denoisebench.cluster.horovodrun);
+    # it records a worker a signal killed (SIGKILL by the OOM killer) in the framework folder
+    argv = [sys.executable, "-m", "denoisebench.cluster.horovodrun"]
+    argv += [WRAPPER_FAILURES_FLAG, str(Path(run_dir) / framework), "-np", str(n)]
     argv += ["-H", f"localhost:{n}"]
     argv += ["--gloo", "--gloo-timeout-seconds", "120", *trainer]
     if topo.cpu_threads:

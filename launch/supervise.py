@@ -123,7 +123,9 @@ def run_group(
             codes = [p.poll() for p in procs]
             bad = [(i, rc) for i, rc in enumerate(codes) if rc not in (None, 0)]
             if bad:
-                i, rc = bad[0]
+                # seen ended in the same poll: a process killed by a signal (rc < 0) before a
+                # peer whose collective broke with it
+                i, rc = min(bad, key=lambda item: item[1] >= 0)
                 _stop(procs, grace_s)
                 if rc < 0:  # Popen's convention: minus the number of the signal that killed it
                     killer = signal.Signals(-rc).name

@@ -27,6 +27,7 @@ from helpers import (
 )
 
 from denoisebench.cluster import horovod_build as hb
+from denoisebench.cluster.horovodrun import workers
 from denoisebench.core.records import read_json, read_jsonl
 from launch.__main__ import main
 from launch.commands import Topology, build_horovodrun_cmd
@@ -40,7 +41,9 @@ def test_horovodrun_command_starts_n_gloo_workers_of_the_usual_trainer():
         "tf", Path("/r/run1"), Topology(devices=2, cpu_threads=1), resume=True, base_env={}
     )
     assert argv[:3] == [sys.executable, "-m", "denoisebench.cluster.horovodrun"]
-    assert argv[3:9] == ["-np", "2", "-H", "localhost:2", "--gloo", "--gloo-timeout-seconds"]
+    assert argv[3:5] == ["--record-failures-in", "/r/run1/tf"]  # the wrapper's own option
+    assert argv[5:11] == ["-np", "2", "-H", "localhost:2", "--gloo", "--gloo-timeout-seconds"]
+    assert workers(argv[5:]) == 2  # what the wrapper reads from them
     assert argv[-4:] == ["-m", "denoisebench.tf_backend.train", "/r/run1", "--resume"]
     assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
     assert env["TF_CPP_MIN_LOG_LEVEL"] == "2"
@@ -148,7 +151,8 @@ def test_two_horovod_workers_equal_one_device_with_twice_the_batch(
     horovod_run, single, framework, atol
 ):
     run, out = horovod_run
-    assert "denoisebench.cluster.horovodrun -np 2 -H localhost:2 --gloo" in out
+    fw_dir = run / framework
+    assert f"cluster.horovodrun --record-failures-in {fw_dir} -np 2 -H localhost:2 --gloo" in out
     assert f"-m denoisebench.{framework}_backend.train {run}" in out
     assert f"[{framework}] horovod on 2" in out and "global batch 16 (8 per device)" in out
     summary = read_json(run / framework / "summary.json")
@@ -178,6 +182,22 @@ def test_a_crashing_horovod_worker_fails_the_job_fast_with_its_error(
     process = f"{framework} {worker} 1"
     assert_failed_fast_on_the_fault(proc, elapsed, tmp_path / "crash" / framework, process)
     assert [e["epoch"] for e in read_jsonl(tmp_path / "crash" / framework / "epochs.jsonl")] == [0]
+
+
+@pytest.mark.horovod
+def test_a_horovod_worker_killed_by_sigkill_is_named_as_the_cause(horovod_built, tmp_path):
+    """The killed worker records nothing itself; the horovodrun wrapper records it, so the
+    summary names it, not its peer's "Horovod has been shut down"."""
+    proc = launch(
+        "--profile", "smoke", "--framework", "torch", *HOROVOD,
+        "--results", str(tmp_path), "--run-id", "killed",
+        env={"DENOISEBENCH_FAULT": "1:11:kill"},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summary = read_json(tmp_path / "killed" / "torch" / "summary.json")
+    assert (summary["status"], summary["failed_process"]) == ("failed", "torch rank 1")
+    assert summary["error"].startswith("killed by SIGKILL")
+    assert all(k["process"] == "torch rank 0" for k in summary["knock_on_errors"])
 
 
 @pytest.mark.horovod

@@ -15,20 +15,27 @@ from pathlib import Path
 import psutil
 import pytest
 from helpers import REPO
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
+from denoisebench.cluster import horovodrun, torchrun
 from denoisebench.core.config import load_config
 from denoisebench.core.records import (
     RunRecorder,
     atomic_write_json,
+    killed_error,
+    killed_unhandled,
     launch_conflicts,
     mark_failed,
     mark_interrupted,
+    read_failures,
     read_json,
     read_jsonl,
     resume_command,
+    write_failure,
     write_launch_choices,
 )
 from launch.__main__ import build_parser, main
+from launch.commands import Topology, build_torchrun_cmd
 from launch.supervise import StopSignals, run_group
 
 # a few seconds an epoch here: 44 training images, 2 steps of 16
@@ -286,6 +293,62 @@ def test_run_group_passes_a_stop_signal_on_then_kills_what_is_left():
 def test_children_start_with_sigint_ignored():
     check = "import signal, sys; sys.exit(signal.getsignal(signal.SIGINT) != signal.SIG_IGN)"
     assert run_group([([sys.executable, "-c", check], ENV)], ["c"]).returncode == 0
+
+
+def test_run_group_names_a_killed_process_before_a_peer_that_failed_with_it():
+    """Both seen ended in one poll: the one a signal killed is the cause."""
+    peer = [sys.executable, "-c", "import time, sys; time.sleep(1.0); sys.exit(1)"]
+    victim = [sys.executable, "-c", "import os, time; time.sleep(1.0); os.kill(os.getpid(), 9)"]
+    result = run_group([(peer, ENV), (victim, ENV)], ["tf worker 0", "tf worker 1"])
+    assert (result.failed_process, result.killed_by) == ("tf worker 1", "SIGKILL")
+    assert result.failed == "tf worker 1 killed by SIGKILL"
+
+
+def test_a_killed_process_record_comes_before_the_errors_its_death_caused(tmp_path):
+    """The supervisor writes the killed process' record after it noticed the death, later than
+    the peer's broken collective; the summary still names the killed one first."""
+    write_failure(tmp_path, "torch rank 0", "RuntimeError: Connection reset by peer")
+    write_failure(tmp_path, "torch rank 1", killed_error("SIGKILL"), killed_by="SIGKILL")
+    assert [f["process"] for f in read_failures(tmp_path)] == ["torch rank 1", "torch rank 0"]
+    assert killed_error("SIGSEGV") == "killed by SIGSEGV"
+    assert not killed_unhandled("SIGTERM") and killed_unhandled("SIGKILL")
+
+
+def test_torchrun_wrapper_records_the_first_rank_only_when_a_signal_killed_it(tmp_path):
+    def failure(exitcode: int, when: int) -> ProcessFailure:
+        f = ProcessFailure(local_rank=0, pid=1, exitcode=exitcode, error_file="")
+        f.timestamp = when  # torchrun's: whole seconds when it noticed the end
+        return f
+
+    # rank 1 killed, rank 0's collective broke in the same second, rank 2 stopped by torchrun
+    torchrun.record_killed(
+        ChildFailedError("t", {0: failure(1, 100), 1: failure(-9, 100), 2: failure(-15, 100)}),
+        tmp_path,
+        world=3,
+    )
+    [record] = read_failures(tmp_path)
+    assert (record["process"], record["killed_by"]) == ("torch rank 1", "SIGKILL")
+    # rank 0 failed first on its own; rank 1 was SIGKILLed 30 s after torchrun's SIGTERM
+    torchrun.record_killed(
+        ChildFailedError("t", {0: failure(1, 100), 1: failure(-9, 130)}), tmp_path / "b", 2
+    )
+    assert read_failures(tmp_path / "b") == []
+    argv, _ = build_torchrun_cmd(tmp_path, Topology(devices=1), run_id="r", base_env={})
+    assert torchrun.processes(argv[5:]) == 1  # one rank: named "torch", as it names itself
+
+
+def test_horovodrun_wrapper_reads_the_first_worker_and_its_signal(tmp_path):
+    message = (
+        "Horovod detected that one or more processes exited with non-zero status, thus causing "
+        "the job to be terminated. The first process to do so was:\nProcess name: 1\nExit code: 137"
+    )
+    fw_dir = tmp_path / "tf"
+    horovodrun.record_killed(message, fw_dir, workers=2)
+    [record] = read_failures(fw_dir)
+    assert (record["process"], record["killed_by"]) == ("tf worker 1", "SIGKILL")
+    assert horovodrun.killing_signal(139) == "SIGSEGV" and horovodrun.killing_signal(1) is None
+    horovodrun.record_killed(message.replace("137", "143"), tmp_path / "torch", workers=2)
+    assert read_failures(tmp_path / "torch") == []  # SIGTERM: stopped, not killed
 
 
 # --- the summary's failure fields and history --------------------------------------------

@@ -25,9 +25,9 @@ FAULT_ENV = "DENOISEBENCH_FAULT"
 """For tests: "RANK:STEP" makes that rank raise an exception at that global step;
 "RANK:STEP:kill" makes its process die by SIGKILL there instead, as the kernel's out-of-memory
 killer would end it (no exception, nothing recorded by the process itself)."""
-TORCHRUN_FAILURES_FLAG = "--record-failures-in"
-"""The first option of denoisebench.cluster.torchrun (the launcher's torchrun): the framework
-folder where it records the ranks a signal killed."""
+WRAPPER_FAILURES_FLAG = "--record-failures-in"
+"""The first option of the launcher's torchrun and horovodrun (denoisebench.cluster.torchrun,
+.horovodrun): the framework folder where they record a rank that a signal killed."""
 EVAL_DELAY_ENV = "DENOISEBENCH_EVAL_DELAY_S"
 """For tests: seconds the main process sleeps after each epoch's evaluation (a slow one)."""
 
@@ -97,6 +97,15 @@ def tf_worker_index(env: Mapping[str, str] | None = None) -> tuple[int, int]:
         return 0, 1
     cfg = json.loads(env["TF_CONFIG"])
     return int(cfg["task"]["index"]), len(cfg["cluster"]["worker"])
+
+
+def process_name(framework: str, rank: int, processes: int) -> str:
+    """A training process as failures and summaries name it: 'torch' or 'tf' when it is the
+    only one, else 'torch rank 1' (DDP, Horovod), 'tf worker 1' (MultiWorkerMirrored,
+    Horovod)."""
+    if processes == 1:
+        return framework
+    return f"{framework} {'rank' if framework == 'torch' else 'worker'} {rank}"
 
 
 def maybe_inject_fault(ranks: range, step: int) -> None:

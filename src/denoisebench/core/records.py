@@ -478,33 +478,20 @@ def _archive_attempt(summary: dict[str, Any]) -> None:
 
 FAILURES_DIR = "failures"
 """<framework>/failures/: one JSON file per process that ended on an exception in this attempt
-(write_failure), or that a signal killed (written for it by whoever saw it die: the launcher,
-or the torchrun wrapper for a DDP rank), so the launcher can tell the first failure from its
-knock-on errors."""
-
-KILL_NOTICE_S = 2.0
-"""How long after a process' death by a signal its record may be written: the launcher polls
-every 0.2 s, torchrun every 0.5 s and times failures in whole seconds. read_failures dates a
-killed process' record this much earlier, so that its peers' knock-on errors (a broken
-collective, within milliseconds of the death) follow it."""
+(write_failure), or for the first process to end when a signal killed it (written by what
+supervised it: the launcher, or the torchrun and horovodrun wrappers), so the launcher can
+tell the first failure from its knock-on errors."""
 
 
-def write_failure(
-    fw_dir: Path, process: str, error: str, killed_by: str | None = None, when: float | None = None
-) -> None:
+def write_failure(fw_dir: Path, process: str, error: str, killed_by: str | None = None) -> None:
     """A process' own failure: its name ("torch rank 1", "tf worker 0", "tf"), the exception,
-    and when it happened (`when`, default now). `killed_by`: the signal's name when it died by
-    one (then `error` is killed_error's). Best effort: a full disk must not hide the exception
-    itself."""
+    and when it happened. `killed_by`: the signal's name, for the first process to end when
+    a signal killed it (then `error` is killed_error's). Best effort: a full disk must not hide
+    the exception itself."""
     with contextlib.suppress(OSError):
         atomic_write_json(
             Path(fw_dir) / FAILURES_DIR / f"{process.replace(' ', '-')}.json",
-            {
-                "process": process,
-                "error": error,
-                "time": time.time() if when is None else when,
-                "killed_by": killed_by,
-            },
+            {"process": process, "error": error, "time": time.time(), "killed_by": killed_by},
         )
 
 
@@ -525,20 +512,18 @@ def killed_error(signal_name: str) -> str:
 
 
 def read_failures(fw_dir: Path) -> list[dict[str, Any]]:
-    """This attempt's process failures, earliest first: the first is the cause, the others
-    (a broken collective on the peers, most often) are knock-on errors. A killed process'
-    record counts as KILL_NOTICE_S older than written: its death was noticed, not timed."""
+    """This attempt's process failures, the cause first: the killed process (recorded only when
+    it was the first to end), else the earliest exception; the others are knock-on errors (a
+    broken collective on the peers, most often). A killed process' record is written after its
+    death was noticed, later than the errors its death caused, so time alone would misplace it.
+    """
     rows = []
     for path in sorted((Path(fw_dir) / FAILURES_DIR).glob("*.json")):
         try:
             rows.append(read_json(path))
         except (OSError, ValueError):
             continue  # half-written by a process killed while writing it
-
-    def died(row: dict[str, Any]) -> float:
-        return row.get("time", 0.0) - (KILL_NOTICE_S if row.get("killed_by") else 0.0)
-
-    return sorted(rows, key=died)
+    return sorted(rows, key=lambda r: (r.get("killed_by") is None, r.get("time", 0.0)))
 
 
 def clear_failures(fw_dir: Path) -> None:

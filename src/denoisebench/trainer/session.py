@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from denoisebench.core.config import Config, ConfigError, load_resolved
-from denoisebench.core.distributed import maybe_delay_after_eval
+from denoisebench.core.distributed import maybe_delay_after_eval, process_name
 from denoisebench.core.epochs import (
     Measured,
     epoch_batches,
@@ -213,9 +213,7 @@ class Session:
     @property
     def process(self) -> str:
         """This process, as failures name it: 'torch', or 'torch rank 1', 'tf worker 1'."""
-        if self.world.processes == 1:
-            return self.framework
-        return f"{self.framework} {'rank' if self.framework == 'torch' else 'worker'} {self.world.rank}"
+        return process_name(self.framework, self.world.rank, self.world.processes)
 
     @contextmanager
     def running(self, gpus: list[int]) -> Iterator[Profiler | None]:
