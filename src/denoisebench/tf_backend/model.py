@@ -117,7 +117,9 @@ def loss_fn(name: str):
         return lambda target, out: (
             1.0
             - tf.reduce_mean(
-                tf.image.ssim(out, target, max_val=1.0, filter_size=11, filter_sigma=1.5)
+                tf.image.ssim(
+                    out, target, max_val=1.0, filter_size=SSIM_WINDOW, filter_sigma=SSIM_SIGMA
+                )
             )
         )
     raise ValueError(f"train.loss={name!r} is not one of mae, mse, ssim")
