@@ -87,6 +87,14 @@ class StopSignals:
         return None if self.signum is None else signal.Signals(self.signum).name
 
 
+def first_failure(codes: list[int | None]) -> tuple[int, int] | None:
+    """The failed process to name, as (index, exit code), among processes seen ended in one
+    poll (`codes`: Popen.poll's, None while running); None when none failed. A process killed
+    by a signal (code < 0) comes before a peer whose collective broke with it."""
+    bad = [(i, rc) for i, rc in enumerate(codes) if rc not in (None, 0)]
+    return min(bad, key=lambda item: item[1] >= 0) if bad else None
+
+
 def run_group(
     cmds: list[Command],
     names: list[str],
@@ -121,11 +129,9 @@ def run_group(
                 _stop(procs, grace_s, stop)
                 return GroupResult(128 + stop.signum, None, stop.name)
             codes = [p.poll() for p in procs]
-            bad = [(i, rc) for i, rc in enumerate(codes) if rc not in (None, 0)]
-            if bad:
-                # seen ended in the same poll: a process killed by a signal (rc < 0) before a
-                # peer whose collective broke with it
-                i, rc = min(bad, key=lambda item: item[1] >= 0)
+            first = first_failure(codes)
+            if first is not None:
+                i, rc = first
                 _stop(procs, grace_s)
                 if rc < 0:  # Popen's convention: minus the number of the signal that killed it
                     killer = signal.Signals(-rc).name

@@ -36,7 +36,7 @@ from denoisebench.core.records import (
 )
 from launch.__main__ import build_parser, main
 from launch.commands import Topology, build_torchrun_cmd
-from launch.supervise import StopSignals, run_group
+from launch.supervise import StopSignals, first_failure, run_group
 
 # a few seconds an epoch here: 44 training images, 2 steps of 16
 SMOKE = ["--profile", "smoke", "--limit", "48"]
@@ -296,10 +296,12 @@ def test_children_start_with_sigint_ignored():
 
 
 def test_run_group_names_a_killed_process_before_a_peer_that_failed_with_it():
-    """Both seen ended in one poll: the one a signal killed is the cause."""
-    peer = [sys.executable, "-c", "import time, sys; time.sleep(1.0); sys.exit(1)"]
-    victim = [sys.executable, "-c", "import os, time; time.sleep(1.0); os.kill(os.getpid(), 9)"]
-    result = run_group([(peer, ENV), (victim, ENV)], ["tf worker 0", "tf worker 1"])
+    """Seen ended in one poll: the one a signal killed is the cause; else the first."""
+    assert first_failure([1, -9, None]) == (1, -9)
+    assert first_failure([None, 2, 1]) == (1, 2)
+    assert first_failure([0, None]) is None
+    victim = [sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]
+    result = run_group([(victim, ENV)], ["tf worker 1"])
     assert (result.failed_process, result.killed_by) == ("tf worker 1", "SIGKILL")
     assert result.failed == "tf worker 1 killed by SIGKILL"
 
@@ -349,6 +351,31 @@ def test_horovodrun_wrapper_reads_the_first_worker_and_its_signal(tmp_path):
     assert horovodrun.killing_signal(139) == "SIGSEGV" and horovodrun.killing_signal(1) is None
     horovodrun.record_killed(message.replace("137", "143"), tmp_path / "torch", workers=2)
     assert read_failures(tmp_path / "torch") == []  # SIGTERM: stopped, not killed
+
+
+def test_submitit_task_records_sigterm_and_passes_it_on(tmp_path, monkeypatch):
+    """TrainTask's handler (cluster.slurm_job.record_sigterm): a running run becomes
+    interrupted; a completed one stays completed; submitit's own handler still runs."""
+    from denoisebench.cluster.slurm_job import record_sigterm
+
+    seen = []
+    before = signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
+    try:
+        monkeypatch.setenv("SLURM_PROCID", "0")
+        for status in ("running", "completed"):
+            run = tmp_path / status
+            atomic_write_json(run / "torch" / "summary.json", {"status": status})
+            record_sigterm("torch", run)
+            os.kill(os.getpid(), signal.SIGTERM)
+            summary = read_json(run / "torch" / "summary.json")
+            if status == "running":
+                assert (summary["status"], summary["signal"]) == ("interrupted", "SIGTERM")
+                assert summary["resume_command"] == resume_command(run)
+            else:
+                assert summary["status"] == "completed"
+        assert len(seen) == 2
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 # --- the summary's failure fields and history --------------------------------------------

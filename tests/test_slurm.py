@@ -7,6 +7,7 @@ machine's CPUs, so every job here runs the CPU paths with 2 tasks (gloo, TensorF
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -140,6 +141,32 @@ def test_submitit_failure_is_reported_and_recorded(slurm_cluster, tmp_path):
     assert "failed" in proc.stderr
     summary = read_json(tmp_path / "bad" / "torch" / "summary.json")
     assert summary["status"] == "failed"
+
+
+@pytest.mark.slurm
+def test_a_submitit_job_cancelled_by_scancel_is_recorded_interrupted(slurm_cluster, tmp_path):
+    """submitit ignores SIGTERM; SLURM SIGKILLs the job KillWait (5) seconds after it. The run
+    must not stay 'running': task 0 records it interrupted, resumable, on the SIGTERM."""
+    proc = launch(
+        "--profile", "smoke", "--epochs", "50", "--framework", "torch", "--slurm",
+        *CPU_JOB, "--results", str(tmp_path), "--run-id", "cancelled",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [job_id] = re.findall(r"submitted SLURM job (\d+)", proc.stdout)
+    fw_dir = tmp_path / "cancelled" / "torch"
+    deadline = time.monotonic() + 180
+    while len(read_jsonl(fw_dir / "epochs.jsonl")) < 1:  # training, past its start-up
+        assert time.monotonic() < deadline, "no epoch finished in time"
+        time.sleep(0.5)
+    slurm_cluster.run(["scancel", job_id])
+    deadline = time.monotonic() + 60
+    while slurm_cluster.run(["squeue", "-h", "-j", job_id], check=False).stdout.strip():
+        assert time.monotonic() < deadline, f"job {job_id} still queued after scancel"
+        time.sleep(1)
+    summary = read_json(fw_dir / "summary.json")
+    assert (summary["status"], summary["signal"]) == ("interrupted", "SIGTERM"), summary
+    assert summary["resume_command"] == f"python -m launch --resume {tmp_path / 'cancelled'}"
+    assert 1 <= summary["epochs_completed"] < 50
 
 
 def sbatch_env(tmp_path: Path, extra_args: str) -> dict[str, str]:

@@ -10,17 +10,25 @@ One `TrainTask` is pickled by submitit and called in every task of the job:
 
 When SLURM preempts the job or its time runs out, submitit calls `checkpoint()`, which requeues
 the same task with resume=True: training continues from the last finished epoch's checkpoint.
+
+submitit ignores SIGTERM (it waits for its own USR2 to requeue), so a job ended by `scancel`
+would be SIGKILLed KillWait seconds later with its summary still 'running': task 0 records the
+run as interrupted as soon as SIGTERM comes (record_sigterm).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from denoisebench.core.distributed import expand_nodelist, tf_config
+from denoisebench.core.records import mark_interrupted, read_summary, resume_command
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class TrainTask:
         from denoisebench.core.config import load_resolved
 
         cfg = load_resolved(Path(self.run_dir) / "config.json")
+        record_sigterm(self.framework, Path(self.run_dir))
         print(
             f"[slurm] task {os.environ.get('SLURM_PROCID')} on {socket.gethostname()}: "
             f"{self.framework} into {self.run_dir} (resume={self.resume})",
@@ -65,6 +74,26 @@ class TrainTask:
             f"[slurm] {self.framework}: preempted or out of time, requeueing to resume", flush=True
         )
         return submitit.helpers.DelayedSubmission(replace(self, resume=True))
+
+
+def record_sigterm(framework: str, run_dir: Path) -> None:
+    """On task 0, chain a SIGTERM handler before submitit's: a 'running' run is recorded as
+    interrupted by SIGTERM, with its resume command (records.mark_interrupted). Training goes on
+    until SLURM kills it; a run that still completes, or is requeued and resumes, writes its
+    own status over this one (the interruption then stays in `history`)."""
+    if int(os.environ.get("SLURM_PROCID", "0")) != 0:
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        summary = read_summary(run_dir, framework)
+        if summary and summary.get("status") == "running":
+            with contextlib.suppress(OSError):  # a full disk: the record stays as it is
+                mark_interrupted(run_dir, framework, "SIGTERM", resume_command(run_dir))
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def tf_environment(env: dict[str, str] | os._Environ, port: int) -> dict[str, str]:
