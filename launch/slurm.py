@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from denoisebench.core.config import Config, ConfigError
-from denoisebench.core.records import atomic_write_text, mark_failed
+from denoisebench.core.records import atomic_write_text, mark_failed, read_summary
 from denoisebench.core.sweep import SweepElement
 from denoisebench.report.compare import comparison_table, sweep_table
 
@@ -154,8 +154,11 @@ done
 """
 
 
-def submit(framework: str, req: SlurmRequest, run_dir: Path, log_dir: Path) -> Any:
-    """Submit one framework's training through submitit; return the job."""
+def submit(
+    framework: str, req: SlurmRequest, run_dir: Path, log_dir: Path, resume: bool = False
+) -> Any:
+    """Submit one framework's training through submitit; return the job. `resume`: continue
+    from the run's last checkpoint (a task that does not resume starts the run over)."""
     import submitit
 
     from denoisebench.cluster.slurm_job import TrainTask
@@ -163,7 +166,8 @@ def submit(framework: str, req: SlurmRequest, run_dir: Path, log_dir: Path) -> A
     executor = submitit.AutoExecutor(folder=log_dir)
     executor.update_parameters(**submitit_params(framework, req))
     devices_per_task = req.devices if framework == "tf" and req.gpus else 1
-    return executor.submit(TrainTask(framework, run_dir, devices_per_task=devices_per_task))
+    task = TrainTask(framework, run_dir, devices_per_task=devices_per_task, resume=resume)
+    return executor.submit(task)
 
 
 def submit_array(framework: str, req: SlurmRequest, run_dirs: list[Path], log_dir: Path) -> list:
@@ -214,9 +218,14 @@ def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Pa
         return 2
     req = slurm_request(args)
     log_dir = run_dir / "slurm-logs"
+    resume = args.resume is not None
     jobs = []
     for framework in frameworks:
-        job = submit(framework, req, run_dir, log_dir)
+        summary = read_summary(run_dir, framework) if resume else None
+        if summary and summary.get("status") == "completed":
+            print(f"[{framework}] already completed, skipping", flush=True)
+            continue
+        job = submit(framework, req, run_dir, log_dir, resume=resume)
         print(f"[{framework}] submitted SLURM job {job.job_id}; logs: {log_dir}", flush=True)
         jobs.append((framework, job))
     if not args.wait:

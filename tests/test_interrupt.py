@@ -370,7 +370,7 @@ def test_submitit_task_records_sigterm_and_passes_it_on(tmp_path, monkeypatch):
             summary = read_json(run / "torch" / "summary.json")
             if status == "running":
                 assert (summary["status"], summary["signal"]) == ("interrupted", "SIGTERM")
-                assert summary["resume_command"] == resume_command(run)
+                assert summary["resume_command"] == f"{resume_command(run)} --slurm"
             else:
                 assert summary["status"] == "completed"
         assert len(seen) == 2

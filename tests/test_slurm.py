@@ -165,8 +165,20 @@ def test_a_submitit_job_cancelled_by_scancel_is_recorded_interrupted(slurm_clust
         time.sleep(1)
     summary = read_json(fw_dir / "summary.json")
     assert (summary["status"], summary["signal"]) == ("interrupted", "SIGTERM"), summary
-    assert summary["resume_command"] == f"python -m launch --resume {tmp_path / 'cancelled'}"
-    assert 1 <= summary["epochs_completed"] < 50
+    run = tmp_path / "cancelled"
+    assert summary["resume_command"] == f"python -m launch --resume {run} --slurm"
+    done = summary["epochs_completed"]
+    assert 1 <= done < 50
+
+    # the resume command, on the cluster: the finished epochs are kept, the rest trained
+    proc = launch("--resume", str(run), "--slurm", *CPU_JOB, "--wait", "--wait-timeout", "300")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = read_json(fw_dir / "summary.json")
+    assert (summary["status"], summary["epochs_completed"]) == ("completed", 50)
+    assert [h["status"] for h in summary["history"]] == ["interrupted"]
+    assert [e["epoch"] for e in read_jsonl(fw_dir / "epochs.jsonl")] == list(range(50))
+    [again] = re.findall(r"submitted SLURM job (\d+)", proc.stdout)
+    assert "resuming after epoch" in (run / "slurm-logs" / f"{again}_0_log.out").read_text()
 
 
 def sbatch_env(tmp_path: Path, extra_args: str) -> dict[str, str]:

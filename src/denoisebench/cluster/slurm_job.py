@@ -78,9 +78,10 @@ class TrainTask:
 
 def record_sigterm(framework: str, run_dir: Path) -> None:
     """On task 0, chain a SIGTERM handler before submitit's: a 'running' run is recorded as
-    interrupted by SIGTERM, with its resume command (records.mark_interrupted). Training goes on
-    until SLURM kills it; a run that still completes, or is requeued and resumes, writes its
-    own status over this one (the interruption then stays in `history`)."""
+    interrupted by SIGTERM (records.mark_interrupted), with a resume command that submits it
+    again (`--resume RUN --slurm`). Training goes on until SLURM kills it; a run that still
+    completes, or is requeued and resumes, writes its own status over this one (the
+    interruption then stays in `history`)."""
     if int(os.environ.get("SLURM_PROCID", "0")) != 0:
         return
     previous = signal.getsignal(signal.SIGTERM)
@@ -89,7 +90,8 @@ def record_sigterm(framework: str, run_dir: Path) -> None:
         summary = read_summary(run_dir, framework)
         if summary and summary.get("status") == "running":
             with contextlib.suppress(OSError):  # a full disk: the record stays as it is
-                mark_interrupted(run_dir, framework, "SIGTERM", resume_command(run_dir))
+                again = f"{resume_command(run_dir)} --slurm"
+                mark_interrupted(run_dir, framework, "SIGTERM", again)
         if callable(previous):
             previous(signum, frame)
 
