@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,12 +22,22 @@ def smoke_overrides() -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="session")
 def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both frameworks on one device with the global batch, 16 (one epoch of the smoke profile):
-    the run that 2 devices with batch 8 must equal (test_distributed.py, test_horovod.py)."""
-    root = tmp_path_factory.mktemp("single")
-    proc = launch("--profile", "smoke", "--epochs", "1", "--batch-size", "16",
-                  "--results", str(root), "--run-id", "one")  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root / "one"
+    the run that 2 devices with batch 8 must equal (test_distributed.py, test_horovod.py).
+
+    Trained once per test run: the xdist workers share their base folder's parent, and the
+    first one here trains under a lock while the others wait for it and reuse its run."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, run = shared / "single", shared / "single" / "one"
+    with open(shared / "single.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / "trained").exists():
+            shutil.rmtree(root, ignore_errors=True)  # an earlier worker's failed attempt
+            proc = launch("--profile", "smoke", "--epochs", "1", "--batch-size", "16",
+                          "--results", str(root), "--run-id", "one")  # fmt: skip
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            (root / "trained").touch()
+    return run
 
 
 # The suite runs in parallel workers (pytest-xdist; pyproject's addopts: -n auto --dist
