@@ -242,7 +242,7 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last checkpoint, with its saved config "
         "and launch choices (launch.json: --framework, --gpus, --mode...); an option that "
-        "would change the run is refused",
+        "would change the run is refused; with --slurm, on the cluster",
     )
     g.add_argument(
         "--print-config", action="store_true", help="print the resolved config as JSON and exit"
