@@ -131,7 +131,7 @@ def assert_same_weights(a: Path, b: Path, framework: str, atol: float) -> None:
     assert abs(ea[-1]["test_mae"] - eb[-1]["test_mae"]) < 1e-4
 
 
-@pytest.fixture(scope="session")  # module scope: rebuilt when xdist interleaves modules
+@pytest.fixture(scope="session")  # once, on the worker that runs its xdist group
 def horovod_run(tmp_path_factory, horovod_built) -> tuple[Path, str]:
     """Both frameworks under horovodrun, 2 workers with batch 8: the run and its output."""
     root = tmp_path_factory.mktemp("horovod")

@@ -41,7 +41,7 @@ CSVS += ["environment", "verdicts"]
 BASELINE_IMAGES = 3  # BM3D takes about 1 s an image on one core
 
 
-@pytest.fixture(scope="session")  # module scope: rebuilt when xdist interleaves modules
+@pytest.fixture(scope="session")  # once, on the worker that runs its xdist group
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("report-results")
     runs = make_results(root)

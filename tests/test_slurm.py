@@ -25,7 +25,7 @@ SMOKE = ["--profile", "smoke", "--epochs", "1"]
 CPU_JOB = ["--partition", "debug", "--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
 
 
-@pytest.fixture(scope="session")  # module scope: rebuilt when xdist interleaves modules
+@pytest.fixture(scope="session")  # once, on the worker that runs its xdist group
 def local_run(tmp_path_factory) -> Path:
     """The same training on this machine, one device with the global batch: the reference."""
     root = tmp_path_factory.mktemp("local")
