@@ -51,8 +51,6 @@ from denoisebench.core.records import (
     atomic_write_text,
     check_free_space,
     clear_failures,
-    killed_error,
-    killed_unhandled,
     launch_conflicts,
     launch_option,
     mark_failed,
@@ -63,7 +61,7 @@ from denoisebench.core.records import (
     read_summary,
     resume_command,
     space_needed,
-    write_failure,
+    write_killed,
     write_launch_choices,
 )
 from denoisebench.core.sweep import load_sweep
@@ -846,14 +844,9 @@ def run_framework(
         return None
     stopped_by = result.signal
     after = read_summary(folder, framework)
-    if result.killed_by and result.failed_process and killed_unhandled(result.killed_by):
+    if result.killed_by and result.failed_process:
         # it could not record its own failure; torchrun's ranks: denoisebench.cluster.torchrun
-        write_failure(
-            folder / framework,
-            result.failed_process,
-            killed_error(result.killed_by),
-            killed_by=result.killed_by,
-        )
+        write_killed(folder / framework, result.failed_process, result.killed_by)
     failures = read_failures(folder / framework)  # each failed process' own exception
     interrupted_now = after != before and bool(after) and after.get("status") == "interrupted"
     if stopped_by is None and interrupted_now and not failures:

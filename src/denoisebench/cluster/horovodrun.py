@@ -20,8 +20,8 @@ import signal
 import sys
 from pathlib import Path
 
-from denoisebench.core.distributed import WRAPPER_FAILURES_FLAG, process_name
-from denoisebench.core.records import killed_error, killed_unhandled, write_failure
+from denoisebench.core.distributed import process_name, take_failures_dir
+from denoisebench.core.records import write_killed
 
 FIRST_TO_END = re.compile(r"Process name: (\d+)\s+Exit code: (-?\d+)")
 """horovodrun's message names the first worker to end, by its rank, and its exit code."""
@@ -40,9 +40,8 @@ def record_killed(message: str, fw_dir: Path, workers: int) -> None:
     does not handle killed it; the framework is the folder's name (torch or tf)."""
     match = FIRST_TO_END.search(message)
     name = killing_signal(int(match.group(2))) if match else None
-    if match and name and killed_unhandled(name):
-        process = process_name(fw_dir.name, int(match.group(1)), workers)
-        write_failure(fw_dir, process, killed_error(name), name)
+    if match and name:
+        write_killed(fw_dir, process_name(fw_dir.name, int(match.group(1)), workers), name)
 
 
 def workers(horovodrun_args: list[str]) -> int:
@@ -56,10 +55,7 @@ def workers(horovodrun_args: list[str]) -> int:
 def run() -> int:
     from horovod.runner.launch import run_commandline  # here: the rest needs no Horovod
 
-    fw_dir = None
-    if sys.argv[1:2] == [WRAPPER_FAILURES_FLAG]:
-        fw_dir = Path(sys.argv[2])
-        del sys.argv[1:3]  # run_commandline reads sys.argv
+    fw_dir, sys.argv[1:] = take_failures_dir(sys.argv[1:])  # run_commandline reads sys.argv
     try:
         run_commandline()
     except RuntimeError as e:

@@ -21,8 +21,8 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main, parse_args
 
-from denoisebench.core.distributed import WRAPPER_FAILURES_FLAG, process_name
-from denoisebench.core.records import killed_error, killed_unhandled, write_failure
+from denoisebench.core.distributed import process_name, take_failures_dir
+from denoisebench.core.records import write_killed
 
 
 def processes(torchrun_args: list[str]) -> int:
@@ -43,18 +43,12 @@ def record_killed(error: ChildFailedError, fw_dir: Path, world: int) -> None:
     rank, first = min(
         error.failures.items(), key=lambda item: (item[1].timestamp, item[1].exitcode >= 0)
     )
-    if first.exitcode >= 0:  # torch's convention: minus the signal's number
-        return
-    name = first.signal_name()
-    if killed_unhandled(name):
-        write_failure(fw_dir, process_name("torch", rank, world), killed_error(name), name)
+    if first.exitcode < 0:  # torch's convention: minus the signal's number
+        write_killed(fw_dir, process_name("torch", rank, world), first.signal_name())
 
 
 def run(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    fw_dir = None
-    if argv[:1] == [WRAPPER_FAILURES_FLAG]:
-        fw_dir, argv = Path(argv[1]), argv[2:]
+    fw_dir, argv = take_failures_dir(list(sys.argv[1:] if argv is None else argv))
     try:
         main(argv)
     except SignalException as e:

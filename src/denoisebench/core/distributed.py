@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 FAULT_ENV = "DENOISEBENCH_FAULT"
 """For tests: "RANK:STEP" makes that rank raise an exception at that global step;
@@ -97,6 +98,13 @@ def tf_worker_index(env: Mapping[str, str] | None = None) -> tuple[int, int]:
         return 0, 1
     cfg = json.loads(env["TF_CONFIG"])
     return int(cfg["task"]["index"]), len(cfg["cluster"]["worker"])
+
+
+def take_failures_dir(argv: list[str]) -> tuple[Path | None, list[str]]:
+    """A wrapper's own leading `WRAPPER_FAILURES_FLAG FW_DIR`, and the arguments after it."""
+    if argv[:1] == [WRAPPER_FAILURES_FLAG]:
+        return Path(argv[1]), argv[2:]
+    return None, argv
 
 
 def process_name(framework: str, rank: int, processes: int) -> str:

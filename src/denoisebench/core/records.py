@@ -511,6 +511,13 @@ def killed_error(signal_name: str) -> str:
     return f"killed by {signal_name}"
 
 
+def write_killed(fw_dir: Path, process: str, signal_name: str) -> None:
+    """The failure record of the first process to end, written by what supervised it, when a
+    signal it does not handle killed it (killed_unhandled); a stop signal it records itself."""
+    if killed_unhandled(signal_name):
+        write_failure(fw_dir, process, killed_error(signal_name), killed_by=signal_name)
+
+
 def read_failures(fw_dir: Path) -> list[dict[str, Any]]:
     """This attempt's process failures, the cause first: the killed process (recorded only when
     it was the first to end), else the earliest exception; the others are knock-on errors (a
