@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import launch
+from helpers import EXACT, launch
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,8 +21,9 @@ def smoke_overrides() -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Both frameworks on one device with the global batch, 16 (one epoch of the smoke profile):
-    the run that 2 devices with batch 8 must equal (test_distributed.py, test_horovod.py).
+    """Both frameworks on one device with the global batch, 16 (one epoch of the smoke profile,
+    in float64: helpers.EXACT): the run that 2 devices with batch 8 must equal
+    (test_distributed.py, test_horovod.py, test_planted_bugs.py).
 
     Trained once per test run: the xdist workers share their base folder's parent, and the
     first one here trains under a lock while the others wait for it and reuse its run."""
@@ -33,7 +34,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (root / "trained").exists():
             shutil.rmtree(root, ignore_errors=True)  # an earlier worker's failed attempt
-            proc = launch("--profile", "smoke", "--epochs", "1", "--batch-size", "16",
+            proc = launch("--profile", "smoke", "--epochs", "1", "--batch-size", "16", *EXACT,
                           "--results", str(root), "--run-id", "one")  # fmt: skip
             assert proc.returncode == 0, proc.stdout + proc.stderr
             (root / "trained").touch()

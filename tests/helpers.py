@@ -12,14 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from denoisebench.core.records import read_json, read_jsonl
+
 REPO = Path(__file__).resolve().parents[1]
-# PyTorch weights after the same steps on N devices with batch b and on one device with batch
-# N*b: the gradient of the whole batch is summed in another order (two half-batches, then the
-# all-reduce), which differs in float32 rounding; Adam divides each step by sqrt(v), so for a
-# weight whose gradient is near zero that rounding becomes a visible share of the step. On one
-# x86-64 machine 45 of 864 weights differed by up to 3.5e-6 after 9 steps (weights move by about
-# 1e-2 in those steps), so 1e-6 passed on some CPUs and failed on others.
-TORCH_SPLIT_ATOL = 2e-5
+# The equivalence tests ("N devices equal one device", "resumed equals uninterrupted", XLA equals
+# eager) train in float64 (EXACT) and compare weights to EXACT_ATOL; test_planted_bugs.py shows
+# that they still catch the bugs they exist for. Why not float32: the gradient of the global
+# batch, summed in another order (two half-batches, then the all-reduce; or another thread
+# count), rounds differently, by about the unit roundoff u32 = 2**-24 of the terms summed, and
+# Adam's step lr * m / (sqrt(v) + eps) turns that rounding into a visible share of a step for a
+# weight whose gradient is near zero. Measured after one smoke epoch (9 steps): 3.5e-6 on an
+# AVX2 CPU, 2.8e-5 on an AVX-512 CPU, 3.6e-5 between 1 and 2 threads of the same one-device
+# run; a float32 tolerance tuned on one CPU model fails on another. float64's unit roundoff,
+# u64 = 2**-53, is 2**29 (5.4e8) times finer: the same amplification gives at most
+# 3.6e-5 / 5.4e8 = 7e-14 (measured on AMD EPYC, AVX-512: 9e-17 for 2 DDP ranks against one
+# device, 3e-17 for 1 against 2 threads). EXACT_ATOL = 1e-9 is 1e4 times that bound and a
+# millionth of one Adam step (lr = 1e-3), while the planted bugs move weights by 3e-3 or more.
+EXACT = ("--set", "runtime.precision=float64")
+"""Launcher options of the equivalence tests' exact mode (config.RuntimeConfig.precision)."""
+EXACT_ATOL = 1e-9
 
 
 def launch(
@@ -40,6 +51,19 @@ def weights(run: Path, framework: str) -> list[np.ndarray]:
     """A run's final weights.npz, in the canonical layout order."""
     with np.load(Path(run) / framework / "weights.npz") as f:
         return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+def assert_same_training(a: Path, b: Path, framework: str, atol: float = EXACT_ATOL) -> None:
+    """Same weights after the same 9 steps (both runs float64), and the same epoch figures."""
+    assert read_json(a / framework / "summary.json")["status"] == "completed"
+    wa, wb = weights(a, framework), weights(b, framework)
+    assert wa[0].dtype == wb[0].dtype == np.float64, "equivalence runs are float64 (EXACT)"
+    for x, y in zip(wa, wb, strict=True):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+    ea, eb = read_jsonl(a / framework / "epochs.jsonl"), read_jsonl(b / framework / "epochs.jsonl")
+    assert [e["steps"] for e in ea] == [e["steps"] for e in eb] == [9]
+    assert abs(ea[-1]["train_loss"] - eb[-1]["train_loss"]) < 1e-4
+    assert abs(ea[-1]["test_mae"] - eb[-1]["test_mae"]) < 1e-4
 
 
 def skip_or_fail(reason: str, require_var: str) -> None:

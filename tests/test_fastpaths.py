@@ -102,7 +102,7 @@ def test_cuda_graphs_without_a_gpu_is_refused(tmp_path):
     [
         (["runtime.cuda_graphs=true", "runtime.torch_compile=true"], "choose one"),
         (["runtime.cuda_graphs=true", "runtime.precision=float16"], "use bfloat16"),
-        (["runtime.precision=float64"], "float32, bfloat16, float16"),
+        (["runtime.precision=float8"], "float32, bfloat16, float16, float64"),
     ],
 )
 def test_impossible_combinations_are_refused_at_load(sets, match):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import launch, weights
+from helpers import EXACT_ATOL, launch, weights
 
 from denoisebench.core.config import (
     ConfigError,
@@ -58,15 +58,17 @@ def test_xla_trains_with_poisson_noise(tmp_path):
 def test_xla_trains_on_the_eager_runs_noise(tmp_path):
     """Inside jit_compile stateless_normal draws other values (max abs difference 4.09 on
     CPU). With the noise drawn outside the compiled update, one epoch with and without XLA
-    ends on the same weights up to rounding (measured: 1.9e-6; with the noise drawn inside
-    the compiled step, 4.2e-3: Adam moves each weight by about lr = 1e-3 a step, in a
-    direction the noise decides)."""
-    train("tf", tmp_path / "eager")
-    train("tf", tmp_path / "xla", "runtime.xla=true")
+    ends on the same weights up to rounding: compared in the exact mode (float64, EXACT_ATOL:
+    helpers.py derives it). With the noise drawn inside the compiled step they differ by about
+    4e-3: Adam moves each weight by about lr = 1e-3 a step, in a direction the noise decides."""
+    exact = "runtime.precision=float64"
+    train("tf", tmp_path / "eager", exact)
+    train("tf", tmp_path / "xla", exact, "runtime.xla=true")
     for a, b in zip(
         weights(tmp_path / "eager", "tf"), weights(tmp_path / "xla", "tf"), strict=True
     ):
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4)
+        assert a.dtype == b.dtype == np.float64
+        np.testing.assert_allclose(b, a, rtol=0, atol=EXACT_ATOL)
 
 
 def test_report_leaves_out_step_percentiles_measured_as_host_dispatch(tmp_path):

@@ -15,15 +15,14 @@ import time
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import (
+    EXACT,
     INJECTED_FAULT,
     REPO,
-    TORCH_SPLIT_ATOL,
     assert_failed_fast_on_the_fault,
+    assert_same_training,
     launch,
-    weights,
 )
 
 from denoisebench.cluster import horovod_build as hb
@@ -119,37 +118,20 @@ def test_the_build_requirements_are_declared_and_pinned():
 # Training under horovodrun: these need the wheel (conftest.py builds it and runs them last).
 
 
-def assert_same_weights(a: Path, b: Path, framework: str, atol: float) -> None:
-    """Same weights after the same 9 steps, and the weights really moved."""
-    start = read_json(b / framework / "summary.json")
-    assert start["status"] == "completed"
-    for x, y in zip(weights(a, framework), weights(b, framework), strict=True):
-        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
-    ea, eb = read_jsonl(a / framework / "epochs.jsonl"), read_jsonl(b / framework / "epochs.jsonl")
-    assert [e["steps"] for e in ea] == [e["steps"] for e in eb] == [9]
-    assert abs(ea[-1]["train_loss"] - eb[-1]["train_loss"]) < 1e-4
-    assert abs(ea[-1]["test_mae"] - eb[-1]["test_mae"]) < 1e-4
-
-
 @pytest.fixture(scope="session")  # once, on the worker that runs its xdist group
 def horovod_run(tmp_path_factory, horovod_built) -> tuple[Path, str]:
-    """Both frameworks under horovodrun, 2 workers with batch 8: the run and its output."""
+    """Both frameworks under horovodrun, 2 workers with batch 8, in float64 like `single`
+    (helpers.EXACT): the run and its output."""
     root = tmp_path_factory.mktemp("horovod")
-    proc = launch(*EPOCH1, *HOROVOD, "--results", str(root), "--run-id", "hvd")
+    proc = launch(*EPOCH1, *HOROVOD, *EXACT, "--results", str(root), "--run-id", "hvd")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     return root / "hvd", out
 
 
 @pytest.mark.horovod
-@pytest.mark.parametrize(
-    ("framework", "atol"),
-    # TensorFlow: its CPU kernels round batch 8 and 16 differently (test_distributed.py)
-    [("torch", TORCH_SPLIT_ATOL), ("tf", 1e-4)],
-)
-def test_two_horovod_workers_equal_one_device_with_twice_the_batch(
-    horovod_run, single, framework, atol
-):
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_two_horovod_workers_equal_one_device_with_twice_the_batch(horovod_run, single, framework):
     run, out = horovod_run
     fw_dir = run / framework
     assert f"cluster.horovodrun --record-failures-in {fw_dir} -np 2 -H localhost:2 --gloo" in out
@@ -158,7 +140,7 @@ def test_two_horovod_workers_equal_one_device_with_twice_the_batch(
     summary = read_json(run / framework / "summary.json")
     assert (summary["strategy"], summary["engine"]) == ("horovod", "horovod")
     assert (summary["world_size"], summary["processes"], summary["global_batch"]) == (2, 2, 16)
-    assert_same_weights(run, single, framework, atol)
+    assert_same_training(run, single, framework)
     rows = read_jsonl(run / framework / "steps.jsonl")  # each worker's rows, gathered by rank 0
     assert sorted({(r["rank"], r["step"]) for r in rows}) == [
         (k, s) for k in (0, 1) for s in range(9)

@@ -14,27 +14,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TORCH_SPLIT_ATOL, launch, weights
+from helpers import EXACT, EXACT_ATOL, launch, weights
 
 from denoisebench.core.records import read_json, read_jsonl
 from launch.slurm import SlurmRequest, render_sbatch, submitit_params, time_minutes
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
-SMOKE = ["--profile", "smoke", "--epochs", "1"]
+SMOKE = ["--profile", "smoke", "--epochs", "1", *EXACT]  # float64: compared to EXACT_ATOL
+EXACT_ARGS = " ".join(EXACT)  # the same, in DENOISEBENCH_ARGS
 CPU_JOB = ["--partition", "debug", "--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
 
 
 @pytest.fixture(scope="session")  # once, on the worker that runs its xdist group
 def local_run(tmp_path_factory) -> Path:
-    """The same training on this machine, one device with the global batch: the reference."""
+    """The same training on this machine, one device with the global batch, in float64
+    (helpers.EXACT): the reference."""
     root = tmp_path_factory.mktemp("local")
     proc = launch(*SMOKE, "--batch-size", "16", "--results", str(root), "--run-id", "ref")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "ref"
 
 
-def assert_matches(run: Path, reference: Path, framework: str, atol: float) -> None:
+def assert_matches(run: Path, reference: Path, framework: str, atol: float = EXACT_ATOL) -> None:
     summary = read_json(run / framework / "summary.json")
     assert summary["status"] == "completed", summary.get("error")
     for a, b in zip(weights(run, framework), weights(reference, framework), strict=True):
@@ -108,9 +110,7 @@ def test_submitit_job_with_two_tasks_matches_a_local_run(
     run = tmp_path / "sub"
     summary = read_json(run / framework / "summary.json")
     assert summary["world_size"] == 2 and summary["processes"] == 2
-    assert_matches(
-        run, local_run, framework, atol=TORCH_SPLIT_ATOL if framework == "torch" else 1e-4
-    )
+    assert_matches(run, local_run, framework)
     # every rank's rows were gathered into the one results folder
     assert {r["rank"] for r in read_jsonl(run / framework / "steps.jsonl")} == {0, 1}
     assert any((run / "slurm-logs").glob("*_log.out"))
@@ -212,7 +212,7 @@ def render_cpu_script(framework: str, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("framework", ["torch", "tf"])
 def test_sbatch_script_trains_with_two_workers(slurm_cluster, local_run, tmp_path, framework):
     script = render_cpu_script(framework, tmp_path)
-    extra = "--profile smoke --epochs 1 --batch-size 8"
+    extra = f"--profile smoke --epochs 1 --batch-size 8 {EXACT_ARGS}"
     if framework == "tf":
         extra += " --tf-strategy multiworker"
     job = slurm_cluster.sbatch(
@@ -221,9 +221,7 @@ def test_sbatch_script_trains_with_two_workers(slurm_cluster, local_run, tmp_pat
     log = next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
     assert slurm_cluster.job_state(job) == "COMPLETED", log[-3000:]
     run = tmp_path / "results" / f"slurm-{job}"
-    assert_matches(
-        run, local_run, framework, atol=TORCH_SPLIT_ATOL if framework == "torch" else 1e-4
-    )
+    assert_matches(run, local_run, framework)
     assert "results:" in log  # flushed to the log as written
 
 
@@ -231,7 +229,7 @@ def test_sbatch_script_trains_with_two_workers(slurm_cluster, local_run, tmp_pat
 def test_preempted_sbatch_job_requeues_and_resumes(slurm_cluster, tmp_path):
     """USR1 (what SLURM sends before the time limit) -> requeue -> resume; no epoch is lost."""
     script = render_cpu_script("torch", tmp_path)
-    extra = "--profile smoke --epochs 4 --batch-size 8 --limit 320"
+    extra = f"--profile smoke --epochs 4 --batch-size 8 --limit 320 {EXACT_ARGS}"
     job = slurm_cluster.sbatch(str(script), cwd=tmp_path, env=sbatch_env(tmp_path, extra))
     run = tmp_path / "results" / f"slurm-{job}"
     deadline = time.monotonic() + 180
@@ -256,6 +254,7 @@ def test_preempted_sbatch_job_requeues_and_resumes(slurm_cluster, tmp_path):
         "8",
         "--limit",
         "320",
+        *EXACT,
         "--framework",
         "torch",
         "--gpus",
@@ -267,7 +266,7 @@ def test_preempted_sbatch_job_requeues_and_resumes(slurm_cluster, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for a, b in zip(weights(run, "torch"), weights(tmp_path / "straight", "torch"), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a, b, atol=EXACT_ATOL, rtol=0)
 
 
 @pytest.mark.slurm
@@ -281,7 +280,12 @@ def test_submitit_checkpoint_requeues_and_resumes(slurm_cluster, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     cfg = load_config(
-        "smoke", {"train": {"epochs": "4", "batch_size": "8"}, "data": {"limit": "320"}}
+        "smoke",
+        {
+            "train": {"epochs": "4", "batch_size": "8"},
+            "data": {"limit": "320"},
+            "runtime": {"precision": "float64"},  # helpers.EXACT
+        },
     )
     (run / "config.json").write_text(cfg.to_json())
     executor = submitit.AutoExecutor(folder=tmp_path / "logs")
@@ -318,6 +322,7 @@ def test_submitit_checkpoint_requeues_and_resumes(slurm_cluster, tmp_path):
         "8",
         "--limit",
         "320",
+        *EXACT,
         "--framework",
         "torch",
         "--results",
@@ -327,4 +332,4 @@ def test_submitit_checkpoint_requeues_and_resumes(slurm_cluster, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for a, b in zip(weights(run, "torch"), weights(tmp_path / "straight", "torch"), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a, b, atol=EXACT_ATOL, rtol=0)

@@ -24,7 +24,7 @@ PROFILES_DIR = Path(__file__).resolve().parents[3] / "profiles"
 DataSource = Literal["builtin", "synthetic", "eurosat", "tfds"]
 NoiseKind = Literal["gaussian", "salt_and_pepper", "poisson", "speckle"]
 LossName = Literal["mae", "mse", "ssim"]
-Precision = Literal["float32", "bfloat16", "float16"]
+Precision = Literal["float32", "bfloat16", "float16", "float64"]
 
 
 class ConfigError(ValueError):
@@ -122,8 +122,10 @@ class RuntimeConfig:
     """PyTorch: torch.compile the model."""
     precision: Precision = "float32"
     """Compute precision of the training step: float32, or bfloat16 / float16 mixed precision
-    (PyTorch autocast; Keras `mixed_<precision>` policy). Weights and optimizer state stay
-    float32; float16 adds dynamic loss scaling."""
+    (PyTorch autocast; Keras `mixed_<precision>` policy; weights and optimizer state stay
+    float32; float16 adds dynamic loss scaling), or float64 for exact comparisons: weights,
+    Adam's state, images, noise and the loss all in float64 (the equivalence tests' mode, on
+    CPUs: there, float32 rounding that Adam amplifies differs between CPU models)."""
     channels_last: bool = False
     """PyTorch: NHWC memory layout for the model and its input (TensorFlow is NHWC already)."""
     cuda_graphs: bool = False

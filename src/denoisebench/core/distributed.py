@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FAULT_ENV = "DENOISEBENCH_FAULT"
 """For tests: "RANK:STEP" makes that rank raise an exception at that global step;
@@ -114,6 +115,12 @@ def process_name(framework: str, rank: int, processes: int) -> str:
     if processes == 1:
         return framework
     return f"{framework} {'rank' if framework == 'torch' else 'worker'} {rank}"
+
+
+def replica_slice(replica: Any, batch_size: int) -> slice:
+    """The rows of the step's global batch that device `replica` trains on (the batch rule
+    above): its own contiguous slice. `replica` is a rank, or TensorFlow's replica id tensor."""
+    return slice(replica * batch_size, (replica + 1) * batch_size)
 
 
 def maybe_inject_fault(ranks: range, step: int) -> None:

@@ -22,7 +22,10 @@ def build_model(
 
     precision bfloat16 / float16 (runtime.precision) gives the layers Keras' `mixed_<precision>`
     policy: float32 weights, computation in the low precision, and a final float32 cast (Keras'
-    advice for mixed-precision outputs), so losses and metrics see float32 as they would."""
+    advice for mixed-precision outputs), so losses and metrics see float32 as they would.
+    precision float64 builds the whole model in float64 (input, weights, output)."""
+    if precision == "float64":
+        dtype, precision = "float64", "float32"
     policy = dtype if precision == "float32" else f"mixed_{precision}"
     layers: list[keras.layers.Layer] = [
         keras.Input((spec.image_size, spec.image_size, spec.in_channels), dtype=dtype)
@@ -42,6 +45,12 @@ def build_model(
     if precision != "float32":
         layers.append(keras.layers.Activation("linear", dtype="float32", name="to_float32"))
     return keras.Sequential(layers, name="denoising_autoencoder")
+
+
+def input_dtype(precision: str) -> tf.DType:
+    """The dtype of the images a training step feeds the model: float64 for
+    runtime.precision=float64, else float32 (mixed precision casts inside the layers)."""
+    return tf.float64 if precision == "float64" else tf.float32
 
 
 def adam(train: TrainConfig, lr: float, precision: str) -> keras.optimizers.Optimizer:

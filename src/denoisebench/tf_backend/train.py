@@ -43,6 +43,7 @@ from denoisebench.core.config import (
 )
 from denoisebench.core.distributed import (
     maybe_inject_fault,
+    replica_slice,
     tf_worker_index,
 )
 from denoisebench.core.records import disk_full
@@ -55,6 +56,7 @@ from denoisebench.tf_backend.model import (
     build_model,
     get_weights,
     image_metrics,
+    input_dtype,
     loss_fn,
     pick_device,
     set_weights,
@@ -160,10 +162,13 @@ def evaluate(
     computed on the device (`on_device`; else None: the host computes it)."""
     outputs, total, psnr, ssim, abs_sum = [], 0.0, [], [], 0.0
     n = len(data.test_noisy)
+    np_dtype = input_dtype(cfg.runtime.precision).as_numpy_dtype
     for i in range(0, n, cfg.train.eval_batch_size):
         noisy = data.test_noisy[i : i + cfg.train.eval_batch_size]
         clean = data.test_clean[i : i + cfg.train.eval_batch_size]
-        out = model(noisy, training=False)
+        # a float64 model (runtime.precision=float64) gets float64 images; its output is cast
+        # to float32, the dtype of the recorded loss and outputs
+        out = tf.cast(model(noisy.astype(np_dtype), training=False), tf.float32)
         total += float(criterion(clean, out)) * len(noisy)
         if on_device:
             p, s, a = image_metrics(out, clean)
@@ -297,7 +302,10 @@ def _train(
         )
     tracer.close()
     ckpt.close()
-    outputs = np.asarray(net.model(data.test_noisy[:SAMPLE_IMAGES], training=False))
+    samples = data.test_noisy[:SAMPLE_IMAGES].astype(
+        input_dtype(cfg.runtime.precision).as_numpy_dtype
+    )
+    outputs = np.asarray(net.model(samples, training=False), dtype=np.float32)
     return session.finish(get_weights(net.model), outputs, int(net.model.count_params()))
 
 
@@ -408,6 +416,7 @@ def make_train_step(
     Under Horovod the strategy holds this worker's one replica: `first_replica` (its rank) picks
     its slice, and `all_reduce` averages the gradients over the workers."""
     b, replicas = cfg.train.batch_size, net.replicas
+    dtype = input_dtype(cfg.runtime.precision)
     model, optimizer, criterion = net.model, net.optimizer, net.criterion
 
     def update(noisy: tf.Tensor, clean: tf.Tensor) -> tf.Tensor:
@@ -439,10 +448,10 @@ def make_train_step(
         ) -> tf.Tensor:
             replica = first_replica + tf.distribute.get_replica_context().replica_id_in_sync_group
             global_idx = order[i]  # the step's global batch, from the epoch's order on the device
-            clean = tf.cast(tf.gather(images, global_idx), tf.float32) / 255.0
+            clean = tf.cast(tf.gather(images, global_idx), dtype) / 255.0
             noisy = add_noise(clean, cfg.noise, seed)  # the whole global batch's noise
-            start, end = replica * b, (replica + 1) * b
-            return update(noisy[start:end], clean[start:end])
+            mine = replica_slice(replica, b)
+            return update(noisy[mine], clean[mine])
 
         return strategy.run(step_fn, args=(images, order, i, seed))
 

@@ -237,6 +237,12 @@ def loss_fn(name: str) -> nn.Module | object:
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def param_dtype(precision: str) -> torch.dtype:
+    """The dtype of the weights, Adam's state, the images fed to the model and the loss:
+    float64 for runtime.precision=float64, else float32 (autocast lowers inside the step)."""
+    return torch.float64 if precision == "float64" else torch.float32
+
+
 def autocast(device: torch.device, precision: str, cache: bool = True) -> torch.autocast:
     """The mixed-precision context of runtime.precision (a no-op for float32). `cache=False`
     for a step captured in a CUDA graph, as PyTorch requires of autocast there."""

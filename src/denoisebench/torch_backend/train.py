@@ -42,7 +42,7 @@ from denoisebench.core.config import (
     check_device_support,
     speed_label,
 )
-from denoisebench.core.distributed import maybe_inject_fault
+from denoisebench.core.distributed import maybe_inject_fault, replica_slice
 from denoisebench.core.records import disk_full
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.profiler import nvml_indices
@@ -55,6 +55,7 @@ from denoisebench.torch_backend.model import (
     image_metrics,
     loss_fn,
     memory_format,
+    param_dtype,
     pick_device,
     set_weights,
 )
@@ -65,9 +66,10 @@ FRAMEWORK = "torch"
 
 
 def to_nchw(x: np.ndarray, device: torch.device, cfg: Config) -> torch.Tensor:
-    """NHWC float32 host images -> NCHW on the device, in the run's memory format."""
+    """NHWC float32 host images -> NCHW on the device, in the run's memory format and dtype."""
     fmt = memory_format(cfg.runtime.channels_last)
-    return torch.from_numpy(x).to(device).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+    x_dev = torch.from_numpy(x).to(device, param_dtype(cfg.runtime.precision))
+    return x_dev.permute(0, 3, 1, 2).contiguous(memory_format=fmt)
 
 
 @torch.no_grad()
@@ -101,7 +103,7 @@ def evaluate(
     for i in range(0, n, cfg.train.eval_batch_size):
         out = predict(model, data.test_noisy[i : i + cfg.train.eval_batch_size], cfg, device)
         clean = to_nchw(data.test_clean[i : i + cfg.train.eval_batch_size], device, cfg)
-        total += criterion(out, clean).item() * len(out)
+        total += criterion(out, clean.float()).item() * len(out)
         if on_device:
             p, s, a = image_metrics(out, clean)
             psnr.append(p.cpu().numpy())
@@ -131,13 +133,14 @@ def make_step(
     """One training step (forward in the run's precision, backward, Adam) -> the loss.
 
     float16 scales the loss (GradScaler); bfloat16 and float32 need no scaling. The loss is
-    computed in float32 from the output either way, as the float32 run computes it."""
+    computed in the images' dtype (float32, or float64 with runtime.precision=float64) from the
+    output either way, as the float32 run computes it."""
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.precision == "float16")
 
     def step(noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         with autocast(device, cfg.runtime.precision, cache=not cfg.runtime.cuda_graphs):
             out = model(noisy)
-        loss = criterion(out.float(), clean)
+        loss = criterion(out.to(clean.dtype), clean)
         scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
         scaler.step(optimizer)
         scaler.update()
@@ -431,6 +434,7 @@ def _train(session: Session, device: torch.device, resume: bool) -> dict[str, An
     session.begin(state["epoch"] if state else 0, state["wall_time_s"] if state else 0.0)
     # uint8 NHWC, on the device once, flipped in height and width for raw_model.net
     images = torch.from_numpy(data.train_u8).to(device).flip(1, 2)
+    dtype = param_dtype(cfg.runtime.precision)
     tracer = StepTracer(cfg, session.fw_dir / "trace" if session.rec else None, device)
     on_device = scores_on_device(device)
     for epoch, order in session.epochs():
@@ -438,7 +442,7 @@ def _train(session: Session, device: torch.device, resume: bool) -> dict[str, An
             # rank 0 evaluated and checkpointed after the last epoch while the others went on:
             # start the clock together, or their first all-reduce's wait counts as training
             barrier(strategy, device)
-        result = run_epoch(session, net, images, order, epoch, device, tracer)
+        result = run_epoch(session, net, images, order, epoch, device, tracer, dtype)
         if strategy != "single":  # every rank's rows, epoch time and profile, to every rank
             result = EpochResult.merge(all_gather(strategy, result, session.world.processes))
         session.end_epoch(
@@ -504,7 +508,7 @@ def build(
     torch.manual_seed(cfg.train.seed)  # native init draws from the global generator
     # CUDA graphs: warm-up and capture run on this stream, and DDP is built on it (GraphedStep)
     graph_stream = torch.cuda.Stream(device) if cfg.runtime.cuda_graphs else None
-    raw = build_model(cfg.model).to(device)
+    raw = build_model(cfg.model).to(device, param_dtype(cfg.runtime.precision))
     if cfg.train.init == "shared":
         set_weights(raw, shared_weights(cfg.model, cfg.train.seed))
     raw = raw.to(memory_format=memory_format(cfg.runtime.channels_last))
@@ -558,6 +562,7 @@ def run_epoch(
     epoch: int,
     device: torch.device,
     tracer: StepTracer,
+    dtype: torch.dtype,
 ) -> EpochResult:
     """One epoch's training steps on this rank: each takes its global batch from `order`,
     draws the whole global batch's noise and trains on this rank's slice of it."""
@@ -567,7 +572,7 @@ def run_epoch(
     generator = torch.Generator(device).manual_seed(cfg.train.seed * 100_003 + epoch)
     fmt = memory_format(cfg.runtime.channels_last)
     b = cfg.train.batch_size
-    mine = slice(rank * b, (rank + 1) * b)
+    mine = replica_slice(rank, b)
     order_t = torch.from_numpy(order).to(device)  # once per epoch: no copy per step
     losses = torch.empty(len(order_t), device=device)  # fetched once, after the epoch
     waits: list[float] = []
@@ -585,7 +590,7 @@ def run_epoch(
         maybe_inject_fault(range(rank, rank + 1), first + i)
         idx = order_t[i]
         waits.append(time.perf_counter() - t0)
-        clean = images[idx].permute(0, 3, 1, 2).float() / 255
+        clean = images[idx].permute(0, 3, 1, 2).to(dtype) / 255
         noisy = add_noise(clean, cfg.noise, generator)  # the whole global batch's noise
         if not cfg.runtime.cuda_graphs:
             # set_to_none, torch's default (Horovod's DistributedOptimizer takes no argument)

@@ -371,7 +371,7 @@ def peak_precision(cfg: Config) -> str:
     """The hardware.py precision a run's convolutions use: its mixed-precision dtype, else
     TF32 or plain float32."""
     if cfg.runtime.precision != "float32":
-        return {"bfloat16": "bf16", "float16": "fp16"}[cfg.runtime.precision]
+        return {"bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}[cfg.runtime.precision]
     return "tf32" if cfg.runtime.tf32 else "fp32"
 
 
