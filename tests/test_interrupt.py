@@ -316,7 +316,7 @@ def test_a_killed_process_record_comes_before_the_errors_its_death_caused(tmp_pa
     assert not killed_unhandled("SIGTERM") and killed_unhandled("SIGKILL")
 
 
-def test_torchrun_wrapper_records_the_first_rank_only_when_a_signal_killed_it(tmp_path):
+def test_torchrun_wrapper_records_the_rank_a_signal_killed_by_how_it_ended(tmp_path):
     def failure(exitcode: int, when: int) -> ProcessFailure:
         f = ProcessFailure(local_rank=0, pid=1, exitcode=exitcode, error_file="")
         f.timestamp = when  # torchrun's: whole seconds when it noticed the end
@@ -329,6 +329,13 @@ def test_torchrun_wrapper_records_the_first_rank_only_when_a_signal_killed_it(tm
         world=3,
     )
     [record] = read_failures(tmp_path)
+    assert (record["process"], record["killed_by"]) == ("torch rank 1", "SIGKILL")
+    # a busy machine: rank 0's error file is dated a second before torchrun noticed rank 1's
+    # death; how rank 1 ended names it, whatever the order
+    torchrun.record_killed(
+        ChildFailedError("t", {0: failure(1, 100), 1: failure(-9, 102)}), tmp_path / "late", 2
+    )
+    [record] = read_failures(tmp_path / "late")
     assert (record["process"], record["killed_by"]) == ("torch rank 1", "SIGKILL")
     # rank 0 failed first on its own; rank 1 was SIGKILLed 30 s after torchrun's SIGTERM
     torchrun.record_killed(

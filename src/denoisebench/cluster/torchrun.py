@@ -22,7 +22,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main, parse_args
 
 from denoisebench.core.distributed import process_name, take_failures_dir
-from denoisebench.core.records import write_killed
+from denoisebench.core.records import killed_unhandled, write_killed
 
 
 def processes(torchrun_args: list[str]) -> int:
@@ -33,18 +33,34 @@ def processes(torchrun_args: list[str]) -> int:
     return int(nodes) * int(per_node) if nodes.isdigit() and per_node.isdigit() else 2
 
 
-def record_killed(error: ChildFailedError, fw_dir: Path, world: int) -> None:
-    """A failure record (records.write_failure) for the first rank to end, when a signal it does
-    not handle killed it: a rank that failed on its own records itself, and the ranks that
-    torchrun stopped afterwards (SIGTERM, SIGKILL 30 s later) are not the cause.
+TORCHRUN_STOP_S = 30
+"""How long torchrun waits after its SIGTERM to the other ranks before it SIGKILLs them
+(torch.distributed.elastic's PContext close timeout)."""
 
-    torchrun times failures in whole seconds when it notices them; a killed rank and the peer
-    whose collective broke with it are noticed together, so a tie goes to the killed rank."""
-    rank, first = min(
-        error.failures.items(), key=lambda item: (item[1].timestamp, item[1].exitcode >= 0)
-    )
-    if first.exitcode < 0:  # torch's convention: minus the signal's number
-        write_killed(fw_dir, process_name("torch", rank, world), first.signal_name())
+
+def record_killed(error: ChildFailedError, fw_dir: Path, world: int) -> None:
+    """A failure record (records.write_failure) for the rank that a signal it does not handle
+    killed (records.killed_unhandled: SIGKILL from the out-of-memory killer, a SIGSEGV): a rank
+    that failed on its own records itself.
+
+    The killed rank is known by how it ended, not by which rank torchrun timed first: torchrun
+    dates a rank's failure by its error file (written when the rank raised) or, for a rank that
+    wrote none (a killed one), by when it noticed the death, in whole seconds; on a busy machine
+    the peer whose collective broke can carry an earlier second than the death that broke it.
+    torchrun's own stop of the remaining ranks is not a cause: SIGTERM is a stop signal, and the
+    SIGKILL it sends TORCHRUN_STOP_S later to a rank still running dates that rank at least
+    TORCHRUN_STOP_S after the first failure. Among several killed ranks, the earliest."""
+    first = min(failure.timestamp for failure in error.failures.values())
+    killed = [
+        (failure.timestamp, rank, failure.signal_name())
+        for rank, failure in error.failures.items()
+        if failure.exitcode < 0  # torch's convention: minus the signal's number
+        and killed_unhandled(failure.signal_name())
+        and failure.timestamp - first < TORCHRUN_STOP_S
+    ]
+    if killed:
+        _, rank, signal_name = min(killed)
+        write_killed(fw_dir, process_name("torch", rank, world), signal_name)
 
 
 def run(argv: list[str] | None = None) -> int:
