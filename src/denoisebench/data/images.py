@@ -19,8 +19,10 @@ This module imports no deep-learning framework; tensorflow-datasets is imported 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
+import stat
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -79,6 +81,18 @@ _JPEG_FORMATS = ("JPEG", "MPO")
 
 NOT_JPEG_SHOWN = 5
 """How many of the files that are not RGB JPEGs a DataWarning names; it gives the count of all."""
+
+MAX_FILE_BYTES = 16 * 2**20
+"""The largest image file read (a zip member's uncompressed size, or a file in a folder): 16 MiB.
+A EuroSAT RGB JPEG is about 3 KB, and even a raw 64x64 image of 13 float64 bands is 0.4 MiB;
+without a cap one 3 GiB member of a small zip is read whole into memory before it fails."""
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+"""Pillow modes of 16-bit and 32-bit pixels: converting them to RGB would clip every value above
+255, so such a file is refused by name instead."""
+
+_MULTISPECTRAL_SUFFIXES = (".tif", ".tiff")
+"""EuroSAT's multispectral release (EuroSATallBands.zip) holds 13-band GeoTIFFs, not JPEGs."""
 
 
 class DataError(ValueError):
@@ -143,19 +157,30 @@ def _decode_image(data: bytes, where: str, image_size: int) -> tuple[np.ndarray,
     """
     try:
         with Image.open(io.BytesIO(data)) as img:
-            # Format and mode come from the content, not the file name, and are known after open().
+            # Format, mode and size come from the content's header, known after open(): the
+            # size is checked before decoding, so no image decodes to more than
+            # image_size x image_size pixels.
             fmt, mode = img.format or "unknown format", img.mode
+            if img.size != (image_size, image_size):
+                w, h = img.size
+                raise DataError(
+                    f"{where}: image is {w}x{h} pixels (width x height), expected "
+                    f"{image_size}x{image_size}"
+                )
+            if mode in _SIXTEEN_BIT_MODES:
+                raise DataError(
+                    f"{where}: a {fmt} image with {mode} pixels (16 or 32 bits); EuroSAT RGB is "
+                    "8-bit RGB, and converting would clip every value above 255: convert the "
+                    "file to 8-bit first"
+                )
             # open() reads only the header: load() decodes all of it, so a truncated file fails
             # here rather than loading with its bottom rows grey.
             img.load()
             rgb = img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"{where}: cannot decode image: {e}") from e
-    if rgb.size != (image_size, image_size):
-        w, h = rgb.size
-        raise DataError(
-            f"{where}: image is {w}x{h} pixels (width x height), expected {image_size}x{image_size}"
-        )
     kind = None if fmt in _JPEG_FORMATS and mode == "RGB" else f"{fmt}, mode {mode}"
     return np.asarray(rgb, dtype=np.uint8), kind
 
@@ -223,19 +248,37 @@ def _list_folder(path: Path) -> dict[str, Path]:
             if p.is_file() and p.suffix.lower() in _JPEG_SUFFIXES and not p.name.startswith(".")
         ]
         if not jpegs:
-            raise DataError(f"{root / c}: empty class folder (no .jpg files)")
+            tifs = any(p.suffix.lower() in _MULTISPECTRAL_SUFFIXES for p in (root / c).iterdir())
+            raise DataError(f"{root / c}: empty class folder (no .jpg files){_tif_hint(tifs)}")
         files.update((f"{c}/{p.name}", p) for p in jpegs)
     return files
 
 
+def _tif_hint(tifs: bool) -> str:
+    """What to say when a class folder holds GeoTIFFs instead of JPEGs."""
+    if not tifs:
+        return ""
+    return (
+        ": it holds .tif files, EuroSAT's multispectral release (13 bands); this benchmark "
+        "reads the RGB release, EuroSAT.zip with 2750/<class>/*.jpg"
+    )
+
+
 def _list_zip(zf: zipfile.ZipFile, path: Path) -> dict[str, str]:
     """Map "Class/file.jpg" -> zip member for a EuroSAT zip."""
+    twice = [m for m, n in collections.Counter(zf.namelist()).items() if n > 1]
+    if twice:
+        raise DataError(
+            f"{path}: {len(twice)} member name(s) appear more than once, e.g. {twice[0]!r}: which "
+            "copy is meant is ambiguous; re-create the zip"
+        )
     members = [
         m
         for m in zf.namelist()
         # macOS archivers add __MACOSX/ and ._ resource forks next to the real files.
         if not m.startswith("__MACOSX/") and not m.rsplit("/", 1)[-1].startswith("._")
     ]
+    tifs: set[str] = set()
     for prefix in [f"{t}/" for t in EUROSAT_TOP_FOLDERS] + [""]:
         found: dict[str, dict[str, str]] = {}
         for m in members:
@@ -249,6 +292,8 @@ def _list_zip(zf: zipfile.ZipFile, path: Path) -> dict[str, str]:
             in_class = found.setdefault(parts[0], {})
             if parts[1].lower().endswith(_JPEG_SUFFIXES):
                 in_class[f"{parts[0]}/{parts[1]}"] = m
+            elif parts[1].lower().endswith(_MULTISPECTRAL_SUFFIXES):
+                tifs.add(parts[0])
         if found:
             break
     else:
@@ -260,9 +305,43 @@ def _list_zip(zf: zipfile.ZipFile, path: Path) -> dict[str, str]:
     files: dict[str, str] = {}
     for c, in_class in found.items():
         if not in_class:
-            raise DataError(f"{path} (member {prefix}{c}/): empty class folder (no .jpg files)")
+            raise DataError(
+                f"{path} (member {prefix}{c}/): empty class folder (no .jpg files)"
+                + _tif_hint(c in tifs)
+            )
         files.update(in_class)
     return files
+
+
+def check_data_path(path: Path) -> None:
+    """Refuse, naming it, a data path that is missing or is neither a regular file nor a folder
+    (a FIFO would block the run forever, a device such as /dev/zero never ends)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: no such file or folder (expected EuroSAT.zip or its folder)"
+        ) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from e
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(
+            f"{path}: not a regular file or a folder (expected EuroSAT.zip or its folder)"
+        )
+
+
+def _read_capped(f: io.BufferedIOBase | zipfile.ZipExtFile, where: str, size: int) -> bytes:
+    """A file's bytes, refused by name beyond MAX_FILE_BYTES (checked from its stated size
+    first, then by reading at most one byte more than the cap)."""
+    too_big = (
+        f"{where}: {{}} bytes, more than the {MAX_FILE_BYTES // 2**20} MiB an image file may hold"
+    )
+    if size > MAX_FILE_BYTES:
+        raise DataError(too_big.format(f"{size:,}"))
+    data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise DataError(too_big.format(f"over {MAX_FILE_BYTES:,}"))
+    return data
 
 
 def load_eurosat(path: str | Path, image_size: int = 64, *, strict: bool = False) -> Images:
@@ -276,8 +355,7 @@ def load_eurosat(path: str | Path, image_size: int = 64, *, strict: bool = False
     with `strict`, the same message is a DataError instead.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder (expected EuroSAT.zip or its folder)")
+    check_data_path(path)
     desc = f"Decoding {path.name}"
     if path.is_dir():
         files = _list_folder(path)
@@ -286,7 +364,8 @@ def load_eurosat(path: str | Path, image_size: int = 64, *, strict: bool = False
         def read_file(name: str) -> tuple[bytes, str]:
             file = files[name]
             try:
-                return file.read_bytes(), str(file)
+                with open(file, "rb") as f:
+                    return _read_capped(f, str(file), file.stat().st_size), str(file)
             except OSError as e:
                 raise DataError(f"{file}: cannot read: {e}") from e
 
@@ -307,8 +386,21 @@ def load_eurosat(path: str | Path, image_size: int = 64, *, strict: bool = False
 
             def read_member(name: str) -> tuple[bytes, str]:
                 where = f"{path} (member {members[name]})"
+                info = zf.getinfo(members[name])
                 try:
-                    return zf.read(members[name]), where
+                    with zf.open(info) as f:
+                        return _read_capped(f, where, info.file_size), where
+                except NotImplementedError as e:  # Deflate64 and other methods zipfile lacks
+                    raise DataError(
+                        f"{where}: compression method {info.compress_type} is not supported by "
+                        f"Python's zipfile ({e}); extract the zip and pass the folder, or "
+                        "re-create it with plain Deflate"
+                    ) from e
+                except RuntimeError as e:  # zipfile's word for an encrypted member (not the above)
+                    raise DataError(
+                        f"{where}: the member is encrypted (password-protected); EuroSAT.zip is "
+                        "not: use the published zip, or extract it and pass the folder"
+                    ) from e
                 except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                     raise DataError(f"{where}: cannot read from the zip: {e}") from e
 
