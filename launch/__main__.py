@@ -25,6 +25,7 @@ nodes, node rank and master address are taken from SLURM's environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -48,8 +49,10 @@ from denoisebench.core.records import (
     FRAMEWORKS,
     LAUNCH_CHOICES,
     LAUNCH_FILE,
+    RunLock,
     atomic_write_text,
     check_free_space,
+    check_run_id,
     clear_failures,
     launch_conflicts,
     launch_option,
@@ -61,6 +64,7 @@ from denoisebench.core.records import (
     read_summary,
     resume_command,
     space_needed,
+    take_run_lock,
     write_killed,
     write_launch_choices,
 )
@@ -75,7 +79,7 @@ from launch.commands import (
     build_torchrun_cmd,
     build_train_cmd,
 )
-from launch.slurm import submit_sweep, submit_to_slurm, write_sbatch
+from launch.slurm import check_slurm_options, submit_sweep, submit_to_slurm, write_sbatch
 from launch.supervise import StopSignals, run_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +216,11 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         default=REPO_ROOT / "results",
         help="folder that receives results/<run-id>/ (default: %(default)s)",
     )
-    g.add_argument("--run-id", help="name of the run folder (default: <UTC time>-<profile>)")
+    g.add_argument(
+        "--run-id",
+        help="name of the run folder: letters, digits, '.', '_', '-', up to 100 "
+        "(default: <UTC time>-<profile>)",
+    )
     g.add_argument(
         "--no-space-check",
         action="store_true",
@@ -305,7 +313,12 @@ def _slurm_options(p: argparse.ArgumentParser) -> None:
         "and the log folder",
     )
     g.add_argument("--partition", default="gpu", help="SLURM partition (default: %(default)s)")
-    g.add_argument("--time", default="01:00:00", help="time limit (default: %(default)s)")
+    g.add_argument(
+        "--time",
+        default="01:00:00",
+        help="time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED "
+        "with --sbatch-out (default: %(default)s)",
+    )
     g.add_argument("--account", help="SLURM account to charge")
     g.add_argument(
         "--cpus-per-task",
@@ -615,6 +628,9 @@ def launch(args: argparse.Namespace, given: set[str] | None, main_job: bool = Fa
             raise ConfigError(HOROVOD_HERE_ONLY + "; --slurm, --sbatch-out and --sweep")
         if args.repeats < 1:
             raise ConfigError(f"--repeats {args.repeats} must be >= 1")
+        if args.run_id is not None:
+            check_run_id(args.run_id)
+        check_slurm_options(args)  # before anything is written: the values reach a script
         if args.sbatch_out:
             return write_sbatch(args)
         if args.sweep:
@@ -625,15 +641,18 @@ def launch(args: argparse.Namespace, given: set[str] | None, main_job: bool = Fa
             return 0
         topo = None if args.slurm else resolve_topology(args)
         check_horovod(args, topo)
-        prepare_run_folder(args, cfg, run_dir, topo)
+        lock = prepare_run_folder(args, cfg, run_dir, topo)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
     print(f"run folder: {run_dir}", flush=True)
     if args.slurm:
+        if lock is not None:
+            lock.release()  # the job's task 0 takes it (denoisebench.cluster.slurm_job)
         return submit_to_slurm(args, frameworks, run_dir)
-    code = train_frameworks(args, frameworks, run_dir, topo)
+    with lock or contextlib.nullcontext():  # held while the trainers run
+        code = train_frameworks(args, frameworks, run_dir, topo)
     if code or not main_job or (topo is not None and topo.node_rank != 0):
         return code
     from denoisebench.report.build import ReportError, write_report
@@ -697,18 +716,30 @@ def repeat_seeds(args: argparse.Namespace, run_dir: Path) -> list[int] | None:
 
 def prepare_run_folder(
     args: argparse.Namespace, cfg: Config, run_dir: Path, topo: Topology | None
-) -> None:
-    """Node 0 checks the disk has room and writes a new run's folders (launch.json first, then
-    each measurement folder's config.json); the other nodes wait for them."""
+) -> RunLock | None:
+    """Node 0 checks the disk has room, takes the run folder (records.take_run_lock: one
+    process trains a run at a time; a new run creates the folder first, refused when it
+    exists) and writes a new run's folders (launch.json first, then each measurement folder's
+    config.json); the other nodes wait for them. Returns node 0's lock, held until released."""
     is_node0 = topo is None or topo.node_rank == 0
     seeds = repeat_seeds(args, run_dir)
     if is_node0 and not args.no_space_check:
         devices = topo.devices * topo.nodes if topo else 1
         needed = space_needed(cfg, 2 if args.framework == "both" else 1, devices)
         check_free_space(args.results if args.resume is None else run_dir, needed * args.repeats)
-    if args.resume is None and is_node0:
-        if run_dir.exists():
-            raise ConfigError(f"{run_dir} exists; pick another --run-id or --resume it")
+    if not is_node0:
+        wait_for_config(measurement_dirs(run_dir, args.repeats)[-1])
+        return None
+    if args.resume is None:
+        try:  # atomic: of two new runs with one --run-id, the second is refused here
+            run_dir.mkdir(parents=True)
+        except FileExistsError:
+            raise ConfigError(f"{run_dir} exists; pick another --run-id or --resume it") from None
+    job = os.environ.get("SLURM_JOB_ID")
+    lock = take_run_lock(run_dir, owner=f"SLURM job {job}" if job else None)
+    if args.resume is not None:
+        return lock
+    try:
         write_launch_choices(run_dir, vars(args))  # first: config.json marks a run folder
         folders = measurement_dirs(run_dir, args.repeats)
         configs = dict.fromkeys([run_dir, *folders], cfg.to_dict())
@@ -718,8 +749,10 @@ def prepare_run_folder(
             folder.mkdir(parents=True, exist_ok=True)
             text = json.dumps(config, indent=2, sort_keys=True)  # as Config.to_json writes it
             atomic_write_text(folder / "config.json", text + "\n")
-    elif not is_node0:
-        wait_for_config(measurement_dirs(run_dir, args.repeats)[-1])
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def train_frameworks(
@@ -828,7 +861,8 @@ def run_framework(
     stop: StopSignals | None = None,
 ) -> int | None:
     """Train one framework into one results folder; None on success, else the exit code:
-    128 + the signal's number when a stop signal ended it (it is then marked interrupted)."""
+    128 + the signal's number when a stop signal ended it (it is then marked interrupted), 1
+    when it diverged (the trainer recorded it)."""
     before = read_summary(folder, framework)
     if args.resume and before and before.get("status") == "completed":
         print(f"[{framework}] already completed, skipping", flush=True)
@@ -844,6 +878,8 @@ def run_framework(
         return None
     stopped_by = result.signal
     after = read_summary(folder, framework)
+    if after and after != before and after.get("status") == "diverged":
+        return 1  # a loss that was not finite: the trainer recorded where and said so
     if result.killed_by and result.failed_process:
         # it could not record its own failure; torchrun's ranks: denoisebench.cluster.torchrun
         write_killed(folder / framework, result.failed_process, result.killed_by)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -21,11 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from denoisebench.core.config import Config, ConfigError
-from denoisebench.core.records import atomic_write_text, mark_failed, read_summary
+from denoisebench.core.records import RunLocked, atomic_write_text, mark_failed, read_summary
 from denoisebench.core.sweep import SweepElement
 from denoisebench.report.compare import comparison_table, sweep_table
 
 SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
+
+
+# What an sbatch script may hold: SLURM's own formats, and names of a safe character set.
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+NAME_CHARS = "letters, digits, '_', '.' and '-'"
+PARTITION = re.compile(r"[A-Za-z0-9_.-]+(?:,[A-Za-z0-9_.-]+)*")
+"""A partition, or a comma-separated list of them (SLURM takes the first that can run it)."""
+TIME_FORMATS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED"
+UNLIMITED = ("UNLIMITED", "INFINITE")
 
 
 @dataclass(frozen=True)
@@ -43,15 +53,54 @@ class SlurmRequest:
     signal_delay_s: int = 120
     """Seconds before the time limit at which the job is told to checkpoint and requeue."""
 
+    def __post_init__(self) -> None:
+        """Every value lands in an sbatch script: refuse what SLURM would not take, and any
+        character that could end a line or leave its quotes (ConfigError, naming the option)."""
+        time_parts(self.time)
+        checks = [
+            ("--partition", self.partition, PARTITION, "a partition (or a comma-separated list)"),
+            ("--account", self.account, NAME, "an account name"),
+        ]
+        for option, value, pattern, what in checks:
+            if value is not None and not pattern.fullmatch(value):
+                raise ConfigError(f"{option} {value!r}: expected {what} of {NAME_CHARS}")
+        for option, number in (
+            ("--nodes", self.nodes),
+            ("--gpus", self.devices),
+            ("--cpus-per-task", self.cpus_per_task),
+        ):
+            if number < 1:
+                raise ConfigError(f"{option} {number} must be >= 1")
+
+
+def time_parts(time: str) -> tuple[int, int, int, int] | None:
+    """SLURM's --time as (days, hours, minutes, seconds), None for UNLIMITED (or INFINITE);
+    ConfigError for any other text. SLURM's formats: minutes, minutes:seconds,
+    hours:minutes:seconds, days-hours, days-hours:minutes, days-hours:minutes:seconds."""
+    if time.upper() in UNLIMITED:
+        return None
+    m = re.fullmatch(r"(\d{1,9})-(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?", time, re.ASCII)
+    if m:
+        days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+        return days, hours, minutes, seconds
+    m = re.fullmatch(r"(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?", time, re.ASCII)
+    if not m:
+        raise ConfigError(f"--time {time!r}: expected {TIME_FORMATS}")
+    parts = [int(g) for g in m.groups() if g is not None]
+    if len(parts) == 3:
+        return 0, *parts  # hours:minutes:seconds
+    return 0, 0, parts[0], parts[1] if len(parts) == 2 else 0  # minutes[:seconds]
+
 
 def time_minutes(time: str) -> int:
-    """SLURM time (MM, HH:MM:SS or D-HH:MM:SS) in whole minutes, rounded up."""
-    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)|(\d+)", time.strip())
-    if not m:
-        raise ValueError(f"--time {time!r}: expected MM, HH:MM:SS or D-HH:MM:SS")
-    if m.group(5):
-        return int(m.group(5))
-    days, hours, minutes, seconds = (int(g or 0) for g in m.group(1, 2, 3, 4))
+    """SLURM time (TIME_FORMATS) in whole minutes, rounded up: what submitit takes."""
+    parts = time_parts(time)
+    if parts is None:
+        raise ConfigError(
+            f"--time {time}: submitit needs a time limit in minutes; give one, or write an "
+            "sbatch script with --sbatch-out"
+        )
+    days, hours, minutes, seconds = parts
     return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
 
 
@@ -89,7 +138,7 @@ def render_sbatch(framework: str, req: SlurmRequest) -> str:
     }[framework]
     sbatch = [
         f"--job-name=denoisebench-{framework}",
-        f"--partition={req.partition}",
+        f"--partition={shlex.quote(req.partition)}",
         f"--nodes={req.nodes}",
         "--ntasks-per-node=1",
         f"--cpus-per-task={req.cpus_per_task}",
@@ -97,9 +146,9 @@ def render_sbatch(framework: str, req: SlurmRequest) -> str:
     if req.gpus:
         sbatch.append(f"--gpus-per-node={req.devices}")
     if req.account:
-        sbatch.append(f"--account={req.account}")
+        sbatch.append(f"--account={shlex.quote(req.account)}")
     sbatch += [
-        f"--time={req.time}",
+        f"--time={shlex.quote(req.time)}",
         "--output=slurm-logs/%x-%j.out",
         "--open-mode=append",
         f"--signal=B:USR1@{req.signal_delay_s}",
@@ -117,8 +166,10 @@ def render_sbatch(framework: str, req: SlurmRequest) -> str:
 #
 # Environment (export before sbatch):
 #   DEVICES_PER_NODE     devices per node (default: {req.devices}; match --gpus-per-node)
-#   DENOISEBENCH_ARGS    more `python -m launch` options, e.g.
-#                        "--profile paper --data /data/EuroSAT.zip"
+#   DENOISEBENCH_ARGS    more `python -m launch` options, split into words at blanks (no
+#                        quotes, no globbing), e.g. "--profile paper --data /data/EuroSAT.zip"
+#                        (or give them after the script's name: sbatch slurm/{framework}.sbatch
+#                        --profile paper --data "/data/Euro SAT.zip")
 #   DENOISEBENCH_RESULTS results folder on a shared file system (default: results)
 #   DENOISEBENCH_PYTHON  the Python to run (default: .venv/bin/python)
 #
@@ -138,12 +189,16 @@ requeue() {{
 }}
 trap requeue USR1
 
+# DENOISEBENCH_ARGS as words, never as shell code; ${{EXTRA[@]+...}}: nothing when empty,
+# which `set -u` allows on bash before 4.4 too
+read -ra EXTRA <<< "${{DENOISEBENCH_ARGS:-}}"
+
 # One launcher per node. It reads SLURM's node list and node rank, and starts this node's
 # processes; node 0 writes the config and hosts the rendezvous.
 srun --ntasks-per-node=1 --kill-on-bad-exit=1 \\
     "$PYTHON" -m launch --framework {framework} --gpus "${{DEVICES_PER_NODE:-{req.devices}}}" \\
     --run-id "slurm-${{SLURM_JOB_ID}}" --results "$RESULTS" --auto-resume \\
-    ${{DENOISEBENCH_ARGS:-}} &
+    ${{EXTRA[@]+"${{EXTRA[@]}}"}} "$@" &
 SRUN=$!
 # `wait` returns early when USR1 arrives; keep waiting until srun itself has finished
 while true; do
@@ -200,6 +255,20 @@ def slurm_request(args: argparse.Namespace) -> SlurmRequest:
         account=args.account,
         cpus_per_task=args.cpus_per_task,
     )
+
+
+def check_slurm_options(args: argparse.Namespace) -> None:
+    """With --slurm or --sbatch-out, refuse (ConfigError) a SLURM option that SLURM would not
+    take or that could break out of its line in a script, before anything is written. submitit
+    writes --results into its script too (the log folder), so it must be one line."""
+    if not (args.slurm or args.sbatch_out):
+        return
+    slurm_request(args)  # SlurmRequest checks its values
+    if args.slurm:
+        time_minutes(args.time)  # submitit takes minutes: no UNLIMITED
+        for option, path in (("--results", args.results), ("--resume", args.resume)):
+            if path is not None and any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
+                raise ConfigError(f"{option} {str(path)!r}: a control character (a newline?)")
 
 
 def write_sbatch(args: argparse.Namespace) -> int:
@@ -260,7 +329,8 @@ def wait_for_jobs(jobs: list[tuple[str, Path, Any]], timeout_s: float) -> list[s
             print(
                 f"[{framework}] job {job.job_id} failed ({job.state}): {message}", file=sys.stderr
             )
-            mark_failed(run_dir, framework, f"SLURM job {job.job_id} {job.state}: {message}")
+            if RunLocked.__name__ not in str(e):  # refused: the run's records are another's
+                mark_failed(run_dir, framework, f"SLURM job {job.job_id} {job.state}: {message}")
     return failed
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from report_fixtures import add_gpu_records, dump_dom, ensure_chromium, make_results
+from synthetic_runs import LOAD_REASON, write_repeats, write_run
 
 from denoisebench.core.records import read_json, read_jsonl
 from denoisebench.report import baselines, runs
@@ -224,7 +225,11 @@ def test_verdict_rule():
         s("TensorFlow", 1000.0, 980.0, 1020.0),
         where,
     )
-    assert separated.startswith("PyTorch trained 1.23x faster than TensorFlow on 4 GPUs")
+    assert separated.startswith(
+        "Throughput on 4 GPUs: PyTorch trains 1.23x as fast as TensorFlow (medians 1,230 vs "
+        "1,000 img/s, +230 img/s; ratio range 1.18-1.28 over the repeats' extremes)"
+    )
+    assert separated.endswith("do not overlap: PyTorch is faster.")
     overlapping = verdict(
         "throughput_steady_img_s",
         s("PyTorch", 1230.0, 990.0, 1250.0),
@@ -232,6 +237,8 @@ def test_verdict_rule():
         where,
     )
     assert "within noise" in overlapping and "faster" not in overlapping
+    assert "PyTorch trains 1.23x as fast as TensorFlow" in overlapping  # the ratio, always
+    assert "ratio range 0.97-1.28" in overlapping and "no winner" in overlapping
     single = verdict(
         "throughput_steady_img_s",
         s("PyTorch", 1230.0, 1230.0, 1230.0, 1),
@@ -239,21 +246,30 @@ def test_verdict_rule():
         where,
     )
     assert "not enough repeats" in single and "single run" in single and "faster" not in single
+    assert "1.23x as fast as" in single and "no winner" in single
     energy = verdict(
         "gpu_energy_per_image_j",
         s("PyTorch", 0.82, 0.80, 0.84),
         s("TensorFlow", 1.0, 0.95, 1.05),
         where,
     )
-    assert energy.startswith("PyTorch used 18% less GPU energy per image than TensorFlow on 4 GPUs")
+    assert energy.startswith(
+        "GPU energy per image on 4 GPUs: PyTorch uses 0.82x the GPU energy per image of "
+        "TensorFlow (medians 0.820 vs 1.00 J/img, -0.180 J/img; ratio range 0.76-0.88"
+    )
+    assert energy.endswith("do not overlap: PyTorch uses less GPU energy per image.")
     psnr = verdict(
         "test_psnr_db", s("PyTorch", 27.0, 26.9, 27.1), s("TensorFlow", 27.5, 27.4, 27.6), where
     )
-    assert psnr.startswith("TensorFlow reached 0.50 dB higher final test PSNR than PyTorch")
+    assert psnr.startswith(
+        "Final test PSNR on 4 GPUs: TensorFlow's final test PSNR is 0.50 dB above PyTorch's "
+        "(medians 27.50 vs 27.00 dB, +0.50 dB; difference range +0.30 dB to +0.70 dB"
+    )
+    assert psnr.endswith("do not overlap: TensorFlow reaches the higher final test PSNR.")
     same = verdict(
         "test_psnr_db", s("PyTorch", 27.0, 27.0, 27.0), s("TensorFlow", 27.5, 27.5, 27.5), where
     )
-    assert "within noise" in same and "higher" not in same
+    assert "within noise" in same and "higher" not in same and "no winner" in same
     missing = verdict(
         "gpu_energy_per_image_j",
         Stat("PyTorch", None, None, None, 0, "no GPU: training on CPU"),
@@ -268,6 +284,106 @@ def test_report_verdicts_follow_the_rule(built):
     two = [v for v in lines if "on 2 CPU workers" in v]
     # one run on 2 workers: no winner may be named there
     assert two and all("not enough repeats" in v or "missing" in v for v in two)
+    assert not [v for v in two if "no winner" not in v and "missing" not in v]
+    # these runs share two cores with the other test worker: whether or not they were found
+    # disturbed, a throughput line names no winner from a disturbed run
+    runs = csv(built, "runs")
+    one = [v for v in lines if v.startswith("Throughput on 1 CPU worker")]
+    assert len(one) == 1
+    if runs.loc[runs["devices"] == 1, "disturbed"].any():
+        assert "no winner" in one[0] and "disturbed (" in one[0] and " is faster" not in one[0]
+
+
+def verdict_lines(folders: list[Path]) -> dict[str, str]:
+    """The report's verdicts on `folders`, by their figure's words."""
+    _report, csvs = report.build_report(folders, baseline_images=0)
+    lines = csvs["verdicts"]["verdict"].tolist()
+    assert len(lines) == 3, lines
+    return {v.split(" on 1 CPU worker")[0]: v for v in lines}
+
+
+def test_disturbed_repeats_name_no_winner_and_say_whose_and_why(tmp_path):
+    folders = write_repeats(
+        tmp_path,
+        img_s={"torch": [80.0, 82.0], "tf": [437.0, 441.0]},
+        psnr_db={"torch": [25.0, 25.1], "tf": [26.0, 26.1]},
+        disturbed={"torch": True},
+    )
+    lines = verdict_lines(folders)
+    speed = lines["Throughput"]
+    assert speed.startswith(
+        f"Throughput on 1 CPU worker: no winner: 2 of 2 PyTorch runs were disturbed ({LOAD_REASON})."
+    )
+    assert "TensorFlow is faster" not in speed and "TensorFlow run" not in speed
+    # the ratio stays visible, labelled as not a verdict
+    ratio = f"TensorFlow trains {439.0 / 81.0:.2f}x as fast as PyTorch"
+    assert f"Not a verdict, as measured: {ratio} (medians 439 vs 81.0 img/s, +358 img/s" in speed
+    assert f"ratio range {437.0 / 82.0:.2f}-{441.0 / 80.0:.2f}" in speed
+    # load does not change the test PSNR: that verdict stands, saying the runs were disturbed
+    psnr = lines["Final test PSNR"]
+    assert psnr.endswith(
+        f"TensorFlow reaches the higher final test PSNR (2 of 2 PyTorch runs were disturbed "
+        f"({LOAD_REASON}); machine load does not change this figure)."
+    )
+    rep, csvs = report.build_report(folders, baseline_images=0)
+    speed_csv = csvs["speed"].set_index("framework")
+    assert (
+        speed_csv.loc["torch", "disturbed_runs"] == 2 and speed_csv.loc["tf", "disturbed_runs"] == 0
+    )
+    assert LOAD_REASON in speed_csv.loc["torch", "disturbed_reasons"]
+    assert rep.tables["speed"][1]["repeats"].tolist() == ["2 (2 disturbed)", "2"]
+    env = csvs["environment"].set_index("framework")
+    assert set(env.loc["PyTorch", "disturbed"]) == {f"yes: {LOAD_REASON}"}
+    assert set(env.loc["TensorFlow", "disturbed"]) == {"no"}
+    conditions = env.loc["PyTorch", "run conditions"].iloc[0]
+    assert conditions.startswith("other processes 48% of the run's 2 cores (mean), 58% max")
+    assert "load per core max 1.55 (load average max 3.10); steal 0%" in conditions
+    assert "GPU: missing (no GPU: training on CPU)" in conditions
+
+
+def test_undisturbed_separate_repeats_name_the_winner_with_ratio_and_spread(tmp_path):
+    torch, tf = [100.0, 104.0, 102.0], [120.0, 125.0, 123.0]
+    speed = verdict_lines(write_repeats(tmp_path, img_s={"torch": torch, "tf": tf}))["Throughput"]
+    assert speed == (
+        f"Throughput on 1 CPU worker: TensorFlow trains {123 / 102:.2f}x as fast as PyTorch "
+        f"(medians 123 vs 102 img/s, +21.0 img/s; ratio range {120 / 104:.2f}-{125 / 100:.2f} "
+        "over the repeats' extremes); the ranges TensorFlow 120-125 and PyTorch 100-104 img/s "
+        "over 3 and 3 repeats do not overlap: TensorFlow is faster."
+    )
+
+
+def test_undisturbed_overlapping_repeats_give_ratio_and_spread_and_no_winner(tmp_path):
+    torch, tf = [100.0, 110.0, 120.0], [105.0, 115.0, 125.0]
+    speed = verdict_lines(write_repeats(tmp_path, img_s={"torch": torch, "tf": tf}))["Throughput"]
+    assert speed.startswith(
+        f"Throughput on 1 CPU worker: TensorFlow trains {115 / 110:.2f}x as fast as PyTorch "
+        f"(medians 115 vs 110 img/s, +5.00 img/s; ratio range {105 / 120:.2f}-{125 / 100:.2f} "
+        "over the repeats' extremes); no winner: the ranges TensorFlow 105-125 and PyTorch "
+        "100-120 img/s over 3 and 3 repeats overlap"
+    )
+    assert "is faster" not in speed and "disturbed" not in speed
+    # the same PSNR in every run (25 dB): no spread measured, no winner
+    assert (
+        "no winner: within noise / no spread measured"
+        in verdict_lines(write_repeats(tmp_path / "b", img_s={"torch": torch, "tf": tf}))[
+            "Final test PSNR"
+        ]
+    )
+
+
+def test_run_folders_without_load_records_read_as_not_recorded(tmp_path):
+    for fw, img_s in (("torch", 100.0), ("tf", 120.0)):
+        write_run(tmp_path / "old", fw, img_s=img_s, psnr_db=25.0, conditions=False)
+    runs = report.runs_frame([tmp_path / "old"])
+    assert not runs["disturbed"].any() and not runs["conditions_recorded"].any()
+    _rep, csvs = report.build_report([tmp_path / "old"], baseline_images=0)
+    env = csvs["environment"]
+    assert set(env["disturbed"]) == {"not recorded"}
+    assert all(
+        c.startswith("not recorded (run folder written before") for c in env["run conditions"]
+    )
+    speed = csvs["verdicts"]["verdict"].iloc[0]
+    assert "no winner: not enough repeats" in speed and "disturbed" not in speed
 
 
 def test_baselines_beat_the_noisy_input_on_the_same_sample(built):

@@ -14,6 +14,12 @@ the same task with resume=True: training continues from the last finished epoch'
 submitit ignores SIGTERM (it waits for its own USR2 to requeue), so a job ended by `scancel`
 would be SIGKILLed KillWait seconds later with its summary still 'running': task 0 records the
 run as interrupted as soon as SIGTERM comes (record_sigterm).
+
+One job attempt owns the run folder at a time (records.take_run_lock): task 0 holds the lock
+while it trains, so a requeued job whose old processes still run is refused, not mixed into
+the same records; the other tasks go on only once task 0 of their own attempt holds it
+(wait_for_owner), and otherwise fail with the same refusal instead of waiting for a peer
+that is gone.
 """
 
 from __future__ import annotations
@@ -22,13 +28,25 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from denoisebench.core.distributed import expand_nodelist, tf_config
-from denoisebench.core.records import mark_interrupted, read_summary, resume_command
+from denoisebench.core.records import (
+    RunLocked,
+    describe_holder,
+    mark_interrupted,
+    read_lock_holder,
+    read_summary,
+    resume_command,
+    take_run_lock,
+)
+
+OWNER_WAIT_S = 300.0
+"""How long the tasks other than task 0 wait for their task 0 to take the run folder."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,14 @@ class TrainTask:
     resume: bool = False
 
     def __call__(self) -> dict[str, Any]:
+        owner = job_attempt(os.environ)
+        if int(os.environ.get("SLURM_PROCID", "0")) != 0:
+            wait_for_owner(Path(self.run_dir), owner)
+            return self._train()
+        with take_run_lock(Path(self.run_dir), owner=owner):
+            return self._train()
+
+    def _train(self) -> dict[str, Any]:
         from denoisebench.core.config import load_resolved
 
         cfg = load_resolved(Path(self.run_dir) / "config.json")
@@ -74,6 +100,26 @@ class TrainTask:
             f"[slurm] {self.framework}: preempted or out of time, requeueing to resume", flush=True
         )
         return submitit.helpers.DelayedSubmission(replace(self, resume=True))
+
+
+def job_attempt(env: dict[str, str] | os._Environ) -> str:
+    """This job attempt's name as the lock file records it: a requeue keeps the job id and
+    counts SLURM_RESTART_COUNT up."""
+    return f"SLURM job {env.get('SLURM_JOB_ID', '?')} attempt {env.get('SLURM_RESTART_COUNT', '0')}"
+
+
+def wait_for_owner(run_dir: Path, owner: str, timeout_s: float = OWNER_WAIT_S) -> None:
+    """Tasks other than task 0: go on once task 0 of this attempt (`owner`) holds the run
+    folder's lock, which it names in the lock file only once held; RunLocked, naming the holder,
+    when it has not within timeout_s (it was refused, or it died)."""
+    deadline = time.monotonic() + timeout_s
+    while (holder := read_lock_holder(run_dir)).get("owner") != owner:
+        if time.monotonic() > deadline:
+            raise RunLocked(
+                f"{run_dir}: task 0 of {owner} did not take the run folder within "
+                f"{timeout_s:.0f}s; it is held by {describe_holder(holder)}"
+            )
+        time.sleep(0.5)
 
 
 def record_sigterm(framework: str, run_dir: Path) -> None:

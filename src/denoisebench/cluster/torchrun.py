@@ -22,7 +22,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main, parse_args
 
 from denoisebench.core.distributed import process_name, take_failures_dir
-from denoisebench.core.records import killed_unhandled, write_killed
+from denoisebench.core.records import killed_unhandled, read_json, write_killed
 
 
 def processes(torchrun_args: list[str]) -> int:
@@ -72,9 +72,20 @@ def run(argv: list[str] | None = None) -> int:
         return 128 + int(e.sigval)
     except ChildFailedError as e:
         if fw_dir is not None:
+            if diverged(fw_dir):  # the ranks said so in one line and exit 1 on purpose
+                return 1
             record_killed(e, fw_dir, processes(argv))
         raise
     return 0
+
+
+def diverged(fw_dir: Path) -> bool:
+    """Whether the run's summary says its loss diverged: every rank then ends with exit code 1
+    after rank 0 printed why, and torchrun's failure report would only repeat it."""
+    try:
+        return read_json(fw_dir / "summary.json").get("status") == "diverged"
+    except (OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -260,33 +262,50 @@ def _build_section(
         raise ConfigError(f"{where} [{section}] with overrides: {e}") from None
 
 
+RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "train.epochs": (">= 1", lambda v: v >= 1),
+    "train.batch_size": (">= 1", lambda v: v >= 1),
+    "train.eval_batch_size": (">= 1", lambda v: v >= 1),
+    "train.lr": ("> 0", lambda v: v > 0),
+    "train.beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "train.beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "train.eps": ("> 0", lambda v: v > 0),
+    "noise.sigma": (">= 0", lambda v: v >= 0),
+    "noise.amount": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "noise.peak": ("> 0", lambda v: v > 0),
+    "data.limit": (">= 0", lambda v: v >= 0),
+    "data.n_train": (">= 1", lambda v: v >= 1),
+    "data.n_test": (">= 1", lambda v: v >= 1),
+    "data.synthetic_images": (">= 2", lambda v: v >= 2),
+    "profiler.warmup_steps": (">= 0", lambda v: v >= 0),
+    "profiler.sample_interval_s": (">= 0.01", lambda v: v >= 0.01),
+    "profiler.idle_s": (">= 0", lambda v: v >= 0),
+    "profiler.trace_steps": (">= 0", lambda v: v >= 0),
+    "runtime.intra_op_threads": (">= 0", lambda v: v >= 0),
+    "runtime.inter_op_threads": (">= 0", lambda v: v >= 0),
+}
+"""The range of each number that has one, as the error message says it."""
+
+
+def _check_numbers(cfg: Config) -> None:
+    """Every number of every section: a float that is not finite (inf, -inf, nan: TOML and
+    float() both read them), or one outside its RANGES, is refused by key and value given."""
+    for section in SECTIONS:
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(values):
+            key, value = f"{section}.{f.name}", getattr(values, f.name)
+            rule, ok = RANGES.get(key, ("", None))
+            if isinstance(value, float) and not math.isfinite(value):
+                must = f"a finite number {rule}".rstrip()
+                raise ConfigError(f"{key} must be {must}, got {value}")
+            if ok is not None and not ok(value):
+                raise ConfigError(f"{key} must be {rule}, got {value}")
+
+
 def _validate(cfg: Config) -> None:
     """Range checks that the types alone do not express."""
+    _check_numbers(cfg)
     checks = [
-        (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
-        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
-        (cfg.train.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
-        (cfg.train.lr > 0, "train.lr must be > 0"),
-        (0 <= cfg.train.beta1 < 1, "train.beta1 must be in [0, 1)"),
-        (0 <= cfg.train.beta2 < 1, "train.beta2 must be in [0, 1)"),
-        (cfg.train.eps > 0, "train.eps must be > 0"),
-        (cfg.noise.sigma >= 0, "noise.sigma must be >= 0"),
-        (0 <= cfg.noise.amount <= 1, "noise.amount must be in [0, 1]"),
-        (cfg.noise.peak > 0, "noise.peak must be > 0"),
-        (cfg.data.limit >= 0, "data.limit must be >= 0"),
-        (
-            cfg.data.n_train >= 1 and cfg.data.n_test >= 1,
-            "data.n_train and data.n_test must be >= 1",
-        ),
-        (cfg.data.synthetic_images >= 2, "data.synthetic_images must be >= 2"),
-        (cfg.profiler.warmup_steps >= 0, "profiler.warmup_steps must be >= 0"),
-        (cfg.profiler.sample_interval_s >= 0.01, "profiler.sample_interval_s must be >= 0.01"),
-        (cfg.profiler.idle_s >= 0, "profiler.idle_s must be >= 0"),
-        (cfg.profiler.trace_steps >= 0, "profiler.trace_steps must be >= 0"),
-        (
-            cfg.runtime.intra_op_threads >= 0 and cfg.runtime.inter_op_threads >= 0,
-            "runtime.intra_op_threads and runtime.inter_op_threads must be >= 0",
-        ),
         (
             not (cfg.runtime.cuda_graphs and cfg.runtime.torch_compile),
             "runtime.cuda_graphs and runtime.torch_compile: choose one (the graph captures the "

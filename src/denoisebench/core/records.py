@@ -1,6 +1,7 @@
 """The results folder: layout, record schemas and atomic writes, shared by both trainers.
 
     results/<run-id>/
+        .lock                 held (flock) by the one process that trains the run: take_run_lock
         launch.json           the launch choices that shape the run (LAUNCH_CHOICES), for --resume
         config.json           resolved config (profile < file < overrides)
         data.json             what data was used (source, description, counts)
@@ -30,13 +31,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
+import math
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
-import tempfile
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,18 +115,21 @@ EPOCH_FIELDS: dict[str, str] = {
 }
 SUMMARY_FIELDS: dict[str, str] = {
     "framework": "torch or tf",
-    "status": "running, completed, failed or interrupted (stopped by a signal; resumable)",
+    "status": "running, completed, failed, interrupted (stopped by a signal; resumable) or "
+    "diverged (stopped after the epoch in which a training loss was not finite)",
     "error": "the exception, when status is failed ('killed by SIGKILL: ...' for a process "
-    "that a signal killed)",
+    "that a signal killed); where the loss stopped being finite, when status is diverged",
+    "diverged_at": "the first training loss that was not finite, when status is diverged: "
+    "{epoch, step, rank} as in steps.jsonl (from 0), and the loss as text (nan, inf, -inf)",
     "failed_process": "which process failed first (its own exception is `error`), when a "
     "distributed job failed",
     "knock_on_errors": "the other processes' errors after the first failure (a broken "
     "collective, most often), as {process, error}",
     "signal": "the stop signal (SIGINT, SIGTERM, SIGHUP), when status is interrupted",
     "resume_command": "the command that continues the run, when status is interrupted",
-    "history": "earlier attempts that failed or were interrupted, oldest first: their status, "
-    "error, failed_process, signal, epochs_completed and updated (cleared from the top level "
-    "when the run is resumed)",
+    "history": "earlier attempts that failed, were interrupted or diverged, oldest first: their "
+    "status, error, failed_process, signal, epochs_completed and updated, and diverged_at for "
+    "one that diverged (cleared from the top level when the run is resumed)",
     "epochs_completed": "finished epochs",
     "epochs": "epochs asked for",
     "final": "the last EPOCH record",
@@ -203,8 +211,15 @@ them, and refuses a different value given with it."""
 
 # Top-level summary fields of an attempt that ended early; moved into `history` when the run is
 # resumed, so a completed run never shows an earlier attempt's error.
-FAILURE_FIELDS = ("error", "failed_process", "knock_on_errors", "signal", "resume_command")
-ENDED_EARLY = ("failed", "interrupted")
+FAILURE_FIELDS = (
+    "error",
+    "failed_process",
+    "knock_on_errors",
+    "signal",
+    "resume_command",
+    "diverged_at",
+)
+ENDED_EARLY = ("failed", "interrupted", "diverged")
 
 
 def utc_now() -> str:
@@ -215,7 +230,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so that readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -225,6 +240,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, unique temporary file beside `path`, open for writing. Created with mode 0o666 as
+    open() creates files, so the umask (or a default ACL) decides who may read it, as for the
+    files np.savez and the frameworks write (tempfile.mkstemp would make every record 0600)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_npz(path: Path, *arrays: Any, **named: Any) -> None:
@@ -316,8 +343,35 @@ def check_free_space(folder: Path, needed: int) -> None:
         )
 
 
+NON_FINITE = "non_finite"
+"""The field that says why a record's value is null: {field: "nan" | "inf" | "-inf"}."""
+
+
+def finite_json(obj: Any) -> Any:
+    """`obj` with every non-finite float (nan, inf, -inf) as null, so that records are strict
+    JSON (NaN and Infinity are not JSON, and many readers refuse them). A dict that held one
+    says why in NON_FINITE, {field: "nan"}: null with its reason, as for a figure not measured.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        out = {k: finite_json(v) for k, v in obj.items()}
+        why = {k: str(v) for k, v in obj.items() if isinstance(v, float) and not math.isfinite(v)}
+        if why:
+            out[NON_FINITE] = {**(obj.get(NON_FINITE) or {}), **why}
+        return out
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_record(obj: Any, **kwargs: Any) -> str:
+    """`obj` as strict JSON text (finite_json; json.dumps `kwargs`): what every writer here uses."""
+    return json.dumps(finite_json(obj), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json_record(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -395,6 +449,116 @@ def new_run_id(profile: str) -> str:
     return f"{stamp}-{Path(profile).stem}"
 
 
+RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+RUN_ID_RULE = (
+    "one folder name of letters, digits, '.', '_' and '-', not starting with '.' or '-', "
+    "at most 100 characters"
+)
+
+
+def check_run_id(run_id: str) -> None:
+    """Refuse a --run-id that is not one safe folder name (RUN_ID): an absolute path or '..'
+    would put the run outside --results, 'a/b' nests it, a long one fails deep in a write."""
+    if not RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"--run-id {run_id!r}: a run id is {RUN_ID_RULE}")
+
+
+LOCK_FILE = ".lock"
+"""<run>/.lock: flock()ed by the one process that owns the run folder (take_run_lock); its text
+names that process (host, PID, since when) for the refusal a second one gets."""
+
+
+NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+"""flock()'s errors on a file system without locks (NFS without lockd, Lustre -o noflock)."""
+
+
+class RunLocked(ConfigError):
+    """Another process owns the run folder: a one-line refusal naming it (take_run_lock)."""
+
+
+class RunLock:
+    """A held run folder lock (take_run_lock): released by release(), on leaving a `with`, when
+    the object is dropped, and by the kernel when the holder dies, however it dies."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def read_lock_holder(run_dir: Path) -> dict[str, Any]:
+    """What the run folder's lock file says of its holder ({} when it says nothing readable);
+    whether it still holds the lock, only the flock knows."""
+    try:
+        holder = json.loads((Path(run_dir) / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """'PID 123 on node7 since 2025-01-01T10:00:00Z (SLURM job 42)', or what is known of it."""
+    if not holder.get("pid"):
+        return "another process (not yet named in its lock file)"
+    text = f"PID {holder['pid']} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+    return text + (f" ({holder['owner']})" if holder.get("owner") else "")
+
+
+def take_run_lock(run_dir: Path, owner: str | None = None) -> RunLock:
+    """Own `run_dir`: an exclusive flock on <run_dir>/.lock, taken without waiting, then the
+    holder (host, PID, since when, `owner`) written into the file. RunLocked, naming the
+    holder, when another process has it.
+
+    The lock is tied to this process' one open file description: the kernel releases it when
+    the process dies (a crashed owner never blocks a resume), and the descriptor is not
+    inherited (O_CLOEXEC, and subprocess closes the others), so trainer processes that outlive
+    a killed launcher do not keep the folder locked. A process forked without exec would share
+    it: the trainers are started with exec (subprocess). On NFS, Linux emulates flock with
+    POSIX byte-range locks, which the server arbitrates between nodes; on a file system with no
+    locks at all (NO_LOCKS) the run goes on unlocked, with a warning."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot open the run's lock file: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in NO_LOCKS:  # refusing every run there would be worse than no lock
+            print(
+                f"warning: {path}: this file system has no locks ({e.strerror}); nothing stops "
+                "a second process from training this run at the same time",
+                file=sys.stderr,
+                flush=True,
+            )
+            return RunLock(path, fd)
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise ConfigError(f"{path}: cannot lock the run folder: {e.strerror}") from None
+        raise RunLocked(
+            f"{run_dir} is in use by {describe_holder(read_lock_holder(run_dir))}: one process "
+            "trains a run folder at a time; wait for it to end, or stop it, then --resume"
+        ) from None
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": utc_now()}
+    with contextlib.suppress(OSError):  # a full disk: the lock holds, its holder unnamed
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps({**holder, "owner": owner}) + "\n").encode(), 0)
+    return RunLock(path, fd)
+
+
 class RunRecorder:
     """Writes one framework's records into results/<run-id>/<framework>/."""
 
@@ -411,29 +575,30 @@ class RunRecorder:
         """Drop records of epochs that no checkpoint covers (an interrupted epoch)."""
         for name in ("steps.jsonl", "devices.jsonl", "hosts.jsonl", "epochs.jsonl"):
             kept = [r for r in read_jsonl(self.dir / name) if r["epoch"] < epochs_done]
-            atomic_write_text(self.dir / name, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(self.dir / name, "".join(json_record(r) + "\n" for r in kept))
 
     def epoch(
         self,
-        record: dict[str, Any],
+        record: dict[str, Any] | None,
         steps: list[dict[str, Any]],
         devices: list[dict[str, Any]] | None = None,
         hosts: list[dict[str, Any]] | None = None,
     ) -> None:
         """Append an epoch's STEP rows (every rank's), its per-GPU and per-process profiler
-        rows, and its EPOCH record (last, so a record never exists without its rows), durably."""
-        epoch = record["epoch"]
+        rows, and its EPOCH record (last, so a record never exists without its rows), durably.
+        `record` None: the rows alone (an epoch that diverged, not evaluated)."""
+        epoch = record["epoch"] if record else steps[0]["epoch"]
         tables = (
             ("steps.jsonl", steps),
             ("devices.jsonl", [{"epoch": epoch, **d} for d in devices or []]),
             ("hosts.jsonl", [{"epoch": epoch, **h} for h in hosts or []]),
-            ("epochs.jsonl", [record]),
+            ("epochs.jsonl", [record] if record else []),
         )
         sizes = {name: _file_size(self.dir / name) for name, _ in tables}
         try:
             for name, rows in tables:
                 with open(self.dir / name, "a") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in rows)
+                    f.writelines(json_record(r) + "\n" for r in rows)
                     f.flush()
                     os.fsync(f.fileno())
         except OSError:
@@ -473,7 +638,10 @@ class RunRecorder:
 def _archive_attempt(summary: dict[str, Any]) -> None:
     """Append the attempt `summary` describes to its `history` list (in place)."""
     keys = ("status", "error", "failed_process", "signal", "epochs_completed", "updated")
-    summary["history"] = [*summary.get("history", []), {k: summary.get(k) for k in keys}]
+    attempt = {k: summary.get(k) for k in keys}
+    if summary.get("diverged_at"):
+        attempt["diverged_at"] = summary["diverged_at"]
+    summary["history"] = [*summary.get("history", []), attempt]
 
 
 FAILURES_DIR = "failures"

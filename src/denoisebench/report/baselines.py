@@ -31,6 +31,7 @@ import pandas as pd
 
 from denoisebench.core.records import FRAMEWORKS, read_json
 from denoisebench.measure.quality import image_quality
+from denoisebench.report.discover import NPZ_ERRORS, read_arrays
 
 FRAMEWORK_NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}
 # Rules of the noise sigma, fixed before looking at any result: scikit-image's gallery uses
@@ -141,10 +142,15 @@ def run_baselines(
 ) -> BaselineResult:
     """Score the classical methods, the noisy input and each framework's outputs on one sample.
 
-    `run_dir` is one run folder (test_samples.npz, config.json, <framework>/test_outputs.npz).
+    `run_dir` is one run folder (test_samples.npz, config.json, <framework>/test_outputs.npz);
+    a damaged test_samples.npz is a ValueError naming it (the report skips such a folder first:
+    discover.damage), a damaged test_outputs.npz a row with no figures that names it.
     """
     run_dir = Path(run_dir)
-    samples = np.load(run_dir / "test_samples.npz")
+    try:
+        samples = read_arrays(run_dir / "test_samples.npz", ("clean", "noisy"))
+    except NPZ_ERRORS as e:
+        raise ValueError(f"{run_dir / 'test_samples.npz'}: {type(e).__name__}: {e}") from e
     idx = sample_indices(len(samples["clean"]), images, seed)
     clean = samples["clean"][idx].astype(np.float32)
     noisy = samples["noisy"][idx].astype(np.float32)
@@ -188,7 +194,11 @@ def run_baselines(
         if not path.exists():
             missing(name, f"no {framework}/test_outputs.npz in {run_dir}")
             continue
-        out = np.load(path)["outputs"]
+        try:
+            out = read_arrays(path, ("outputs",))["outputs"]
+        except NPZ_ERRORS as e:
+            missing(name, f"{path}: {type(e).__name__}: {e}")
+            continue
         if len(out) != len(samples["clean"]):
             missing(name, f"{path}: {len(out)} outputs for {len(samples['clean'])} test samples")
             continue

@@ -43,6 +43,11 @@ PLATEAU_MIN_EPOCHS = 40
 """Claim 4 is about epochs 20 to 30: runs shorter than this cannot show a plateau there."""
 RISES_MIN_EPOCHS = 3
 """Claim 3 needs two epoch-to-epoch changes of the validation loss at least."""
+TRAINED_MARGIN_DB = 3.0
+"""Claim 1 is about final quality: testable once every run's final test PSNR lies this far above
+its noisy input's (the network denoises), or the runs reached the paper's epoch count."""
+PAPER_EPOCHS = 100
+"""The paper's training length (profiles/paper.toml's train.epochs)."""
 INITS = ("native", "shared")
 
 SUPPORTED, NOT_SUPPORTED, WITHIN_NOISE, NOT_TESTABLE = (
@@ -58,9 +63,20 @@ RULE = [
     f"Claims 1, 2, 3 and 5: supported when both frameworks have at least {MIN_RUNS} runs, "
     "their [min-max] ranges do not overlap and the difference goes the way the paper says; "
     "not supported when the ranges do not overlap and it goes the other way; within noise "
-    f"when they overlap, when every run gave the same value, or with fewer than {MIN_RUNS} "
-    "runs per framework. With 3 runs each, ranges that do not overlap arise by chance "
-    "1 time in 10 (2 of the 20 ways to split 6 values), so a verdict on 3 runs is a first look.",
+    "when they overlap, when every run of a framework gave one value (no spread measured), or "
+    f"with fewer than {MIN_RUNS} runs per framework. With 3 runs each, ranges that do not "
+    "overlap arise by chance 1 time in 10 (2 of the 20 ways to split 6 values), so a verdict "
+    "on 3 runs is a first look.",
+    "Every compared figure gives PyTorch/TensorFlow (the ratio of the medians) and "
+    "PyTorch - TensorFlow (their difference), each with the range the runs' extremes allow "
+    "([min/max - max/min] and [min-max to max-min]), whatever the verdict.",
+    f"Claim 1 is about final quality: not testable until the models are trained, that is until "
+    f"every run's final test PSNR lies at least {TRAINED_MARGIN_DB:g} dB above its noisy "
+    f"input's, or the runs reached the paper's {PAPER_EPOCHS} epochs: the final loss of a "
+    "network that does not denoise yet says nothing of how well it trains.",
+    "Not testable, too: a figure that is the same in every run of both frameworks (every run "
+    "with 0 rises of the validation loss, say): nothing was measured to compare, which is not "
+    "the same as a difference within noise.",
     "Welch's t-test p-value (two-sided, scipy) is shown for information; it does not decide "
     "the verdict.",
     f"Claim 4: the plateau epoch of a run is the first epoch (1-based) from which its training "
@@ -69,7 +85,10 @@ RULE = [
     f"otherwise; not testable on runs shorter than {PLATEAU_MIN_EPOCHS} epochs (the final value "
     "is then not a plateau).",
     "Claim 6 (left open by the paper) is answered by the same range rule, naming the faster "
-    "framework (and the one using less energy where energy was measured), else within noise.",
+    "framework (and the one using less energy where energy was measured), else within noise. "
+    "It names none from runs the machine's load disturbed (other processes on the run's cores, "
+    "a throttled GPU: summary.json `disturbed`, the reasons in the report's environment table); "
+    "the row then says whose runs and why, and gives the ratio as measured, not as a verdict.",
     "Not testable: the runs given cannot answer the statement (too few epochs, no runs of that "
     "initialisation); the row says which.",
 ]
@@ -169,6 +188,7 @@ def run_figures(folder: Path, framework: str) -> dict[str, Any]:
     train = [float(e["train_loss"]) for e in epochs]
     val = [float(e["test_loss"]) for e in epochs]
     count, size = rises(val) if val else (0, float("nan"))
+    noisy = epochs[-1].get("noisy_psnr_db") if epochs else None
     return {
         "init": config.get("train", {}).get("init"),
         "seed": config.get("train", {}).get("seed"),
@@ -178,6 +198,7 @@ def run_figures(folder: Path, framework: str) -> dict[str, Any]:
         "first_train_loss": train[0] if train else None,
         "final_val_loss": val[-1] if val else None,
         "final_psnr_db": float(epochs[-1]["test_psnr_db"]) if epochs else None,
+        "noisy_psnr_db": None if noisy is None else float(noisy),
         "val_rises": count,
         "val_rise_pct": size,
         "plateau_epoch": plateau_epoch(train) if train else None,
@@ -254,6 +275,12 @@ def range_verdict(
     absent = [FRAMEWORK_NAMES[fw] for fw, v in (("torch", torch), ("tf", tf)) if not v]
     if absent:
         return NOT_TESTABLE, f"no {' or '.join(absent)} run with this figure"
+    every = [*torch, *tf]
+    if min(every) == max(every):
+        return NOT_TESTABLE, (
+            f"every run of both frameworks gave {_num(every[0], 4)}: the figure did not vary, "
+            "so nothing was measured to compare"
+        )
     if len(torch) < MIN_RUNS or len(tf) < MIN_RUNS:
         return WITHIN_NOISE, (
             f"{len(torch)} and {len(tf)} run(s): fewer than {MIN_RUNS} per framework"
@@ -267,6 +294,79 @@ def range_verdict(
     if lower is None:
         return f"{found} lower", why
     return (SUPPORTED if found == lower else NOT_SUPPORTED), why
+
+
+RANGE = ("median", "min", "max")
+"""The three numbers of a figure with its spread, as claims.csv names them."""
+
+
+def _signed(v: float, digits: int = 3) -> str:
+    return f"{'-' if v < 0 else '+'}{_num(abs(v), digits)}"
+
+
+def contrast(
+    torch: Sequence[float], tf: Sequence[float], unit: str = "", prefix: str = ""
+) -> tuple[str, dict[str, Any]]:
+    """PyTorch against TensorFlow, as text and numbers: the ratio of the medians and their
+    difference, each with the range the runs' extremes allow ([min/max - max/min] and
+    [min-max to max-min]). The ratio is left out where TensorFlow's values reach 0 or below."""
+    if not torch or not tf:
+        return "", {}
+    a, b = np.asarray(torch, dtype=float), np.asarray(tf, dtype=float)
+    diff = (float(np.median(a) - np.median(b)), a.min() - b.max(), a.max() - b.min())
+    numbers: dict[str, Any] = {
+        f"{prefix}diff_{k}": float(v) for k, v in zip(RANGE, diff, strict=True)
+    }
+    text = (
+        f"PyTorch - TensorFlow {_signed(diff[0])} [{_signed(diff[1])} to {_signed(diff[2])}]{unit}"
+    )
+    if b.min() > 0 and a.min() >= 0:
+        ratio = (float(np.median(a) / np.median(b)), a.min() / b.max(), a.max() / b.min())
+        numbers |= {f"{prefix}ratio_{k}": float(v) for k, v in zip(RANGE, ratio, strict=True)}
+        text = f"PyTorch/TensorFlow {ratio[0]:.2f}x [{ratio[1]:.2f}-{ratio[2]:.2f}], {text}"
+    return text, numbers
+
+
+def disturbed(runs: pd.DataFrame) -> str | None:
+    """Whose runs the machine's load disturbed (summary.json `disturbed`), how many and the
+    first reason; None when none was (or none recorded it: an older run folder)."""
+    if "disturbed" not in runs:
+        return None
+    parts = []
+    for fw in FRAMEWORKS:
+        sel = runs[runs["framework"] == fw]
+        hit = sel[sel["disturbed"].astype(bool)]
+        if len(hit):
+            reason = next(iter(hit["disturbed_reason"].dropna()), "no reason recorded")
+            verb = "was" if len(hit) == 1 else "were"
+            parts.append(
+                f"{len(hit)} of {len(sel)} {FRAMEWORK_NAMES[fw]} run(s) {verb} disturbed ({reason})"
+            )
+    return " and ".join(parts) or None
+
+
+def untrained(runs: pd.DataFrame) -> str | None:
+    """Why the final quality of these runs cannot be compared yet, None when it can: every run
+    must end with a test PSNR at least TRAINED_MARGIN_DB above its noisy input's, or have
+    trained the paper's PAPER_EPOCHS epochs."""
+    gain = pd.to_numeric(runs["final_psnr_db"]) - pd.to_numeric(runs["noisy_psnr_db"])
+    below = (runs["epochs"] < PAPER_EPOCHS) & ~(gain >= TRAINED_MARGIN_DB)  # NaN: not shown
+    if not below.any():
+        return None
+    parts = []
+    for fw in FRAMEWORKS:
+        sel = runs["framework"] == fw
+        if (below & sel).any():
+            gains = gain[sel].dropna()
+            median = f"median {_signed(float(gains.median()))} dB" if len(gains) else "no PSNR"
+            parts.append(
+                f"{int((below & sel).sum())} of {int(sel.sum())} {FRAMEWORK_NAMES[fw]} runs "
+                f"({median} over the noisy input)"
+            )
+    return (
+        f"not trained yet: {' and '.join(parts)} end less than {TRAINED_MARGIN_DB:g} dB above "
+        f"the noisy input's PSNR, before the paper's {PAPER_EPOCHS} epochs"
+    )
 
 
 def _by_fw(runs: pd.DataFrame, key: str) -> dict[str, list[float]]:
@@ -303,10 +403,25 @@ def _no_runs(claim: str, paper: str, figure: str, init: str) -> Row:
     return Row(claim, paper, figure, "no runs", NOT_TESTABLE, f"no completed {init}-init runs")
 
 
-def _compared(claim: str, paper: str, figure: str, runs: pd.DataFrame, key: str, lower: str) -> Row:
+def _compared(
+    claim: str,
+    paper: str,
+    figure: str,
+    runs: pd.DataFrame,
+    key: str,
+    lower: str,
+    gate: str | None = None,
+) -> Row:
+    """A figure compared by the range rule, with its ratio and difference; `gate`: why the
+    runs cannot test it yet (the verdict is then not testable, the figures still shown)."""
     values = _by_fw(runs, key)
     verdict, why = range_verdict(values["torch"], values["tf"], lower)
-    return Row(claim, paper, figure, _measured(values), verdict, why, _numbers(values))
+    text, numbers = contrast(values["torch"], values["tf"])
+    if text:
+        why = f"{why}; {text}"
+    if gate is not None and verdict != NOT_TESTABLE:
+        verdict, why = NOT_TESTABLE, f"{gate}. Not a verdict, as measured: {why}"
+    return Row(claim, paper, figure, _measured(values), verdict, why, _numbers(values) | numbers)
 
 
 # --- the statements --------------------------------------------------------------------------
@@ -329,9 +444,13 @@ def claim_1(native: pd.DataFrame | None) -> Row:
     figure = "final validation loss (test split, last epoch; native initialisers)"
     if native is None:
         return _no_runs("1", PAPER["1"], figure, "native")
-    row = _compared("1", PAPER["1"], figure, native, "final_val_loss", lower="torch")
+    gate = untrained(native)
+    row = _compared("1", PAPER["1"], figure, native, "final_val_loss", lower="torch", gate=gate)
     psnr = _by_fw(native, "final_psnr_db")
     measured = f"{row.measured}. Final test PSNR dB: {_measured(psnr, digits=4)}"
+    noisy = [float(v) for v in native["noisy_psnr_db"] if not _missing(v)]
+    if noisy:
+        measured += f"; the noisy input's: {spread(noisy, 4)}"
     return replace(row, measured=measured)
 
 
@@ -365,8 +484,16 @@ def claim_3(native: pd.DataFrame | None) -> Row:
     if epochs < RISES_MIN_EPOCHS:
         why = f"{epochs} epoch(s): fewer than {RISES_MIN_EPOCHS}, at most one change to rise"
         return Row("3", PAPER["3"], figure, measured, NOT_TESTABLE, why, numbers)
+    if count["torch"] and count["tf"] and not any(count["torch"] + count["tf"]):
+        why = (
+            f"every run had 0 rises of the validation loss ({len(count['torch'])} and "
+            f"{len(count['tf'])} runs): no peaks were measured to compare"
+        )
+        return Row("3", PAPER["3"], figure, measured, NOT_TESTABLE, why, numbers)
     verdict, why = range_verdict(size["torch"], size["tf"], lower="torch")
-    return Row("3", PAPER["3"], figure, measured, verdict, why, numbers)
+    text, diff = contrast(size["torch"], size["tf"], " pp")
+    why = f"{why}; size: {text}" if text else why
+    return Row("3", PAPER["3"], figure, measured, verdict, why, numbers | diff)
 
 
 def claim_4(native: pd.DataFrame | None) -> Row:
@@ -406,7 +533,9 @@ def _gpu_memory(runs: pd.DataFrame) -> tuple[str, dict[str, Any]]:
         return f"not measured: {why}", {}
     verdict, why = range_verdict(values["torch"], values["tf"], lower=None)
     answer = _answer(verdict, False, "uses less")
-    return f"{_measured(values, ' GiB', 3)} ({answer}: {why})", _numbers(values, "gpu_mem_")
+    text, diff = contrast(values["torch"], values["tf"], " GiB", "gpu_mem_")
+    why = f"{why}; {text}" if text else why
+    return f"{_measured(values, ' GiB', 3)} ({answer}: {why})", _numbers(values, "gpu_mem_") | diff
 
 
 def claim_5(both: pd.DataFrame | None) -> Row:
@@ -420,7 +549,9 @@ def claim_5(both: pd.DataFrame | None) -> Row:
     gpu_text, gpu_numbers = _gpu_memory(both)
     measured = f"host RSS: {_measured(rss, ' GiB', 3)}. GPU memory: {gpu_text}"
     verdict, why = range_verdict(rss["torch"], rss["tf"], lower="torch")
-    numbers = {**_numbers(rss), **gpu_numbers}
+    text, diff = contrast(rss["torch"], rss["tf"], " GiB")
+    why = f"{why}; {text}" if text else why
+    numbers = {**_numbers(rss), **diff, **gpu_numbers}
     return Row("5", PAPER["5"], figure, measured, verdict, f"host RSS: {why}", numbers)
 
 
@@ -434,6 +565,23 @@ def _answer(verdict: str, higher_better: bool, better: str) -> str:
     return f"{FRAMEWORK_NAMES[winner]} {better}"
 
 
+def _open_answer(
+    values: dict[str, list[float]], higher_better: bool, better: str, load: str | None
+) -> tuple[str, str, dict[str, Any]]:
+    """(answer, why, ratio numbers) of an open question on a figure that machine load changes:
+    the range rule's answer, or none from runs the load disturbed (the figures still shown)."""
+    verdict, why = range_verdict(values["torch"], values["tf"], lower=None)
+    text, numbers = contrast(values["torch"], values["tf"])
+    why = f"{why}, {text}" if text else why
+    if load and verdict != NOT_TESTABLE:
+        return (
+            "no framework named (disturbed runs)",
+            f"none named from disturbed runs: {load}; not a verdict, as measured: {why}",
+            numbers,
+        )
+    return _answer(verdict, higher_better, better), why, numbers
+
+
 def claim_6(both: pd.DataFrame | None) -> Row:
     figure = (
         "steady-state throughput (img/s, warm-up steps left out) and energy per training "
@@ -441,12 +589,13 @@ def claim_6(both: pd.DataFrame | None) -> Row:
     )
     if both is None:
         return _no_runs("6", PAPER["6"], figure, "single-device")
+    load = disturbed(both)
     tput = _by_fw(both, "throughput_steady_img_s")
-    verdict, why = range_verdict(tput["torch"], tput["tf"], lower=None)
-    answers = [f"throughput: {_answer(verdict, True, 'faster')}"]
+    answer, why, ratio = _open_answer(tput, True, "faster", load)
+    answers = [f"throughput: {answer}"]
     whys = [f"throughput: {why}"]
     measured = [f"throughput img/s: {_measured(tput, '', 4)}"]
-    numbers = _numbers(tput)
+    numbers = _numbers(tput) | ratio
     for key, label, reason_key in (
         ("gpu_energy_per_image_j", "GPU J/img", "gpu_energy_reason"),
         ("cpu_energy_per_image_j", "CPU J/img (RAPL)", "cpu_energy_reason"),
@@ -458,11 +607,11 @@ def claim_6(both: pd.DataFrame | None) -> Row:
                 f"{label}: not measured ({reasons.iloc[0] if len(reasons) else 'not recorded'})"
             )
             continue
-        e_verdict, e_why = range_verdict(energy["torch"], energy["tf"], lower=None)
-        answers.append(f"{label}: {_answer(e_verdict, False, 'uses less')}")
+        e_answer, e_why, e_ratio = _open_answer(energy, False, "uses less", load)
+        answers.append(f"{label}: {e_answer}")
         whys.append(f"{label}: {e_why}")
         measured.append(f"{label}: {_measured(energy, '', 3)}")
-        numbers |= _numbers(energy, f"{key}_")
+        numbers |= _numbers(energy, f"{key}_") | {f"{key}_{k}": v for k, v in e_ratio.items()}
     if len(answers) == 1:
         answers.append("energy: not measured")
     return Row(
@@ -506,6 +655,20 @@ def _scope(frame: pd.DataFrame, chosen: dict[str, pd.DataFrame], notes: list[str
     devices = sorted(set(any_runs["device_kind"]))
     names = sorted({str(d) for d in any_runs["device"].dropna()})
     lines.append(f"Device: {', '.join(devices)} ({', '.join(names)}), one device per run.")
+    load = disturbed(any_runs)
+    unknown = int((~any_runs["conditions_recorded"].astype(bool)).sum())
+    if load:
+        lines.append(
+            f"Machine load: {load}; claim 6 names no framework from them (the environment "
+            "table gives every run's conditions)."
+        )
+    elif unknown:
+        lines.append(
+            f"Machine load: not recorded for {unknown} of {len(any_runs)} runs (run folders "
+            "written before the trainers recorded it); the others were not disturbed."
+        )
+    else:
+        lines.append("Machine load: no run was disturbed.")
     left_out = len(frame) - len(any_runs) if not frame.empty else 0
     if left_out > 0:
         lines.append(f"{left_out} other completed single-device run(s) not used (see below).")

@@ -103,7 +103,18 @@ def comparison_table(run_dir: Path) -> str:
         na_rep="missing",
         formatters={col: _fixed(digits) for col, digits in formats.items()},
     )
-    return "\n".join([table, *missing_reasons(run_dir)])
+    return "\n".join([table, *diverged_lines(run_dir), *missing_reasons(run_dir)])
+
+
+def diverged_lines(run_dir: Path) -> list[str]:
+    """One line per framework whose run diverged, saying where (the summary's `error`)."""
+    lines = []
+    for framework in FRAMEWORKS:
+        records = FrameworkRecords.read(run_dir, framework)
+        if records and records.summary.get("status") == "diverged":
+            where = records.summary.get("error") or "a loss that was not finite"
+            lines.append(f"  {framework}: diverged: {where}")
+    return lines
 
 
 def missing_reasons(run_dir: Path) -> list[str]:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 from denoisebench.core.records import FRAMEWORKS, read_json, read_jsonl
 
@@ -24,23 +28,39 @@ def _is_run_folder(path: Path) -> bool:
 
 # What a run folder's report reads, per framework, beside config.json and summary.json.
 _RECORD_FILES = ("epochs.jsonl", "steps.jsonl", "devices.jsonl", "hosts.jsonl", "environment.json")
+# The arrays it reads (report/baselines.py), where the run wrote them: file -> array names.
+_ARRAY_FILES = {"test_samples.npz": ("clean", "noisy"), "test_outputs.npz": ("outputs",)}
+# What np.load raises on a damaged .npz: a cut-off or overwritten zip, a bad CRC or deflate
+# stream, a bad array header, an array missing.
+NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def read_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz, read whole (so a damaged one fails here, with NPZ_ERRORS,
+    not later in the middle of the report)."""
+    with np.load(path) as npz:
+        return {name: npz[name] for name in names}
 
 
 def damage(folder: Path) -> str | None:
     """Why `folder` cannot be reported on, naming the file and its parse error; None if every
     file the report reads parses (a run cut off mid-write, a disk that filled up)."""
-    files = [folder / "config.json"]
+    files = [folder / "config.json", folder / "test_samples.npz"]
     for framework in FRAMEWORKS:
         fw_dir = folder / framework
         if (fw_dir / "summary.json").is_file():
             files += [fw_dir / "summary.json", *(fw_dir / name for name in _RECORD_FILES)]
+            files.append(fw_dir / "test_outputs.npz")
     for path in files:
         try:
             if path.suffix == ".jsonl":
                 read_jsonl(path)
+            elif path.suffix == ".npz":
+                if path.is_file():  # written at the end of a run: absent before
+                    read_arrays(path, _ARRAY_FILES[path.name])
             elif path.is_file() or path.name != "environment.json":
                 read_json(path)
-        except (OSError, ValueError) as e:  # json.JSONDecodeError and UnicodeError too
+        except NPZ_ERRORS as e:  # json.JSONDecodeError and UnicodeError are ValueErrors
             return f"{path}: {type(e).__name__}: {e}"
     return None
 

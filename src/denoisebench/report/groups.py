@@ -55,6 +55,14 @@ METRICS = [
 ]
 METRIC = {m.key: m for m in METRICS}
 METRIC["scaling_efficiency"] = Metric("scaling_efficiency", "scaling efficiency", digits=3)
+LOAD_FIGURES = [
+    "other_cpu_share",
+    "other_cpu_share_max",
+    "load_per_core_max",
+    "steal_share",
+    "gpu_sm_clock_ratio_min",
+]
+"""The run conditions of the runs table (runs.load_fields) that are numbers."""
 
 
 def runs_frame(
@@ -72,7 +80,7 @@ def runs_frame(
             if (folder / framework / "summary.json").is_file():
                 rows.append(run_record(folder, framework, label, target_psnr_db, gain_db))
     frame = pd.DataFrame(rows)
-    numeric = [m.key for m in METRICS] + ["wall_time_s", "epochs_completed"]
+    numeric = [m.key for m in METRICS] + ["wall_time_s", "epochs_completed", *LOAD_FIGURES]
     if not frame.empty:
         frame[numeric] = frame[numeric].apply(pd.to_numeric)  # None (not measured) -> NaN
     return frame
@@ -95,6 +103,15 @@ def group_frame(runs: pd.DataFrame) -> pd.DataFrame:
         row["runs"] = len(group)
         row["energy_method"] = ",".join(sorted(set(done["gpu_energy_method"].dropna()))) or None
         row["energy_window_too_short"] = bool(done["energy_window_too_short"].any())
+        # Machine load: a verdict on speed names no winner from a disturbed run (verdicts.py).
+        disturbed = done[done["disturbed"].astype(bool)]
+        row["disturbed_runs"] = len(disturbed)
+        row["disturbed_reason"] = next(iter(disturbed["disturbed_reason"].dropna()), None)
+        row["disturbed_reasons"] = (
+            "; ".join(f"{r['run']}: {r['disturbed_reasons']}" for _, r in disturbed.iterrows())
+            or None
+        )
+        row["conditions_recorded_runs"] = int(done["conditions_recorded"].astype(bool).sum())
         for m in METRICS:
             values = done[m.key].dropna()
             row[f"{m.key}_median"] = float(values.median()) if len(values) else None

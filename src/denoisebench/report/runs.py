@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ def _first(rows: Iterable[dict[str, Any]], key: str) -> Any:
     return next((r[key] for r in rows if r.get(key)), None)
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
 def time_to_target(epochs: list[dict[str, Any]], target_db: float) -> dict[str, Any]:
     """Training time (and GPU energy) summed over epochs up to the first one whose test PSNR
     reaches `target_db`; missing with the reason if it never does or energy was not measured.
@@ -85,9 +90,8 @@ def time_to_target(epochs: list[dict[str, Any]], target_db: float) -> dict[str, 
                 "target_reason": None,
                 "energy_target_reason": energy_reason,
             }
-    best = max(
-        (r["test_psnr_db"] for r in ordered if r.get("test_psnr_db") is not None), default=None
-    )
+    # finite only: a record written before non-finite figures became null may hold NaN
+    best = max((r["test_psnr_db"] for r in ordered if _finite(r.get("test_psnr_db"))), default=None)
     reason = f"target {target_db:.2f} dB never reached in {len(ordered)} epochs" + (
         f" (best {best:.2f} dB)" if best is not None else ""
     )
@@ -97,6 +101,28 @@ def time_to_target(epochs: list[dict[str, Any]], target_db: float) -> dict[str, 
         "energy_to_target_j": None,
         "target_reason": reason,
         "energy_target_reason": reason,
+    }
+
+
+def load_fields(summary: dict[str, Any]) -> dict[str, Any]:
+    """The run's conditions as the trainer recorded them (summary.json `disturbed`,
+    `disturbed_reasons`, `conditions`), flat for the runs table. A folder written before they
+    were recorded reads as not disturbed, with `conditions_recorded` False."""
+    conditions = summary.get("conditions") or {}
+    reasons = [str(r) for r in summary.get("disturbed_reasons") or []]
+    disturbed = bool(summary.get("disturbed"))
+    if disturbed and not reasons:
+        reasons = ["disturbed (no reason recorded)"]
+    return {
+        "disturbed": disturbed,
+        "disturbed_reasons": "; ".join(reasons) or None,
+        "disturbed_reason": reasons[0] if reasons else None,
+        "conditions_recorded": "disturbed" in summary or bool(conditions),
+        "other_cpu_share": conditions.get("other_cpu_share"),
+        "other_cpu_share_max": conditions.get("other_cpu_share_max"),
+        "load_per_core_max": conditions.get("load_per_core_max"),
+        "steal_share": conditions.get("steal_share"),
+        "gpu_sm_clock_ratio_min": (conditions.get("gpu") or {}).get("sm_clock_ratio_min"),
     }
 
 
@@ -144,6 +170,9 @@ def run_record(
     )
     mem_used = [e["gpu_mem_used_peak_gib"] for e in epochs if e.get("gpu_mem_used_peak_gib")]
     status = summary.get("status")
+    error = summary.get("error") or summary.get("failed_process")
+    if status == "diverged":  # the error says where: epoch and step
+        error = f"diverged: {error}"
     return {
         "run": label,
         "folder": str(folder),
@@ -160,12 +189,14 @@ def run_record(
         "device": summary.get("device"),
         "strategy": summary.get("strategy"),
         "status": status,
-        "error": summary.get("error") or summary.get("failed_process"),
+        "error": error,
         "epochs_completed": summary.get("epochs_completed", len(epochs)),
         "data": summary.get("data"),
         "throughput_steady_img_s": tput,
         "throughput_per_device_img_s": tput / world if tput is not None else None,
-        "throughput_reason": None if tput is not None else stats.get("steady_reason"),
+        "throughput_reason": None
+        if tput is not None
+        else (stats.get("steady_reason") or f"not recorded (status {status})"),
         # single steps are device times only where the trainer waited for each one
         "step_time_p50_s": None if dispatch else stats.get("step_time_p50_s"),
         "step_time_p95_s": None if dispatch else stats.get("step_time_p95_s"),
@@ -202,4 +233,5 @@ def run_record(
         "noisy_psnr_db": noisy_psnr,
         "quality_reason": None if final else "no finished epoch",
         "wall_time_s": summary.get("wall_time_s"),
+        **load_fields(summary),
     }

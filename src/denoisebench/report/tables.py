@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -86,7 +87,8 @@ def display_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             "batch/device": g["batch_per_device"],
             "setup": g["setup"],
             "repeats": f"{g['repeats']}"
-            + (f" of {g['runs']}" if g["runs"] != g["repeats"] else ""),
+            + (f" of {g['runs']}" if g["runs"] != g["repeats"] else "")
+            + (f" ({g['disturbed_runs']} disturbed)" if g.get("disturbed_runs") else ""),
         }
         for key in keys:
             if key == "energy_method":
@@ -142,7 +144,7 @@ def speed_modes_table(groups: pd.DataFrame) -> pd.DataFrame:
 
 def csv_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """A group table as numbers: median, min, max, n and reason per figure (empty = missing)."""
-    cols = [*GROUP_KEYS, "device_kind", "repeats", "runs"]
+    cols = [*GROUP_KEYS, "device_kind", "repeats", "runs", "disturbed_runs", "disturbed_reasons"]
     for key in keys:
         if key == "energy_method":
             cols += ["energy_method", "energy_window_too_short"]
@@ -176,6 +178,68 @@ def baseline_csv(results: list[BaselineResult]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _share(v: Any) -> str:
+    return f"{100.0 * float(v):.0f}%"
+
+
+def _listed(v: Any) -> str:
+    """A recorded GPU condition (a count, a list or a mapping) in a few words."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {x}" for k, x in v.items()) or "none"
+    if isinstance(v, list | tuple):
+        return ", ".join(map(str, v)) or "none"
+    return str(v)
+
+
+def conditions_text(summary: dict[str, Any]) -> str:
+    """The run conditions the trainer recorded (summary.json `conditions`) in one cell: other
+    processes' share of the run's cores, load per core, steal, and the GPU's clocks, throttling
+    and other processes where there is a GPU; a figure not recorded reads missing (reason)."""
+    cond = summary.get("conditions")
+    if not cond:
+        return "not recorded (run folder written before the trainers recorded run conditions)"
+    why = cond.get("reasons") or {}
+
+    def fig(key: str, fmt: Any) -> str:
+        v = cond.get(key)
+        return f"missing ({why.get(key, 'not recorded')})" if _missing(v) else fmt(v)
+
+    parts = [
+        f"other processes {fig('other_cpu_share', _share)} of the run's "
+        f"{cond.get('cores', '?')} cores (mean), {fig('other_cpu_share_max', _share)} max",
+        f"load per core max {fig('load_per_core_max', lambda v: f'{float(v):.2f}')} "
+        f"(load average max {fig('load_avg_max', lambda v: f'{float(v):.2f}')})",
+        f"steal {fig('steal_share', _share)}",
+    ]
+    gpu = cond.get("gpu")
+    if gpu:
+        lo, med = gpu.get("sm_clock_ratio_min"), gpu.get("sm_clock_ratio_median")
+        clock = "missing" if _missing(lo) else f"{float(lo):.2f}"
+        clock += "" if _missing(med) else f" (median {float(med):.2f})"
+        parts.append(f"GPU SM clock / max: min {clock}")
+        for key, words in (
+            ("throttle_reasons", "throttle reasons"),
+            ("other_processes", "other GPU processes"),
+            ("xid_events", "XID events"),
+            ("ecc_uncorrected", "uncorrected ECC errors"),
+        ):
+            if key in gpu:
+                parts.append(f"{words}: {_listed(gpu[key])}")
+    elif "gpu" in why:
+        parts.append(f"GPU: missing ({why['gpu']})")
+    samples = f"{cond.get('samples', '?')} samples"
+    if not _missing(cond.get("interval_s")):
+        samples += f" every {_sig(float(cond['interval_s']))} s"
+    return "; ".join(parts) + f" ({samples})"
+
+
+def disturbed_text(r: pd.Series) -> str:
+    """A runs-table row's disturbed flag with its reasons, or why it is not known."""
+    if not r.get("conditions_recorded", False):
+        return "not recorded"
+    return f"yes: {r['disturbed_reasons']}" if r["disturbed"] else "no"
+
+
 def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in runs.iterrows():
@@ -194,6 +258,8 @@ def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
             {
                 "run": r["run"],
                 "framework": FRAMEWORK_NAMES.get(r["framework"], r["framework"]),
+                "disturbed": disturbed_text(r),
+                "run conditions": conditions_text(summary),
                 "host": env.get("hostname"),
                 "CPU": f"{env.get('cpu')} ({env.get('cpu_count')} cores)",
                 "GPUs": gpu_text,

@@ -20,13 +20,45 @@ class Stat:
     max: float | None
     n: int
     reason: str | None = None
+    runs: int = 0
+    """Completed runs of the group (`n` counts those with this figure); 0: not known, use n."""
+    disturbed: int = 0
+    """Completed runs the machine's load disturbed (summary.json `disturbed`)."""
+    disturbed_reason: str | None = None
+    """The first disturbed run's first reason."""
 
 
-# metric -> (words, unit, higher is better, how the difference is put)
+@dataclass(frozen=True)
+class VerdictMetric:
+    """How a verdict words one figure."""
+
+    words: str
+    unit: str
+    higher_better: bool
+    as_ratio: str | None
+    """The ratio of the medians in words ({a}, {b}: the groups, better median first; {r}), or
+    None: the figure is set against the other as a difference (PSNR, already logarithmic)."""
+    better: str
+    """What the winner does, after its name."""
+    load_sensitive: bool
+    """Machine load changes it: no winner from a disturbed run."""
+
+
 VERDICT_METRICS = {
-    "throughput_steady_img_s": ("throughput", "img/s", True, "ratio"),
-    "gpu_energy_per_image_j": ("GPU energy per image", "J/img", False, "percent"),
-    "test_psnr_db": ("final test PSNR", "dB", True, "difference"),
+    "throughput_steady_img_s": VerdictMetric(
+        "throughput", "img/s", True, "{a} trains {r}x as fast as {b}", "is faster", True
+    ),
+    "gpu_energy_per_image_j": VerdictMetric(
+        "GPU energy per image",
+        "J/img",
+        False,
+        "{a} uses {r}x the GPU energy per image of {b}",
+        "uses less GPU energy per image",
+        True,
+    ),
+    "test_psnr_db": VerdictMetric(
+        "final test PSNR", "dB", True, None, "reaches the higher final test PSNR", False
+    ),
 }
 
 
@@ -36,52 +68,119 @@ def _fmt_plain(v: float, unit: str) -> str:
     return _sig(v)
 
 
+def _signed(v: float, unit: str) -> str:
+    return f"{'-' if v < 0 else '+'}{_fmt_plain(abs(v), unit)} {unit}"
+
+
+def comparison(metric: str, a: Stat, b: Stat) -> str:
+    """The two groups set against each other, the better median first: the ratio of the
+    medians (or their difference) and the range that the repeats' extremes allow."""
+    m = VERDICT_METRICS[metric]
+    first, second = _better_first(m, a, b)
+    assert first.median is not None and second.median is not None
+    lo, hi, other_lo, other_hi = first.min, first.max, second.min, second.max
+    assert lo is not None and hi is not None and other_lo is not None and other_hi is not None
+    spread_measured = not (lo == hi and other_lo == other_hi)
+    diff = first.median - second.median
+    medians = (
+        f"medians {_fmt_plain(first.median, m.unit)} vs {_fmt_plain(second.median, m.unit)} "
+        f"{m.unit}, {_signed(diff, m.unit)}"
+    )
+    if m.as_ratio is None or second.median <= 0 or first.median < 0:
+        side = "above" if m.higher_better else "below"
+        text = f"{first.name}'s {m.words} is {_fmt_plain(abs(diff), m.unit)} {m.unit} {side} "
+        text += f"{second.name}'s"
+        spread = (
+            f"difference range {_signed(lo - other_hi, m.unit)} to {_signed(hi - other_lo, m.unit)}"
+            " over the repeats' extremes"
+            if spread_measured
+            else "one value per side: no spread"
+        )
+        return f"{text} ({medians}; {spread})"
+    text = m.as_ratio.format(a=first.name, b=second.name, r=f"{first.median / second.median:.2f}")
+    if not spread_measured:
+        spread = "one value per side: no spread"
+    elif other_lo > 0:
+        spread = f"ratio range {lo / other_hi:.2f}-{hi / other_lo:.2f} over the repeats' extremes"
+    else:
+        spread = "ratio range not defined (a value of 0)"
+    return f"{text} ({medians}; {spread})"
+
+
+def _better_first(m: VerdictMetric, a: Stat, b: Stat) -> tuple[Stat, Stat]:
+    """The two groups, the one with the better median first (ties: `a`)."""
+    assert a.median is not None and b.median is not None
+    if a.median == b.median or (a.median > b.median) == m.higher_better:
+        return a, b
+    return b, a
+
+
+def load_reason(a: Stat, b: Stat) -> str | None:
+    """Which framework's runs the machine's load disturbed, and the first reason; None: none."""
+    parts = []
+    for s in (a, b):
+        if s.disturbed:
+            runs = s.runs or s.n
+            verb = "was" if s.disturbed == 1 else "were"
+            parts.append(
+                f"{s.disturbed} of {runs} {s.name} run{'s' if runs != 1 else ''} {verb} "
+                f"disturbed ({s.disturbed_reason or 'no reason recorded'})"
+            )
+    return " and ".join(parts) or None
+
+
 def verdict(metric: str, a: Stat, b: Stat, where: str) -> str:
     """One sentence comparing two groups on `metric` at one device count (`where`).
 
-    A winner is named only when the [min, max] intervals over repeats do not overlap and each
-    side has at least two repeats; otherwise the difference is called within noise.
+    It always gives the ratio of the medians (the difference for PSNR) with the range the
+    repeats' extremes allow. A winner is named only when each side has at least two repeats,
+    their [min, max] ranges do not overlap and, for a figure that machine load changes (speed,
+    energy), no run of either side was disturbed; otherwise it says "no winner" and why, and a
+    disturbed comparison labels its ratio "not a verdict".
     """
-    words, unit, higher_better, kind = VERDICT_METRICS[metric]
-    head = f"{words[0].upper()}{words[1:]} {where}"
+    m = VERDICT_METRICS[metric]
+    head = f"{m.words[0].upper()}{m.words[1:]} {where}"
     for s in (a, b):
         if s.median is None:
             return f"{head}: missing for {s.name} ({s.reason or 'not recorded'}); no comparison."
-    values = f"{a.name} {_range_text(a, unit)} vs {b.name} {_range_text(b, unit)}"
+    assert a.min is not None and a.max is not None and b.min is not None and b.max is not None
+    measured = comparison(metric, a, b)
+    load = load_reason(a, b)
+    first, second = _better_first(m, a, b)
+    ranges = (
+        f"the ranges {first.name} {_range(first, m.unit)} and {second.name} "
+        f"{_range(second, m.unit)} {m.unit} over {first.n} and {second.n} repeats"
+    )
     if a.n < 2 or b.n < 2:
-        return (
-            f"{head}: {values}: within noise / not enough repeats ({a.n} and {b.n} run(s)); "
-            "a single run cannot separate the difference from run-to-run noise "
-            "(use --repeats 3 or more)."
+        why = (
+            f"not enough repeats ({a.n} and {b.n} run(s)): a single run cannot separate the "
+            "difference from run-to-run noise (use --repeats 3 or more)"
         )
-    if a.min == a.max and b.min == b.max:
+    elif a.min == a.max and b.min == b.max:
         # Repeats share the config's seed; with deterministic kernels they give identical
         # figures, which measure no spread at all rather than a spread of zero.
-        return (
-            f"{head}: {values}: within noise / no spread measured (every repeat gave the same "
-            "value: same seed, deterministic kernels); the difference cannot be separated from "
-            "seed-to-seed variation."
+        why = (
+            "within noise / no spread measured (every repeat gave the same value: same seed, "
+            "deterministic kernels): the difference cannot be separated from seed-to-seed "
+            "variation"
         )
-    if a.min <= b.max and b.min <= a.max:
-        return (
-            f"{head}: {values}: the difference is within noise "
-            f"(the ranges over {a.n} and {b.n} repeats overlap)."
-        )
-    a_better = (a.median > b.median) == higher_better
-    win, lose = (a, b) if a_better else (b, a)
-    why = f"({values}; {a.n} and {b.n} repeats, ranges do not overlap)"
-    if kind == "ratio":
-        return f"{win.name} trained {win.median / lose.median:.2f}x faster than {lose.name} {where} {why}."
-    if kind == "percent":
-        pct = 100.0 * (1.0 - win.median / lose.median)
-        return f"{win.name} used {pct:.0f}% less {words} than {lose.name} {where} {why}."
-    return f"{win.name} reached {abs(win.median - lose.median):.2f} dB higher {words} than {lose.name} {where} {why}."
+    elif a.min <= b.max and b.min <= a.max:
+        why = f"{ranges} overlap: the difference is within noise"
+    else:
+        why = None
+    if load and m.load_sensitive:
+        also = f"; also {why}" if why else ""
+        return f"{head}: no winner: {load}{also}. Not a verdict, as measured: {measured}."
+    note = f" ({load}; machine load does not change this figure)" if load else ""
+    if why:
+        return f"{head}: {measured}; no winner: {why}{note}."
+    return f"{head}: {measured}; {ranges} do not overlap: {first.name} {m.better}{note}."
 
 
-def _range_text(s: Stat, unit: str) -> str:
-    if s.n < 2 or s.min == s.max:
-        return f"{_fmt_plain(s.median, unit)} {unit}"
-    return f"{_fmt_plain(s.median, unit)} [{_fmt_plain(s.min, unit)}, {_fmt_plain(s.max, unit)}] {unit}"
+def _range(s: Stat, unit: str) -> str:
+    if s.min == s.max:
+        return _fmt_plain(s.median, unit)
+    return f"{_fmt_plain(s.min, unit)}-{_fmt_plain(s.max, unit)}"
 
 
 def _where(devices: int, kind: str) -> str:
@@ -101,6 +200,9 @@ def group_stat(g: pd.Series, metric: str) -> Stat:
         max=val("max"),
         n=int(g[f"{metric}_n"]),
         reason=g[f"{metric}_reason"],
+        runs=int(g["repeats"]),
+        disturbed=int(g.get("disturbed_runs", 0) or 0),
+        disturbed_reason=g.get("disturbed_reason"),
     )
 
 

@@ -10,7 +10,10 @@ processes).
         for epoch, order in session.epochs():    # the epoch's batch order, the same everywhere
             ...                                  # the framework's steps -> session.step_rows
             session.end_epoch(epoch, result, evaluate, save)  # rank 0: evaluate, record, save
-        session.finish(weights, outputs, parameters)
+        session.finish(weights, outputs, parameters)  # 'completed', or 'diverged' (below)
+
+A training loss that is not finite (nan, inf) in an epoch's gathered STEP rows ends the run after
+that epoch, on every process alike: status 'diverged', one console line, exit code 1.
 
 Typed records travel between the pieces: `World` (this process in the job, the summary's world
 fields), `core.records.StepRow` (one STEP row) and `EpochResult` (one epoch's rows, time and
@@ -20,6 +23,7 @@ profiler rows, one process's or, merged, the job's).
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import time
@@ -190,6 +194,10 @@ class Session:
         self.steps_per_epoch = 0
         self.steady_from = 0
         self._epoch_t0 = 0.0
+        self.diverged: dict[str, Any] | None = None
+        """Where the training loss first was not finite (summary `diverged_at`); None while
+        every loss is finite. Set by end_epoch on every process: epochs() then ends."""
+        self.diverged_error = ""
         if self.rec:
             self._announce(self.rec)
 
@@ -264,9 +272,12 @@ class Session:
 
     def epochs(self) -> Iterator[tuple[int, np.ndarray]]:
         """Each epoch left, with its batch order (steps x global batch indices, the same on
-        every process: core.epochs.epoch_batches). The run's wall time counts from here."""
+        every process: core.epochs.epoch_batches). The run's wall time counts from here. None
+        after an epoch that diverged (end_epoch)."""
         assert self.data is not None, "load_data() first"
         for epoch in range(self.start_epoch, self.cfg.train.epochs):
+            if self.diverged is not None:
+                return
             order = epoch_batches(
                 len(self.data.train_u8), self.world.global_batch, self.cfg.train.seed, epoch
             )
@@ -313,7 +324,14 @@ class Session:
         `evaluate` returns the test loss, the outputs and their quality (measure.quality's
         figures, computed on the device; None: computed here from the outputs);
         `save(epochs_done, wall_time_s)` writes the checkpoint (on every process when
-        every_process_saves, else rank 0's only)."""
+        every_process_saves, else rank 0's only).
+
+        A loss in `result` that is not finite ends the run here instead (diverge): every process
+        sees the same rows, so all stop after this epoch."""
+        bad = first_non_finite(result.rows)
+        if bad is not None:
+            self.diverge(epoch, bad, result)
+            return
         if self.rec is None:
             if self.every_process_saves:
                 with uninterrupted():
@@ -348,9 +366,40 @@ class Session:
         self.board.write(record)
         print(epoch_line(record, self.cfg.train.epochs), flush=True)
 
+    def diverge(self, epoch: int, row: StepRow, result: EpochResult) -> None:
+        """The epoch's first loss that is not finite (`row`): note it, so that epochs() ends the
+        run; on rank 0, record the epoch's STEP and profiler rows (no EPOCH record and no
+        checkpoint: a model that diverged is neither evaluated nor saved) and say so, once."""
+        in_epoch = row.step - self.first_step(epoch) + 1
+        process = "rank" if self.framework == "torch" else "worker"  # as process_name says
+        on_rank = f" on {process} {row.rank}" if self.world.processes > 1 else ""
+        self.diverged = {"epoch": epoch, "step": row.step, "rank": row.rank, "loss": str(row.loss)}
+        self.diverged_error = (
+            f"loss is {row.loss} at epoch {epoch + 1}, step {in_epoch} of "
+            f"{self.steps_per_epoch}{on_rank} (steps.jsonl: epoch {epoch}, step {row.step})"
+        )
+        self.wall_time_s += time.perf_counter() - self._epoch_t0
+        if self.rec is None:
+            return
+        with uninterrupted():
+            self.rec.epoch(None, [asdict(r) for r in result.rows], result.devices, result.hosts)
+        print(f"[{self.framework}] diverged: {self.diverged_error}; stopping", flush=True)
+
     def finish(self, weights: list[Any], outputs: np.ndarray, parameters: int) -> dict[str, Any]:
         """On rank 0, the run's end: the final weights (canonical layout), the outputs for the
-        report's test samples (NHWC), and the 'completed' summary, returned."""
+        report's test samples (NHWC), and the 'completed' summary, returned. After an epoch
+        that diverged, the 'diverged' summary instead (returned on every process)."""
+        if self.diverged is not None:
+            summary = {
+                "status": "diverged",
+                "error": self.diverged_error,
+                "diverged_at": self.diverged,
+                "epochs_completed": self.diverged["epoch"],  # the epochs before it
+                "wall_time_s": self.wall_time_s,
+            }
+            if self.rec:
+                self.rec.summary(**summary)
+            return summary
         if self.rec is None:
             return {}
         assert self.data is not None
@@ -365,6 +414,12 @@ class Session:
         )
         self.rec.summary(**summary)
         return summary
+
+
+def first_non_finite(rows: list[StepRow]) -> StepRow | None:
+    """The first STEP row, by step then rank, whose loss is not finite; None when all are."""
+    bad = [r for r in rows if not math.isfinite(r.loss)]
+    return min(bad, key=lambda r: (r.step, r.rank)) if bad else None
 
 
 def peak_precision(cfg: Config) -> str:
@@ -431,6 +486,19 @@ def epoch_record(
 
 # Errors that mean bad input rather than a bug: entry points print these without a traceback.
 USER_ERRORS = (ConfigError, DataError, SplitMismatchError)
+
+
+class CheckpointError(RuntimeError):
+    """The run's checkpoint cannot be loaded for --resume (truncated, damaged): the message names
+    the file. The run fails (exit code 1) with that one line instead of a traceback."""
+
+
+def damaged_checkpoint(path: Path, e: BaseException) -> CheckpointError:
+    """The CheckpointError for `path`, which failed to load with `e`."""
+    return CheckpointError(
+        f"{path}: cannot load the checkpoint to resume from ({type(e).__name__}: {e}); it is "
+        "damaged or truncated: restore it from a copy, or start a new run"
+    )
 
 
 def raise_on_sigterm() -> None:
@@ -516,7 +584,8 @@ def trainer_main(
 ) -> None:
     """The command line both trainers share: `python -m <trainer> RUN_DIR [--resume]` (and
     `--devices N` for TensorFlow's MirroredStrategy). Stop signals become `Interrupted`; bad
-    input and a full disk end with one line (exit 2 and 1), not a traceback."""
+    input and a full disk end with one line (exit 2 and 1), not a traceback; a run that
+    diverged ends with exit code 1 on every process (its line was said in Session.diverge)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="results/<run-id>, holding config.json")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -531,14 +600,21 @@ def trainer_main(
     raise_on_sigterm()
     extra = {"devices": args.devices} if devices_option else {}
     try:
-        train(load_resolved(args.run_dir / "config.json"), args.run_dir, args.resume, **extra)
+        summary = train(
+            load_resolved(args.run_dir / "config.json"), args.run_dir, args.resume, **extra
+        )
     except USER_ERRORS as e:  # bad input: a clear message, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except CheckpointError as e:  # recorded as the run's failure; one line here
+        print(f"[{framework}] error: {e}", file=sys.stderr)
+        sys.exit(1)
     except OSError as e:
         if e.errno not in DISK_FULL:
             raise
         print(
             f"[{framework}] error: {disk_full_report(e, args.run_dir / framework)}", file=sys.stderr
         )
+        sys.exit(1)
+    if summary and summary.get("status") == "diverged":
         sys.exit(1)

@@ -1,0 +1,374 @@
+"""Issue 26's probes, each a test: two resumes of one run at once, hostile SLURM values, run ids
+that leave --results, records' file modes under a umask, damaged arrays in the report."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import REPO
+
+from denoisebench.core.config import ConfigError
+from denoisebench.core.records import (
+    LOCK_FILE,
+    RUN_ID_RULE,
+    RunLocked,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+    read_lock_holder,
+    take_run_lock,
+)
+from denoisebench.report.build import write_report
+from denoisebench.report.discover import damage
+from launch.__main__ import main
+from launch.slurm import SlurmRequest, render_sbatch, time_minutes
+
+# a few short epochs: 44 training images, 2 steps of 16
+SMOKE = ["--profile", "smoke", "--framework", "torch", "--limit", "48"]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def start(*args: str, env: dict[str, str] | None = None, umask: int = 0o022) -> subprocess.Popen:
+    """`python -m launch ARGS` in the background, under `umask`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch", *args],
+        cwd=REPO,
+        env=env or ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.umask(umask),
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def wait_until(condition, what: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"exited ({proc.returncode}) before {what}: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout}s")
+        time.sleep(0.1)
+
+
+# --- 1. one owner per run folder ----------------------------------------------------------------
+
+
+def test_two_resumes_at_once_the_second_is_refused_and_the_records_stay_whole(tmp_path):
+    """The probe: SIGTERM a 6-epoch run after epoch 2, then --resume it twice at once. The
+    second is refused by name (exit 2, one line) and the run ends with each epoch once."""
+    run = tmp_path / "t"
+    slow = {**ENV, "DENOISEBENCH_EVAL_DELAY_S": "2"}  # the resume is still training when ...
+    first = start(*SMOKE, "--epochs", "6", "--results", str(tmp_path), "--run-id", "t", env=slow)
+    epochs = run / "torch" / "epochs.jsonl"
+    wait_until(lambda: len(read_jsonl(epochs)) >= 2, "epoch 2", first)
+    first.send_signal(signal.SIGTERM)
+    code, _out, err = finish(first)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert read_json(run / "torch" / "summary.json")["status"] == "interrupted"
+
+    resumed = start("--resume", str(run), env=slow)
+    wait_until(lambda: read_lock_holder(run).get("pid") == resumed.pid, "the lock", resumed)
+    second = start("--resume", str(run))  # ... this one starts
+    code, out, err = finish(second, timeout=120)
+    assert code == 2, out + err
+    line = err.strip()
+    assert "\n" not in line and line.startswith(f"error: {run} is in use by PID {resumed.pid} on ")
+    assert socket.gethostname() in line and " since " in line
+    assert resumed.poll() is None  # the refusal left the owner alone
+
+    code, _out, err = finish(resumed)
+    assert code == 0, err[-3000:]
+    summary = read_json(run / "torch" / "summary.json")
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 6
+    assert [r["epoch"] for r in read_jsonl(epochs)] == [0, 1, 2, 3, 4, 5]
+    steps = read_jsonl(run / "torch" / "steps.jsonl")
+    assert len({(r["epoch"], r["step"], r["rank"]) for r in steps}) == len(steps)  # no doubles
+    # the lock is free again: a later resume is not refused for it
+    with take_run_lock(run):
+        pass
+
+
+HOLDER = """
+import subprocess, sys, time
+from pathlib import Path
+from denoisebench.core.records import take_run_lock
+lock = take_run_lock(Path(sys.argv[1]), owner="test holder")
+child = subprocess.Popen(["sleep", "120"])
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_dead_owner_never_blocks_and_its_children_do_not_inherit_the_lock(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(RunLocked) as e:
+            take_run_lock(tmp_path)
+        assert f"PID {holder.pid} on {socket.gethostname()}" in str(e.value)
+        assert "(test holder)" in str(e.value) and "\n" not in str(e.value)
+        holder.kill()  # no clean-up of any kind: the kernel drops the flock
+        holder.wait()
+        assert psutil.pid_exists(child)  # its child lives on, without the lock
+        with take_run_lock(tmp_path) as lock:
+            assert read_lock_holder(tmp_path)["pid"] == os.getpid()
+            assert lock.path == tmp_path / LOCK_FILE
+    finally:
+        holder.kill()
+        os.kill(child, signal.SIGKILL)
+
+
+def test_two_new_runs_with_one_run_id_the_second_is_refused(tmp_path, capsys):
+    """What a second new run meets while the first holds the folder: the folder exists."""
+    run = tmp_path / "same"
+    run.mkdir()
+    with take_run_lock(run):
+        code = main([*SMOKE, "--results", str(tmp_path), "--run-id", "same"])
+    assert code == 2 and "exists; pick another --run-id or --resume it" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]
+
+
+# --- 2. values that reach a shell or an sbatch script --------------------------------------------
+
+HOSTILE = [
+    ("--partition", "gpu\ntouch /tmp/owned"),
+    ("--partition", "gpu;touch /tmp/owned"),
+    ("--partition", "$(touch /tmp/owned)"),
+    ("--partition", "gpu,"),
+    ("--account", "proj\n#SBATCH --wrap=x"),
+    ("--account", "a b"),
+    ("--time", "01:00:00\ntouch /tmp/owned"),
+    ("--time", "1 hour"),
+    ("--time", "01:00:00:00"),
+    ("--time", "١٢"),  # digits, but not ASCII ones
+]
+
+
+@pytest.mark.parametrize(("option", "value"), HOSTILE)
+@pytest.mark.parametrize("how", ["--sbatch-out", "--slurm"])
+def test_hostile_slurm_values_are_refused_before_anything_is_written(
+    tmp_path, capsys, option, value, how
+):
+    out = tmp_path / "x.sbatch"
+    target = ["--sbatch-out", str(out)] if how == "--sbatch-out" else ["--slurm"]
+    argv = ["--framework", "torch", "--results", str(tmp_path / "results"), *target]
+    code = main([*argv, "--run-id", "r", f"{option}={value}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "\n" not in err and err.startswith(f"error: {option} {value!r}: expected "), err
+    assert list(tmp_path.iterdir()) == []  # no script, no run folder: the run id is still free
+
+
+def test_results_with_a_newline_are_refused_for_submitit(tmp_path, capsys):
+    results = tmp_path / "a\ntouch owned"
+    code = main(["--framework", "torch", "--slurm", "--results", str(results)])
+    assert code == 2 and "--results" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("partition", "gpu\nx"), ("account", "x'y"), ("time", "$(id)"), ("nodes", 0)],
+)
+def test_a_slurm_request_refuses_hostile_values(field, value):
+    with pytest.raises(ConfigError, match=f"--{'nodes' if field == 'nodes' else field}"):
+        SlurmRequest(**{field: value})
+
+
+EDGY = SlurmRequest(partition="gpu,a100.big_x-1", account="p.r_o-j", time="UNLIMITED", nodes=3)
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_rendered_scripts_parse_and_keep_each_value_on_its_line(tmp_path, framework):
+    plain = render_sbatch(framework, SlurmRequest())
+    script = render_sbatch(framework, EDGY)
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    check = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert len(script.splitlines()) == len(plain.splitlines()) + 1  # + the --account line
+    sbatch = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert "#SBATCH --partition=gpu,a100.big_x-1" in sbatch
+    assert "#SBATCH --account=p.r_o-j" in sbatch and "#SBATCH --time=UNLIMITED" in sbatch
+    # every #SBATCH line comes before the first command, or sbatch ignores it
+    first_command = script.splitlines().index("set -euo pipefail")
+    assert all(script.splitlines().index(line) < first_command for line in sbatch)
+
+
+def test_denoisebench_args_are_words_not_shell_code(tmp_path):
+    """The script passes DENOISEBENCH_ARGS on word by word: no command substitution, no
+    globbing, no second command; arguments after the script's name keep their quoting."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    (fake / "srun").chmod(0o755)
+    (tmp_path / "glob-me").touch()
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_sbatch("torch", SlurmRequest()))
+    hostile = "--data * $(touch owned) `touch owned2`; touch owned3"
+    env = {
+        **os.environ,
+        "PATH": f"{fake}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "7",
+        "DENOISEBENCH_ARGS": hostile,
+    }
+    proc = subprocess.run(
+        ["bash", str(script), "--profile", "a b"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.splitlines()
+    assert args[args.index("--auto-resume") + 1 :] == [*hostile.split(), "--profile", "a b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "glob-me", "job.sbatch"]
+    empty = {**env, "DENOISEBENCH_ARGS": ""}
+    proc = subprocess.run(
+        ["bash", str(script)], cwd=tmp_path, env=empty, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "--auto-resume", proc.stderr
+
+
+def test_slurm_time_formats():
+    given = ["30", "10:30", "01:00:00", "00:10:30", "1-2", "1-02:30", "1-02:00:00", "2-0:0:1"]
+    expected = [30, 11, 60, 11, 1560, 1590, 1560, 2881]
+    assert [time_minutes(t) for t in given] == expected
+    SlurmRequest(time="UNLIMITED")  # an sbatch script may ask for no limit ...
+    with pytest.raises(ConfigError, match="submitit needs a time limit"):
+        time_minutes("unlimited")  # ... submitit may not
+
+
+# --- 4. run ids ---------------------------------------------------------------------------------
+
+BAD_RUN_IDS = ["/abs/path", "../../x", "a/b", "x" * 300, ".hidden", "-x", "a\nb", "", "..", "a b"]
+
+
+@pytest.mark.parametrize("run_id", BAD_RUN_IDS)
+def test_run_ids_that_are_not_one_safe_folder_name_are_refused(tmp_path, capsys, run_id):
+    results = tmp_path / "results"
+    code = main([*SMOKE, "--results", str(results), f"--run-id={run_id}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == f"error: --run-id {run_id!r}: a run id is {RUN_ID_RULE}"
+    assert list(tmp_path.iterdir()) == []
+    assert not Path("/abs/path").exists()
+
+
+def test_good_run_ids_are_taken(tmp_path, capsys):
+    for run_id in ("exp1", "2025-01-01_a.b", "x" * 100, "_x"):
+        assert main([*SMOKE, "--run-id", run_id, "--print-config"]) == 0
+    assert '"profile"' in capsys.readouterr().out
+
+
+# --- 5. file modes ------------------------------------------------------------------------------
+
+UMASK_WRITE = """
+import os, sys
+from pathlib import Path
+from denoisebench.core.records import atomic_write_text
+os.umask(int(sys.argv[2], 8))
+atomic_write_text(Path(sys.argv[1]), "x")
+"""
+
+
+@pytest.fixture(scope="module")
+def run_022(tmp_path_factory) -> Path:
+    """A finished one-epoch torch run, launched under umask 022."""
+    root = tmp_path_factory.mktemp("umask")
+    code, out, err = finish(
+        start(*SMOKE, "--epochs", "1", "--results", str(root), "--run-id", "u", umask=0o022)
+    )
+    assert code == 0, out[-2000:] + err[-3000:]
+    return root / "u"
+
+
+def test_records_honour_the_umask(run_022, tmp_path):
+    records = [
+        "launch.json",
+        "config.json",
+        "split.json",
+        "torch/summary.json",
+        "torch/environment.json",
+        "torch/epochs.jsonl",
+        "torch/weights.npz",
+        "test_samples.npz",
+    ]
+    modes = {name: oct((run_022 / name).stat().st_mode & 0o777) for name in records}
+    assert modes == dict.fromkeys(records, oct(0o644))
+    for umask, mode in (("077", 0o600), ("002", 0o664)):
+        path = tmp_path / f"u{umask}.json"
+        subprocess.run([sys.executable, "-c", UMASK_WRITE, str(path), umask], check=True)
+        assert path.stat().st_mode & 0o777 == mode
+    atomic_write_text(tmp_path / "again.json", "y")  # the temporary names never collide
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+# --- 6. damaged arrays --------------------------------------------------------------------------
+
+
+def test_a_damaged_npz_is_named_and_its_folder_skipped(run_022, tmp_path, capsys):
+    good, cut, junk = (tmp_path / name for name in ("good", "cut", "junk"))
+    for folder in (good, cut, junk):
+        shutil.copytree(run_022, folder)
+    samples = (cut / "test_samples.npz").read_bytes()
+    (cut / "test_samples.npz").write_bytes(samples[: len(samples) // 2])  # cut off mid-write
+    (junk / "torch" / "test_outputs.npz").write_bytes(b"not an npz at all")
+    assert damage(good) is None
+    assert damage(cut).startswith(f"{cut / 'test_samples.npz'}: BadZipFile")
+    assert damage(junk).startswith(f"{junk / 'torch' / 'test_outputs.npz'}: ")
+
+    out = tmp_path / "report"
+    write_report([tmp_path], out, tmp_path, baseline_images=0)
+    err = capsys.readouterr().err
+    assert f"warning: skipping run folder {cut}: {cut / 'test_samples.npz'}" in err
+    assert f"warning: skipping run folder {junk}: {junk / 'torch' / 'test_outputs.npz'}" in err
+    md = (out / "report.md").read_text()
+    assert str(cut / "test_samples.npz") in md and str(junk / "torch" / "test_outputs.npz") in md
+    with open(out / "runs.csv", newline="") as f:
+        assert {row["folder"] for row in csv.DictReader(f)} == {str(good)}
+
+
+def test_other_slurm_tasks_follow_their_own_task_0_only(tmp_path):
+    """A requeued job's tasks other than 0 train only once task 0 of their own attempt holds
+    the run folder; while an older attempt still holds it they stop with the refusal."""
+    from denoisebench.cluster.slurm_job import job_attempt, wait_for_owner
+
+    old = job_attempt({"SLURM_JOB_ID": "42"})
+    new = job_attempt({"SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": "1"})
+    with take_run_lock(tmp_path, owner=old):
+        wait_for_owner(tmp_path, old, timeout_s=0)
+        with pytest.raises(RunLocked, match=f"task 0 of {new} did not take .* \\({old}\\)"):
+            wait_for_owner(tmp_path, new, timeout_s=0.3)
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(_fd: int, _op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with take_run_lock(tmp_path):
+        pass
+    assert "has no locks" in capsys.readouterr().err
