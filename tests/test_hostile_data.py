@@ -120,3 +120,27 @@ def test_an_oversized_image_is_refused_from_its_header(tmp_path: Path) -> None:
     zpath = write_zip(tmp_path / "big.zip", {"2750/Forest/Forest_1.jpg": buf.getvalue()})
     with pytest.raises(DataError, match=r"Forest_1.jpg\): image is 6000x6000 pixels"):
         load_eurosat(zpath)
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_resume_from_a_truncated_checkpoint_names_the_file(tmp_path: Path, framework: str) -> None:
+    """A run that failed in its second epoch, its checkpoint then cut in half: --resume fails
+    in one line naming the checkpoint, recorded in the summary, and no traceback."""
+    from helpers import launch
+
+    from denoisebench.core.records import read_json
+
+    first = launch("--profile", "smoke", "--framework", framework, "--epochs", "2",
+                   "--results", str(tmp_path), "--run-id", "r",
+                   env={"DENOISEBENCH_FAULT": "0:12"})  # fmt: skip
+    assert first.returncode == 1, first.stdout + first.stderr
+    ckpts = tmp_path / "r" / framework / "checkpoints"
+    [data] = [p for p in ckpts.iterdir() if p.name == "last.pt" or p.name.startswith("ckpt-1.data")]
+    os.truncate(data, data.stat().st_size // 2)
+    proc = launch("--resume", str(tmp_path / "r"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    line = f"[{framework}] error: {ckpts}/"
+    assert line in proc.stderr and "cannot load the checkpoint to resume from" in proc.stderr
+    summary = read_json(tmp_path / "r" / framework / "summary.json")
+    assert summary["status"] == "failed" and str(ckpts) in summary["error"]

@@ -62,7 +62,13 @@ from denoisebench.tf_backend.model import (
     set_weights,
 )
 from denoisebench.trainer.rundata import SAMPLE_IMAGES, RunData
-from denoisebench.trainer.session import EpochResult, Session, World, trainer_main
+from denoisebench.trainer.session import (
+    EpochResult,
+    Session,
+    World,
+    damaged_checkpoint,
+    trainer_main,
+)
 
 FRAMEWORK = "tf"
 
@@ -378,7 +384,11 @@ class Checkpoints:
         """Every worker restores the chief's last checkpoint, if there is one."""
         latest = tf.train.latest_checkpoint(str(self.folder))
         if latest:
-            self.checkpoint.restore(latest).assert_consumed()
+            try:
+                self.checkpoint.restore(latest).assert_consumed()
+            except Exception as e:  # TensorFlow's readers fail in many ways (OpError,
+                # IndexError on a truncated data file, AssertionError from assert_consumed)
+                raise damaged_checkpoint(Path(latest), e) from e
 
     def save(self, _epochs_done: int, wall_time_s: float) -> None:
         """The run's state now (the epoch counter is set by the loop before evaluating)."""

@@ -22,6 +22,7 @@ import gc
 import importlib.util
 import itertools
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +61,13 @@ from denoisebench.torch_backend.model import (
     set_weights,
 )
 from denoisebench.trainer.rundata import SAMPLE_IMAGES, RunData
-from denoisebench.trainer.session import EpochResult, Session, World, trainer_main
+from denoisebench.trainer.session import (
+    EpochResult,
+    Session,
+    World,
+    damaged_checkpoint,
+    trainer_main,
+)
 
 FRAMEWORK = "torch"
 
@@ -429,7 +436,10 @@ def _train(session: Session, device: torch.device, resume: bool) -> dict[str, An
     ckpt_path = session.fw_dir / "checkpoints" / "last.pt"
     state = None
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        try:
+            state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            raise damaged_checkpoint(ckpt_path, e) from e
     net = build(cfg, device, strategy, session.world.lr, state)
     session.begin(state["epoch"] if state else 0, state["wall_time_s"] if state else 0.0)
     # uint8 NHWC, on the device once, flipped in height and width for raw_model.net
