@@ -459,7 +459,14 @@ def resume_run(
     (--auto-resume) repeats the command that started the run: only its launch choices are
     checked."""
     cfg = load_resolved(run_dir / "config.json")
-    saved = read_launch_choices(run_dir)
+    try:
+        saved = read_launch_choices(run_dir)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{run_dir / LAUNCH_FILE}: cannot read the run's launch choices ({e})"
+        ) from None
+    if saved is not None and not isinstance(saved, dict):
+        raise ConfigError(f"{run_dir / LAUNCH_FILE}: not the run's launch choices (no object)")
     if saved is None:
         print(
             f"note: {run_dir} has no {LAUNCH_FILE} (made before launch choices were saved): "
@@ -524,6 +531,13 @@ def resolve_topology(args: argparse.Namespace) -> Topology | None:
     found = len(info["gpus"] or [])
     if found and found < devices:
         raise ConfigError(f"--gpus {devices}, but this node has {found} GPU(s)")
+    cores = len(os.sched_getaffinity(0))
+    if not found and devices > cores:
+        raise ConfigError(
+            f"--gpus {devices} with no GPU here means {devices} CPU workers on this node's "
+            f"{cores} cores: at most {cores} (one worker per core; each holds its own copy of "
+            "the framework and the data)"
+        )
     if not found:
         tf_kind = (
             "workers" if args.tf_strategy == "multiworker" or nodes > 1 else "logical CPU devices"
@@ -628,6 +642,11 @@ def launch(args: argparse.Namespace, given: set[str] | None, main_job: bool = Fa
             raise ConfigError(HOROVOD_HERE_ONLY + "; --slurm, --sbatch-out and --sweep")
         if args.repeats < 1:
             raise ConfigError(f"--repeats {args.repeats} must be >= 1")
+        for option, value in (("--gpus", args.gpus), ("--nodes", args.nodes)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{option} {value} must be >= 1 (leave it out for one)")
+        if args.results.exists() and not args.results.is_dir():
+            raise ConfigError(f"--results {args.results}: not a folder")
         if args.run_id is not None:
             check_run_id(args.run_id)
         check_slurm_options(args)  # before anything is written: the values reach a script
@@ -735,6 +754,10 @@ def prepare_run_folder(
             run_dir.mkdir(parents=True)
         except FileExistsError:
             raise ConfigError(f"{run_dir} exists; pick another --run-id or --resume it") from None
+        except OSError as e:  # a read-only file system, no permission, a file on the path
+            raise ConfigError(
+                f"--results {args.results}: cannot create {run_dir}: {e.strerror}"
+            ) from None
     job = os.environ.get("SLURM_JOB_ID")
     lock = take_run_lock(run_dir, owner=f"SLURM job {job}" if job else None)
     if args.resume is not None:

@@ -307,7 +307,8 @@ def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Pa
 
 
 def wait_for_jobs(jobs: list[tuple[str, Path, Any]], timeout_s: float) -> list[str]:
-    """Wait for submitit jobs, to a deadline; record failures in their run folders."""
+    """Wait for submitit jobs, to a deadline; record failures in their run folders. Returns the
+    frameworks whose job failed or whose run diverged."""
     deadline = time.monotonic() + timeout_s
     failed = []
     for framework, run_dir, job in jobs:
@@ -321,7 +322,15 @@ def wait_for_jobs(jobs: list[tuple[str, Path, Any]], timeout_s: float) -> list[s
                 return [*failed, framework]
             time.sleep(2)
         try:
-            job.results()
+            results = job.results()
+            diverged = [r for r in results if isinstance(r, dict) and r.get("status") == "diverged"]
+            if diverged:  # the summary says so already: not a failure of the job to record
+                failed.append(framework)
+                print(
+                    f"[{framework}] job {job.job_id} diverged: {diverged[0].get('error')}",
+                    file=sys.stderr,
+                )
+                continue
             print(f"[{framework}] job {job.job_id} finished: {job.state}", flush=True)
         except Exception as e:  # submitit raises FailedJobError / UncompletedJobError
             failed.append(framework)

@@ -197,3 +197,31 @@ def test_ddp_ranks_that_diverge_stop_together(tmp_path):
     assert summary["processes"] == 2 and summary["strategy"] == "ddp"
     # the torchrun wrapper ends quietly: no failure report repeating the one line
     assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_slurm_job_whose_run_diverged_counts_as_failed(tmp_path, capsys):
+    """--slurm --wait: task 0 returns the diverged summary (the job itself succeeded); the
+    launcher counts the framework as failed (exit 1) without overwriting the summary."""
+    from launch.slurm import wait_for_jobs
+
+    class Job:
+        job_id, state = "7", "COMPLETED"
+
+        def __init__(self, summary: dict) -> None:
+            self.summary = summary
+
+        def done(self) -> bool:
+            return True
+
+        def results(self) -> list:
+            return [self.summary, None]
+
+    jobs = [
+        ("torch", tmp_path, Job({"status": "diverged", "error": "loss is nan at epoch 1, step 2"})),
+        ("tf", tmp_path, Job({"status": "completed"})),
+    ]
+    assert wait_for_jobs(jobs, timeout_s=5) == ["torch"]
+    out = capsys.readouterr()
+    assert "[torch] job 7 diverged: loss is nan at epoch 1, step 2" in out.err
+    assert "[tf] job 7 finished: COMPLETED" in out.out
+    assert list(tmp_path.iterdir()) == []  # nothing marked: the run recorded its own end

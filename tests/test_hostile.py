@@ -372,3 +372,110 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, ca
     with take_run_lock(tmp_path):
         pass
     assert "has no locks" in capsys.readouterr().err
+
+
+# --- 7 and 8. one line naming the thing, nothing left behind ---------------------------------------
+
+
+def refused(capsys, argv: list[str], code: int = 2) -> str:
+    """Run the launcher in-process; it must exit with `code` and print one line, no traceback."""
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--gpus", "0"], "--gpus 0 must be >= 1"),
+        (["--nodes", "0"], "--nodes 0 must be >= 1"),
+        (
+            ["--set", "model.in_channels=1"],
+            "model.in_channels must be 3 (the images are RGB), got 1",
+        ),
+        (["--set", "train.lr=inf"], "train.lr must be a finite number > 0, got inf"),
+    ],
+)
+def test_bad_launch_values_are_refused_by_name(tmp_path, capsys, extra, says):
+    err = refused(capsys, [*SMOKE, *extra, "--results", str(tmp_path), "--run-id", "x"])
+    assert says in err
+    assert list(tmp_path.iterdir()) == []  # nothing written: the run id is not used up
+
+
+def test_more_cpu_workers_than_cores_are_refused(tmp_path, capsys):
+    cores = len(os.sched_getaffinity(0))
+    err = refused(capsys, [*SMOKE, "--gpus", str(cores + 1), "--results", str(tmp_path)])
+    assert f"--gpus {cores + 1} with no GPU here" in err and f"at most {cores}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_that_is_a_file_is_named(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    err = refused(capsys, [*SMOKE, "--results", str(afile)])
+    assert f"--results {afile}: not a folder" in err
+
+
+def test_results_on_a_read_only_file_system_is_named(tmp_path, capsys):
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    mounted = False
+    if os.geteuid() == 0:  # root writes through permissions: a read-only mount instead
+        mount = ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)]
+        mounted = subprocess.run(mount, capture_output=True).returncode == 0
+        if not mounted:
+            pytest.skip("root, and no read-only mount allowed here")
+    else:
+        readonly.chmod(0o555)
+    try:
+        err = refused(capsys, [*SMOKE, "--results", str(readonly), "--no-space-check"])
+        assert f"--results {readonly}: cannot create {readonly}/" in err
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(readonly)], check=True)
+
+
+def test_a_profile_that_is_not_utf8_is_named(tmp_path, capsys):
+    profile = tmp_path / "mine.toml"
+    profile.write_bytes(b"[train]\nepochs = 1\n# \xff\xfe\n")
+    err = refused(capsys, ["--profile", str(profile), "--results", str(tmp_path / "r")])
+    assert err.startswith(f"error: {profile}: not UTF-8 text")
+
+
+@pytest.mark.parametrize("damaged", ["config.json", "launch.json"])
+def test_resume_with_a_damaged_record_names_it(run_022, tmp_path, capsys, damaged):
+    run = tmp_path / "run"
+    shutil.copytree(run_022, run)
+    (run / damaged).write_text("{not json")
+    err = refused(capsys, ["--resume", str(run)])
+    assert err.startswith(f"error: {run / damaged}: cannot read the run's")
+
+
+def test_report_options_refused_by_value(run_022, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    from denoisebench.report.build import main as report_main
+
+    assert report_main([str(run_022), "--out", str(afile), "--baseline-images", "0"]) == 2
+    assert f"--out {afile}: a file, not a folder" in capsys.readouterr().err
+    for option, value, says in [
+        ("--baseline-images", "-1", "must be >= 0, got -1"),
+        ("--target-psnr", "nan", "must be a finite number, got nan"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            report_main([str(run_022), "--out", str(tmp_path / "r"), option, value])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_defused():
+    import pandas as pd
+
+    from denoisebench.report.build import csv_safe
+
+    frame = pd.DataFrame({"id": ["=HYPERLINK(1)", "+1+2", "@SUM(A1)", "-x", "-1.5", "ok"]})
+    frame["n"] = [-1, 2, 3, 4, 5, 6]
+    assert csv_safe(frame)["id"].tolist() == [
+        "'=HYPERLINK(1)", "'+1+2", "'@SUM(A1)", "'-x", "-1.5", "ok",
+    ]  # fmt: skip
+    assert csv_safe(frame)["n"].tolist() == [-1, 2, 3, 4, 5, 6]

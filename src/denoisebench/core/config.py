@@ -267,6 +267,8 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "train.batch_size": (">= 1", lambda v: v >= 1),
     "train.eval_batch_size": (">= 1", lambda v: v >= 1),
     "train.lr": ("> 0", lambda v: v > 0),
+    # every data source gives RGB images (data.images.Images holds (N, H, W, 3))
+    "model.in_channels": ("3 (the images are RGB)", lambda v: v == 3),
     "train.beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
     "train.beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
     "train.eps": ("> 0", lambda v: v > 0),
@@ -396,10 +398,7 @@ def mode_runtime(
     if not path.is_file():
         known = sorted(p.stem for p in MODES_DIR.glob("*.toml"))
         raise ConfigError(f"mode {mode!r}: no file {path} (known modes: {', '.join(known)})")
-    try:
-        tables = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    tables = read_toml(path)
     if not isinstance(tables.get(device_kind), dict):
         raise ConfigError(f"{path}: no [{device_kind}] table of runtime settings")
     table = tables[device_kind]
@@ -436,10 +435,7 @@ def load_config(
         raise ConfigError(
             f"profile {profile!r}: no file {path} (known profiles: {', '.join(known)})"
         )
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    raw = read_toml(path)
     if mode:
         runtime = raw.get("runtime", {})
         if not isinstance(runtime, dict):
@@ -487,7 +483,24 @@ def speed_label(cfg: Config) -> str:
     return "custom" if fast else "faithful"
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A profile or mode file's tables; ConfigError naming the file when it is not UTF-8 TOML."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+
+
 def load_resolved(path: Path) -> Config:
-    """Read back a config.json written with a run."""
-    raw = json.loads(Path(path).read_text())
+    """Read back a config.json written with a run; ConfigError naming it when it is damaged."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read the run's config ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: not a run's config (a JSON object was expected)")
     return config_from_dict(raw, name=raw.get("profile", "custom"), where=str(path))

@@ -232,8 +232,11 @@ class OursCpu:
         self.last: dict[ProcKey, ProcCpu] | None = None
         self.owed: dict[ProcKey, float] = {}
 
-    def update(self, now: dict[ProcKey, ProcCpu]) -> float:
-        """Seconds of CPU the run's processes spent since the previous snapshot (0 the first)."""
+    def update(self, now: dict[ProcKey, ProcCpu], born_after: float | None = None) -> float:
+        """Seconds of CPU the run's processes spent since the previous snapshot (0 the first).
+        `born_after`: the previous snapshot's wall time less the create times' rounding (1 s);
+        a process new to the run but started before it (a transient miss of the process table,
+        a job's task found late) adds nothing this time instead of its whole past."""
         last, self.last = self.last, now
         if last is None:
             return 0.0
@@ -246,7 +249,8 @@ class OursCpu:
         for key, p in now.items():
             before = last.get(key)
             if before is None:
-                spent += p.own_s + p.reaped_s
+                if born_after is None or key[1] >= born_after:
+                    spent += p.own_s + p.reaped_s
                 continue
             grew, owed = p.reaped_s - before.reaped_s, self.owed.pop(key, 0.0)
             spent += p.own_s - before.own_s + max(0.0, grew - owed)
@@ -296,15 +300,19 @@ class GpuConditions:
         self.nvml = nvml
         self.reasons: dict[str, str] = {}
         self.handles = {i: nvml.nvmlDeviceGetHandleByIndex(i) for i in indices}
-        self.max_sm = {i: self._call("sm_clock_ratio_min", nvml.nvmlDeviceGetMaxClockInfo, h,
-                                     nvml.NVML_CLOCK_SM) or None
-                       for i, h in self.handles.items()}  # fmt: skip
+        self.max_sm = {
+            i: self._call(
+                "sm_clock_ratio_min", nvml.nvmlDeviceGetMaxClockInfo, h, nvml.NVML_CLOCK_SM
+            )
+            for i, h in self.handles.items()
+        }
         self._events_fn = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
             nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None
         )
         if self._events_fn is None:
             self.reasons["throttle_reasons"] = "this pynvml has no clocks event reasons call"
         self.events = {i: self._xid_events(h) for i, h in self.handles.items()}
+        self._ecc_last: dict[int, int | None] = {i: self._ecc(h) for i, h in self.handles.items()}
 
     def _call(self, field: str, fn: Any, *args: Any) -> Any:
         """One NVML call; None (and the reason, for `field`) when it fails."""
@@ -324,13 +332,32 @@ class GpuConditions:
             self.reasons.setdefault("xid_events", "NVML: this GPU reports no XID events")
             return None
         events = self._call("xid_events", n.nvmlEventSetCreate)
-        if events is not None and self._call(
-            "xid_events", n.nvmlDeviceRegisterEvents, handle, n.nvmlEventTypeXidCriticalError,
-            events,
-        ) is None and "xid_events" in self.reasons:  # fmt: skip
+        if events is None:
+            return None
+        try:
+            n.nvmlDeviceRegisterEvents(handle, n.nvmlEventTypeXidCriticalError, events)
+        except Exception as e:
+            self.reasons.setdefault("xid_events", _nvml_error(e))
             self._call("xid_events", n.nvmlEventSetFree, events)
             return None
         return events
+
+    def _ecc(self, handle: Any) -> int | None:
+        """The device's volatile uncorrected ECC count (since the driver loaded)."""
+        n = self.nvml
+        return self._call(
+            "ecc_uncorrected",
+            n.nvmlDeviceGetTotalEccErrors,
+            handle,
+            n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+            n.NVML_VOLATILE_ECC,
+        )
+
+    def _new_ecc(self, i: int) -> int | None:
+        """Uncorrected ECC errors since the previous reading."""
+        last, now = self._ecc_last[i], self._ecc(self.handles[i])
+        self._ecc_last[i] = now if now is not None else last
+        return now - last if now is not None and last is not None else None
 
     def _drain_xids(self, events: Any) -> list[int] | None:
         """The XID codes that arrived since the last read, without waiting."""
@@ -371,7 +398,7 @@ class GpuConditions:
 
     def sample(self, ours: set[int]) -> list[dict[str, Any]]:
         """One row per device: SM clock and its maximum, the clock event reasons, whether the GPU
-        was idle, other processes, XID codes since the last sample, uncorrected ECC errors."""
+        was idle, other processes, XID codes and uncorrected ECC errors since the last sample."""
         n, rows = self.nvml, []
         for i, h in self.handles.items():
             bits = self._call("throttle_reasons", self._events_fn, h) if self._events_fn else None
@@ -387,13 +414,7 @@ class GpuConditions:
                     "clock_events": clock_event_names(bits) if bits is not None else None,
                     "other_processes": self._others(h, ours),
                     "xids": self._drain_xids(events) if events is not None else None,
-                    "ecc_uncorrected": self._call(
-                        "ecc_uncorrected",
-                        n.nvmlDeviceGetTotalEccErrors,
-                        h,
-                        n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
-                        n.NVML_VOLATILE_ECC,
-                    ),
+                    "ecc_uncorrected_new": self._new_ecc(i),
                 }
             )
         return rows
@@ -433,11 +454,8 @@ class ConditionsSampler:
         self.root = psutil.Process(root) if root is not None else run_root(psutil.Process())
         job = os.environ.get("SLURM_JOB_ID")
         self.job_cgroup = None
-        if job:
-            try:
-                self.job_cgroup = job_cgroup(job, (proc / "self" / "cgroup").read_text())
-            except OSError:
-                pass
+        if job and (proc / "self" / "cgroup").exists():
+            self.job_cgroup = job_cgroup(job, (proc / "self" / "cgroup").read_text())
         self.reasons: dict[str, str] = {}
         self.gpu: GpuConditions | None = None
         if not gpus:
@@ -456,7 +474,8 @@ class ConditionsSampler:
         self.earlier: list[dict[str, Any]] = []
         """Rows of the run's earlier attempts (a resumed run), read back from the spool."""
         self._ours = OursCpu()
-        self._last: tuple[float, tuple[int, int] | None] | None = None
+        self._last: tuple[float, float, tuple[int, int] | None] | None = None
+        """The previous reading: monotonic time, wall time, busy and steal ticks."""
         self._part = 0.0
         self._spool: Any = None
         self._lock = threading.Lock()
@@ -476,23 +495,28 @@ class ConditionsSampler:
         self._thread = threading.Thread(target=self._run, name="conditions", daemon=True)
         self._thread.start()
 
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._read()
 
     def stop(self) -> None:
         """Take the last reading (the interval since the previous one) and stop; idempotent."""
-        if self._thread is None or self._stop.is_set():
+        if self._stop.is_set():
             return
         self._stop.set()
-        self._thread.join(timeout=5 * self.interval_s + 5)
-        self._read()
+        if self._thread is not None:
+            self._thread.join(timeout=5 * self.interval_s + 5)
+            self._read()
         with self._lock:
             if self._spool:
                 self._spool.close()
                 self._spool = None
-        if self.gpu:
-            self.gpu.close()
+            if self.gpu:
+                self.gpu.close()
 
     def ours(self) -> list[psutil.Process]:
         """The run's processes on this host now (the module's docstring says which)."""
@@ -530,25 +554,25 @@ class ConditionsSampler:
     def _read(self) -> None:
         """One reading; from the second on, the row of the interval since the previous one."""
         with self._lock:  # the last reading (stop) must not interleave with the thread's
-            t = time.monotonic()
+            t, wall = time.monotonic(), time.time()
             load, ticks = self._read_host()
             members = self.ours()
-            ours_s = self._ours.update(snapshot(members))
+            born_after = self._last[1] - 1.0 if self._last else None
+            ours_s = self._ours.update(snapshot(members), born_after)
             gpus = self.gpu.sample({p.pid for p in members}) if self.gpu else None
-            last, self._last = self._last, (t, ticks)
+            last, self._last = self._last, (t, wall, ticks)
             if last is None:
                 return
-            dt = t - last[0]
-            both = ticks is not None and last[1] is not None
+            both = ticks is not None and last[2] is not None
             row = {
                 "part": self._part,
-                "time": time.time(),
-                "dt_s": dt,
+                "time": wall,
+                "dt_s": t - last[0],
                 "cores": self.cores,
                 "machine_cores": self.machine_cores,
                 "load_1m": load,
-                "busy_s": (ticks[0] - last[1][0]) * self.tick_s if both else None,
-                "steal_s": (ticks[1] - last[1][1]) * self.tick_s if both else None,
+                "busy_s": (ticks[0] - last[2][0]) * self.tick_s if both else None,
+                "steal_s": (ticks[1] - last[2][1]) * self.tick_s if both else None,
                 "ours_s": ours_s,
                 "processes": len(members),
             }
@@ -632,11 +656,7 @@ def _gpu_summary(rows: list[dict[str, Any]], reasons: dict[str, str]) -> dict[st
         if r.get("gpus") and all(d.get("other_processes") is not None for d in r["gpus"])
     ]
     xids = [d["xids"] for d in devices if d.get("xids") is not None]
-    ecc: dict[tuple[Any, Any], list[int]] = {}
-    for r in rows:
-        for d in r.get("gpus") or []:
-            if d.get("ecc_uncorrected") is not None:
-                ecc.setdefault((r.get("part"), d["index"]), []).append(d["ecc_uncorrected"])
+    ecc = [d["ecc_uncorrected_new"] for d in devices if d.get("ecc_uncorrected_new") is not None]
     return {
         "sm_clock_ratio_min": float(min(ratios)) if ratios else None,
         "sm_clock_ratio_median": float(np.median(ratios)) if ratios else None,
@@ -644,7 +664,7 @@ def _gpu_summary(rows: list[dict[str, Any]], reasons: dict[str, str]) -> dict[st
         "other_processes": max(others) if others else None,
         "xid_events": sum(len(x) for x in xids) if xids else None,
         "xid_codes": sorted({c for x in xids for c in x}) if xids else None,
-        "ecc_uncorrected": sum(v[-1] - v[0] for v in ecc.values()) if ecc else None,
+        "ecc_uncorrected": sum(ecc) if ecc else None,
     }
 
 
@@ -678,30 +698,24 @@ def summarize(
     }
     if gpu:
         out["gpu"] = _gpu_summary(rows, why)
-    elif "gpu" not in why:
-        why["gpu"] = "the GPUs were not sampled"
-    out["machine_cores"] = rows[-1].get("machine_cores", cores) if rows else os.cpu_count()
-    if not rows:
-        why = {"samples": "no samples: the run ended before its first epoch began"} | why
-    elif not cpu:
-        why.setdefault("other_cpu_share", "no CPU times read")
+    out["machine_cores"] = rows[-1].get("machine_cores", cores) if rows else cores
+    none = "no samples: the run ended before its first epoch began" if not rows else None
     for field in CPU_FIELDS:
         if out[field] is None:
-            out["reasons"][field] = why.get(field) or why.get("samples") or why.get(
-                "other_cpu_share", "not measured"
-            )
-    if out["load_per_core_max"] is None:
+            key = "load_avg_max" if field == "load_avg_max" else "other_cpu_share"
+            out["reasons"][field] = none or why.get(key) or "not measured"
+    if out["load_avg_max"] is None:
         out["reasons"]["load_per_core_max"] = out["reasons"]["load_avg_max"]
-    if out["other_cpu_share_max"] is None and "other_cpu_share_max" not in out["reasons"]:
-        out["reasons"]["other_cpu_share_max"] = out["reasons"].get("other_cpu_share", "")
     if out["gpu"] is None:
-        out["reasons"]["gpu"] = why["gpu"]
-    else:
-        for field in GPU_FIELDS:
-            if out["gpu"][field] is None:
-                out["reasons"][field] = why.get(field) or why.get("samples") or "not measured"
-        if out["gpu"]["sm_clock_ratio_median"] is None:
-            out["reasons"]["sm_clock_ratio_median"] = out["reasons"]["sm_clock_ratio_min"]
+        out["reasons"]["gpu"] = why.get("gpu") or "the GPUs were not sampled"
+        return out
+    for field in GPU_FIELDS:
+        if out["gpu"][field] is None:
+            out["reasons"][field] = none or why.get(field) or "not measured"
+    if out["gpu"]["sm_clock_ratio_min"] is None:
+        out["reasons"]["sm_clock_ratio_median"] = out["reasons"]["sm_clock_ratio_min"]
+    if out["gpu"]["xid_events"] is None:
+        out["reasons"]["xid_codes"] = out["reasons"]["xid_events"]
     return out
 
 

@@ -23,6 +23,7 @@ Plain Python, pandas and matplotlib (Agg): no framework is imported.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -214,9 +215,14 @@ def write_report(
     )
     report.skipped = skipped
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"--out {out_dir}: a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"--out {out_dir}: cannot create the folder: {e.strerror}") from None
     for name, frame in csvs.items():
-        atomic_write_text(out_dir / f"{name}.csv", frame.to_csv(index=False))
+        atomic_write_text(out_dir / f"{name}.csv", csv_safe(frame).to_csv(index=False))
     for name, _caption, png in report.all_plots():
         if isinstance(png, str):  # nothing to show: a line in the report, and no stale file
             (out_dir / name).unlink(missing_ok=True)
@@ -226,15 +232,51 @@ def write_report(
         os.replace(tmp, out_dir / name)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     atomic_write_text(out_dir / "report.html", render_html(report))
-    # atomic_write_text's temporary files are private (0600); a report is meant to be shared.
-    written = [f"{n}.csv" for n in csvs]
     if report.claims is not None:  # the claims as plain text, for a terminal
         atomic_write_text(out_dir / "claims.txt", report.claims.text() + "\n")
-        written.append("claims.txt")
-    written += [n for n, _c, png in report.all_plots() if isinstance(png, bytes)]
-    for name in [*written, "report.md", "report.html"]:
-        os.chmod(out_dir / name, 0o644)
     return out_dir / "report.html"
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A CSV cell starting with one of these is read as a formula by spreadsheets (CSV injection):
+such a text cell gets a leading apostrophe, as OWASP advises; numbers are left as they are."""
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every text cell that a spreadsheet would run as a formula defused (a run id
+    or a --set value can hold any text)."""
+
+    def defuse(value: object) -> object:
+        if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+            try:
+                float(value)  # "-1.5" is a number written as text, not a formula
+            except ValueError:
+                return "'" + value
+        return value
+
+    return frame.map(defuse)
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (nan and inf are refused with the value given)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0, refused with the value given."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def build_parser(prog: str = "python -m launch report") -> argparse.ArgumentParser:
@@ -259,14 +301,14 @@ def build_parser(prog: str = "python -m launch report") -> argparse.ArgumentPars
     p.add_argument("--out", type=Path, help="where to write (default: <results root>/report)")
     p.add_argument(
         "--target-psnr",
-        type=float,
+        type=finite_float,
         metavar="DB",
         help="PSNR target for time and energy to target (default: each run's noisy-input "
         f"PSNR + {DEFAULT_TARGET_GAIN_DB:g} dB)",
     )
     p.add_argument(
         "--baseline-images",
-        type=int,
+        type=non_negative_int,
         default=8,
         metavar="N",
         help="test images (seeded sample) for BM3D and the other classical baselines; "

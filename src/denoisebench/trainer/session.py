@@ -58,6 +58,7 @@ from denoisebench.core.records import (
     write_failure,
 )
 from denoisebench.data.images import DataError
+from denoisebench.measure.conditions import CONDITIONS_FILE, ConditionsSampler
 from denoisebench.measure.environment import environment
 from denoisebench.measure.hardware import peak_flops
 from denoisebench.measure.profiler import Profiler, maybe_profile
@@ -189,6 +190,8 @@ class Session:
                 f"profiler.tensorboard: {e} (--set profiler.tensorboard=false)"
             ) from e
         self.prof: Profiler | None = None
+        self.conditions: ConditionsSampler | None = None
+        """Rank 0's run conditions (measure.conditions), sampled from begin() to the end."""
         self.data: RunData | None = None
         self.start_epoch, self.wall_time_s = 0, 0.0
         self.steps_per_epoch = 0
@@ -232,6 +235,8 @@ class Session:
         if gpus:
             spool.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self.world.is_main:  # what else the machine did, started by begin()
+                self.conditions = ConditionsSampler(gpus, spool=self.fw_dir / CONDITIONS_FILE)
             with maybe_profile(
                 self.cfg.profiler.enabled,
                 devices=gpus,
@@ -246,6 +251,8 @@ class Session:
             record_failure(self.rec, e, self.fw_dir, self.process)
             raise
         finally:
+            if self.conditions:
+                self.conditions.stop()
             self.board.close()
 
     def load_data(self) -> RunData:
@@ -257,7 +264,8 @@ class Session:
         """Start training after `start_epoch` finished epochs (0, or a restored checkpoint's)
         and `wall_time_s` of them: records no checkpoint covers are dropped, and the process's
         first steps from here are warm-up again (core.epochs.warmup_steps; `capture_step`: the
-        step that captures a CUDA graph). Measures the GPUs' idle power first."""
+        step that captures a CUDA graph). Measures the GPUs' idle power first, then (rank 0)
+        starts sampling the run's conditions (measure.conditions) until finish()."""
         assert self.data is not None, "load_data() first"
         self.start_epoch, self.wall_time_s = start_epoch, wall_time_s
         self.steps_per_epoch = len(self.data.train_u8) // self.world.global_batch
@@ -269,6 +277,8 @@ class Session:
             self.rec.truncate_after(start_epoch)
         if self.prof:
             self.prof.measure_idle(self.cfg.profiler.idle_s)
+        if self.conditions:  # a resumed run's conditions cover its earlier attempts too
+            self.conditions.start(resume=start_epoch > 0)
 
     def epochs(self) -> Iterator[tuple[int, np.ndarray]]:
         """Each epoch left, with its batch order (steps x global batch indices, the same on
@@ -362,7 +372,7 @@ class Session:
         with uninterrupted():
             self.rec.epoch(record, steps, result.devices, result.hosts)
             save(epoch + 1, self.wall_time_s)
-            self.rec.summary(epochs_completed=epoch + 1)
+            self.rec.summary(epochs_completed=epoch + 1, **self.conditions_fields())
         self.board.write(record)
         print(epoch_line(record, self.cfg.train.epochs), flush=True)
 
@@ -398,7 +408,7 @@ class Session:
                 "wall_time_s": self.wall_time_s,
             }
             if self.rec:
-                self.rec.summary(**summary)
+                self.rec.summary(**summary, **self.conditions_fields(stop=True))
             return summary
         if self.rec is None:
             return {}
@@ -411,9 +421,18 @@ class Session:
             parameters,
             self.data.description,
             self.world.summary_fields(),
-        )
+        ) | self.conditions_fields(stop=True)
         self.rec.summary(**summary)
         return summary
+
+    def conditions_fields(self, stop: bool = False) -> dict[str, Any]:
+        """The summary's `conditions`, `disturbed` and `disturbed_reasons` so far (rank 0, after
+        begin(); none otherwise); `stop`: the sampling ends here, at the run's end."""
+        if self.conditions is None or not self.conditions.started:
+            return {}
+        if stop:
+            self.conditions.stop()
+        return self.conditions.fields()
 
 
 def first_non_finite(rows: list[StepRow]) -> StepRow | None:
