@@ -251,6 +251,13 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         "would change the run is refused; with --slurm, on the cluster",
     )
     g.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="end with the run's report, <run>/report/report.html (default: on; "
+        f"{REPORT_ENV}=0 in the environment makes --no-report the default)",
+    )
+    g.add_argument(
         "--print-config", action="store_true", help="print the resolved config as JSON and exit"
     )
 
@@ -629,14 +636,25 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
         return module.main(argv[1:], prog=f"{prog()} {argv[0]}")
     args = build_parser().parse_args(argv)
-    # `python -m launch` alone is the main job: it ends with the report of its own runs.
-    return launch(args, given_options(argv), main_job=argv == [])
+    return launch(args, given_options(argv))
 
 
-def launch(args: argparse.Namespace, given: set[str] | None, main_job: bool = False) -> int:
+REPORT_ENV = "DENOISEBENCH_REPORT"
+"""'0' makes --no-report the default (a cluster's job environment, the test suite)."""
+
+
+def wants_report(args: argparse.Namespace) -> bool:
+    """--report / --no-report when given, else on unless DENOISEBENCH_REPORT=0."""
+    if args.report is not None:
+        return bool(args.report)
+    return os.environ.get(REPORT_ENV, "1").strip() not in ("0", "false", "no", "off")
+
+
+def launch(args: argparse.Namespace, given: set[str] | None) -> int:
     """One launch from parsed options: check and write the run folder, then train (here, or
-    submitted to SLURM), print the table, and write the report for the main job. `given`: the
-    options on the command line (given_options; None: those that differ from the defaults)."""
+    submitted to SLURM), print the table, and end with the run's report (--no-report: none).
+    `given`: the options on the command line (given_options; None: those that differ from the
+    defaults)."""
     try:
         if args.engine == "horovod" and (args.slurm or args.sbatch_out or args.sweep):
             raise ConfigError(HOROVOD_HERE_ONLY + "; --slurm, --sbatch-out and --sweep")
@@ -669,15 +687,28 @@ def launch(args: argparse.Namespace, given: set[str] | None, main_job: bool = Fa
     if args.slurm:
         if lock is not None:
             lock.release()  # the job's task 0 takes it (denoisebench.cluster.slurm_job)
-        return submit_to_slurm(args, frameworks, run_dir)
-    with lock or contextlib.nullcontext():  # held while the trainers run
-        code = train_frameworks(args, frameworks, run_dir, topo)
-    if code or not main_job or (topo is not None and topo.node_rank != 0):
+        code = submit_to_slurm(args, frameworks, run_dir)
+        if not args.wait:
+            if code == 0 and wants_report(args):
+                print(f"report: once the jobs end, {prog()} report {run_dir}", flush=True)
+            return code
+    else:
+        with lock or contextlib.nullcontext():  # held while the trainers run
+            code = train_frameworks(args, frameworks, run_dir, topo)
+        if topo is not None and topo.node_rank != 0:
+            return code  # node 0 reports
+    if not wants_report(args):
         return code
+    return max(code, write_run_report(run_dir, args.results))
+
+
+def write_run_report(run_dir: Path, results: Path) -> int:
+    """The report of one run, in <run>/report/ (also after a failed framework: what ran is
+    shown, the failure with it); 0, or 1 with one line saying why it was not written."""
     from denoisebench.report.build import ReportError, write_report
 
     try:
-        report = write_report([run_dir], run_dir / "report", args.results)
+        report = write_report([run_dir], run_dir / "report", results)
     except (ReportError, OSError) as e:  # no summary to report on, or no room to write it
         print(f"report: not written ({e})", file=sys.stderr)
         return 1

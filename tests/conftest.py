@@ -11,6 +11,10 @@ import pytest
 from helpers import EXACT, launch
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Every training command ends with its report (launch --report); here only the tests that check
+# that ask for it (--report), since a report costs seconds per run and most tests make hundreds
+# of runs between them. Inherited by every launcher the tests start, SLURM jobs included.
+os.environ["DENOISEBENCH_REPORT"] = "0"
 
 
 @pytest.fixture

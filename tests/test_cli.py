@@ -162,3 +162,29 @@ def test_repeats_interleave_frameworks_and_report_the_spread(tmp_path):
     line = next(x for x in proc.stdout.splitlines() if "steady img/s" in x)
     assert f"[{low:.0f}, {high:.0f}]" in line
     assert "GPU J/img: missing" in proc.stdout
+
+
+def test_a_training_command_ends_with_its_report_unless_told_not_to(tmp_path):
+    """Not only the bare main job: any training command writes <run>/report/ and prints it;
+    --no-report skips it; DENOISEBENCH_REPORT=0 (set for the test suite) makes that the
+    default, --report overrides it."""
+    one = [
+        "--profile",
+        "smoke",
+        "--framework",
+        "torch",
+        "--epochs",
+        "1",
+        "--results",
+        str(tmp_path),
+    ]
+    proc = launch(*one, "--run-id", "with", env={"DENOISEBENCH_REPORT": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = tmp_path / "with" / "report" / "report.html"
+    assert f"report: {report}" in proc.stdout and report.is_file()
+    assert "PyTorch" in report.read_text()
+    proc = launch(*one, "--run-id", "without", "--no-report", env={"DENOISEBENCH_REPORT": "1"})
+    assert proc.returncode == 0 and "report:" not in proc.stdout
+    assert not (tmp_path / "without" / "report").exists()
+    proc = launch(*one, "--run-id", "asked", "--report")  # DENOISEBENCH_REPORT=0 here
+    assert proc.returncode == 0 and (tmp_path / "asked" / "report" / "report.html").is_file()

@@ -399,12 +399,31 @@ def test_baselines_beat_the_noisy_input_on_the_same_sample(built):
     assert f"{BASELINE_IMAGES} test images (seeded sample" in md
 
 
-def test_baselines_missing_bm3d_is_a_reason_not_a_crash(built, monkeypatch):
+def test_baselines_missing_bm3d_is_a_reason_not_a_crash(built, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached: BM3D must run
     monkeypatch.setitem(__import__("sys").modules, "bm3d", None)  # import bm3d -> ImportError
     result = baselines.run_baselines(built["folders"][2], images=2, methods=("BM3D",))
     row = result.frame.set_index("method").loc["BM3D"]
     assert math.isnan(row["psnr_db"]) and "BM3D failed" in row["reason"] and "bm3d" in row["reason"]
     assert result.frame.set_index("method").loc["noisy input", "images"] == 2
+
+
+def test_baselines_are_scored_once_per_sample_and_cached(built, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    methods = ("non-local means", "total variation")
+    first = baselines.run_baselines(built["folders"][2], images=3, methods=methods)
+    assert capsys.readouterr().out.count("cached") == 0
+    assert len(list((tmp_path / "denoisebench" / "baselines").glob("*.npz"))) == 2
+    again = baselines.run_baselines(built["folders"][2], images=3, methods=methods)
+    assert capsys.readouterr().out.count(": cached") == 2  # a cache hit is said
+    a, b = first.frame.set_index("method"), again.frame.set_index("method")
+    for method in methods:
+        np.testing.assert_array_equal(first.outputs[method], again.outputs[method])
+        assert a.loc[method, "psnr_db"] == b.loc[method, "psnr_db"]
+        assert b.loc[method, "params"] == a.loc[method, "params"] + " (cached)"
+    # another sample is another key: computed, not taken from the cache
+    baselines.run_baselines(built["folders"][2], images=2, methods=methods)
+    assert capsys.readouterr().out.count(": cached") == 0
 
 
 def test_html_shows_every_plot_in_chromium(built, tmp_path):

@@ -434,7 +434,8 @@ class ConditionsSampler:
     to stop(), appended to `spool` as taken.
 
     `gpus`: the NVML indices this process drives. `root`: the pid whose process tree is the
-    run's (default: run_root of this process). `proc`: where /proc is (tests)."""
+    run's (default: run_root of this process). `cpus`: the cores the run may use (default: this
+    process's affinity). `proc`: where /proc is (tests)."""
 
     def __init__(
         self,
@@ -444,10 +445,11 @@ class ConditionsSampler:
         root: int | None = None,
         nvml: Any | None = None,
         nvml_reason: str | None = None,
+        cpus: list[int] | None = None,
         proc: Path = Path("/proc"),
     ) -> None:
         self.interval_s, self.spool_path, self.proc = interval_s, spool, proc
-        self.cpus = sorted(os.sched_getaffinity(0))
+        self.cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
         self.cores = len(self.cpus)
         self.machine_cores = os.cpu_count() or self.cores
         self.tick_s = 1.0 / os.sysconf("SC_CLK_TCK")

@@ -16,13 +16,23 @@ noise kinds are not additive Gaussian, so sigma is estimated from the noisy imag
 `skimage.restoration.estimate_sigma`, and the result says so. Parameters are fixed rules of
 sigma, not tuned on these images (tuning on the test images would flatter the baselines).
 A method that cannot run (bm3d not installed, say) is a row with no figures and the reason.
+
+A method's outputs depend only on the noisy images and its parameters, so they are cached
+(`cache_dir()`, one file per method, parameters, library version and noisy sample): a report
+after every run, or over many runs of one test set, scores the classical methods once. A cache
+hit is said on the console and in the row's `params`; `seconds` is the time measured when the
+outputs were computed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +143,62 @@ METHODS: dict[str, Callable[[float], Callable[[np.ndarray], np.ndarray]]] = {
     "total variation": _tv,
 }
 
+METHOD_PACKAGES = {
+    "BM3D": "bm3d",
+    "non-local means": "scikit-image",
+    "total variation": "scikit-image",
+}
+"""The package whose version is part of a method's cache key (a new version may denoise
+otherwise)."""
+
+
+def cache_dir() -> Path:
+    """Where baseline outputs are cached: $XDG_CACHE_HOME/denoisebench/baselines, by default
+    ~/.cache/denoisebench/baselines. Deleting it only costs the time to score them again."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "denoisebench" / "baselines"
+
+
+def cache_key(method: str, params: str, noisy: np.ndarray) -> str:
+    """The cache file name of `method` with `params` on the float32 `noisy` sample."""
+    try:
+        version = metadata.version(METHOD_PACKAGES[method])
+    except metadata.PackageNotFoundError:
+        version = "missing"
+    h = hashlib.sha256(f"{method}|{params}|{version}|{noisy.shape}".encode())
+    h.update(np.ascontiguousarray(noisy, dtype=np.float32).tobytes())
+    return h.hexdigest()[:32]
+
+
+def denoise_cached(
+    method: str, sigma: float, noisy: np.ndarray, where: str
+) -> tuple[np.ndarray, float, bool]:
+    """`method`'s outputs on `noisy`, the seconds they took when computed, and whether they came
+    from the cache. A damaged cache file is computed again; a cache that cannot be written is
+    skipped (the outputs are still returned)."""
+    path = cache_dir() / f"{cache_key(method, _params(method, sigma), noisy)}.npz"
+    try:
+        with np.load(path) as f:
+            out, seconds = f["outputs"], float(f["seconds"])
+        if out.shape == noisy.shape:
+            print(f"baselines: {method} on {len(noisy)} images of {where}: cached", flush=True)
+            return out, seconds, True
+    except (OSError, ValueError, KeyError, EOFError):
+        pass  # not cached yet, or a damaged file: compute
+    print(f"baselines: {method} on {len(noisy)} images of {where} ...", flush=True)
+    t0 = time.perf_counter()
+    denoise = METHODS[method](sigma)
+    out = np.stack([np.clip(denoise(img), 0.0, 1.0) for img in noisy]).astype(np.float32)
+    seconds = time.perf_counter() - t0
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, outputs=out, seconds=np.float64(seconds))
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"baselines: not cached ({path.parent}: {e.strerror})", file=sys.stderr)
+    return out, seconds, False
+
 
 def run_baselines(
     run_dir: Path,
@@ -180,14 +246,13 @@ def run_baselines(
 
     score("noisy input", noisy, None, sigma_source)
     for method in methods:
-        t0 = time.perf_counter()
         try:
-            denoise = METHODS[method](sigma)
-            out = np.stack([np.clip(denoise(img), 0.0, 1.0) for img in noisy]).astype(np.float32)
+            out, seconds, cached = denoise_cached(method, sigma, noisy, run_dir.name)
         except Exception as e:  # an import or library failure: report it, keep the report
             missing(method, f"{method} failed: {type(e).__name__}: {e}", _params(method, sigma))
             continue
-        score(method, out, time.perf_counter() - t0, _params(method, sigma))
+        params = _params(method, sigma) + (" (cached)" if cached else "")
+        score(method, out, seconds, params)
     for framework in FRAMEWORKS:
         path = run_dir / framework / "test_outputs.npz"
         name = FRAMEWORK_NAMES[framework]
