@@ -14,6 +14,7 @@
             hosts.jsonl       one row per process per epoch: RSS, CPU use, CPU energy
             gpu_samples.rank<r>.jsonl  every NVML sample, appended as taken (GPU runs)
             epochs.jsonl      one EPOCH record per finished epoch
+            conditions.jsonl  one sample a second of what else the machine did (rank 0)
             summary.json      status and final figures (SUMMARY)
             weights.npz       final weights in the canonical (PyTorch) layout, either framework
             test_outputs.npz  the final model's outputs for test_samples.npz
@@ -159,6 +160,12 @@ SUMMARY_FIELDS: dict[str, str] = {
     "gpu_energy_method": "how the GPU energy was measured",
     "gpu_mem_alloc_peak_gib": "framework allocator's peak over the run",
     "host_rss_peak_gib": "peak resident memory over the run",
+    "conditions": "what else the machine did while the run trained (measure.conditions): other "
+    "processes' share of the run's cores, steal, load per core; on GPUs clock ratio, throttle "
+    "reasons, other processes, XID and ECC events; null figures with their reasons",
+    "disturbed": "whether the conditions crossed a threshold (docs/measurements.md): the "
+    "report then names no speed or energy winner from this run",
+    "disturbed_reasons": "one sentence per crossed threshold, with the measured value",
 }
 
 
