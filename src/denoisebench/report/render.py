@@ -52,8 +52,10 @@ NOTES = [
     "the same framework, per-device batch and setup; the range is the widest the repeats allow.",
     "Time to target: training time summed over epochs (evaluation excluded) up to the first "
     "epoch whose test PSNR reaches the target; energy to target sums the GPU energy the same way.",
-    "A verdict names a winner only when both frameworks have at least two repeats and their "
-    "[min, max] ranges do not overlap; otherwise it says the difference is within noise.",
+    "Each verdict gives the ratio of the medians, the difference and the range the repeats' "
+    "extremes allow; it names a winner only when both frameworks have at least two repeats, "
+    "their [min, max] ranges do not overlap and, for speed and energy, no run was disturbed by "
+    "other load on the machine (environment table); otherwise it says 'no winner' and why.",
 ]
 
 
