@@ -54,6 +54,7 @@ from denoisebench.core.records import (
     check_free_space,
     check_run_id,
     clear_failures,
+    default_results,
     launch_conflicts,
     launch_option,
     mark_failed,
@@ -213,8 +214,9 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--results",
         type=Path,
-        default=REPO_ROOT / "results",
-        help="folder that receives results/<run-id>/ (default: %(default)s)",
+        default=default_results(),
+        help="folder that receives <run-id>/ (default: $DENOISEBENCH_RESULTS when set, else "
+        "the repository's results/; here %(default)s)",
     )
     g.add_argument(
         "--run-id",
@@ -678,6 +680,8 @@ def launch(args: argparse.Namespace, given: set[str] | None) -> int:
             return 0
         topo = None if args.slurm else resolve_topology(args)
         check_horovod(args, topo)
+        if not args.slurm:  # a cluster's data and GPUs are on its nodes, not the login node
+            check_local_inputs(cfg)
         lock = prepare_run_folder(args, cfg, run_dir, topo)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -714,6 +718,28 @@ def write_run_report(run_dir: Path, results: Path) -> int:
         return 1
     print(f"report: {report}", flush=True)
     return 0
+
+
+def check_local_inputs(cfg: Config) -> None:
+    """What the trainers would refuse only after the run folder exists, checked before it is
+    made: the EuroSAT path (a regular file or folder that exists) and a GPU for --device gpu."""
+    if cfg.data.source == "eurosat":
+        from denoisebench.data.images import DataError, check_data_path  # Pillow: only here
+
+        try:
+            check_data_path(Path(cfg.data.path).expanduser())
+        except DataError as e:
+            raise ConfigError(
+                f"{e}\n  EuroSAT RGB is EuroSAT.zip as published (2750/<Class>/*.jpg) or its "
+                "folder (docs/usage.md#data); --data tfds reads it through tensorflow-datasets"
+            ) from None
+    if cfg.train.device == "gpu":
+        info = gpu_info()
+        if not info["gpus"]:
+            raise ConfigError(
+                f"--device gpu: no GPU here ({info.get('reason', 'NVML found none')}); "
+                "use --device auto (a GPU when there is one) or --device cpu"
+            )
 
 
 HOROVOD_HERE_ONLY = (

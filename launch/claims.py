@@ -19,9 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from denoisebench.core.records import new_run_id
+from denoisebench.core.records import default_results, new_run_id
 from denoisebench.report.build import ReportError, write_report
-from launch.__main__ import REPO_ROOT, seed_list
+from launch.__main__ import seed_list
 
 INITS = ("native", "shared")
 DEFAULT_SEEDS = "0,1,2"
@@ -67,7 +67,7 @@ def build_parser(prog: str = "python -m launch claims") -> argparse.ArgumentPars
     p.add_argument(
         "--results",
         type=Path,
-        default=REPO_ROOT / "results",
+        default=default_results(),
         help="folder that receives results/<run-id>/ (default: %(default)s)",
     )
     p.add_argument(

@@ -479,3 +479,32 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_defused():
         "'=HYPERLINK(1)", "'+1+2", "'@SUM(A1)", "'-x", "-1.5", "ok",
     ]  # fmt: skip
     assert csv_safe(frame)["n"].tolist() == [-1, 2, 3, 4, 5, 6]
+
+
+def test_a_missing_eurosat_path_is_refused_before_the_run_folder_exists(tmp_path, capsys):
+    assert main(["--profile", "paper", "--data", str(tmp_path / "EuroSAT.zip"),
+                 "--results", str(tmp_path / "r")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"error: {tmp_path / 'EuroSAT.zip'}: no such file or folder (expected " + (
+        "EuroSAT.zip or its folder)"
+    )
+    assert "docs/usage.md#data" in err[1] and "--data tfds" in err[1] and len(err) == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_device_gpu_without_a_gpu_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    import launch.__main__ as launcher
+
+    monkeypatch.setattr(launcher, "gpu_info", lambda: {"gpus": None, "reason": "no NVML"})
+    err = refused(capsys, [*SMOKE, "--device", "gpu", "--results", str(tmp_path)])
+    assert "--device gpu: no GPU here (no NVML); use --device auto" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_default_to_denoisebench_results(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DENOISEBENCH_RESULTS", str(tmp_path / "shared"))
+    from launch.__main__ import build_parser
+
+    assert build_parser().parse_args([]).results == tmp_path / "shared"
+    monkeypatch.delenv("DENOISEBENCH_RESULTS")
+    assert build_parser().parse_args([]).results == REPO / "results"

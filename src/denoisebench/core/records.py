@@ -56,6 +56,17 @@ from denoisebench.core.config import Config, ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FRAMEWORKS = ("torch", "tf")
 
+RESULTS_ENV = "DENOISEBENCH_RESULTS"
+"""Where results go when --results is not given: clusters keep repositories in a small $HOME
+and results on a shared file system (the sbatch scripts read it too)."""
+
+
+def default_results() -> Path:
+    """$DENOISEBENCH_RESULTS when set, else the repository's results/ folder."""
+    chosen = os.environ.get(RESULTS_ENV)
+    return Path(chosen).expanduser() if chosen else REPO_ROOT / "results"
+
+
 # One schema for both frameworks. Name -> meaning (units in the name).
 STEP_FIELDS: dict[str, str] = {
     "framework": "torch or tf",

@@ -31,7 +31,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from denoisebench.core.records import REPO_ROOT, atomic_write_text, read_json, utc_now
+from denoisebench.core.records import (
+    atomic_write_text,
+    default_results,
+    read_json,
+    utc_now,
+)
 from denoisebench.report.baselines import METHODS, BaselineResult, run_baselines
 from denoisebench.report.claims import claims_section
 from denoisebench.report.discover import ReportError, damage, find_run_folders
@@ -295,7 +300,7 @@ def build_parser(prog: str = "python -m launch report") -> argparse.ArgumentPars
     p.add_argument(
         "--results-root",
         type=Path,
-        default=REPO_ROOT / "results",
+        default=default_results(),
         help="the results folder (default: %(default)s)",
     )
     p.add_argument("--out", type=Path, help="where to write (default: <results root>/report)")
