@@ -80,16 +80,23 @@ def test_cli_end_to_end_writes_a_valid_results_folder(tmp_path, read_board):
 
 
 def test_bad_data_path_fails_fast_with_its_name(tmp_path):
+    """A path that does not exist: refused by the launcher before the run folder is made. A file
+    that exists but is no EuroSAT zip: the trainer fails on it, and the record says why."""
     missing = tmp_path / "nowhere" / "EuroSAT.zip"
     proc = launch("--data", str(missing), "--results", str(tmp_path), "--run-id", "bad")
-    assert proc.returncode == 1
-    assert str(missing) in proc.stderr
+    assert proc.returncode == 2 and str(missing) in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "bad").exists()  # the run id is not used up
+    junk = tmp_path / "EuroSAT.zip"
+    junk.write_bytes(b"not a zip")
+    proc = launch("--data", str(junk), "--results", str(tmp_path), "--run-id", "bad")
+    assert proc.returncode == 1
+    assert str(junk) in proc.stderr and "Traceback" not in proc.stderr
     # torch failed on the input; tf was not started; what was written is kept and readable
     summary = read_json(tmp_path / "bad" / "torch" / "summary.json")
-    assert summary["status"] == "failed" and str(missing) in summary["error"]
+    assert summary["status"] == "failed" and "not a zip file" in summary["error"]
     assert not (tmp_path / "bad" / "tf").exists()
-    assert load_resolved(tmp_path / "bad" / "config.json").data.path == str(missing)
+    assert load_resolved(tmp_path / "bad" / "config.json").data.path == str(junk)
 
 
 def test_bad_override_is_refused_before_anything_is_written(tmp_path):
