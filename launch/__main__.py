@@ -890,7 +890,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         configs[el.name] = load_config(
             sweep.profile, overrides, args.mode or "", **mode_target(args, el.devices)
         )
-    sweep_dir.mkdir(parents=True)
+    try:  # atomic: of two sweeps started at once with one --run-id, the second stops here
+        sweep_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise ConfigError(f"{sweep_dir} exists; pick another --run-id") from None
     atomic_write_text(
         sweep_dir / "sweep.json",
         json.dumps({"sweep": str(args.sweep), "elements": [el.name for el in elements]}, indent=2)
