@@ -528,9 +528,7 @@ def resolve_topology(args: argparse.Namespace) -> Topology | None:
     nodes = args.nodes or (slurm.nodes if slurm else 1)
     if args.gpus is None and nodes == 1:
         return None
-    devices = args.gpus or 1
-    if devices < 1 or nodes < 1:
-        raise ConfigError(f"--gpus {devices} and --nodes {nodes} must be >= 1")
+    devices = args.gpus or 1  # --gpus and --nodes below 1 were refused by launch()
     node_rank = args.node_rank if args.node_rank is not None else (slurm.node_rank if slurm else 0)
     if not 0 <= node_rank < nodes:
         raise ConfigError(f"--node-rank {node_rank} outside 0..{nodes - 1}")

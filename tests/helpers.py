@@ -3,14 +3,17 @@ install a Debian package a test needs (or skip, or fail where CI requires it).""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from denoisebench.core.records import read_json, read_jsonl
 
@@ -64,6 +67,24 @@ def assert_same_training(a: Path, b: Path, framework: str, atol: float = EXACT_A
     assert [e["steps"] for e in ea] == [e["steps"] for e in eb] == [9]
     assert abs(ea[-1]["train_loss"] - eb[-1]["train_loss"]) < 1e-4
     assert abs(ea[-1]["test_mae"] - eb[-1]["test_mae"]) < 1e-4
+
+
+def jpeg_bytes(rng: np.random.Generator, width: int = 64, height: int = 64) -> bytes:
+    """A JPEG of a smooth gradient plus noise, so that it looks like a photograph to the codec."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 3, yy * 3, (xx + yy) * 2], axis=-1)
+    pixels = np.clip(base + rng.integers(0, 40, size=base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_zip(path: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> Path:
+    """A zip of `members` (name -> bytes), stored as EuroSAT.zip's are, or compressed."""
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
 
 
 def skip_or_fail(reason: str, require_var: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import jpeg_bytes, write_zip
 from PIL import Image
 
 from denoisebench.core.config import DataConfig
@@ -27,16 +28,6 @@ from denoisebench.data.images import (
 )
 
 FEW_CLASSES = ("AnnualCrop", "Forest", "SeaLake")
-
-
-def jpeg_bytes(rng: np.random.Generator, width: int = 64, height: int = 64) -> bytes:
-    """A JPEG of a smooth gradient plus noise, so that it looks like a photograph to the codec."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 3, yy * 3, (xx + yy) * 2], axis=-1)
-    pixels = np.clip(base + rng.integers(0, 40, size=base.shape), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def image_bytes(rng: np.random.Generator, fmt: str, mode: str = "RGB") -> bytes:
@@ -65,13 +56,6 @@ def write_fake_eurosat(
                 (folder / "2750" / c / f"{c}_{i}.jpg").write_bytes(data)
                 zf.writestr(f"2750/{c}/{c}_{i}.jpg", data)
     return folder, zip_path
-
-
-def write_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
 
 
 def zip_of_folder(folder: Path, path: Path) -> Path:

@@ -10,23 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import jpeg_bytes, write_zip
 from PIL import Image
 
 from denoisebench.data.images import MAX_FILE_BYTES, DataError, load_eurosat
 
 
 def jpeg(seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def write_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
+    return jpeg_bytes(np.random.default_rng(seed))
 
 
 def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
@@ -46,6 +37,7 @@ def test_a_huge_zip_member_is_refused_before_it_is_read(tmp_path: Path) -> None:
     zpath = write_zip(
         tmp_path / "bomb.zip",
         {"2750/Forest/Forest_1.jpg": jpeg(), "2750/Forest/Forest_2.jpg": bytes(MAX_FILE_BYTES + 1)},
+        zipfile.ZIP_DEFLATED,
     )
     assert zpath.stat().st_size < 100_000
     with pytest.raises(DataError, match=r"member 2750/Forest/Forest_2.jpg\): 16,777,217 bytes"):
