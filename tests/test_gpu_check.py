@@ -50,19 +50,34 @@ def test_cpu_rehearsal_runs_every_step(tmp_path):
     assert "python -m launch bench --paths" in md
 
 
-def test_a_step_cut_by_the_budget_keeps_the_summary(tmp_path):
+def test_a_step_cut_by_the_budget_keeps_the_summary(tmp_path, monkeypatch, capsys):
+    # The cut step never ends on its own (a real subprocess that sleeps), so the budget, not
+    # this machine's speed, decides that it is cut: a real bench step may end within any
+    # budget on a fast enough CPU.
+    def quick(r, ctx, res):
+        res.figures = {"printed": r.run([ctx.python, "-c", "print('ready')"]).output.strip()}
+
+    def hangs(r, ctx, res):
+        r.run([ctx.python, "-c", "import time; time.sleep(120)"])
+
+    fake = {"environment": quick, "bench": hangs}
+    monkeypatch.setattr(
+        gpu_check, "STEPS", [(n, t, need, fake.get(n, f)) for n, t, need, f in gpu_check.STEPS]
+    )
     out = tmp_path / "check"
-    proc = launch(
-        "gpu-check", "--cpu-rehearsal", "--framework", "torch", "--only", "environment",
-        "--only", "bench", "--budget-s", "12", "--out", str(out),
-    )  # fmt: skip
-    assert proc.returncode == 1
+    argv = ["--cpu-rehearsal", "--framework", "torch", "--only", "environment", "--only", "bench"]
+    assert gpu_check.main([*argv, "--budget-s", "6", "--out", str(out)]) == 1
     steps = {s["name"]: s for s in json.loads((out / "gpu_check.json").read_text())["steps"]}
     assert steps["environment"]["status"] == "ok"
+    assert steps["environment"]["figures"] == {"printed": "ready"}
     assert steps["bench"]["status"] == "timeout"
+    assert steps["bench"]["reason"].startswith("cut after")
     assert steps["paper"]["status"] == "skipped"
     assert "| bench | timeout |" in (out / "gpu_check.md").read_text()
-    assert "$ python -m launch bench" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
+    assert "$ python -c 'import time; time.sleep(120)'" in log
+    assert "cut at its time limit" in log
+    assert "1 of 8 steps not ok" in capsys.readouterr().out
 
 
 def test_step_limits_share_what_is_left_by_need():
