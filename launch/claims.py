@@ -21,7 +21,7 @@ from pathlib import Path
 
 from denoisebench.core.records import default_results, new_run_id
 from denoisebench.report.build import ReportError, write_report
-from launch.__main__ import seed_list
+from launch.options import seed_list
 
 INITS = ("native", "shared")
 DEFAULT_SEEDS = "0,1,2"

@@ -26,8 +26,9 @@ from denoisebench.report.build import build_report, write_report
 from denoisebench.report.groups import group_frame, runs_frame
 from denoisebench.report.plots import plot_energy, plot_memory, plot_power, plot_scaling
 from denoisebench.report.runs import _setup_id
-from launch import __main__ as cli
 from launch import claims as claims_cli
+from launch import folders as run_folders
+from launch.options import build_parser
 
 SEEDS = (0, 1, 2)
 
@@ -457,21 +458,21 @@ def test_setup_id_ignores_the_seed_but_not_the_init():
 
 
 def prepare(tmp_path: Path, *argv: str) -> tuple:
-    args = cli.build_parser().parse_args(["--profile", "smoke", "--results", str(tmp_path), *argv])
-    cfg, run_dir = cli.resolve(args)
-    cli.prepare_run_folder(args, cfg, run_dir, None)
+    args = build_parser().parse_args(["--profile", "smoke", "--results", str(tmp_path), *argv])
+    cfg, run_dir = run_folders.resolve(args)
+    run_folders.prepare_run_folder(args, cfg, run_dir, None)
     return args, run_dir
 
 
 def test_seeds_give_one_repeat_per_seed_recorded_in_its_config(tmp_path):
     args, run_dir = prepare(tmp_path, "--run-id", "a", "--seeds", "3,4,5")
     assert args.repeats == 3
-    folders = cli.measurement_dirs(run_dir, args.repeats)
+    folders = run_folders.measurement_dirs(run_dir, args.repeats)
     assert [f.name for f in folders] == ["repeat-0", "repeat-1", "repeat-2"]
     assert [load_resolved(f / "config.json").train.seed for f in folders] == [3, 4, 5]
     assert read_json(run_dir / "launch.json")["repeats"] == 3
     args, run_dir = prepare(tmp_path, "--run-id", "b", "--seeds", "8,9", "--repeats", "2")
-    folders = cli.measurement_dirs(run_dir, args.repeats)
+    folders = run_folders.measurement_dirs(run_dir, args.repeats)
     assert [load_resolved(f / "config.json").train.seed for f in folders] == [8, 9]
     args, run_dir = prepare(tmp_path, "--run-id", "c", "--seeds", "11")
     assert load_resolved(run_dir / "config.json").train.seed == 11  # one seed: no repeat folders
@@ -496,16 +497,16 @@ def test_seeds_conflicts_are_refused_by_name(tmp_path, argv, words):
 def test_seeds_bad_lists_and_resume(tmp_path, capsys):
     for bad in ("1,1", "a,b", "1,,2"):
         with pytest.raises(SystemExit):
-            cli.build_parser().parse_args(["--seeds", bad])
+            build_parser().parse_args(["--seeds", bad])
         assert "--seeds" in capsys.readouterr().err
     _args, run_dir = prepare(tmp_path, "--run-id", "r", "--seeds", "3,4")
-    resumed = cli.build_parser().parse_args(["--resume", str(run_dir), "--seeds", "3,5"])
-    cfg, _ = cli.resolve(resumed)
+    resumed = build_parser().parse_args(["--resume", str(run_dir), "--seeds", "3,5"])
+    cfg, _ = run_folders.resolve(resumed)
     with pytest.raises(ConfigError, match="started with seeds 3,4"):
-        cli.prepare_run_folder(resumed, cfg, run_dir, None)
-    same = cli.build_parser().parse_args(["--resume", str(run_dir), "--seeds", "3,4"])
-    cfg, _ = cli.resolve(same)
-    cli.prepare_run_folder(same, cfg, run_dir, None)  # a requeued job repeats its command
+        run_folders.prepare_run_folder(resumed, cfg, run_dir, None)
+    same = build_parser().parse_args(["--resume", str(run_dir), "--seeds", "3,4"])
+    cfg, _ = run_folders.resolve(same)
+    run_folders.prepare_run_folder(same, cfg, run_dir, None)  # a requeued job repeats its command
 
 
 def test_claims_command_line(tmp_path, capsys):

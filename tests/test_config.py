@@ -14,7 +14,8 @@ from denoisebench.core.config import (
     load_resolved,
     parse_overrides,
 )
-from launch.__main__ import build_parser, flag_overrides
+from launch.folders import flag_overrides
+from launch.options import build_parser
 
 PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
 EUROSAT = {"data": {"path": "/x/EuroSAT.zip"}}

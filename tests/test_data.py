@@ -318,7 +318,8 @@ def test_strict_data_flag_reaches_the_loader(fake: tuple[Path, Path]) -> None:
 
     from denoisebench.core.config import load_config, parse_overrides
     from denoisebench.data.images import load_images
-    from launch.__main__ import build_parser, flag_overrides
+    from launch.folders import flag_overrides
+    from launch.options import build_parser
 
     folder, _ = fake
     (folder / "2750" / "Forest" / "Forest_3.jpg").write_bytes(

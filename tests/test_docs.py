@@ -13,7 +13,7 @@ from pathlib import Path
 
 from denoisebench.core.config import SECTIONS
 from denoisebench.core.records import EPOCH_FIELDS, STEP_FIELDS, SUMMARY_FIELDS
-from launch.__main__ import SUBCOMMANDS, build_parser
+from launch.options import SUBCOMMANDS, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

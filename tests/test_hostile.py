@@ -493,7 +493,7 @@ def test_a_missing_eurosat_path_is_refused_before_the_run_folder_exists(tmp_path
 
 
 def test_device_gpu_without_a_gpu_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
-    import launch.__main__ as launcher
+    import launch.run as launcher
 
     monkeypatch.setattr(launcher, "gpu_info", lambda: {"gpus": None, "reason": "no NVML"})
     err = refused(capsys, [*SMOKE, "--device", "gpu", "--results", str(tmp_path)])
@@ -503,7 +503,7 @@ def test_device_gpu_without_a_gpu_is_refused_in_one_line(tmp_path, capsys, monke
 
 def test_results_default_to_denoisebench_results(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DENOISEBENCH_RESULTS", str(tmp_path / "shared"))
-    from launch.__main__ import build_parser
+    from launch.options import build_parser
 
     assert build_parser().parse_args([]).results == tmp_path / "shared"
     monkeypatch.delenv("DENOISEBENCH_RESULTS")

@@ -15,8 +15,10 @@ from denoisebench.core.distributed import (
     tf_config,
     tf_worker_index,
 )
-from launch.__main__ import build_parser, main, resolve_topology
+from launch.__main__ import main
 from launch.commands import Topology, build_tf_cmds, build_torchrun_cmd
+from launch.options import build_parser
+from launch.run import resolve_topology
 
 RUN = Path("/r/run1")
 
