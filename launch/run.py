@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from denoisebench.core.records import (
     clear_failures,
     mark_failed,
     mark_interrupted,
+    mark_skipped,
     read_failures,
     read_summary,
     resume_command,
@@ -71,13 +73,15 @@ def launch(args: argparse.Namespace, given: set[str] | None) -> int:
             return 0
         topo = None if args.slurm else resolve_topology(args)
         check_horovod(args, topo)
-        if not args.slurm:  # a cluster's data and GPUs are on its nodes, not the login node
+        frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
+        skipped: dict[str, str] = {}
+        if not args.slurm:  # a cluster's data, packages and GPUs are on its nodes
             check_local_inputs(cfg)
+            skipped = missing_frameworks(frameworks, args.framework)
         lock = prepare_run_folder(args, cfg, run_dir, topo)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
     print(f"run folder: {run_dir}", flush=True)
     if args.slurm:
         if lock is not None:
@@ -89,7 +93,7 @@ def launch(args: argparse.Namespace, given: set[str] | None) -> int:
             return code
     else:
         with lock or contextlib.nullcontext():  # held while the trainers run
-            code = train_frameworks(args, frameworks, run_dir, topo)
+            code = train_frameworks(args, frameworks, run_dir, topo, skipped)
         if topo is not None and topo.node_rank != 0:
             return code  # node 0 reports
     if not wants_report(args):
@@ -131,6 +135,30 @@ def check_local_inputs(cfg: Config) -> None:
                 f"--device gpu: no GPU here ({info.get('reason', 'NVML found none')}); "
                 "use --device auto (a GPU when there is one) or --device cpu"
             )
+
+
+FRAMEWORK_PACKAGES = {"torch": ("torch", "PyTorch"), "tf": ("tensorflow", "TensorFlow")}
+"""Each framework's package (the module its trainer imports) and its name."""
+
+
+def missing_frameworks(frameworks: list[str], asked: str) -> dict[str, str]:
+    """The frameworks whose package this machine lacks, each with the reason: skipped, with a
+    notice, when others remain (--framework both on a GPU node without TensorFlow); refused in
+    one line when none does."""
+    missing = {}
+    for framework in frameworks:
+        module, name = FRAMEWORK_PACKAGES[framework]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a package that is there but broken
+            found = False
+        if not found:
+            missing[framework] = f"{name} is not installed"
+    if missing and len(missing) == len(frameworks):
+        raise ConfigError(f"--framework {asked}: {'; '.join(missing.values())} here")
+    for framework, reason in missing.items():
+        print(f"notice: {reason} here: {framework} is recorded as skipped", flush=True)
+    return missing
 
 
 HOROVOD_HERE_ONLY = (
@@ -228,12 +256,18 @@ def framework_cmds(
 
 
 def train_frameworks(
-    args: argparse.Namespace, frameworks: list[str], run_dir: Path, topo: Topology | None
+    args: argparse.Namespace,
+    frameworks: list[str],
+    run_dir: Path,
+    topo: Topology | None,
+    skipped: dict[str, str] | None = None,
 ) -> int:
     """Train each framework in each repeat's folder, then print the table. Returns 0, 1 when
     one failed, or 128 + the signal's number when a stop signal ended it (SIGINT, SIGTERM and
     SIGHUP stop the children and mark the framework interrupted; frameworks not started yet
-    stay as they are)."""
+    stay as they are). A framework in `skipped` (missing_frameworks) is recorded as skipped,
+    with the reason, instead of trained."""
+    skipped = skipped or {}
     failed = []
     interrupted = None
     folders = measurement_dirs(run_dir, args.repeats)
@@ -245,6 +279,10 @@ def train_frameworks(
             for framework in frameworks:
                 if stop.signum is not None:
                     break
+                if framework in skipped:
+                    if topo is None or topo.node_rank == 0:
+                        mark_skipped(folder, framework, skipped[framework])
+                    continue
                 code = run_framework(framework, folder, topo, args, stop)
                 if code is None:
                     continue

@@ -127,10 +127,12 @@ EPOCH_FIELDS: dict[str, str] = {
 }
 SUMMARY_FIELDS: dict[str, str] = {
     "framework": "torch or tf",
-    "status": "running, completed, failed, interrupted (stopped by a signal; resumable) or "
-    "diverged (stopped after the epoch in which a training loss was not finite)",
+    "status": "running, completed, failed, interrupted (stopped by a signal; resumable), "
+    "diverged (stopped after the epoch in which a training loss was not finite) or skipped "
+    "(not started: its package is not installed on this machine)",
     "error": "the exception, when status is failed ('killed by SIGKILL: ...' for a process "
-    "that a signal killed); where the loss stopped being finite, when status is diverged",
+    "that a signal killed); where the loss stopped being finite, when status is diverged; "
+    "why, when status is skipped",
     "diverged_at": "the first training loss that was not finite, when status is diverged: "
     "{epoch, step, rank} as in steps.jsonl (from 0), and the loss as text (nan, inf, -inf)",
     "failed_process": "which process failed first (its own exception is `error`), when a "
@@ -177,6 +179,8 @@ SUMMARY_FIELDS: dict[str, str] = {
     "disturbed": "whether the conditions crossed a threshold (docs/measurements.md): the "
     "report then names no speed or energy winner from this run",
     "disturbed_reasons": "one sentence per crossed threshold, with the measured value",
+    "tensorboard_skipped": "why no TensorBoard events were written though "
+    "profiler.tensorboard is on (the tensorboard package is not installed); null otherwise",
 }
 
 
@@ -762,6 +766,18 @@ def mark_failed(
         current["failed_process"] = error
     current.update(framework=framework, updated=utc_now())
     atomic_write_json(path, current)
+
+
+def mark_skipped(run_dir: Path, framework: str, reason: str) -> None:
+    """Record a framework the launcher did not start, and why (its package is missing here):
+    status 'skipped', the reason in `error`. A summary of a run it trained is left as it is."""
+    path = Path(run_dir) / framework / "summary.json"
+    current = read_json(path) if path.exists() else {}
+    if current.get("status") not in (None, "skipped"):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"framework": framework, "status": "skipped", "error": reason,
+                             "epochs_completed": 0, "updated": utc_now()})  # fmt: skip
 
 
 def mark_interrupted(run_dir: Path, framework: str, signal_name: str, resume: str) -> None:

@@ -80,8 +80,8 @@ class EpochBoard:
             from tensorboard.summary.writer.record_writer import RecordWriter
         except ImportError as e:
             raise ImportError(
-                f"TensorBoard logging needs the `tensorboard` package ({e}): install it with "
-                "`pip install -c constraints.txt tensorboard`, or switch TensorBoard logging off"
+                f"the `tensorboard` package is not installed ({e.name or e}): `pip install "
+                "tensorboard` writes them; --set profiler.tensorboard=false silences this"
             ) from e
         self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -107,13 +107,17 @@ def comparison_table(run_dir: Path) -> str:
 
 
 def diverged_lines(run_dir: Path) -> list[str]:
-    """One line per framework whose run diverged, saying where (the summary's `error`)."""
+    """One line per framework whose run diverged (where: the summary's `error`) or was skipped
+    (why: the same field)."""
     lines = []
     for framework in FRAMEWORKS:
         records = FrameworkRecords.read(run_dir, framework)
-        if records and records.summary.get("status") == "diverged":
+        status = records.summary.get("status") if records else None
+        if status == "diverged":
             where = records.summary.get("error") or "a loss that was not finite"
             lines.append(f"  {framework}: diverged: {where}")
+        elif status == "skipped":
+            lines.append(f"  {framework}: skipped: {records.summary.get('error')}")
     return lines
 
 

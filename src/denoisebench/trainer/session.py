@@ -181,14 +181,16 @@ class Session:
         self.run_dir, self.fw_dir = Path(run_dir), Path(run_dir) / framework
         self.every_process_saves = every_process_saves
         self.rec = RunRecorder(run_dir, framework) if world.is_main else None
+        self.tensorboard_skipped: str | None = None
+        """Why no TensorBoard events are written though profiler.tensorboard is on (summary
+        `tensorboard_skipped`); None when they are, or when it is off."""
         try:
             self.board = EpochBoard(
                 self.fw_dir / "tensorboard", enabled=world.is_main and cfg.profiler.tensorboard
             )
-        except ImportError as e:  # a declared dependency the environment lacks
-            raise ConfigError(
-                f"profiler.tensorboard: {e} (--set profiler.tensorboard=false)"
-            ) from e
+        except ImportError as e:  # a GPU node's own environment may lack it: train without
+            self.board = EpochBoard(self.fw_dir / "tensorboard", enabled=False)
+            self.tensorboard_skipped = f"{e}"
         self.prof: Profiler | None = None
         self.conditions: ConditionsSampler | None = None
         """Rank 0's run conditions (measure.conditions), sampled from begin() to the end."""
@@ -209,8 +211,14 @@ class Session:
         w = self.world
         rec.write_environment(environment(self.framework) | {"device": w.device})
         rec.summary(
-            status="running", error=None, epochs=self.cfg.train.epochs, **w.summary_fields()
+            status="running",
+            error=None,
+            epochs=self.cfg.train.epochs,
+            tensorboard_skipped=self.tensorboard_skipped,
+            **w.summary_fields(),
         )
+        if self.tensorboard_skipped:
+            self.say(f"notice: no TensorBoard events: {self.tensorboard_skipped}")
         self.say(
             f"{w.strategy} on {w.device}: global batch {w.global_batch} "
             f"({self.cfg.train.batch_size} per device), lr {w.lr:g}"

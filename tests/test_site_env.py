@@ -1,0 +1,61 @@
+"""A GPU node's own environment (tests/site_env: torch, no TensorFlow, no tensorboard, the
+project not installed, run from the repository with PYTHONPATH=src:.): `--framework both` trains
+PyTorch, records TensorFlow as skipped with the reason, writes no TensorBoard events and says
+why, and ends with the report; no traceback anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import REPO, launch
+
+from denoisebench.core.records import read_json
+
+SITE = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "site_env"), "src", "."])}
+SMOKE = ["--profile", "smoke", "--epochs", "1"]
+
+
+def test_the_site_environment_hides_what_a_node_lacks():
+    probe = (
+        "import importlib.util as u, importlib.metadata as m, json, denoisebench;"
+        "print(json.dumps([u.find_spec(n) is None for n in ('tensorflow', 'tensorboard', 'torch')]"
+        " + [denoisebench.__file__]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env={**os.environ, **SITE},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    tf_gone, tb_gone, torch_gone, where = json.loads(out)
+    assert tf_gone and tb_gone and not torch_gone
+    assert where == str(REPO / "src" / "denoisebench" / "__init__.py")
+
+
+def test_framework_both_trains_pytorch_and_skips_tensorflow(tmp_path):
+    proc = launch(*SMOKE, "--framework", "both", "--results", str(tmp_path), "--run-id", "node",
+                  "--report", env=SITE)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Traceback" not in out and "ModuleNotFoundError" not in out
+    assert "notice: TensorFlow is not installed here: tf is recorded as skipped" in out
+    assert "no TensorBoard events: the `tensorboard` package is not installed" in out
+    assert "  tf: skipped: TensorFlow is not installed" in proc.stdout
+    run = tmp_path / "node"
+    torch_summary, tf_summary = (
+        read_json(run / "torch/summary.json"),
+        read_json(run / "tf/summary.json"),
+    )
+    assert torch_summary["status"] == "completed"
+    assert "tensorboard" in torch_summary["tensorboard_skipped"]
+    assert not (run / "torch" / "tensorboard").exists()
+    assert (tf_summary["status"], tf_summary["error"]) == ("skipped", "TensorFlow is not installed")
+    assert (run / "report" / "report.html").is_file()
+
+
+def test_framework_tf_alone_is_refused_before_the_run_folder(tmp_path):
+    proc = launch(*SMOKE, "--framework", "tf", "--results", str(tmp_path), env=SITE)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --framework tf: TensorFlow is not installed here"
+    assert list(tmp_path.iterdir()) == []
