@@ -40,6 +40,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gpu-check": ("denoisebench.bench.gpu_check", "every GPU-only figure in one command"),
     "claims": ("launch.claims", "the paper's claims tested: both inits x seeds, then the report"),
     "horovod-build": ("denoisebench.cluster.horovod_build", "build and install Horovod (cached)"),
+    "data": ("denoisebench.data.fetch", "download EuroSAT RGB (size and sha256 checked)"),
 }
 
 REPORT_ENV = "DENOISEBENCH_REPORT"

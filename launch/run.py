@@ -76,7 +76,7 @@ def launch(args: argparse.Namespace, given: set[str] | None) -> int:
         frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
         skipped: dict[str, str] = {}
         if not args.slurm:  # a cluster's data, packages and GPUs are on its nodes
-            check_local_inputs(cfg)
+            check_local_inputs(cfg, frameworks)
             skipped = missing_frameworks(frameworks, args.framework)
         lock = prepare_run_folder(args, cfg, run_dir, topo)
     except ConfigError as e:
@@ -115,9 +115,16 @@ def write_run_report(run_dir: Path, results: Path) -> int:
     return 0
 
 
-def check_local_inputs(cfg: Config) -> None:
+def check_local_inputs(cfg: Config, frameworks: list[str]) -> None:
     """What the trainers would refuse only after the run folder exists, checked before it is
-    made: the EuroSAT path (a regular file or folder that exists) and a GPU for --device gpu."""
+    made: the EuroSAT path (a regular file or folder that exists), a GPU for --device gpu, and
+    pytorch-msssim for PyTorch's SSIM loss."""
+    torch_ssim = cfg.train.loss == "ssim" and "torch" in frameworks
+    if torch_ssim and importlib.util.find_spec("pytorch_msssim") is None:
+        raise ConfigError(
+            "--loss ssim: PyTorch's SSIM loss needs the package pytorch-msssim "
+            "(pip install pytorch-msssim)"
+        )
     if cfg.data.source == "eurosat":
         from denoisebench.data.images import DataError, check_data_path  # Pillow: only here
 
@@ -126,7 +133,8 @@ def check_local_inputs(cfg: Config) -> None:
         except DataError as e:
             raise ConfigError(
                 f"{e}\n  EuroSAT RGB is EuroSAT.zip as published (2750/<Class>/*.jpg) or its "
-                "folder (docs/usage.md#data); --data tfds reads it through tensorflow-datasets"
+                f"folder: `{prog()} data eurosat DIR` downloads it, checked (docs/usage.md#data); "
+                "--data tfds reads it through tensorflow-datasets"
             ) from None
     if cfg.train.device == "gpu":
         info = gpu_info()

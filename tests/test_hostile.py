@@ -489,6 +489,7 @@ def test_a_missing_eurosat_path_is_refused_before_the_run_folder_exists(tmp_path
         "EuroSAT.zip or its folder)"
     )
     assert "docs/usage.md#data" in err[1] and "--data tfds" in err[1] and len(err) == 2
+    assert "`python -m launch data eurosat DIR` downloads it" in err[1]
     assert not (tmp_path / "r").exists()
 
 

@@ -21,15 +21,15 @@ SMOKE = ["--profile", "smoke", "--epochs", "1"]
 def test_the_site_environment_hides_what_a_node_lacks():
     probe = (
         "import importlib.util as u, importlib.metadata as m, json, denoisebench;"
-        "print(json.dumps([u.find_spec(n) is None for n in ('tensorflow', 'tensorboard', 'torch')]"
+        "print(json.dumps([u.find_spec(n) is None for n in ('tensorflow', 'tensorboard', 'pytorch_msssim', 'torch')]"
         " + [denoisebench.__file__]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, env={**os.environ, **SITE},
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    tf_gone, tb_gone, torch_gone, where = json.loads(out)
-    assert tf_gone and tb_gone and not torch_gone
+    tf_gone, tb_gone, msssim_gone, torch_gone, where = json.loads(out)
+    assert tf_gone and tb_gone and msssim_gone and not torch_gone
     assert where == str(REPO / "src" / "denoisebench" / "__init__.py")
 
 
@@ -58,4 +58,15 @@ def test_framework_tf_alone_is_refused_before_the_run_folder(tmp_path):
     proc = launch(*SMOKE, "--framework", "tf", "--results", str(tmp_path), env=SITE)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --framework tf: TensorFlow is not installed here"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pytorch_ssim_loss_without_pytorch_msssim_is_refused_in_one_line(tmp_path):
+    proc = launch(*SMOKE, "--framework", "torch", "--loss", "ssim", "--results", str(tmp_path),
+                  env=SITE)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: --loss ssim: PyTorch's SSIM loss needs the package pytorch-msssim "
+        "(pip install pytorch-msssim)"
+    )
     assert list(tmp_path.iterdir()) == []
