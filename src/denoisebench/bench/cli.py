@@ -28,14 +28,14 @@ from denoisebench.bench.suite import (
     tight_cmd,
     tight_reason,
 )
-from denoisebench.core.config import ConfigError
+from denoisebench.core.config import Config, ConfigError
 from denoisebench.core.records import FRAMEWORKS
 from denoisebench.data.images import load_images, make_split
 from denoisebench.measure.hardware import peak_flops
 from denoisebench.trainer.session import peak_precision
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.bench") -> int:
+def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description=__doc__,
@@ -44,8 +44,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
     parser.add_argument("--framework", choices=["torch", "tf", "both"], default="both")
     parser.add_argument("--steps", type=int, default=60, help="timed steps (default: 60)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps (default: 10)")
-    parser.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
-    parser.add_argument("--profile", default="default", help="(default: default)")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="images per step, one device (default: 64)"
+    )
+    parser.add_argument(
+        "--profile", default="default", help="the profile both kinds of run use (default: default)"
+    )
     parser.add_argument(
         "--mode",
         help="speed mode for both kinds of run (profiles/modes/<MODE>.toml: faithful, tuned)",
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
         "--paths",
         action="store_true",
         help="instead: time every fast path of the suite's trainers alone against faithful "
-        "float32, and the tuned mode, with their test PSNR (denoisebench.bench.paths)",
+        "float32, and the tuned mode, with their test PSNR",
     )
     parser.add_argument(
         "--skip-path",
@@ -64,7 +68,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
         help="with --paths: leave this option out, by its name in the table, e.g. "
         "'torch.compile' (repeatable)",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="(default: 3)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each kind, interleaved (default: 3)"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -73,22 +79,29 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
         help="config override for both kinds of run (repeatable)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures and table here")
-    args = parser.parse_args(argv)
-    try:
-        if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
-            raise ConfigError("--steps and --repeats must be >= 1, --warmup >= 0")
-        if args.skip_path and not args.paths:
-            raise ConfigError("--skip-path goes with --paths")
-        from denoisebench.bench.paths import PATHS
+    return parser
 
-        names = {name for options in PATHS.values() for name, _, _ in options}
-        for name in args.skip_path:
-            if name not in names:
-                raise ConfigError(
-                    f"--skip-path {name!r}: not an option ({', '.join(sorted(names))})"
-                )
-        if args.paths and args.mode:
-            raise ConfigError("--paths runs faithful, each option and tuned itself: drop --mode")
+
+def check_args(args: argparse.Namespace) -> None:
+    """The option combinations refused before anything runs (ConfigError)."""
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
+        raise ConfigError("--steps and --repeats must be >= 1, --warmup >= 0")
+    if args.skip_path and not args.paths:
+        raise ConfigError("--skip-path goes with --paths")
+    from denoisebench.bench.paths import PATHS
+
+    names = {name for options in PATHS.values() for name, _, _ in options}
+    for name in args.skip_path:
+        if name not in names:
+            raise ConfigError(f"--skip-path {name!r}: not an option ({', '.join(sorted(names))})")
+    if args.paths and args.mode:
+        raise ConfigError("--paths runs faithful, each option and tuned itself: drop --mode")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.bench") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        check_args(args)
         cfg = load_bench_config(args)
         images = load_images(cfg.data, cfg.model.image_size, seed=cfg.train.seed)
         train_split = make_split(len(images), cfg.data).train
@@ -109,20 +122,50 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
         f"{n_train // args.batch_size} steps, the first {first_steady} warm-up",
         flush=True,
     )
-
     no_tight = tight_reason(cfg)
     if no_tight:
         print(f"tight loop: skipped ({no_tight})", flush=True)
-    kinds = ("suite", "hand") if no_tight else ("suite", "tight", "hand")
     t_start = time.perf_counter()
-    raw: dict[str, dict[str, list[dict[str, Any]]]] = {
-        f: {"suite": [], "hand": [], "tight": []} for f in frameworks
-    }
+    train_u8 = images.images[train_split]
+    raw = measure_all(args, cfg, frameworks, train_u8, (epochs, first_steady), no_tight is None)
+    elapsed_s = time.perf_counter() - t_start
+    figures = report(args, cfg, frameworks, raw)
+    print(f"\nbenchmark took {elapsed_s:.0f} s", flush=True)
+    if args.json:
+        figures.update(
+            args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            suite_epochs=epochs,
+            suite_first_steady_epoch=first_steady,
+            elapsed_s=elapsed_s,
+            tight_reason=no_tight,
+            raw=raw,
+        )
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+Runs = dict[str, dict[str, list[dict[str, Any]]]]
+"""framework -> kind (suite, tight, hand) -> one figure dict per repeat."""
+
+
+def measure_all(
+    args: argparse.Namespace,
+    cfg: Config,
+    frameworks: list[str],
+    train_u8: np.ndarray,
+    suite_plan: tuple[int, int],
+    with_tight: bool,
+) -> Runs:
+    """Each framework's suite, tight and hand-written runs, `args.repeats` times, the order
+    reversed every other repeat so that a slow drift of the machine hits every kind alike."""
+    epochs, first_steady = suite_plan
+    kinds = ("suite", "tight", "hand") if with_tight else ("suite", "hand")
+    raw: Runs = {f: {"suite": [], "hand": [], "tight": []} for f in frameworks}
     plan = [(f, kind) for f in frameworks for kind in kinds]
     with tempfile.TemporaryDirectory(prefix="denoisebench-bench-") as tmp:
         # the tight loops get the training split as data, not through the suite's loaders
         train_npy = Path(tmp) / "train_u8.npy"
-        np.save(train_npy, images.images[train_split])
+        np.save(train_npy, train_u8)
         for k in range(args.repeats):
             for framework, kind in plan if k % 2 == 0 else plan[::-1]:
                 if kind == "suite":
@@ -137,8 +180,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
                     f"{run['img_s']:.0f} img/s, data wait {run['data_wait_fraction']:.4f}",
                     flush=True,
                 )
-    elapsed_s = time.perf_counter() - t_start
+    return raw
 
+
+def report(
+    args: argparse.Namespace, cfg: Config, frameworks: list[str], raw: Runs
+) -> dict[str, Any]:
+    """Print the machine, the table and the roofline; return the figures behind them."""
     hand_runs = [r for f in frameworks for r in raw[f]["hand"]]
     gpu_name = next((r["gpu_name"] for r in hand_runs if r.get("gpu_name")), None)
     peak, peak_reason = peak_flops(gpu_name, peak_precision(cfg))
@@ -156,30 +204,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.benc
         print(f"% peak: n/a ({peak_reason})")
     if gpu_name:
         print(roofline_line(cfg, gpu_name, frame))
-    print(f"\nbenchmark took {elapsed_s:.0f} s", flush=True)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": machine_line(hand_runs),
-                    "args": {
-                        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                    },
-                    "suite_epochs": epochs,
-                    "suite_first_steady_epoch": first_steady,
-                    "flops_per_image": flops_per_image,
-                    "peak_flops": peak,
-                    "peak_reason": peak_reason,
-                    "elapsed_s": elapsed_s,
-                    "tight_reason": no_tight,
-                    "raw": raw,
-                    "table": json.loads(frame.to_json(orient="records")),  # NaN -> null
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-    return 0
+    return {
+        "machine": machine_line(hand_runs),
+        "flops_per_image": flops_per_image,
+        "peak_flops": peak,
+        "peak_reason": peak_reason,
+        "table": json.loads(frame.to_json(orient="records")),  # NaN -> null
+    }
 
 
 if __name__ == "__main__":
