@@ -3,13 +3,14 @@ step cut at its time limit keeps what finished, and the list of GPU test files i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import pytest
 from helpers import REPO, launch
 
-from denoisebench.bench import gpu_check
+from denoisebench.bench import gpu_check, gpu_reports, gpu_steps
 
 
 def test_gpu_test_files_list_every_file_with_gpu_tests():
@@ -18,7 +19,7 @@ def test_gpu_test_files_list_every_file_with_gpu_tests():
         for p in (REPO / "tests").glob("test_*.py")
         if re.search(r"^@pytest\.mark\.gpu", p.read_text(), re.MULTILINE)
     )
-    assert marked == sorted(gpu_check.GPU_TEST_FILES)
+    assert marked == sorted(gpu_steps.GPU_TEST_FILES)
 
 
 @pytest.mark.slow
@@ -29,7 +30,7 @@ def test_cpu_rehearsal_runs_every_step(tmp_path):
     result = json.loads((out / "gpu_check.json").read_text())
     assert result["finished"] and result["rehearsal"]
     steps = {s["name"]: s for s in result["steps"]}
-    assert list(steps) == [name for name, *_ in gpu_check.STEPS]
+    assert list(steps) == [step.name for step in gpu_check.STEPS]
     assert {s["status"] for s in steps.values()} == {"ok"}, steps
     # each step measured something, with the command that measured it
     assert all(s["commands"] for s in steps.values())
@@ -45,25 +46,27 @@ def test_cpu_rehearsal_runs_every_step(tmp_path):
     files = list(out.iterdir())
     assert len(files) <= 8 and all(f.is_file() for f in files)
     md = (out / "gpu_check.md").read_text()
-    for name, title, *_ in gpu_check.STEPS:
-        assert f"## {title} ({name}: ok)" in md
+    for step in gpu_check.STEPS:
+        assert f"## {step.title} ({step.name}: ok)" in md
     assert "python -m launch bench --paths" in md
 
 
 def test_a_step_cut_by_the_budget_keeps_the_summary(tmp_path, monkeypatch, capsys):
     # The cut step never ends on its own (a real subprocess that sleeps), so the budget, not
     # this machine's speed, decides that it is cut: a real bench step may end within any
-    # budget on a fast enough CPU.
-    def quick(r, ctx, res):
-        res.figures = {"printed": r.run([ctx.python, "-c", "print('ready')"]).output.strip()}
+    # budget on a fast enough CPU. The cut step keeps bench's own report.
+    def quick(r, ctx, res, argvs):
+        res.figures = {"printed": r.run(argvs[0]).output.strip()}
 
-    def hangs(r, ctx, res):
-        r.run([ctx.python, "-c", "import time; time.sleep(120)"])
-
-    fake = {"environment": quick, "bench": hangs}
-    monkeypatch.setattr(
-        gpu_check, "STEPS", [(n, t, need, fake.get(n, f)) for n, t, need, f in gpu_check.STEPS]
-    )
+    fake = {
+        "environment": {
+            "commands": lambda ctx: [[ctx.python, "-c", "print('ready')"]],
+            "report": quick,
+        },
+        "bench": {"commands": lambda ctx: [[ctx.python, "-c", "import time; time.sleep(120)"]]},
+    }
+    planted = [dataclasses.replace(step, **fake.get(step.name, {})) for step in gpu_check.STEPS]
+    monkeypatch.setattr(gpu_check, "STEPS", planted)
     out = tmp_path / "check"
     argv = ["--cpu-rehearsal", "--framework", "torch", "--only", "environment", "--only", "bench"]
     assert gpu_check.main([*argv, "--budget-s", "6", "--out", str(out)]) == 1
@@ -81,7 +84,7 @@ def test_a_step_cut_by_the_budget_keeps_the_summary(tmp_path, monkeypatch, capsy
 
 
 def test_step_limits_share_what_is_left_by_need():
-    needs = [need for _, _, need, _ in gpu_check.STEPS]
+    needs = [step.need_s for step in gpu_check.STEPS]
     total = sum(needs)
     # a budget covering every need: each step may take more than it needs
     assert gpu_check.step_limit_s(2 * total, needs[1], total) == pytest.approx(2 * needs[1])
@@ -91,6 +94,27 @@ def test_step_limits_share_what_is_left_by_need():
     # never below the floor, never above what is left
     assert gpu_check.step_limit_s(100.0, 1.0, total) == gpu_check.MIN_STEP_S
     assert gpu_check.step_limit_s(10.0, 1.0, total) == 10.0
+
+
+def test_each_step_names_the_sizes_its_commands_read(tmp_path):
+    """Step.sizes says which sizes a step's commands read: set only those to the GPU's, and
+    they are the GPU's commands; set any one of them alone, and they change."""
+    gpu, tiny = gpu_steps.GPU_SIZES, gpu_steps.REHEARSAL_SIZES
+    fields = {f.name for f in dataclasses.fields(gpu_steps.Sizes)}
+    assert all(getattr(gpu, f) != getattr(tiny, f) for f in fields)
+    assert {f for step in gpu_check.STEPS for f in step.sizes} == fields
+
+    def commands(step, **sizes):
+        ctx = gpu_steps.Context(
+            dataclasses.replace(tiny, **sizes), ["torch", "tf"], tmp_path, tmp_path
+        )
+        return step.commands(ctx)
+
+    for step in gpu_check.STEPS:
+        at_gpu = {f: getattr(gpu, f) for f in fields}
+        assert commands(step, **{f: at_gpu[f] for f in step.sizes}) == commands(step, **at_gpu)
+        for f in step.sizes:
+            assert commands(step, **{f: at_gpu[f]}) != commands(step), (step.name, f)
 
 
 def test_without_a_gpu_it_says_so_and_names_the_rehearsal(tmp_path):
@@ -121,7 +145,7 @@ def test_paper_lines_project_a_cut_run():
             "projected_wall_s": 250.0,
         },
     }  # fmt: skip
-    faithful, tuned = gpu_check.paper_lines(figures, gpu_check.GPU_SIZES)
+    faithful, tuned = gpu_reports.paper_lines(figures, gpu_steps.GPU_SIZES)
     assert "25,000 images x 100 epochs" in faithful and "takes 60 s on this machine" in faithful
     assert "12.0 kJ" in faithful
     assert tuned == (
