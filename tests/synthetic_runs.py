@@ -66,13 +66,19 @@ def write_run(
     epochs: int = 2,
     disturbed_reasons: Sequence[str] = (),
     conditions: bool = True,
+    world_size: int = 1,
+    split: tuple[int, int] | None = None,
 ) -> None:
-    """One framework's completed single-device CPU run in `folder`: `epochs` epochs whose test
-    PSNR climbs to `psnr_db`, the steady throughput `img_s`; without `conditions`, a folder
-    written before the trainers recorded the machine's load."""
+    """One framework's completed CPU run in `folder` on `world_size` workers: `epochs` epochs
+    whose test PSNR climbs to `psnr_db`, the steady throughput `img_s`; without `conditions`, a
+    folder written before the trainers recorded the machine's load; with `split` (train, test),
+    the data.json a trainer writes with the split sizes it used."""
     config = json.loads(Config().to_json())
     config["train"].update(seed=seed, epochs=epochs)
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True))
+    if split is not None:
+        data = {"source": "synthetic", "images": sum(split), "train": split[0], "test": split[1]}
+        atomic_write_text(folder / "data.json", json.dumps(data))
     rec = RunRecorder(folder, framework)
     no_gpu = "no GPU: training on CPU"
     for e in range(epochs):
@@ -96,10 +102,10 @@ def write_run(
         epochs_completed=epochs,
         epochs=epochs,
         final=rec.epochs()[-1],
-        world_size=1,
-        processes=1,
+        world_size=world_size,
+        processes=world_size,
         device="cpu",
-        strategy="single",
+        strategy="single" if world_size == 1 else "ddp",
         data="synthetic records (tests/synthetic_runs.py)",
         throughput_steady_img_s=img_s,
         host_rss_peak_gib=1.0,

@@ -17,14 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.container import ErrorbarContainer
 from report_fixtures import add_gpu_records, dump_dom, ensure_chromium, make_results
 from synthetic_runs import LOAD_REASON, write_repeats, write_run
 
 from denoisebench.core.records import read_json, read_jsonl
 from denoisebench.report import baselines, runs
 from denoisebench.report import build as report
+from denoisebench.report import plots as report_plots
 from denoisebench.report.build import write_report
 from denoisebench.report.discover import find_run_folders
+from denoisebench.report.render import render_markdown
 from denoisebench.report.runs import time_to_target
 from denoisebench.report.verdicts import Stat, verdict
 
@@ -182,7 +186,9 @@ def test_missing_energy_shows_missing_with_the_records_reason(built):
             continue
         assert math.isnan(row["gpu_energy_per_image_j_median"])  # empty cell, never 0
         assert row["gpu_energy_per_image_j_reason"] == summary["gpu_energy_reason"]
-        assert f"missing ({summary['gpu_energy_reason']})" in md
+        # shown with its reason: in its cell, or in the line saying why the column is left out
+        why = summary["gpu_energy_reason"]
+        assert f"missing ({why})" in md or f"left out: missing in every row ({why})" in md
     # no figure of the memory and energy table reads 0 (a missing value shown as zero)
     section = md.split("## Memory and energy")[1].split("\n## ")[0]
     cells = [c.strip() for line in section.splitlines()[4:] for c in line.split("|")]
@@ -227,7 +233,8 @@ def test_verdict_rule():
     )
     assert separated.startswith(
         "Throughput on 4 GPUs: PyTorch trains 1.23x as fast as TensorFlow (medians 1,230 vs "
-        "1,000 img/s, +230 img/s; ratio range 1.18-1.28 over the repeats' extremes)"
+        "1,000 img/s, +230 img/s; ratio range 1.18-1.28 over the repeats' extremes; 3 PyTorch "
+        "runs and 3 TensorFlow runs, none disturbed by machine load)"
     )
     assert separated.endswith("do not overlap: PyTorch is faster.")
     overlapping = verdict(
@@ -314,7 +321,8 @@ def test_disturbed_repeats_name_no_winner_and_say_whose_and_why(tmp_path):
     assert speed.startswith(
         f"Throughput on 1 CPU worker: no winner: 2 of 2 PyTorch runs were disturbed ({LOAD_REASON})."
     )
-    assert "TensorFlow is faster" not in speed and "TensorFlow run" not in speed
+    assert "TensorFlow is faster" not in speed and "TensorFlow run was" not in speed
+    assert "2 TensorFlow runs and 2 PyTorch runs, 2 PyTorch disturbed by machine load" in speed
     # the ratio stays visible, labelled as not a verdict
     ratio = f"TensorFlow trains {439.0 / 81.0:.2f}x as fast as PyTorch"
     assert f"Not a verdict, as measured: {ratio} (medians 439 vs 81.0 img/s, +358 img/s" in speed
@@ -347,7 +355,8 @@ def test_undisturbed_separate_repeats_name_the_winner_with_ratio_and_spread(tmp_
     assert speed == (
         f"Throughput on 1 CPU worker: TensorFlow trains {123 / 102:.2f}x as fast as PyTorch "
         f"(medians 123 vs 102 img/s, +21.0 img/s; ratio range {120 / 104:.2f}-{125 / 100:.2f} "
-        "over the repeats' extremes); the ranges TensorFlow 120-125 and PyTorch 100-104 img/s "
+        "over the repeats' extremes; 3 TensorFlow runs and 3 PyTorch runs, none disturbed by "
+        "machine load); the ranges TensorFlow 120-125 and PyTorch 100-104 img/s "
         "over 3 and 3 repeats do not overlap: TensorFlow is faster."
     )
 
@@ -358,10 +367,11 @@ def test_undisturbed_overlapping_repeats_give_ratio_and_spread_and_no_winner(tmp
     assert speed.startswith(
         f"Throughput on 1 CPU worker: TensorFlow trains {115 / 110:.2f}x as fast as PyTorch "
         f"(medians 115 vs 110 img/s, +5.00 img/s; ratio range {105 / 120:.2f}-{125 / 100:.2f} "
-        "over the repeats' extremes); no winner: the ranges TensorFlow 105-125 and PyTorch "
-        "100-120 img/s over 3 and 3 repeats overlap"
+        "over the repeats' extremes; 3 TensorFlow runs and 3 PyTorch runs, none disturbed by "
+        "machine load); no winner: the ranges TensorFlow 105-125 and PyTorch 100-120 img/s over "
+        "3 and 3 repeats overlap"
     )
-    assert "is faster" not in speed and "disturbed" not in speed
+    assert "is faster" not in speed and "were disturbed" not in speed
     # the same PSNR in every run (25 dB): no spread measured, no winner
     assert (
         "no winner: within noise / no spread measured"
@@ -384,6 +394,7 @@ def test_run_folders_without_load_records_read_as_not_recorded(tmp_path):
     )
     speed = csvs["verdicts"]["verdict"].iloc[0]
     assert "no winner: not enough repeats" in speed and "disturbed" not in speed
+    assert "1 TensorFlow run and 1 PyTorch run, machine load not recorded" in speed
 
 
 def test_baselines_beat_the_noisy_input_on_the_same_sample(built):
@@ -566,3 +577,176 @@ def test_tuned_against_faithful_in_the_report(tmp_path):
     assert row["PSNR diff dB"] == f"{diff:+.3f}"
     assert row["within 0.1 dB"] == ("yes" if abs(diff) <= 0.1 else "no")
     assert "speed_modes" in rep.tables
+
+
+# --- the first screen, and what the report leaves out (issue 27) ---------------------------------
+
+
+def single_runs(root: Path, devices: tuple[int, ...] = (1,), **kwargs) -> list[Path]:
+    """One run per framework on each device count in `devices` (root/d<N>), no repeats."""
+    folders = []
+    for n in devices:
+        for fw, img_s in (("torch", 100.0 * n), ("tf", 120.0 * n)):
+            write_run(root / f"d{n}", fw, img_s=img_s, psnr_db=25.0, world_size=n, **kwargs)
+        folders.append(root / f"d{n}")
+    return folders
+
+
+def test_columns_that_hold_nothing_are_left_out_with_one_line_why(tmp_path):
+    rep, csvs = report.build_report(single_runs(tmp_path / "cpu"), baseline_images=0)
+    speed, memory = rep.tables["speed"][1], rep.tables["memory_energy"][1]
+    for gone in ("engine", "setup", "batch/device", "scaling efficiency", "per device img/s"):
+        assert gone not in speed.columns, gone
+    assert "MFU %" not in speed.columns and "throughput img/s" in speed.columns
+    assert list(memory.columns) == ["framework", "devices", "repeats", "host RSS peak GiB"]
+    assert rep.left_out["Speed"] == [
+        "scaling efficiency left out: single-device runs only (1 by definition).",
+        "per device img/s left out: single-device runs only (the same as throughput).",
+        # these synthetic records have no steps.jsonl and no MFU: the reasons are the records'
+        "step p50 ms, step p95 ms, data wait % left out: missing in every row (no steps.jsonl "
+        "rows).",
+        "MFU % left out: missing in every row (not recorded).",
+    ]
+    gpu_line = next(line for line in rep.left_out["Memory and energy"] if "GPU J/img" in line)
+    assert gpu_line.startswith("GPU mem peak GiB (allocator), GPU mem peak GiB (NVML), GPU J/img")
+    assert gpu_line.endswith("left out: missing in every row (no GPU: training on CPU).")
+    assert rep.shared.startswith("Every group: engine native, batch per device 64, setup default:")
+    md = (
+        write_report([tmp_path / "cpu"], tmp_path / "out", tmp_path, baseline_images=0)
+    ).with_name("report.md")
+    text = md.read_text()
+    assert gpu_line in text and rep.shared in text and "| engine |" not in text
+    # the CSV keeps every column, missing or not
+    assert "gpu_energy_per_image_j_median" in csvs["memory_energy"]
+    assert "scaling_efficiency_median" in csvs["speed"]
+
+
+def test_columns_with_a_figure_stay(tmp_path):
+    """Decided by the figures: one GPU-like framework keeps the GPU columns; a 2-worker run of
+    the same setup keeps scaling efficiency and per-device throughput."""
+    folders = single_runs(tmp_path, devices=(1, 2))
+    add_gpu_records(folders[0], "torch", [40.0, 60.0])
+    rep, _csvs = report.build_report(folders, baseline_images=0)
+    speed, memory = rep.tables["speed"][1], rep.tables["memory_energy"][1]
+    assert {"scaling efficiency", "per device img/s"} <= set(speed.columns)
+    assert {"GPU J/img", "GPU mem peak GiB (allocator)", "energy method"} <= set(memory.columns)
+    assert not [line for line in rep.left_out["Speed"] if "scaling" in line or "per device" in line]
+
+
+def capture_figures(monkeypatch) -> list:
+    """Every matplotlib figure the report draws, kept open instead of written as PNG."""
+    figures = []
+
+    def keep(fig):
+        figures.append(fig)
+        return b"\x89PNG captured"
+
+    monkeypatch.setattr(report_plots, "_fig_png", keep)
+    return figures
+
+
+def axes_titled(figures: list, words: str) -> list:
+    return [ax for fig in figures for ax in fig.axes if words in ax.get_title()]
+
+
+def has_error_bars(ax) -> bool:
+    return any(isinstance(c, ErrorbarContainer) for c in ax.containers)
+
+
+def test_single_runs_have_no_error_bars_and_say_n(tmp_path, monkeypatch):
+    figures = capture_figures(monkeypatch)
+    report.build_report(single_runs(tmp_path / "one", devices=(1, 2)), baseline_images=0)
+    [memory] = axes_titled(figures, "Peak host RSS")
+    [scaling] = axes_titled(figures, "Throughput against device count")
+    assert not has_error_bars(memory) and not has_error_bars(scaling)
+    ticks = [t.get_text() for t in memory.get_xticklabels()]
+    assert ticks and all(t.endswith("(n=1)") for t in ticks), ticks
+    labels = scaling.get_legend_handles_labels()[1]
+    assert "PyTorch (n=1)" in labels and "TensorFlow (n=1)" in labels
+    panels = axes_titled(figures, "training and test loss")
+    assert panels and all("n=1 run" in ax.get_title() for ax in panels)
+    assert all(not ax.collections for ax in panels)  # no min-max band either
+    # two repeats: the whiskers are drawn, and n says 2
+    figures.clear()
+    repeats = write_repeats(tmp_path / "two", {"torch": [90, 110], "tf": [100, 130]})
+    report.build_report(repeats, baseline_images=0)
+    [memory] = axes_titled(figures, "Peak host RSS")
+    assert has_error_bars(memory)
+    assert all(t.get_text().endswith("(n=2)") for t in memory.get_xticklabels())
+
+
+def line_framework(ax, label: str) -> str | None:
+    """The framework a plotted line stands for: by its label, else by its panel's title."""
+    for fw, name in baselines.FRAMEWORK_NAMES.items():
+        if label.startswith(name) or (label[:1] != "_" and ax.get_title().startswith(name)):
+            return fw
+    return None
+
+
+def test_one_colour_per_framework_in_every_plot(tmp_path, monkeypatch):
+    figures = capture_figures(monkeypatch)
+    folders = single_runs(tmp_path, devices=(1, 2))
+    for fw in ("torch", "tf"):
+        add_gpu_records(folders[0], fw, [40.0, 60.0])  # energy bars and the power plot too
+    report.build_report(folders, baseline_images=0)
+    seen: dict[str, set] = {"torch": set(), "tf": set()}
+    for fig in figures:
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                fw = line_framework(ax, line.get_label())
+                if fw is not None:
+                    seen[fw].add(to_hex(line.get_color()))
+            ticks = [t.get_text() for t in ax.get_xticklabels()]
+            for patch in ax.patches:  # a bar stands at its group's tick
+                fw = line_framework(ax, ticks[round(patch.get_x() + patch.get_width() / 2)])
+                if fw is not None:
+                    seen[fw].add(to_hex(patch.get_facecolor()))
+    assert seen == {fw: {to_hex(c)} for fw, c in report_plots.COLORS.items()}, seen
+    # the training and test curves differ by line style, never by a framework's colour
+    for ax in axes_titled(figures, "training and test loss"):
+        styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
+        assert styles == {"train loss": "-", "test loss": "--"}
+
+
+def test_the_held_out_split_is_called_test_as_in_the_records(tmp_path, monkeypatch):
+    figures = capture_figures(monkeypatch)
+    html = write_report(single_runs(tmp_path / "runs"), tmp_path / "out", tmp_path)
+    assert "test_loss" in read_jsonl(tmp_path / "runs" / "d1" / "torch" / "epochs.jsonl")[0]
+    for text in (html.read_text(), html.with_name("report.md").read_text()):
+        assert "validation" not in text.lower()
+        assert "Training and test loss" in text
+    labels = [
+        lab for fig in figures for ax in fig.axes for lab in ax.get_legend_handles_labels()[1]
+    ]
+    assert "test loss" in labels and not [lab for lab in labels if "validation" in lab]
+
+
+def test_the_config_shown_is_the_one_the_run_used(tmp_path):
+    single_runs(tmp_path / "used", split=(888, 71))
+    rep, _csvs = report.build_report([tmp_path / "used" / "d1"], baseline_images=0)
+    [(setup, config)] = rep.configs.items()
+    assert (config["data"]["n_train"], config["data"]["n_test"]) == (888, 71)
+    assert "where config.json has 25000 and 2000" in rep.config_notes[setup]
+    md = render_markdown(rep)
+    assert '"n_train": 888' in md and '"n_test": 71' in md and '"n_train": 25000' not in md
+    assert read_json(tmp_path / "used" / "d1" / "config.json")["data"]["n_train"] == 25000
+    # a folder from before data.json: the config as written, and a line saying so
+    rep, _csvs = report.build_report(single_runs(tmp_path / "old"), baseline_images=0)
+    [(setup, config)] = rep.configs.items()
+    assert config["data"]["n_train"] == 25000 and "no readable data.json" in rep.config_notes[setup]
+
+
+def test_first_screen_verdicts_give_ratio_difference_spread_n_and_load(tmp_path):
+    html = write_report(single_runs(tmp_path / "runs"), tmp_path / "out", tmp_path)
+    md = html.with_name("report.md").read_text()
+    first = md.split("\n## ")[1]  # the first section: the verdicts, before any table
+    assert first.startswith("Verdicts")
+    speed = next(line for line in first.splitlines() if line.startswith("- Throughput"))
+    assert "TensorFlow trains 1.20x as fast as PyTorch" in speed  # ratio
+    assert "+20.0 img/s" in speed and "one value per side: no spread" in speed
+    assert "1 TensorFlow run and 1 PyTorch run, none disturbed by machine load" in speed
+    # a figure no run has: one line, not one per comparison
+    assert "- GPU energy per image: not compared: missing in every run (no GPU" in first
+    page = html.read_text()
+    assert page.index("<h2>Verdicts</h2>") < page.index("<h2>Speed</h2>")
+    assert "none disturbed by machine load" in page.split("<h2>Speed</h2>")[0]

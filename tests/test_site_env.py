@@ -51,6 +51,12 @@ def test_framework_both_trains_pytorch_and_skips_tensorflow(tmp_path):
     assert "tensorboard" in torch_summary["tensorboard_skipped"]
     assert not (run / "torch" / "tensorboard").exists()
     assert (tf_summary["status"], tf_summary["error"]) == ("skipped", "TensorFlow is not installed")
+    report = (run / "report" / "report.md").read_text()
+    assert (
+        "| TensorFlow | 1 CPU | 0 of 1 | missing (skipped: TensorFlow is not installed) |" in report
+    )
+    # PyTorch's one run has every figure: no "(1 of 1 runs; others: nan)" beside them
+    assert "others: nan" not in report and "| nan" not in report and "None (None" not in report
     assert (run / "report" / "report.html").is_file()
 
 

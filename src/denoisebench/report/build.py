@@ -34,16 +34,18 @@ import pandas as pd
 from denoisebench.core.records import (
     atomic_write_text,
     default_results,
-    read_json,
     utc_now,
 )
 from denoisebench.report.baselines import METHODS, BaselineResult, run_baselines
 from denoisebench.report.claims import claims_section
+from denoisebench.report.configs import resolved_config
 from denoisebench.report.discover import ReportError, damage, find_run_folders
 from denoisebench.report.groups import group_frame, runs_frame
+from denoisebench.report.leftout import trim_table
 from denoisebench.report.plots import (
     GRID_ROWS,
     MEMORY_PANELS,
+    Plot,
     memory_missing,
     plot_energy,
     plot_losses,
@@ -59,8 +61,8 @@ from denoisebench.report.tables import (
     baseline_csv,
     baseline_display,
     csv_table,
-    display_table,
     environment_table,
+    group_tables,
     runs_display,
     speed_modes_table,
 )
@@ -79,7 +81,7 @@ def build_report(
     with the section that tests the paper's statements (claims.py)."""
     runs = runs_frame(run_dirs, target_psnr_db, target_gain_db)
     groups = group_frame(runs)
-    tables = {name: (title, display_table(groups, keys)) for name, (title, keys) in TABLES.items()}
+    tables, left_out, shared = group_tables(groups)
     csvs = {name: csv_table(groups, keys) for name, (_title, keys) in TABLES.items()}
     csvs["runs"] = runs
     modes = speed_modes_table(groups)
@@ -90,6 +92,47 @@ def build_report(
         )
         csvs["speed_modes"] = modes
 
+    baseline_results, note = _baselines(runs, baseline_images, baseline_seed)
+    csvs["baselines"] = baseline_csv(baseline_results)
+    plots = _plots(runs, groups, baseline_results)
+
+    env = environment_table(runs)
+    csvs["environment"] = env
+    verdict_lines = verdicts(groups)
+    csvs["verdicts"] = pd.DataFrame({"verdict": verdict_lines})
+    configs, config_notes = {}, {}
+    for _, r in runs.drop_duplicates("setup").iterrows():
+        configs[r["setup"]], config_notes[r["setup"]] = resolved_config(Path(r["folder"]))
+    runs_shown, left_out["Runs"] = trim_table(runs_display(runs))
+    env_shown, left_out["Environment"] = trim_table(env)
+    report = Report(
+        title="denoisebench: PyTorch vs TensorFlow",
+        generated=utc_now(),
+        runs=runs,
+        runs_display=runs_shown,
+        groups=groups,
+        verdicts=verdict_lines or ["No framework runs to compare."],
+        tables=tables,
+        plots=plots,
+        baselines=baseline_display(baseline_results),
+        baseline_note=note,
+        environment=env_shown,
+        configs=configs,
+        data=sorted(set(runs["data"].dropna())),
+        config_notes=config_notes,
+        left_out=left_out,
+        shared=shared,
+    )
+    if claims:
+        report.claims = claims_section(runs)
+        csvs["claims"] = report.claims.csv()
+    return report, csvs
+
+
+def _baselines(
+    runs: pd.DataFrame, baseline_images: int, baseline_seed: int
+) -> tuple[list[BaselineResult], str]:
+    """The classical baselines of each test set, and the line saying what they were scored on."""
     # Baselines per test set (data and noise config): on one run folder of it, the one with
     # both frameworks' outputs, fewest devices, first by path. With the classical methods
     # switched off the sample still scores the noisy input and the frameworks, for the grid.
@@ -109,7 +152,6 @@ def build_report(
             baseline_results.append(
                 run_baselines(folder, images=sample, seed=baseline_seed, methods=methods)
             )
-    csvs["baselines"] = baseline_csv(baseline_results)
     if baseline_results:
         note = "; ".join(
             f"{res.run_dir.name}: {len(res.indices)} test images (seeded sample, seed "
@@ -121,15 +163,21 @@ def build_report(
             note += " Classical baselines: missing (switched off: --baseline-images 0)."
     else:
         note = "missing (no completed run with test_samples.npz)"
+    return baseline_results, note
 
+
+def _plots(
+    runs: pd.DataFrame, groups: pd.DataFrame, baseline_results: list[BaselineResult]
+) -> list[tuple[str, str, Plot]]:
+    """Every plot of the report but the claims': (file name, caption, PNG or why not)."""
     panels, overlay = plot_losses(runs, groups)
     plots = [
         (
             "loss_per_framework.png",
-            "Training and validation loss per epoch, one panel per framework (as the paper's Figures 4 and 5)",
+            "Training and test loss per epoch, one panel per framework (as the paper's Figures 4 and 5)",
             panels,
         ),
-        ("loss_overlay.png", "Training and validation loss, both frameworks on one axis", overlay),
+        ("loss_overlay.png", "Training and test loss, both frameworks on one axis", overlay),
         (
             "throughput_scaling.png",
             "Throughput against device count, with the ideal line",
@@ -148,33 +196,7 @@ def build_report(
                 plot_samples(res),
             )
         )
-
-    env = environment_table(runs)
-    csvs["environment"] = env
-    verdict_lines = verdicts(groups)
-    csvs["verdicts"] = pd.DataFrame({"verdict": verdict_lines})
-    configs = {}
-    for _, r in runs.drop_duplicates("setup").iterrows():
-        configs[r["setup"]] = read_json(Path(r["folder"]) / "config.json")
-    report = Report(
-        title="denoisebench: PyTorch vs TensorFlow",
-        generated=utc_now(),
-        runs=runs,
-        runs_display=runs_display(runs),
-        groups=groups,
-        verdicts=verdict_lines or ["No framework runs to compare."],
-        tables=tables,
-        plots=plots,
-        baselines=baseline_display(baseline_results),
-        baseline_note=note,
-        environment=env,
-        configs=configs,
-        data=sorted(set(runs["data"].dropna())),
-    )
-    if claims:
-        report.claims = claims_section(runs)
-        csvs["claims"] = report.claims.csv()
-    return report, csvs
+    return plots
 
 
 def _memory_caption(groups: pd.DataFrame) -> str:

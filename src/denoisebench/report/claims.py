@@ -705,7 +705,7 @@ def claims_section(runs: pd.DataFrame) -> ClaimsSection:
     plots = [
         (
             "claims_loss_curves.png",
-            "Training (solid) and validation (dashed) loss of every run, both frameworks on one "
+            "Training (solid) and test (dashed) loss of every run, both frameworks on one "
             "axis: native initialisers and shared initial weights side by side",
             overlay,
         ),

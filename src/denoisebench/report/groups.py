@@ -121,7 +121,11 @@ def group_frame(runs: pd.DataFrame) -> pd.DataFrame:
             reason = None
             if done.empty:
                 errors = "; ".join(str(e) for e in group["error"].dropna().unique())
-                reason = "no completed run" + (f" ({errors})" if errors else "")
+                skipped = (group["status"] == "skipped").all()  # its package is not installed
+                if skipped:
+                    reason = f"skipped: {errors}" if errors else "skipped"
+                else:
+                    reason = "no completed run" + (f" ({errors})" if errors else "")
             elif len(values) < len(done) and m.reason:
                 reasons = done.loc[done[m.key].isna(), m.reason].dropna()
                 reason = str(reasons.iloc[0]) if len(reasons) else "not recorded"

@@ -5,6 +5,7 @@ axis)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,19 @@ Plot = bytes | str
 """A plot's PNG, or one line saying why there is nothing to show."""
 GRID_ROWS = 6
 """Test images in the picture grid (the first of the baseline sample)."""
-# One colour per framework in every plot, so a reader matches them across figures.
-COLORS = {"torch": "C0", "tf": "C1"}
+COLORS = {"torch": "#1f77b4", "tf": "#ff7f0e"}
+"""The one place that colours the frameworks: PyTorch blue, TensorFlow orange, in every plot,
+so a reader matches them across figures. Nothing else in a plot uses these two colours: the
+training and test curves differ by line style and marker, devices and runs by line style."""
+OTHER_COLOR = "#7f7f7f"
+"""A framework without a colour of its own (grey: never one of COLORS)."""
+SPLIT_STYLES = {"train": ("-", "o"), "test": ("--", "s")}
+"""Line style and marker of the training and the test (held-out) curve; `test` is the records'
+word (epochs.jsonl test_loss, split.json), the console's and the report's."""
+
+
+def framework_color(framework: str) -> str:
+    return COLORS.get(framework, OTHER_COLOR)
 
 
 def _fig_png(fig: plt.Figure) -> bytes:
@@ -66,7 +78,7 @@ def _loss_curves(runs: pd.DataFrame, g: pd.Series) -> dict[str, Any]:
         return {}
     all_epochs = pd.concat(frames)
     agg = all_epochs.groupby("epoch").agg(["median", "min", "max"])
-    return {"train": agg["train_loss"], "validation": agg["test_loss"], "n": len(frames)}
+    return {"train": agg["train_loss"], "test": agg["test_loss"], "n": len(frames)}
 
 
 def plot_losses(runs: pd.DataFrame, groups: pd.DataFrame) -> tuple[Plot, Plot]:
@@ -81,57 +93,51 @@ def plot_losses(runs: pd.DataFrame, groups: pd.DataFrame) -> tuple[Plot, Plot]:
     fig, axes = plt.subplots(1, len(fws), figsize=(5.5 * len(fws), 3.8), squeeze=False, sharey=True)
     for ax, fw in zip(axes[0], fws, strict=True):
         label, c = curves[fw]
-        for part, style in (("train", "-"), ("validation", "--")):
-            s = c[part]
-            x = s.index + 1
-            ax.plot(x, s["median"], style, marker="o", ms=3, label=f"{part} loss")
-            if c["n"] > 1:
-                ax.fill_between(x, s["min"], s["max"], alpha=0.2)
-        ax.set_title(f"{label}\ntraining and validation loss (median of {c['n']} run(s))")
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
+        _median_lines(ax, fw, c, [f"{part} loss" for part in SPLIT_STYLES])
+        _loss_axis(ax, f"{label}\ntraining and test loss, {_of_runs(c['n'])}")
         ax.legend()
     panels = _fig_png(fig)
     fig, ax = plt.subplots(figsize=(7, 4))
     for fw in fws:
         label, c = curves[fw]
-        color = COLORS.get(fw, "C2")
-        for part, style in (("train", "-"), ("validation", "--")):
-            s = c[part]
-            ax.plot(
-                s.index + 1,
-                s["median"],
-                style,
-                color=color,
-                marker="o",
-                ms=3,
-                label=f"{label} {part}",
-            )
-    ax.set_title("Training (solid) and validation (dashed) loss, both frameworks")
-    ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
+        _median_lines(ax, fw, c, [f"{label} {part} (n={c['n']})" for part in SPLIT_STYLES])
+    _loss_axis(ax, "Training (solid) and test (dashed) loss, both frameworks (n: runs per line)")
     ax.legend(fontsize=8)
     return panels, _fig_png(fig)
 
 
+def _of_runs(n: int) -> str:
+    return "n=1 run" if n == 1 else f"median of n={n} runs, band: min-max"
+
+
+def _median_lines(ax: plt.Axes, fw: str, curves: dict[str, Any], labels: list[str]) -> None:
+    """A group's median training and test loss per epoch (1-based) in the framework's colour;
+    the min-max band only over two runs or more."""
+    for (part, (style, marker)), label in zip(SPLIT_STYLES.items(), labels, strict=True):
+        s = curves[part]
+        x = s.index + 1  # epochs.jsonl counts from 0, the console and the report from 1
+        color = framework_color(fw)
+        ax.plot(x, s["median"], style, color=color, marker=marker, ms=3, label=label)
+        if curves["n"] > 1:
+            ax.fill_between(x, s["min"], s["max"], color=color, alpha=0.15)
+
+
 RunCurve = tuple[list[float], list[float]]
-"""One run's training and validation loss per epoch."""
+"""One run's training and test loss per epoch."""
 INIT_TITLES = {"native": "native initialisers", "shared": "shared initial weights"}
 
 
 def _run_lines(ax: plt.Axes, fw: str, runs: list[RunCurve]) -> None:
-    """Every run's training (solid) and validation (dashed) loss, in the framework's colour;
-    one legend entry for each of the two."""
-    color = COLORS.get(fw, "C2")
-    for i, (train, val) in enumerate(runs):
-        for part, values, style in (("training", train, "-"), ("validation", val, "--")):
+    """Every run's training (solid) and test (dashed) loss, in the framework's colour; one
+    legend entry for each of the two."""
+    for i, (train, test) in enumerate(runs):
+        for (part, (style, marker)), values in zip(
+            SPLIT_STYLES.items(), (train, test), strict=True
+        ):
             name = f"{FRAMEWORK_NAMES.get(fw, fw)} {part}" if i == 0 else None
             x = np.arange(1, len(values) + 1)
-            ax.plot(x, values, style, color=color, lw=1, alpha=0.8, marker=".", ms=3, label=name)
+            color = framework_color(fw)
+            ax.plot(x, values, style, color=color, lw=1, alpha=0.8, marker=marker, ms=3, label=name)
 
 
 def _loss_axis(ax: plt.Axes, title: str) -> None:
@@ -199,45 +205,59 @@ def plot_scaling(groups: pd.DataFrame) -> Plot:
             "nothing to scale against (add runs with --gpus N)"
         )
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, ((fw, batch, setup), g) in enumerate(
-        groups.groupby(["framework", "batch_per_device", "setup"])
-    ):
+    several = groups["setup"].nunique() > 1 or groups["batch_per_device"].nunique() > 1
+    seen: dict[str, int] = {}
+    for (fw, batch, setup), g in groups.groupby(["framework", "batch_per_device", "setup"]):
         g = g.dropna(subset=["throughput_steady_img_s_median"]).sort_values("devices")
         if g.empty:
             continue
-        color = COLORS.get(fw, f"C{i + 2}")
-        name = FRAMEWORK_NAMES.get(fw, fw) + (
-            f" b{batch} {setup}"
-            if groups["setup"].nunique() > 1 or groups["batch_per_device"].nunique() > 1
-            else ""
-        )
-        med = g["throughput_steady_img_s_median"]
-        err = [med - g["throughput_steady_img_s_min"], g["throughput_steady_img_s_max"] - med]
-        ax.errorbar(g["devices"], med, yerr=err, marker="o", capsize=4, color=color, label=name)
-        one = g[g["devices"] == 1]
-        if not one.empty:
-            n = np.arange(1, g["devices"].max() + 1)
-            ax.plot(
-                n,
-                n * one["throughput_steady_img_s_median"].iloc[0],
-                ":",
-                color=color,
-                label=f"{name} ideal (N x 1 device)",
-            )
+        k = seen[fw] = seen.get(fw, -1) + 1  # a framework's setups: one colour, other markers
+        name = FRAMEWORK_NAMES.get(fw, fw) + (f" b{batch} {setup}" if several else "")
+        _scaling_line(ax, g, fw, name, SETUP_MARKERS[k % len(SETUP_MARKERS)])
     ax.set_xlabel("devices")
     ax.set_ylabel("steady-state throughput, img/s")
-    ax.set_title("Throughput against device count (median, bars: min-max over repeats)")
+    ax.set_title("Throughput against device count (median; bars: min-max where n > 1)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _fig_png(fig)
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+"""Line styles that tell one framework's devices and runs apart in the power plot."""
+SETUP_MARKERS = ("o", "^", "D", "v", "P")
+"""Markers that tell one framework's setups apart in the scaling plot (its colour is one)."""
+
+
+def _n_words(ns: Iterable[int]) -> str:
+    """n of a legend entry: one count, or the range over its points."""
+    ns = sorted(set(int(n) for n in ns))
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
+
+
+def _scaling_line(ax: plt.Axes, g: pd.DataFrame, fw: str, name: str, marker: str) -> None:
+    """One framework and setup's medians against devices, with min-max bars only where a
+    point has two runs or more (n in the legend), and the ideal N x T(1) line."""
+    color, key = framework_color(fw), "throughput_steady_img_s"
+    med, n = g[f"{key}_median"], g[f"{key}_n"]
+    ax.plot(g["devices"], med, "-", marker=marker, color=color, label=f"{name} ({_n_words(n)})")
+    spread = g[n > 1]
+    if not spread.empty:
+        m = spread[f"{key}_median"]
+        err = [m - spread[f"{key}_min"], spread[f"{key}_max"] - m]
+        ax.errorbar(spread["devices"], m, yerr=err, fmt="none", capsize=4, color=color)
+    one = g[g["devices"] == 1]
+    if not one.empty:
+        devices = np.arange(1, g["devices"].max() + 1)
+        ideal = devices * one[f"{key}_median"].iloc[0]
+        ax.plot(devices, ideal, ":", color=color, label=f"{name} ideal (N x 1 device)")
+
+
 def _bars(groups: pd.DataFrame, key: str, title: str, ylabel: str, ax: plt.Axes) -> bool:
-    """Bars of one metric per group with min-max whiskers; missing groups say so in place."""
-    labels = [_group_label(g) for _, g in groups.iterrows()]
-    x = np.arange(len(labels))
-    any_value = False
+    """Bars of one metric per group in the framework's colour, n under each, with min-max
+    whiskers only where a group has two runs or more; missing groups say so in place."""
+    labels = [f"{_group_label(g)} (n={g[f'{key}_n']})" for _, g in groups.iterrows()]
+    any_value, spread = False, False
     for i, (_, g) in enumerate(groups.iterrows()):
         med = g[f"{key}_median"]
         if _missing(med):
@@ -246,21 +266,14 @@ def _bars(groups: pd.DataFrame, key: str, title: str, ylabel: str, ax: plt.Axes)
             )
             continue
         any_value = True
-        ax.bar(
-            i,
-            med,
-            color=COLORS.get(g["framework"], "C2"),
-        )
-        ax.errorbar(
-            i,
-            med,
-            yerr=[[med - g[f"{key}_min"]], [g[f"{key}_max"] - med]],
-            color="black",
-            capsize=4,
-        )
-    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+        ax.bar(i, med, color=framework_color(g["framework"]))
+        if g[f"{key}_n"] > 1:
+            spread = True
+            err = [[med - g[f"{key}_min"]], [g[f"{key}_max"] - med]]
+            ax.errorbar(i, med, yerr=err, color="black", capsize=4)
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=20, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(labels) - 0.4)
-    ax.set_title(title)
+    ax.set_title(f"{title}\n(median; whiskers: min-max over n runs)" if spread else title)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis="y")
     return any_value
@@ -276,7 +289,7 @@ def plot_energy(groups: pd.DataFrame) -> Plot:
     if groups.empty or groups[f"{key}_median"].isna().all():
         return _first_reason(groups, key) if not groups.empty else "no runs"
     fig, ax = plt.subplots(figsize=(7, 4))
-    _bars(groups, key, "GPU energy per training image (median, min-max)", "J per image", ax)
+    _bars(groups, key, "GPU energy per training image", "J per image", ax)
     return _fig_png(fig)
 
 
@@ -314,23 +327,24 @@ def plot_power(runs: pd.DataFrame) -> Plot:
     """Power against time from gpu_samples.rank<r>.jsonl, the first completed run of each group."""
     done = runs[runs["status"] == "completed"].drop_duplicates(subset=GROUP_KEYS)
     fig, ax = plt.subplots(figsize=(8, 4))
-    shown = False
+    shown: dict[str, int] = {}  # lines per framework: one colour, other line styles
     for _, r in done.iterrows():
-        fw_dir = Path(r["folder"]) / r["framework"]
+        fw, fw_dir = r["framework"], Path(r["folder"]) / r["framework"]
         for path in sorted(fw_dir.glob("gpu_samples.rank*.jsonl")):
             samples = pd.DataFrame(read_jsonl(path))
             if samples.empty or "power_w" not in samples:
                 continue
             samples = samples.dropna(subset=["power_w"])
             for dev, s in samples.groupby("device_index"):
-                t = s["t_s"] - s["t_s"].min()
+                k = shown[fw] = shown.get(fw, -1) + 1
                 ax.plot(
-                    t,
+                    s["t_s"] - s["t_s"].min(),
                     s["power_w"],
+                    LINE_STYLES[k % len(LINE_STYLES)],
+                    color=framework_color(fw),
                     lw=1,
-                    label=f"{FRAMEWORK_NAMES.get(r['framework'])} {r['run']} GPU {dev}",
+                    label=f"{FRAMEWORK_NAMES.get(fw, fw)} {r['run']} GPU {dev}",
                 )
-                shown = True
     if not shown:
         plt.close(fig)
         reasons = runs["gpu_energy_reason"].dropna() if not runs.empty else pd.Series(dtype=str)

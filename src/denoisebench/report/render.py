@@ -52,8 +52,8 @@ NOTES = [
     "the same framework, per-device batch and setup; the range is the widest the repeats allow.",
     "Time to target: training time summed over epochs (evaluation excluded) up to the first "
     "epoch whose test PSNR reaches the target; energy to target sums the GPU energy the same way.",
-    "Each verdict gives the ratio of the medians, the difference and the range the repeats' "
-    "extremes allow; it names a winner only when both frameworks have at least two repeats, "
+    "Each verdict gives the ratio of the medians, the difference, the range the repeats' "
+    "extremes allow, n (each side's runs) and whether machine load disturbed any; it names a winner only when both frameworks have at least two repeats, "
     "their [min, max] ranges do not overlap and, for speed and energy, no run was disturbed by "
     "other load on the machine (environment table); otherwise it says 'no winner' and why.",
 ]
@@ -76,7 +76,14 @@ class Report:
     baseline_note: str
     environment: pd.DataFrame
     configs: dict[str, dict[str, Any]]
+    """setup -> the config a run of it used (configs.resolved_config)."""
     data: list[str]
+    config_notes: dict[str, str] = field(default_factory=dict)
+    """setup -> one line on how its config was resolved from config.json."""
+    left_out: dict[str, list[str]] = field(default_factory=dict)
+    """table heading -> one line per reason for the columns left out of it (leftout.py)."""
+    shared: str | None = None
+    """One line naming the engine, batch and setup every group shares; None: they differ."""
     skipped: list[str] = field(default_factory=list)
     """Run folders left out, each with the file that did not parse and why."""
     claims: ClaimsSection | None = None
@@ -88,11 +95,13 @@ class Report:
 
 
 def _sections(r: Report) -> list[tuple[str, str, Any]]:
-    """(heading, kind, content) in report order; kind: text, list, table, plots, configs."""
+    """(heading, kind, content) in report order; kind: text, list, left_out (the lines on a
+    table's columns left out), table, plots, configs."""
     intro = [
         f"Generated {r.generated} from {r.runs['folder'].nunique()} run folder(s), "
         f"{len(r.runs)} framework run(s), {len(r.groups)} group(s).",
         *(f"Data: {d}" for d in r.data),
+        *([r.shared] if r.shared else []),
     ]
     out: list[tuple[str, str, Any]] = [("", "list", intro)]
     if r.skipped:
@@ -104,15 +113,24 @@ def _sections(r: Report) -> list[tuple[str, str, Any]]:
         out.append(("", "list", r.claims.rule))
         out.append(("", "plots", r.claims.plots))
     out.append(("Verdicts", "list", r.verdicts))
-    out += [(title, "table", frame) for title, frame in r.tables.values()]
+    for title, frame in r.tables.values():
+        out += _table(title, frame, r.left_out.get(title, []))
     out.append(("Classical baselines (same noisy test images)", "text", r.baseline_note))
     out.append(("", "table", r.baselines))
     out.append(("Plots", "plots", r.plots))
-    out.append(("Runs", "table", r.runs_display))
-    out.append(("Environment", "table", r.environment))
+    out += _table("Runs", r.runs_display, r.left_out.get("Runs", []))
+    out += _table("Environment", r.environment, r.left_out.get("Environment", []))
     out.append(("Configs", "configs", r.configs))
     out.append(("How the figures are computed", "list", NOTES))
     return out
+
+
+def _table(title: str, frame: pd.DataFrame, left_out: list[str]) -> list[tuple[str, str, Any]]:
+    """A table's sections: the lines on what was left out of it, then the table (none when
+    every figure was left out)."""
+    if not left_out:
+        return [(title, "table", frame)]
+    return [(title, "left_out", left_out), *([("", "table", frame)] if not frame.empty else [])]
 
 
 def render_markdown(r: Report) -> str:
@@ -122,6 +140,8 @@ def render_markdown(r: Report) -> str:
             lines += [f"## {heading}", ""]
         if kind == "list":
             lines += [f"- {x}" for x in content] + [""]
+        elif kind == "left_out":
+            lines += [f"{x}  " for x in content] + [""]  # two spaces: a line break
         elif kind == "text":
             lines += [content, ""]
         elif kind == "table":
@@ -135,6 +155,7 @@ def render_markdown(r: Report) -> str:
                 lines += [
                     f"### setup {setup}",
                     "",
+                    *([r.config_notes[setup], ""] if setup in r.config_notes else []),
                     "```json",
                     json.dumps(cfg, indent=2, sort_keys=True),
                     "```",
@@ -149,6 +170,7 @@ table.t { border-collapse: collapse; font-size: 13px; margin: 0.5em 0 1.5em; }
 table.t th, table.t td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
 table.t th { background: #f3f3f3; }
 td.missing, p.missing { color: #888; font-style: italic; }
+p.left-out { color: #666; font-size: 13px; margin: 0.2em 0; }
 figure { margin: 1em 0 2em; } figcaption { font-weight: 600; margin-bottom: 0.3em; }
 img { max-width: 100%; } pre { background: #f6f6f6; padding: 0.5em; overflow: auto; font-size: 12px; }
 """
@@ -179,6 +201,8 @@ def render_html(r: Report) -> str:
             parts.append(f"<h2>{esc(heading)}</h2>")
         if kind == "list":
             parts.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in content) + "</ul>")
+        elif kind == "left_out":
+            parts += [f'<p class="left-out">{esc(x)}</p>' for x in content]
         elif kind == "text":
             parts.append(f"<p>{esc(content)}</p>")
         elif kind == "table":
@@ -198,9 +222,11 @@ def render_html(r: Report) -> str:
                 )
         elif kind == "configs":
             for setup, cfg in content.items():
+                note = r.config_notes.get(setup)
                 parts.append(
                     f"<details><summary>setup {esc(setup)}</summary>"
-                    f"<pre>{esc(json.dumps(cfg, indent=2, sort_keys=True))}</pre></details>"
+                    + (f"<p>{esc(note)}</p>" if note else "")
+                    + f"<pre>{esc(json.dumps(cfg, indent=2, sort_keys=True))}</pre></details>"
                 )
     parts.append('<p id="image-check">images not checked (scripts off)</p>')
     parts.append(f"<script>{IMAGE_CHECK_JS}</script></body></html>")

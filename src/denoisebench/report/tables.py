@@ -11,6 +11,7 @@ from denoisebench.core.config import PSNR_TOLERANCE_DB
 from denoisebench.core.records import FrameworkRecords
 from denoisebench.report.baselines import FRAMEWORK_NAMES, BaselineResult
 from denoisebench.report.groups import GROUP_KEYS, METRIC, Metric
+from denoisebench.report.leftout import ROW_KEYS, identity_line, trim_table
 from denoisebench.report.values import _missing, _sig
 
 
@@ -23,14 +24,16 @@ def cell(g: pd.Series, key: str) -> str:
     """median [min, max] (or one value), or 'missing (reason)'; never a silent blank or 0."""
     m = METRIC.get(key, Metric(key, key))
     med = g[f"{key}_median"]
+    reason = g[f"{key}_reason"]
+    reason = None if _missing(reason) else reason  # a frame holds a missing reason as NaN
     if _missing(med):
-        return f"missing ({g[f'{key}_reason'] or 'not recorded'})"
+        return f"missing ({reason or 'not recorded'})"
     lo, hi = g[f"{key}_min"], g[f"{key}_max"]
     text = _num(med, m)
     if lo != hi:
         text += f" [{_num(lo, m)}, {_num(hi, m)}]"
-    if g[f"{key}_reason"]:  # some runs of the group lack it
-        text += f" ({g[f'{key}_n']} of {g['repeats']} runs; others: {g[f'{key}_reason']})"
+    if reason:  # some runs of the group lack it
+        text += f" ({g[f'{key}_n']} of {g['repeats']} runs; others: {reason})"
     return text
 
 
@@ -92,7 +95,8 @@ def display_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         }
         for key in keys:
             if key == "energy_method":
-                method = g["energy_method"] or "missing (no GPU energy)"
+                why = g["gpu_energy_per_image_j_reason"] or "no GPU energy"
+                method = g["energy_method"] or f"missing ({why})"
                 if g["energy_window_too_short"]:
                     method += " (a window shorter than profiler.min_window_s)"
                 row["energy method"] = method
@@ -100,6 +104,25 @@ def display_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                 row[METRIC[key].label] = cell(g, key)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def group_tables(
+    groups: pd.DataFrame,
+) -> tuple[dict[str, tuple[str, pd.DataFrame]], dict[str, list[str]], str | None]:
+    """The group tables as displayed (name -> title, table), without the columns that hold
+    nothing for these runs; the lines saying why (title -> lines); and the line naming what
+    every group shares (None: the groups differ in engine, batch and setup)."""
+    tables: dict[str, tuple[str, pd.DataFrame]] = {}
+    notes: dict[str, list[str]] = {}
+    shared = None
+    for name, (title, keys) in TABLES.items():
+        full = display_table(groups, keys)
+        shared = shared or identity_line(full)
+        shown, notes[title] = trim_table(full, groups)
+        if set(shown.columns) <= set(ROW_KEYS):  # no figure left: the lines say why
+            shown = pd.DataFrame()
+        tables[name] = (title, shown)
+    return tables, notes, shared
 
 
 def speed_modes_table(groups: pd.DataFrame) -> pd.DataFrame:
@@ -245,6 +268,8 @@ def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
     for _, r in runs.iterrows():
         records = FrameworkRecords.read(Path(r["folder"]), r["framework"])
         assert records is not None  # a runs-table row comes from a summary.json
+        if records.summary.get("status") == "skipped":
+            continue  # never started (its package is not installed): no environment to show
         env, summary = records.environment(), records.summary
         git = env.get("git") or {}
         gpus = env.get("gpus")

@@ -26,6 +26,8 @@ class Stat:
     """Completed runs the machine's load disturbed (summary.json `disturbed`)."""
     disturbed_reason: str | None = None
     """The first disturbed run's first reason."""
+    load_recorded: bool = True
+    """Every completed run recorded the machine's load (False: a folder from before that)."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ def comparison(metric: str, a: Stat, b: Stat) -> str:
             if spread_measured
             else "one value per side: no spread"
         )
-        return f"{text} ({medians}; {spread})"
+        return f"{text} ({medians}; {spread}; {_counts(first, second)})"
     text = m.as_ratio.format(a=first.name, b=second.name, r=f"{first.median / second.median:.2f}")
     if not spread_measured:
         spread = "one value per side: no spread"
@@ -104,7 +106,20 @@ def comparison(metric: str, a: Stat, b: Stat) -> str:
         spread = f"ratio range {lo / other_hi:.2f}-{hi / other_lo:.2f} over the repeats' extremes"
     else:
         spread = "ratio range not defined (a value of 0)"
-    return f"{text} ({medians}; {spread})"
+    return f"{text} ({medians}; {spread}; {_counts(first, second)})"
+
+
+def _counts(first: Stat, second: Stat) -> str:
+    """How many runs each side has (n), and whether the machine's load disturbed any."""
+    runs = " and ".join(f"{s.n} {s.name} run{'s' if s.n != 1 else ''}" for s in (first, second))
+    disturbed = [f"{s.disturbed} {s.name}" for s in (first, second) if s.disturbed]
+    if disturbed:
+        load = f"{' and '.join(disturbed)} disturbed by machine load"
+    elif first.load_recorded and second.load_recorded:
+        load = "none disturbed by machine load"
+    else:
+        load = "machine load not recorded"
+    return f"{runs}, {load}"
 
 
 def _better_first(m: VerdictMetric, a: Stat, b: Stat) -> tuple[Stat, Stat]:
@@ -203,14 +218,22 @@ def group_stat(g: pd.Series, metric: str) -> Stat:
         runs=int(g["repeats"]),
         disturbed=int(g.get("disturbed_runs", 0) or 0),
         disturbed_reason=g.get("disturbed_reason"),
+        load_recorded=int(g.get("conditions_recorded_runs", 0) or 0) >= int(g["repeats"]),
     )
 
 
 def verdicts(groups: pd.DataFrame) -> list[str]:
-    """Every PyTorch vs TensorFlow comparison at the same devices, batch, engine and setup."""
-    out = []
+    """Every PyTorch vs TensorFlow comparison at the same devices, batch, engine and setup; a
+    figure that no run has is one line at the end (not compared, and why), not one per pair."""
+    out: list[str] = []
     if groups.empty:
         return out
+    absent = {
+        metric: "; ".join(dict.fromkeys(str(r) for r in groups[f"{metric}_reason"].dropna()))
+        for metric in VERDICT_METRICS
+        if groups[f"{metric}_median"].isna().all()
+    }
+    compared = False
     several_setups = groups["setup"].nunique() > 1 or groups["batch_per_device"].nunique() > 1
     keys = ["engine", "devices", "batch_per_device", "setup"]
     for key, same in groups.groupby(keys, sort=True):
@@ -223,7 +246,8 @@ def verdicts(groups: pd.DataFrame) -> list[str]:
             only = ", ".join(FRAMEWORK_NAMES.get(f, f) for f in by_fw)
             out.append(f"Only {only} ran {where}: nothing to compare.")
             continue
-        for metric in VERDICT_METRICS:
+        compared = True
+        for metric in (m for m in VERDICT_METRICS if m not in absent):
             out.append(
                 verdict(
                     metric,
@@ -231,5 +255,12 @@ def verdicts(groups: pd.DataFrame) -> list[str]:
                     group_stat(by_fw["tf"], metric),
                     where,
                 )
+            )
+    if compared:
+        for metric, why in absent.items():
+            words = VERDICT_METRICS[metric].words
+            out.append(
+                f"{words[0].upper()}{words[1:]}: not compared: missing in every run "
+                f"({why or 'not recorded'})."
             )
     return out
