@@ -286,32 +286,14 @@ def _distributed_options(p: argparse.ArgumentParser) -> None:
 
 
 def _slurm_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("SLURM (see also slurm/*.sbatch)")
+    g = p.add_argument_group("SLURM (see also slurm/*.sbatch and docs/slurm.md)")
     g.add_argument(
         "--slurm",
         action="store_true",
         help="submit through submitit instead of running here; prints the job id "
         "and the log folder",
     )
-    g.add_argument("--partition", default="gpu", help="SLURM partition (default: %(default)s)")
-    g.add_argument(
-        "--time",
-        default="01:00:00",
-        help="time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED "
-        "with --sbatch-out (default: %(default)s)",
-    )
-    g.add_argument("--account", help="SLURM account to charge")
-    g.add_argument(
-        "--cpus-per-task",
-        type=int,
-        default=4,
-        help="CPU cores per SLURM task (default: %(default)s)",
-    )
-    g.add_argument(
-        "--cpu-workers",
-        action="store_true",
-        help="the --gpus devices are CPU workers: ask SLURM for no GPUs",
-    )
+    _slurm_request_options(g)
     g.add_argument(
         "--wait", action="store_true", help="wait for the job, then print the comparison table"
     )
@@ -338,6 +320,47 @@ def _slurm_options(p: argparse.ArgumentParser) -> None:
         "--auto-resume",
         action="store_true",
         help="resume the run folder if it exists, else start it (requeued jobs)",
+    )
+
+
+def _slurm_request_options(g: argparse._ArgumentGroup) -> None:
+    """What --slurm and --sbatch-out ask SLURM for (launch.slurm_options.SlurmRequest)."""
+    g.add_argument(
+        "--partition", help="SLURM partition, or a comma-separated list (default: SLURM's own)"
+    )
+    g.add_argument(
+        "--time",
+        default="01:00:00",
+        help="time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED "
+        "with --sbatch-out (default: %(default)s)",
+    )
+    g.add_argument("--account", help="SLURM account to charge")
+    g.add_argument("--qos", help="SLURM quality of service (QOS) to ask for")
+    g.add_argument(
+        "--constraint",
+        metavar="FEATURES",
+        help="node features the job needs, e.g. a GPU type: a100, or a100|h100",
+    )
+    g.add_argument("--mem", metavar="SIZE", help="memory per node, e.g. 64G (default: SLURM's)")
+    g.add_argument(
+        "--sbatch-option",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
+        help="any other sbatch option, without its dashes, e.g. --sbatch-option mail-type=END "
+        "or --sbatch-option exclusive (repeatable; an option the launcher sets, such as "
+        "nodes or time, is refused naming the option to use)",
+    )
+    g.add_argument(
+        "--cpus-per-task",
+        type=int,
+        default=4,
+        help="CPU cores per SLURM task (default: %(default)s)",
+    )
+    g.add_argument(
+        "--cpu-workers",
+        action="store_true",
+        help="the --gpus devices are CPU workers: ask SLURM for no GPUs",
     )
 
 

@@ -18,6 +18,7 @@ from denoisebench.core.config import Config, ConfigError
 from denoisebench.core.distributed import slurm_nodes
 from denoisebench.core.records import (
     FRAMEWORKS,
+    LAUNCHER_ENV,
     check_run_id,
     clear_failures,
     mark_failed,
@@ -202,7 +203,13 @@ def resolve_topology(args: argparse.Namespace) -> Topology | None:
     info = gpu_info()
     found = len(info["gpus"] or [])
     if found and found < devices:
-        raise ConfigError(f"--gpus {devices}, but this node has {found} GPU(s)")
+        mask = info.get("cuda_visible_devices")
+        where = (
+            f"CUDA_VISIBLE_DEVICES={mask!r} shows {found} of this node's {info['node_gpus']} GPU(s)"
+            if mask is not None
+            else f"this node has {found} GPU(s)"
+        )
+        raise ConfigError(f"--gpus {devices}, but {where}")
     cores = len(os.sched_getaffinity(0))
     if not found and devices > cores:
         raise ConfigError(
@@ -251,13 +258,15 @@ def free_ports(n: int) -> list[int]:
 def framework_cmds(
     framework: str, run_dir: Path, topo: Topology | None, args: argparse.Namespace, resume: bool
 ) -> list[Command]:
-    quiet = {"verbose": args.verbose}
+    # the trainers' resume hints name the command the user typed (records.LAUNCHER_ENV)
+    with_env = {"base_env": {**os.environ, LAUNCHER_ENV: prog()}}
+    quiet = {"verbose": args.verbose, **with_env}
     if topo is None:
         return [build_train_cmd(framework, run_dir, resume=resume, **quiet)]
     if args.engine == "horovod":
         return [build_horovodrun_cmd(framework, run_dir, topo, resume=resume, **quiet)]
     if framework == "torch":
-        return [build_torchrun_cmd(run_dir, topo, run_id=run_dir.name, resume=resume)]
+        return [build_torchrun_cmd(run_dir, topo, run_id=run_dir.name, resume=resume, **with_env)]
     multi = args.tf_strategy == "multiworker"
     ports = free_ports(topo.devices) if multi and topo.nodes == 1 else None
     return build_tf_cmds(run_dir, topo, multi_worker=multi, ports=ports, resume=resume, **quiet)
@@ -310,7 +319,9 @@ def train_frameworks(
             interrupted = 128 + stop.signum
     if interrupted is not None:
         name = signal.Signals(interrupted - 128).name
-        print(f"interrupted by {name}; continue with: {resume_command(run_dir)}", flush=True)
+        print(
+            f"interrupted by {name}; continue with: {resume_command(run_dir, prog())}", flush=True
+        )
         return interrupted
     return 1 if failed else 0
 
@@ -354,7 +365,7 @@ def run_framework(
             return None  # it finished as the signal came: the launch stops before the next
         if topo is None or topo.node_rank == 0:
             try:
-                mark_interrupted(folder, framework, stopped_by, resume_command(folder))
+                mark_interrupted(folder, framework, stopped_by, resume_command(folder, prog()))
             except OSError as e:  # a full disk: the trainer's own record stands
                 print(f"[{framework}] could not record the stop in {folder}: {e}", file=sys.stderr)
         print(f"[{framework}] interrupted by {stopped_by}", file=sys.stderr, flush=True)

@@ -8,16 +8,17 @@ Two ways onto a cluster, the same training underneath:
 - `sbatch slurm/torch.sbatch` / `slurm/tf.sbatch`: readable scripts that run the same launcher
   once per node (`srun --ntasks-per-node=1 python -m launch ... --auto-resume`); a USR1 trap
   requeues the job before its time limit, and the requeued job resumes.
+
+What is asked for, SlurmRequest, and the checks of each value: launch/slurm_options.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,83 +26,10 @@ from denoisebench.core.config import Config, ConfigError
 from denoisebench.core.records import RunLocked, atomic_write_text, mark_failed, read_summary
 from denoisebench.core.sweep import SweepElement
 from denoisebench.report.compare import comparison_table, sweep_table
+from launch.options import prog
+from launch.slurm_options import SlurmRequest, sbatch_options, time_minutes
 
 SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
-
-
-# What an sbatch script may hold: SLURM's own formats, and names of a safe character set.
-NAME = re.compile(r"[A-Za-z0-9_.-]+")
-NAME_CHARS = "letters, digits, '_', '.' and '-'"
-PARTITION = re.compile(r"[A-Za-z0-9_.-]+(?:,[A-Za-z0-9_.-]+)*")
-"""A partition, or a comma-separated list of them (SLURM takes the first that can run it)."""
-TIME_FORMATS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED"
-UNLIMITED = ("UNLIMITED", "INFINITE")
-
-
-@dataclass(frozen=True)
-class SlurmRequest:
-    """What to ask SLURM for."""
-
-    nodes: int = 1
-    devices: int = 1
-    """Devices per node: GPUs, or CPU workers when gpus is False."""
-    gpus: bool = True
-    partition: str = "gpu"
-    time: str = "01:00:00"
-    account: str | None = None
-    cpus_per_task: int = 4
-    signal_delay_s: int = 120
-    """Seconds before the time limit at which the job is told to checkpoint and requeue."""
-
-    def __post_init__(self) -> None:
-        """Every value lands in an sbatch script: refuse what SLURM would not take, and any
-        character that could end a line or leave its quotes (ConfigError, naming the option)."""
-        time_parts(self.time)
-        checks = [
-            ("--partition", self.partition, PARTITION, "a partition (or a comma-separated list)"),
-            ("--account", self.account, NAME, "an account name"),
-        ]
-        for option, value, pattern, what in checks:
-            if value is not None and not pattern.fullmatch(value):
-                raise ConfigError(f"{option} {value!r}: expected {what} of {NAME_CHARS}")
-        for option, number in (
-            ("--nodes", self.nodes),
-            ("--gpus", self.devices),
-            ("--cpus-per-task", self.cpus_per_task),
-        ):
-            if number < 1:
-                raise ConfigError(f"{option} {number} must be >= 1")
-
-
-def time_parts(time: str) -> tuple[int, int, int, int] | None:
-    """SLURM's --time as (days, hours, minutes, seconds), None for UNLIMITED (or INFINITE);
-    ConfigError for any other text. SLURM's formats: minutes, minutes:seconds,
-    hours:minutes:seconds, days-hours, days-hours:minutes, days-hours:minutes:seconds."""
-    if time.upper() in UNLIMITED:
-        return None
-    m = re.fullmatch(r"(\d{1,9})-(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?", time, re.ASCII)
-    if m:
-        days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
-        return days, hours, minutes, seconds
-    m = re.fullmatch(r"(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?", time, re.ASCII)
-    if not m:
-        raise ConfigError(f"--time {time!r}: expected {TIME_FORMATS}")
-    parts = [int(g) for g in m.groups() if g is not None]
-    if len(parts) == 3:
-        return 0, *parts  # hours:minutes:seconds
-    return 0, 0, parts[0], parts[1] if len(parts) == 2 else 0  # minutes[:seconds]
-
-
-def time_minutes(time: str) -> int:
-    """SLURM time (TIME_FORMATS) in whole minutes, rounded up: what submitit takes."""
-    parts = time_parts(time)
-    if parts is None:
-        raise ConfigError(
-            f"--time {time}: submitit needs a time limit in minutes; give one, or write an "
-            "sbatch script with --sbatch-out"
-        )
-    days, hours, minutes, seconds = parts
-    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
 
 
 def tasks_per_node(framework: str, req: SlurmRequest) -> int:
@@ -111,10 +39,10 @@ def tasks_per_node(framework: str, req: SlurmRequest) -> int:
 
 
 def submitit_params(framework: str, req: SlurmRequest) -> dict[str, Any]:
-    """Parameters for submitit.AutoExecutor.update_parameters."""
+    """Parameters for submitit.AutoExecutor.update_parameters; a value the request leaves
+    None (the partition, QOS...) is left out: SLURM's default."""
     params: dict[str, Any] = {
         "name": f"denoisebench-{framework}",
-        "slurm_partition": req.partition,
         "timeout_min": time_minutes(req.time),
         "nodes": req.nodes,
         "tasks_per_node": tasks_per_node(framework, req),
@@ -125,9 +53,35 @@ def submitit_params(framework: str, req: SlurmRequest) -> dict[str, Any]:
         # every task sees all of its node's GPUs and picks its own (LOCAL_RANK, or all of them
         # for a TensorFlow worker), so no per-task GPU binding is asked for
         params["gpus_per_node"] = req.devices
-    if req.account:
-        params["slurm_account"] = req.account
+    for field in ("partition", "account", "qos", "constraint", "mem"):
+        if getattr(req, field) is not None:
+            params[f"slurm_{field}"] = getattr(req, field)
+    if req.extra:  # submitit writes True as a flag: #SBATCH --exclusive
+        params["slurm_additional_parameters"] = {k: True if v is None else v for k, v in req.extra}
     return params
+
+
+def sbatch_lines(framework: str, req: SlurmRequest) -> list[str]:
+    """The script's #SBATCH options, in the order they are written; each value shell-quoted
+    (sbatch reads quotes in #SBATCH lines as a shell would, as it does in submitit's)."""
+    lines = [f"--job-name=denoisebench-{framework}"]
+    if req.partition is not None:
+        lines.append(f"--partition={shlex.quote(req.partition)}")
+    lines += [f"--nodes={req.nodes}", "--ntasks-per-node=1", f"--cpus-per-task={req.cpus_per_task}"]
+    if req.gpus:
+        lines.append(f"--gpus-per-node={req.devices}")
+    for field in ("account", "qos", "constraint", "mem"):
+        if getattr(req, field) is not None:
+            lines.append(f"--{field}={shlex.quote(getattr(req, field))}")
+    lines += [
+        f"--time={shlex.quote(req.time)}",
+        "--output=slurm-logs/%x-%j.out",
+        "--open-mode=append",
+        f"--signal=B:USR1@{req.signal_delay_s}",
+        "--requeue",
+    ]
+    lines += [f"--{k}" if v is None else f"--{k}={shlex.quote(v)}" for k, v in req.extra]
+    return [f"#SBATCH {line}" for line in lines]
 
 
 def render_sbatch(framework: str, req: SlurmRequest) -> str:
@@ -136,25 +90,7 @@ def render_sbatch(framework: str, req: SlurmRequest) -> str:
         "torch": "PyTorch (DDP under torchrun)",
         "tf": "TensorFlow (MultiWorkerMirroredStrategy across nodes)",
     }[framework]
-    sbatch = [
-        f"--job-name=denoisebench-{framework}",
-        f"--partition={shlex.quote(req.partition)}",
-        f"--nodes={req.nodes}",
-        "--ntasks-per-node=1",
-        f"--cpus-per-task={req.cpus_per_task}",
-    ]
-    if req.gpus:
-        sbatch.append(f"--gpus-per-node={req.devices}")
-    if req.account:
-        sbatch.append(f"--account={shlex.quote(req.account)}")
-    sbatch += [
-        f"--time={shlex.quote(req.time)}",
-        "--output=slurm-logs/%x-%j.out",
-        "--open-mode=append",
-        f"--signal=B:USR1@{req.signal_delay_s}",
-        "--requeue",
-    ]
-    header = "\n".join(f"#SBATCH {line}" for line in sbatch)
+    header = "\n".join(sbatch_lines(framework, req))
     return f"""#!/bin/bash
 # Train the denoising autoencoder with {name} on SLURM.
 #
@@ -163,9 +99,11 @@ def render_sbatch(framework: str, req: SlurmRequest) -> str:
 # Run from the repository (the job cds to the folder it was submitted from). Change the
 # allocation in the #SBATCH lines below, or on the command line: sbatch --nodes 4 ... Logs go to
 # slurm-logs/ next to the repository, which every node must see, as must the results folder.
+# Without a --partition line the job goes to SLURM's default partition.
 #
 # Environment (export before sbatch):
-#   DEVICES_PER_NODE     devices per node (default: {req.devices}; match --gpus-per-node)
+#   DEVICES_PER_NODE     devices per node, to override what SLURM says (default: the GPUs
+#                        SLURM gives each node, from --gpus-per-node; else {req.devices})
 #   DENOISEBENCH_ARGS    more `python -m launch` options, split into words at blanks (no
 #                        quotes, no globbing), e.g. "--profile paper --data /data/EuroSAT.zip"
 #                        (or give them after the script's name: sbatch slurm/{framework}.sbatch
@@ -176,12 +114,30 @@ def render_sbatch(framework: str, req: SlurmRequest) -> str:
 # Before the time limit SLURM sends USR1; the trap requeues the job, and the requeued job
 # resumes the same run (results/slurm-<job id>) from its last finished epoch.
 {header}
+{script_body(framework, req.devices)}"""
 
+
+def script_body(framework: str, devices: int) -> str:
+    """The commands of the sbatch script: devices per node, the requeue trap, one launcher per
+    node; `devices`: the count when neither DEVICES_PER_NODE nor SLURM names one."""
+    return f"""
 set -euo pipefail
 cd "${{SLURM_SUBMIT_DIR:-.}}"
 export PYTHONUNBUFFERED=1
 PYTHON="${{DENOISEBENCH_PYTHON:-.venv/bin/python}}"
 RESULTS="${{DENOISEBENCH_RESULTS:-results}}"
+
+# Devices per node: DEVICES_PER_NODE, else the GPUs SLURM gave this node (SLURM_GPUS_ON_NODE;
+# else --gpus-per-node's count, SLURM_GPUS_PER_NODE, which may name a type: a100:4), else {devices}
+GPUS="${{SLURM_GPUS_ON_NODE:-${{SLURM_GPUS_PER_NODE:-}}}}"
+GPUS="${{GPUS##*:}}"
+[ "$GPUS" != 0 ] || GPUS=""
+DEVICES="${{DEVICES_PER_NODE:-${{GPUS:-{devices}}}}}"
+case "$DEVICES" in
+    "" | 0 | *[!0-9]*)
+        echo "devices per node: '$DEVICES' is not a count of devices; set DEVICES_PER_NODE" >&2
+        exit 2 ;;
+esac
 
 requeue() {{
     echo "$(date -u +%FT%TZ) USR1: time limit or preemption near, requeueing ${{SLURM_JOB_ID}}"
@@ -196,7 +152,7 @@ read -ra EXTRA <<< "${{DENOISEBENCH_ARGS:-}}"
 # One launcher per node. It reads SLURM's node list and node rank, and starts this node's
 # processes; node 0 writes the config and hosts the rendezvous.
 srun --ntasks-per-node=1 --kill-on-bad-exit=1 \\
-    "$PYTHON" -m launch --framework {framework} --gpus "${{DEVICES_PER_NODE:-{req.devices}}}" \\
+    "$PYTHON" -m launch --framework {framework} --gpus "$DEVICES" \\
     --run-id "slurm-${{SLURM_JOB_ID}}" --results "$RESULTS" --auto-resume \\
     ${{EXTRA[@]+"${{EXTRA[@]}}"}} "$@" &
 SRUN=$!
@@ -221,7 +177,9 @@ def submit(
     executor = submitit.AutoExecutor(folder=log_dir)
     executor.update_parameters(**submitit_params(framework, req))
     devices_per_task = req.devices if framework == "tf" and req.gpus else 1
-    task = TrainTask(framework, run_dir, devices_per_task=devices_per_task, resume=resume)
+    task = TrainTask(
+        framework, run_dir, devices_per_task=devices_per_task, resume=resume, launcher=prog()
+    )
     return executor.submit(task)
 
 
@@ -236,7 +194,9 @@ def submit_array(framework: str, req: SlurmRequest, run_dirs: list[Path], log_di
     devices_per_task = req.devices if framework == "tf" and req.gpus else 1
     with executor.batch():
         jobs = [
-            executor.submit(TrainTask(framework, d, devices_per_task=devices_per_task))
+            executor.submit(
+                TrainTask(framework, d, devices_per_task=devices_per_task, launcher=prog())
+            )
             for d in run_dirs
         ]
     return jobs
@@ -246,6 +206,7 @@ def submit_array(framework: str, req: SlurmRequest, run_dirs: list[Path], log_di
 
 
 def slurm_request(args: argparse.Namespace) -> SlurmRequest:
+    """The request the SLURM options ask for; ConfigError for a value SlurmRequest refuses."""
     return SlurmRequest(
         nodes=args.nodes or 1,
         devices=args.gpus or 1,
@@ -253,7 +214,11 @@ def slurm_request(args: argparse.Namespace) -> SlurmRequest:
         partition=args.partition,
         time=args.time,
         account=args.account,
+        qos=args.qos,
+        constraint=args.constraint,
+        mem=args.mem,
         cpus_per_task=args.cpus_per_task,
+        extra=sbatch_options(args.sbatch_option),
     )
 
 

@@ -204,7 +204,7 @@ def test_rendered_scripts_parse_and_keep_each_value_on_its_line(tmp_path, framew
     path.write_text(script)
     check = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    assert len(script.splitlines()) == len(plain.splitlines()) + 1  # + the --account line
+    assert len(script.splitlines()) == len(plain.splitlines()) + 2  # + --partition, --account
     sbatch = [line for line in script.splitlines() if line.startswith("#SBATCH")]
     assert "#SBATCH --partition=gpu,a100.big_x-1" in sbatch
     assert "#SBATCH --account=p.r_o-j" in sbatch and "#SBATCH --time=UNLIMITED" in sbatch

@@ -268,6 +268,32 @@ def test_trainer_without_launcher_records_sigterm(tmp_path, framework):
     assert f"[{framework}] interrupted by SIGTERM after {done} finished epoch(s)" in err
 
 
+def test_resume_hints_name_the_installed_command_when_it_was_used(tmp_path):
+    """Started as `denoisebench` (from another folder), the launcher, its record and its
+    trainer's own line say `denoisebench --resume RUN`: `python -m launch` works only from the
+    repository."""
+    run = tmp_path / "cmd"
+    command = [str(Path(sys.executable).parent / "denoisebench"), *SMOKE, "--framework", "torch"]
+    proc = subprocess.Popen(
+        [*command, "--epochs", "30", "--results", str(tmp_path), "--run-id", "cmd"],
+        cwd=tmp_path,
+        env=SLOW_EPOCHS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for_epoch(proc, run / "torch" / "summary.json")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = finish(proc)
+    assert proc.returncode == 130, out + err
+    hint = f"denoisebench --resume {run}"
+    assert read_json(run / "torch" / "summary.json")["resume_command"] == hint
+    assert out.rstrip().endswith(f"interrupted by SIGINT; continue with: {hint}")
+    # the trainer's own line: it knows the command from the launcher (records.LAUNCHER_ENV)
+    assert f"finished epoch(s); continue with: {hint}\n" in err
+
+
 # --- the supervisor -----------------------------------------------------------------------
 
 
@@ -445,6 +471,7 @@ def test_resume_command_of_a_repeat_names_the_run(tmp_path):
     (tmp_path / "repeat-1").mkdir()
     assert resume_command(tmp_path / "repeat-1") == f"python -m launch --resume {tmp_path}"
     assert resume_command(tmp_path / "x y") == f"python -m launch --resume '{tmp_path}/x y'"
+    assert resume_command(tmp_path, "denoisebench") == f"denoisebench --resume {tmp_path}"
 
 
 # --- --resume replays the launch choices and refuses changes ------------------------------

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from denoisebench.core.config import ConfigError
 from denoisebench.core.distributed import (
     expand_nodelist,
     maybe_inject_fault,
@@ -195,3 +197,55 @@ def test_multi_node_needs_a_shared_run_id(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_NODELIST", raising=False)
     assert main(["--nodes", "2", "--results", str(tmp_path)]) == 2
     assert "--run-id" in capsys.readouterr().err
+
+
+NODE = {
+    "gpus": [
+        {"index": i, "name": "H100", "uuid": f"GPU-{i}aa{i}-ffff", "memory_total_gib": 80.0,
+         "compute_capability": [9, 0]}
+        for i in range(8)
+    ],
+    "driver": "580.1",
+    "node_gpus": 8,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mask", "shown"),
+    [
+        (None, [0, 1, 2, 3, 4, 5, 6, 7]),
+        ("3,1", [3, 1]),  # CUDA's order is the mask's
+        ("GPU-5aa, 2", [5, 2]),  # a UUID prefix names one GPU
+        ("0,9,1", [0]),  # an index past the node's GPUs ends the list
+        ("0,0,1", [0]),  # so does a GPU named twice
+        ("GPU-", []),  # a prefix of every UUID names no one GPU
+        ("", []),
+        ("-1", []),
+    ],
+)
+def test_the_gpus_a_process_sees_follow_cuda_visible_devices(mask, shown):
+    from denoisebench.measure.environment import visible_gpus
+
+    env = {} if mask is None else {"CUDA_VISIBLE_DEVICES": mask}
+    info = visible_gpus(NODE, env)
+    assert [g["index"] for g in info["gpus"]] == shown
+    assert ("reason" in info) == (not shown)
+
+
+def test_gpus_beyond_the_mask_are_refused_and_a_mask_of_none_means_cpu_workers(monkeypatch, capsys):
+    import launch.run
+    from denoisebench.measure.environment import visible_gpus
+
+    monkeypatch.delenv("SLURM_JOB_NODELIST", raising=False)
+    monkeypatch.setattr(launch.run, "gpu_info", lambda: visible_gpus(NODE, os.environ))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(ConfigError) as refused:
+        resolve_topology(build_parser().parse_args(["--gpus", "4"]))
+    assert str(refused.value) == (
+        "--gpus 4, but CUDA_VISIBLE_DEVICES='0,1' shows 2 of this node's 8 GPU(s)"
+    )
+    assert resolve_topology(build_parser().parse_args(["--gpus", "2"])).gpus
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    topo = resolve_topology(build_parser().parse_args(["--gpus", "2"]))
+    assert not topo.gpus
+    assert "CUDA_VISIBLE_DEVICES='' shows none of this node's 8 GPU(s)" in capsys.readouterr().out

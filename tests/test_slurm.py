@@ -7,9 +7,12 @@ machine's CPUs, so every job here runs the CPU paths with 2 tasks (gloo, TensorF
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +20,15 @@ import pytest
 from helpers import EXACT, EXACT_ATOL, launch, weights
 
 from denoisebench.core.records import read_json, read_jsonl
+from launch.__main__ import main
 from launch.slurm import SlurmRequest, render_sbatch, submitit_params, time_minutes
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
 SMOKE = ["--profile", "smoke", "--epochs", "1", *EXACT]  # float64: compared to EXACT_ATOL
 EXACT_ARGS = " ".join(EXACT)  # the same, in DENOISEBENCH_ARGS
-CPU_JOB = ["--partition", "debug", "--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
+# no --partition: the job goes to SLURM's default partition, the test cluster's only one
+CPU_JOB = ["--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
 
 
 @pytest.fixture(scope="session")  # once, on the worker that runs its xdist group
@@ -45,7 +50,17 @@ def assert_matches(run: Path, reference: Path, framework: str, atol: float = EXA
 
 # --- generated submissions against golden files ------------------------------------------------
 
-REQUEST = SlurmRequest(nodes=2, devices=4, partition="gpu", time="02:30:00", account="proj42")
+REQUEST = SlurmRequest(
+    nodes=2,
+    devices=4,
+    partition="gpu",
+    time="02:30:00",
+    account="proj42",
+    qos="high",
+    constraint="a100|h100",
+    mem="64G",
+    extra=(("mail-type", "END,FAIL"), ("exclusive", None), ("comment", "paper run")),
+)
 
 
 @pytest.mark.parametrize("framework", ["torch", "tf"])
@@ -63,7 +78,149 @@ def test_rendered_sbatch_matches_golden(framework):
 def test_submitit_parameters_match_golden():
     params = {fw: submitit_params(fw, REQUEST) for fw in ("torch", "tf")}
     params["tf_cpu"] = submitit_params("tf", SlurmRequest(devices=2, gpus=False))
+    params["defaults"] = submitit_params("torch", SlurmRequest())
     assert params == json.loads((GOLDEN / "submitit_params.json").read_text())
+    assert "slurm_partition" not in params["defaults"]  # SLURM's default partition
+
+
+def test_submitit_writes_the_requested_options_into_its_script(tmp_path):
+    """submitit takes the parameters by these names and writes them as #SBATCH lines."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    executor.update_parameters(**submitit_params("torch", REQUEST))
+    text = executor._executor._make_submission_file_text("true", "uid")
+    lines = set(text.splitlines())
+    for line in [
+        "#SBATCH --partition=gpu",
+        "#SBATCH --qos=high",
+        "#SBATCH --constraint='a100|h100'",  # sbatch reads the quotes as a shell would
+        "#SBATCH --mem=64G",
+        "#SBATCH --mail-type=END,FAIL",
+        "#SBATCH --exclusive",
+        "#SBATCH --comment='paper run'",
+    ]:
+        assert line in lines, text
+    plain = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    plain.update_parameters(**submitit_params("torch", SlurmRequest()))
+    assert "--partition" not in plain._executor._make_submission_file_text("true", "uid")
+
+
+def test_sbatch_out_writes_qos_constraint_mem_and_passed_options(tmp_path, capsys):
+    out = tmp_path / "job.sbatch"
+    argv = ["--framework", "tf", "--sbatch-out", str(out), "--gpus", "2"]
+    argv += ["--qos", "high", "--constraint", "a100", "--mem", "32G"]
+    argv += ["--sbatch-option", "mail-type=END", "--sbatch-option=--exclusive"]
+    assert main(argv) == 0, capsys.readouterr().err
+    sbatch = [line for line in out.read_text().splitlines() if line.startswith("#SBATCH")]
+    for line in ["--qos=high", "--constraint=a100", "--mem=32G", "--mail-type=END", "--exclusive"]:
+        assert f"#SBATCH {line}" in sbatch
+    assert not any("--partition" in line for line in sbatch)  # SLURM's default partition
+    assert main([*argv, "--partition", "a100", "--sbatch-out", str(out)]) == 0
+    assert "#SBATCH --partition=a100" in out.read_text().splitlines()
+
+
+REFUSED = [
+    # (--sbatch-option ..., what the one line says)
+    ("nodes=2", "the launcher sets --nodes; use --nodes"),
+    ("time=10", "use --time"),
+    ("partition=a100", "use --partition"),
+    ("gpus-per-node=2", "use --gpus"),
+    ("ntasks-per-node=4", "use --gpus"),
+    ("output=/tmp/x.out", "log files"),
+    ("signal=USR1@60", "requeue"),
+    ("gres=gpu:a100:2", "a GPU type with --constraint"),
+    ("N=2", "an sbatch long option's name"),
+    ("mail_type=END", "an sbatch long option's name"),
+    ("bad key=1", "an sbatch long option's name"),
+    ("=x", "an sbatch long option's name"),
+    ("mail-type=END\n#SBATCH --wrap=id", "a value of"),
+    ("comment=$(touch owned)", "a value of"),
+    ("comment=it's", "a value of"),
+    ("comment=", "a value of"),
+]
+
+
+@pytest.mark.parametrize(("option", "says"), REFUSED)
+@pytest.mark.parametrize("how", ["--sbatch-out", "--slurm"])
+def test_bad_sbatch_options_are_refused_in_one_line_before_anything_is_written(
+    tmp_path, capsys, option, says, how
+):
+    out = tmp_path / "x.sbatch"
+    target = ["--sbatch-out", str(out)] if how == "--sbatch-out" else ["--slurm"]
+    argv = ["--framework", "torch", "--results", str(tmp_path / "results"), *target]
+    code = main([*argv, "--run-id", "r", "--sbatch-option", option])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "\n" not in err and err.startswith("error: --sbatch-option "), err
+    assert says in err, err
+    assert list(tmp_path.iterdir()) == []  # no script, no run folder
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--sbatch-option", "mail-type=END", "--sbatch-option", "mail-type=FAIL"],  # twice
+        ["--mem", "8G", "--sbatch-option", "mem-per-gpu=8G"],  # SLURM takes one
+        ["--qos", "high;id"],
+        ["--constraint", "a100 h100"],
+        ["--mem", "lots"],
+        ["--mem", "8G\n#SBATCH --wrap=id"],
+    ],
+)
+def test_bad_qos_constraint_and_mem_are_refused_in_one_line(tmp_path, capsys, argv):
+    out = tmp_path / "x.sbatch"
+    code = main(["--framework", "torch", "--sbatch-out", str(out), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.startswith("error: --"), err
+    assert not out.exists()
+
+
+def run_script_here(script: Path, tmp_path: Path, env: dict[str, str]):
+    """Run an sbatch script with bash, srun replaced by a stub that prints its arguments."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    (fake / "srun").chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
+    return subprocess.run(
+        ["bash", str(script)],
+        cwd=tmp_path,
+        env={**clean, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_JOB_ID": "7", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "devices"),
+    [
+        ({"SLURM_GPUS_ON_NODE": "3", "SLURM_GPUS_PER_NODE": "3"}, "3"),  # sbatch --gpus-per-node=3
+        ({"SLURM_GPUS_PER_NODE": "a100:2"}, "2"),  # a typed request, the count after the type
+        ({"SLURM_GPUS_ON_NODE": "8", "DEVICES_PER_NODE": "5"}, "5"),  # the override wins
+        ({"SLURM_GPUS_ON_NODE": "0"}, "4"),  # no GPUs: the script's own count
+        ({}, "4"),
+    ],
+)
+def test_sbatch_script_takes_devices_per_node_from_slurm(tmp_path, env, devices):
+    """--gpus-per-node alone is enough: the script reads the count SLURM sets for the job."""
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_sbatch("torch", REQUEST))
+    proc = run_script_here(script, tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.splitlines()
+    assert args[args.index("--gpus") + 1] == devices
+
+
+def test_sbatch_script_refuses_a_device_count_that_is_not_one(tmp_path):
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_sbatch("torch", REQUEST))
+    proc = run_script_here(script, tmp_path, {"DEVICES_PER_NODE": "four"})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        "devices per node: 'four' is not a count of devices; set DEVICES_PER_NODE"
+    )
 
 
 def test_time_limits():
@@ -150,7 +307,7 @@ def test_a_submitit_job_cancelled_by_scancel_is_recorded_interrupted(slurm_clust
     epoch takes at least 3 s (DENOISEBENCH_EVAL_DELAY_S), so the job is still training when
     SLURM kills it, and the resumed job has only a few epochs left even on a busy machine."""
     slow = {"DENOISEBENCH_EVAL_DELAY_S": "3"}
-    proc = launch(
+    proc = denoisebench(
         "--profile", "smoke", "--epochs", "10", "--framework", "torch", "--slurm",
         *CPU_JOB, "--results", str(tmp_path), "--run-id", "cancelled", env=slow,
     )  # fmt: skip
@@ -169,7 +326,8 @@ def test_a_submitit_job_cancelled_by_scancel_is_recorded_interrupted(slurm_clust
     summary = read_json(fw_dir / "summary.json")
     assert (summary["status"], summary["signal"]) == ("interrupted", "SIGTERM"), summary
     run = tmp_path / "cancelled"
-    assert summary["resume_command"] == f"python -m launch --resume {run} --slurm"
+    # submitted with the installed command, so the hint names it, not `python -m launch`
+    assert summary["resume_command"] == f"denoisebench --resume {run} --slurm"
     assert 1 <= summary["epochs_completed"] < 10
 
     # the resume command, on the cluster: the finished epochs are kept, the rest trained
@@ -183,6 +341,50 @@ def test_a_submitit_job_cancelled_by_scancel_is_recorded_interrupted(slurm_clust
     assert [e["epoch"] for e in read_jsonl(fw_dir / "epochs.jsonl")] == list(range(10))
     [again] = re.findall(r"submitted SLURM job (\d+)", proc.stdout)
     assert "resuming after epoch" in (run / "slurm-logs" / f"{again}_0_log.out").read_text()
+
+
+def denoisebench(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The installed `denoisebench` command (the venv's console script), output captured."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "denoisebench"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+    )
+
+
+@pytest.mark.slurm
+def test_qos_mem_and_passed_options_reach_slurm(slurm_cluster, tmp_path):
+    """A script with no partition line, a QOS, memory and a passed-through option: SLURM runs
+    it in its default partition with each of them. Its Python is `echo`, so the job prints the
+    launcher's command (devices per node included) instead of training."""
+    slurm_cluster.run(["sacctmgr", "-i", "add", "qos", "denoisebench"], check=False)
+    req = SlurmRequest(
+        devices=2, gpus=False, time="00:05:00", cpus_per_task=1, qos="denoisebench",
+        mem="100M", extra=(("comment", "passed through"),),
+    )  # fmt: skip
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_sbatch("torch", req))
+    (tmp_path / "slurm-logs").mkdir()
+    env = {"DENOISEBENCH_PYTHON": "echo"}
+    job = slurm_cluster.sbatch("--wait", str(script), cwd=tmp_path, timeout=120, env=env)
+    log = next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
+    assert slurm_cluster.job_state(job) == "COMPLETED", log
+    assert f"-m launch --framework torch --gpus 2 --run-id slurm-{job} " in log
+    details = slurm_cluster.run(["scontrol", "show", "job", str(job)]).stdout
+    for field in [
+        f"Partition={slurm_cluster.partition}",
+        "QOS=denoisebench",
+        "MinMemoryNode=100M",
+        "Comment=passed through",
+    ]:
+        assert field in details, details
+    # a constraint reaches SLURM too: this node has no such feature
+    script.write_text(render_sbatch("torch", replace(req, constraint="nosuchfeature")))
+    proc = slurm_cluster.run(["sbatch", "--test-only", str(script)], check=False, cwd=tmp_path)
+    assert proc.returncode != 0 and "Invalid feature specification" in proc.stderr
 
 
 def sbatch_env(tmp_path: Path, extra_args: str) -> dict[str, str]:
@@ -199,9 +401,7 @@ def render_cpu_script(framework: str, tmp_path: Path) -> Path:
     script.write_text(
         render_sbatch(
             framework,
-            SlurmRequest(
-                devices=2, gpus=False, partition="debug", time="00:10:00", cpus_per_task=1
-            ),
+            SlurmRequest(devices=2, gpus=False, time="00:10:00", cpus_per_task=1),
         )
     )
     (tmp_path / "slurm-logs").mkdir()

@@ -36,6 +36,7 @@ from typing import Any
 
 from denoisebench.core.distributed import expand_nodelist, tf_config
 from denoisebench.core.records import (
+    LAUNCHER_ENV,
     RunLocked,
     describe_holder,
     mark_interrupted,
@@ -58,6 +59,9 @@ class TrainTask:
     tf_port: int = 29600
     """First port of the TensorFlow workers (worker i of a node listens on tf_port + i)."""
     resume: bool = False
+    launcher: str | None = None
+    """The command the user submitted with (`denoisebench`; None: `python -m launch`): the
+    resume hints of the job name it."""
 
     def __call__(self) -> dict[str, Any]:
         owner = job_attempt(os.environ)
@@ -71,7 +75,9 @@ class TrainTask:
         from denoisebench.core.config import load_resolved
 
         cfg = load_resolved(Path(self.run_dir) / "config.json")
-        record_sigterm(self.framework, Path(self.run_dir))
+        if self.launcher:  # for the trainer's own resume hint (trainer.session)
+            os.environ[LAUNCHER_ENV] = self.launcher
+        record_sigterm(self.framework, Path(self.run_dir), self.launcher)
         print(
             f"[slurm] task {os.environ.get('SLURM_PROCID')} on {socket.gethostname()}: "
             f"{self.framework} into {self.run_dir} (resume={self.resume})",
@@ -122,11 +128,11 @@ def wait_for_owner(run_dir: Path, owner: str, timeout_s: float = OWNER_WAIT_S) -
         time.sleep(0.5)
 
 
-def record_sigterm(framework: str, run_dir: Path) -> None:
+def record_sigterm(framework: str, run_dir: Path, launcher: str | None = None) -> None:
     """On task 0, chain a SIGTERM handler before submitit's: a 'running' run is recorded as
     interrupted by SIGTERM (records.mark_interrupted), with a resume command that submits it
-    again (`--resume RUN --slurm`). Training goes on until SLURM kills it; a run that still
-    completes, or is requeued and resumes, writes its own status over this one (the
+    again (`<launcher> --resume RUN --slurm`). Training goes on until SLURM kills it; a run
+    that still completes, or is requeued and resumes, writes its own status over this one (the
     interruption then stays in `history`)."""
     if int(os.environ.get("SLURM_PROCID", "0")) != 0:
         return
@@ -136,7 +142,7 @@ def record_sigterm(framework: str, run_dir: Path) -> None:
         summary = read_summary(run_dir, framework)
         if summary and summary.get("status") == "running":
             with contextlib.suppress(OSError):  # a full disk: the record stays as it is
-                again = f"{resume_command(run_dir)} --slurm"
+                again = f"{resume_command(run_dir, launcher)} --slurm"
                 mark_interrupted(run_dir, framework, "SIGTERM", again)
         if callable(previous):
             previous(signum, frame)

@@ -813,9 +813,16 @@ def run_root(folder: Path) -> Path:
     return folder
 
 
-def resume_command(run_dir: Path) -> str:
-    """The command that continues the run in `run_dir` (or the run a repeat folder is in)."""
-    return f"python -m launch --resume {shlex.quote(str(run_root(run_dir).absolute()))}"
+LAUNCHER_ENV = "DENOISEBENCH_LAUNCHER"
+"""How the user started the launcher (`denoisebench`, or `python -m launch`): the launcher
+sets it in its trainers' environment, so that their resume hints name the same command."""
+
+
+def resume_command(run_dir: Path, launcher: str | None = None) -> str:
+    """The command that continues the run in `run_dir` (or the run a repeat folder is in);
+    `launcher`: the command the user started the launcher with (None: `python -m launch`)."""
+    folder = shlex.quote(str(run_root(run_dir).absolute()))
+    return f"{launcher or 'python -m launch'} --resume {folder}"
 
 
 def launch_option(key: str) -> str:

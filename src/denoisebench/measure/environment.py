@@ -10,6 +10,7 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def gpu_info() -> dict[str, Any]:
-    """GPU names and driver from NVML; missing with the reason where there is none."""
+def gpu_info(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The GPUs a CUDA process started here sees, in its order (NVML's list, through
+    CUDA_VISIBLE_DEVICES when set: visible_gpus), their names and the driver; missing with the
+    reason where there is none. `node_gpus`: how many the node has, mask or not."""
     try:
         import pynvml
 
@@ -61,13 +64,49 @@ def gpu_info() -> dict[str, Any]:
                 {
                     "index": i,
                     "name": pynvml.nvmlDeviceGetName(handle),
+                    "uuid": pynvml.nvmlDeviceGetUUID(handle),
                     "memory_total_gib": mem.total / 2**30,
                     "compute_capability": capability,
                 }
             )
-        return {"gpus": gpus, "driver": pynvml.nvmlSystemGetDriverVersion()}
+        info = {"gpus": gpus, "driver": pynvml.nvmlSystemGetDriverVersion(), "node_gpus": count}
     finally:
         pynvml.nvmlShutdown()
+    return visible_gpus(info, os.environ if env is None else env)
+
+
+def visible_gpus(info: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """`info` with only the GPUs CUDA_VISIBLE_DEVICES shows, in its order, as CUDA reads it:
+    entries are NVML indices or (prefixes of) GPU UUIDs; the first entry that names no GPU, or
+    one already named, ends the list ("" and "-1" show none). A MIG device (`MIG-...`) counts
+    as one device of unknown model. Unset: every GPU. With none left, `reason` says why."""
+    mask = env.get("CUDA_VISIBLE_DEVICES")
+    gpus = info.get("gpus") or []
+    if mask is None or not gpus:
+        return info
+    shown: list[dict[str, Any]] = []
+    for entry in (e.strip() for e in mask.split(",")):
+        if entry.isdigit() and int(entry) < len(gpus):
+            gpu = gpus[int(entry)]
+        elif entry.startswith("MIG-"):
+            gpu = {"index": None, "name": f"MIG device {entry}", "uuid": entry,
+                   "memory_total_gib": None, "compute_capability": None}  # fmt: skip
+        else:
+            named = [
+                g for g in gpus if entry.startswith("GPU-") and g.get("uuid", "").startswith(entry)
+            ]
+            if len(named) != 1:
+                break
+            gpu = named[0]
+        if gpu in shown:
+            break
+        shown.append(gpu)
+    out = {**info, "gpus": shown, "cuda_visible_devices": mask}
+    if not shown:
+        out["reason"] = (
+            f"CUDA_VISIBLE_DEVICES={mask!r} shows none of this node's {len(gpus)} GPU(s)"
+        )
+    return out
 
 
 def local_device_kind(device_choice: str, info: dict[str, Any] | None = None) -> str:

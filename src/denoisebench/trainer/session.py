@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -47,6 +48,7 @@ from denoisebench.core.epochs import (
 )
 from denoisebench.core.records import (
     DISK_FULL,
+    LAUNCHER_ENV,
     STOP_SIGNALS,
     Interrupted,
     RunRecorder,
@@ -583,7 +585,7 @@ def record_failure(rec: RunRecorder | None, e: BaseException, fw_dir: Path, proc
         return
     try:
         if isinstance(e, Interrupted):
-            resume = resume_command(rec.dir.parent)
+            resume = resume_command(rec.dir.parent, os.environ.get(LAUNCHER_ENV))
             mark_interrupted(rec.dir.parent, rec.framework, e.signal, resume)
             done = read_json(rec.dir / "summary.json")["epochs_completed"]
             print(
