@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
 
-from denoisebench.cluster.horovod_build import engine_unavailable
-from denoisebench.core.config import Config, ConfigError
+from denoisebench.core.config import ConfigError
 from denoisebench.core.distributed import slurm_nodes
 from denoisebench.core.records import (
     FRAMEWORKS,
@@ -31,6 +29,12 @@ from denoisebench.core.records import (
 )
 from denoisebench.measure.environment import gpu_info
 from denoisebench.report.compare import comparison_table, repeats_table, sweep_table
+from launch.checks import (
+    HOROVOD_HERE_ONLY,
+    check_horovod,
+    check_local_inputs,
+    missing_frameworks,
+)
 from launch.commands import (
     Command,
     Topology,
@@ -114,78 +118,6 @@ def write_run_report(run_dir: Path, results: Path) -> int:
         return 1
     print(f"report: {report}", flush=True)
     return 0
-
-
-def check_local_inputs(cfg: Config, frameworks: list[str]) -> None:
-    """What the trainers would refuse only after the run folder exists, checked before it is
-    made: the EuroSAT path (a regular file or folder that exists), a GPU for --device gpu, and
-    pytorch-msssim for PyTorch's SSIM loss."""
-    torch_ssim = cfg.train.loss == "ssim" and "torch" in frameworks
-    if torch_ssim and importlib.util.find_spec("pytorch_msssim") is None:
-        raise ConfigError(
-            "--loss ssim: PyTorch's SSIM loss needs the package pytorch-msssim "
-            "(pip install pytorch-msssim)"
-        )
-    if cfg.data.source == "eurosat":
-        from denoisebench.data.images import DataError, check_data_path  # Pillow: only here
-
-        try:
-            check_data_path(Path(cfg.data.path).expanduser())
-        except DataError as e:
-            raise ConfigError(
-                f"{e}\n  EuroSAT RGB is EuroSAT.zip as published (2750/<Class>/*.jpg) or its "
-                f"folder: `{prog()} data eurosat DIR` downloads it, checked (docs/usage.md#data); "
-                "--data tfds reads it through tensorflow-datasets"
-            ) from None
-    if cfg.train.device == "gpu":
-        info = gpu_info()
-        if not info["gpus"]:
-            raise ConfigError(
-                f"--device gpu: no GPU here ({info.get('reason', 'NVML found none')}); "
-                "use --device auto (a GPU when there is one) or --device cpu"
-            )
-
-
-FRAMEWORK_PACKAGES = {"torch": ("torch", "PyTorch"), "tf": ("tensorflow", "TensorFlow")}
-"""Each framework's package (the module its trainer imports) and its name."""
-
-
-def missing_frameworks(frameworks: list[str], asked: str) -> dict[str, str]:
-    """The frameworks whose package this machine lacks, each with the reason: skipped, with a
-    notice, when others remain (--framework both on a GPU node without TensorFlow); refused in
-    one line when none does."""
-    missing = {}
-    for framework in frameworks:
-        module, name = FRAMEWORK_PACKAGES[framework]
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):  # a package that is there but broken
-            found = False
-        if not found:
-            missing[framework] = f"{name} is not installed"
-    if missing and len(missing) == len(frameworks):
-        raise ConfigError(f"--framework {asked}: {'; '.join(missing.values())} here")
-    for framework, reason in missing.items():
-        print(f"notice: {reason} here: {framework} is recorded as skipped", flush=True)
-    return missing
-
-
-HOROVOD_HERE_ONLY = (
-    "--engine horovod runs its workers on this machine (horovodrun -H localhost:N): one node, "
-    "with --gpus N; across nodes or under SLURM use --engine native"
-)
-
-
-def check_horovod(args: argparse.Namespace, topo: Topology | None) -> None:
-    """--engine horovod: workers on this one node, and Horovod built here for the frameworks."""
-    if args.engine != "horovod":
-        return
-    if topo is None or topo.nodes > 1:
-        raise ConfigError(HOROVOD_HERE_ONLY)
-    frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
-    reason = engine_unavailable(frameworks, prog())
-    if reason is not None:
-        raise ConfigError(reason)
 
 
 def resolve_topology(args: argparse.Namespace) -> Topology | None:

@@ -494,7 +494,7 @@ def test_a_missing_eurosat_path_is_refused_before_the_run_folder_exists(tmp_path
 
 
 def test_device_gpu_without_a_gpu_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
-    import launch.run as launcher
+    import launch.checks as launcher
 
     monkeypatch.setattr(launcher, "gpu_info", lambda: {"gpus": None, "reason": "no NVML"})
     err = refused(capsys, [*SMOKE, "--device", "gpu", "--results", str(tmp_path)])
