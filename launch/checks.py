@@ -86,3 +86,13 @@ def check_horovod(args: argparse.Namespace, topo: Topology | None) -> None:
     reason = engine_unavailable(frameworks, prog())
     if reason is not None:
         raise ConfigError(reason)
+
+
+def check_submitit(args: argparse.Namespace) -> None:
+    """--slurm (and --sweep with it) submits through submitit: refused in one line where it is
+    not installed, before anything is written; --sbatch-out needs no package."""
+    if args.slurm and not args.sbatch_out and importlib.util.find_spec("submitit") is None:
+        raise ConfigError(
+            "--slurm submits through submitit, which is not installed here (pip install "
+            "submitit); or write a batch script with --sbatch-out FILE and submit it with sbatch"
+        )

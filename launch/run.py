@@ -33,6 +33,7 @@ from launch.checks import (
     HOROVOD_HERE_ONLY,
     check_horovod,
     check_local_inputs,
+    check_submitit,
     missing_frameworks,
 )
 from launch.commands import (
@@ -68,6 +69,7 @@ def launch(args: argparse.Namespace, given: set[str] | None) -> int:
         if args.run_id is not None:
             check_run_id(args.run_id)
         check_slurm_options(args)  # before anything is written: the values reach a script
+        check_submitit(args)
         if args.sbatch_out:
             return write_sbatch(args)
         if args.sweep:

@@ -76,3 +76,14 @@ def test_pytorch_ssim_loss_without_pytorch_msssim_is_refused_in_one_line(tmp_pat
         "(pip install pytorch-msssim)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_slurm_without_submitit_is_refused_in_one_line_and_sbatch_out_still_works(tmp_path):
+    proc = launch(*SMOKE, "--slurm", "--results", str(tmp_path), env=SITE)
+    assert proc.returncode == 2 and list(tmp_path.iterdir()) == []
+    assert proc.stderr.startswith("error: --slurm submits through submitit, which is not installed")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    script = tmp_path / "job.sbatch"
+    proc = launch(*SMOKE, "--framework", "torch", "--sbatch-out", str(script), env=SITE)
+    assert proc.returncode == 0, proc.stderr
+    assert script.read_text().startswith("#!/bin/bash")

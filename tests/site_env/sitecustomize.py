@@ -1,5 +1,5 @@
-"""A GPU node's own Python, for the tests: PyTorch is there, TensorFlow, TensorBoard
-and pytorch-msssim are not, and the project is not installed.
+"""A GPU node's own Python, for the tests: PyTorch is there, TensorFlow, TensorBoard,
+pytorch-msssim and submitit are not, and the project is not installed.
 
 A test puts this folder first on PYTHONPATH (with `src` and the repository root, as on a node
 where the project is not installed); Python imports this module at start-up in every process
@@ -14,10 +14,18 @@ from __future__ import annotations
 import sys
 from importlib.machinery import PathFinder
 
-HIDDEN = ("tensorflow", "tensorboard", "keras", "tf_keras", "tensorflow_datasets", "pytorch_msssim")
+HIDDEN = (
+    "tensorflow",
+    "tensorboard",
+    "keras",
+    "tf_keras",
+    "tensorflow_datasets",
+    "pytorch_msssim",
+    "submitit",
+)
 HIDDEN_DISTRIBUTIONS = {
     "tensorflow", "tensorflow-cpu", "tensorboard", "keras", "tf-keras", "tensorflow-datasets",
-    "pytorch-msssim", "denoisebench",
+    "pytorch-msssim", "submitit", "denoisebench",
 }  # fmt: skip
 
 
