@@ -156,3 +156,20 @@ def assert_failed_fast_on_the_fault(
         "RuntimeError: injected fault (DENOISEBENCH_FAULT=1:11) on rank 1 at step 11"
     )
     return summary
+
+
+def refused_slurm_launch(
+    tmp_path: Path, capsys: pytest.CaptureFixture, how: str, *options: str
+) -> str:
+    """`python -m launch` (in-process) with SLURM `options`, by `how` (--sbatch-out or --slurm):
+    asserts exit 2, one error line and nothing written (no script, no run folder, so the run
+    id stays free); returns the line."""
+    from launch.__main__ import main
+
+    target = ["--sbatch-out", str(tmp_path / "x.sbatch")] if how == "--sbatch-out" else [how]
+    argv = ["--framework", "torch", "--results", str(tmp_path / "results"), *target]
+    code = main([*argv, "--run-id", "r", *options])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.startswith("error: "), err
+    assert list(tmp_path.iterdir()) == []
+    return err

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import REPO
+from helpers import REPO, refused_slurm_launch
 
 from denoisebench.core.config import ConfigError
 from denoisebench.core.records import (
@@ -167,14 +167,8 @@ HOSTILE = [
 def test_hostile_slurm_values_are_refused_before_anything_is_written(
     tmp_path, capsys, option, value, how
 ):
-    out = tmp_path / "x.sbatch"
-    target = ["--sbatch-out", str(out)] if how == "--sbatch-out" else ["--slurm"]
-    argv = ["--framework", "torch", "--results", str(tmp_path / "results"), *target]
-    code = main([*argv, "--run-id", "r", f"{option}={value}"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert "\n" not in err and err.startswith(f"error: {option} {value!r}: expected "), err
-    assert list(tmp_path.iterdir()) == []  # no script, no run folder: the run id is still free
+    err = refused_slurm_launch(tmp_path, capsys, how, f"{option}={value}")
+    assert err.startswith(f"error: {option} {value!r}: expected "), err
 
 
 def test_results_with_a_newline_are_refused_for_submitit(tmp_path, capsys):

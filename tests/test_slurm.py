@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import EXACT, EXACT_ATOL, launch, weights
+from helpers import EXACT, EXACT_ATOL, launch, refused_slurm_launch, weights
 
 from denoisebench.core.records import read_json, read_jsonl
 from launch.__main__ import main
@@ -146,15 +146,8 @@ REFUSED = [
 def test_bad_sbatch_options_are_refused_in_one_line_before_anything_is_written(
     tmp_path, capsys, option, says, how
 ):
-    out = tmp_path / "x.sbatch"
-    target = ["--sbatch-out", str(out)] if how == "--sbatch-out" else ["--slurm"]
-    argv = ["--framework", "torch", "--results", str(tmp_path / "results"), *target]
-    code = main([*argv, "--run-id", "r", "--sbatch-option", option])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert "\n" not in err and err.startswith("error: --sbatch-option "), err
-    assert says in err, err
-    assert list(tmp_path.iterdir()) == []  # no script, no run folder
+    err = refused_slurm_launch(tmp_path, capsys, how, "--sbatch-option", option)
+    assert err.startswith("error: --sbatch-option ") and says in err, err
 
 
 @pytest.mark.parametrize(
