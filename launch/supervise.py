@@ -15,6 +15,9 @@ a trainer handles the first stop signal and ignores the launcher's SIGTERM that 
 (trainer.session.raise_on_sigterm). They start with SIGINT ignored, until the trainer or torchrun
 installs its own handler: a Ctrl-C while a child still imports PyTorch or TensorFlow would
 otherwise end it with a KeyboardInterrupt traceback; the launcher's SIGTERM ends it quietly.
+On Linux each process also gets SIGTERM when the launcher dies (prctl PR_SET_PDEATHSIG): a
+launcher killed outright stops its trainers as a stop signal would (they record 'interrupted'
+and the run resumes), instead of leaving them training without the run's lock.
 
 Unless `verbose`, each process' stderr reaches the launcher's through `StartupFilter`, which
 drops the few start-up lines of the frameworks' C++ libraries in `STARTUP_NOISE` (printed
@@ -26,6 +29,7 @@ draws its progress bars only on a terminal); elsewhere (a SLURM log, a test) a p
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import pty
@@ -33,10 +37,12 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import termios
 import threading
 import time
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -106,16 +112,17 @@ def run_group(
     `verbose`: the processes write to the launcher's stderr directly, start-up lines included."""
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
+    setup = _child_setup(os.getpid())
     try:
         for argv, env in cmds:
             if stop is not None and stop.signum is not None:
                 break
             if verbose:
-                procs.append(subprocess.Popen(argv, env=env, preexec_fn=_ignore_sigint))
+                procs.append(subprocess.Popen(argv, env=env, preexec_fn=setup))
                 continue
             read_fd, write_fd = _stderr_channel()
             try:
-                proc = subprocess.Popen(argv, env=env, stderr=write_fd, preexec_fn=_ignore_sigint)
+                proc = subprocess.Popen(argv, env=env, stderr=write_fd, preexec_fn=setup)
             except BaseException:
                 os.close(read_fd)
                 raise
@@ -149,9 +156,26 @@ def run_group(
             pump.join(timeout=5.0)  # a grandchild still holding the stream is not waited for
 
 
-def _ignore_sigint() -> None:
-    """Runs in each new process before it execs (see the module docstring)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal a process gets when the thread that started it ends (Linux only)."""
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _child_setup(launcher_pid: int) -> Callable[[], None]:
+    """What each new process does before it execs (see the module docstring): ignore SIGINT,
+    and get SIGTERM when the launcher dies, so that a launcher killed outright (SIGKILL, the
+    OOM killer) does not leave its trainers writing into a run folder whose lock it no longer
+    holds. run_group starts processes from the launcher's main thread, which lives as long as
+    the launcher."""
+
+    def setup() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+            if os.getppid() != launcher_pid:  # it died before prctl: nobody would stop us
+                os._exit(128 + signal.SIGTERM)
+
+    return setup
 
 
 def _stop(procs: list[subprocess.Popen], grace_s: float, stop: StopSignals | None = None) -> None:

@@ -104,6 +104,42 @@ def test_two_resumes_at_once_the_second_is_refused_and_the_records_stay_whole(tm
         pass
 
 
+def test_a_launcher_killed_outright_takes_its_trainer_with_it_and_the_run_resumes(tmp_path):
+    """SIGKILL the launcher mid-run: its trainer gets SIGTERM (the parent-death signal), records
+    'interrupted' and exits, instead of training on without the run's lock; --resume then
+    finishes the run."""
+    run = tmp_path / "k"
+    slow = {**ENV, "DENOISEBENCH_EVAL_DELAY_S": "2"}  # epochs go on while the test acts
+    launcher = start(*SMOKE, "--epochs", "4", "--results", str(tmp_path), "--run-id", "k",
+                     env=slow)  # fmt: skip
+    epochs = run / "torch" / "epochs.jsonl"
+    wait_until(lambda: len(read_jsonl(epochs)) >= 1, "epoch 1", launcher)
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    assert len(children) == 1, children  # the trainer (a plain run: no torchrun)
+    trainer = int(children[0])
+    launcher.kill()
+    finish(launcher)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{trainer}").exists() and b"zombie" not in _proc_state(trainer):
+        assert time.monotonic() < deadline, "the trainer outlived its launcher"
+        time.sleep(0.1)
+    summary = read_json(run / "torch" / "summary.json")
+    assert (summary["status"], summary["signal"]) == ("interrupted", "SIGTERM")
+    code, _out, err = finish(start("--resume", str(run), env=ENV))
+    assert code == 0, err[-3000:]
+    summary = read_json(run / "torch" / "summary.json")
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 4
+
+
+def _proc_state(pid: int) -> bytes:
+    """/proc/PID/status's State line ('Z (zombie)' once it exited, unreaped); b'' when gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_bytes()
+    except OSError:
+        return b""
+    return next((line for line in status.splitlines() if line.startswith(b"State:")), b"")
+
+
 HOLDER = """
 import subprocess, sys, time
 from pathlib import Path
