@@ -142,6 +142,10 @@ def group_frame(runs: pd.DataFrame) -> pd.DataFrame:
             ignore_index=True,
         )
         groups = add_scaling_efficiency(groups)
+        # pandas makes a None beside strings NaN, which reads as true: a reason is a string
+        # or None, so `reason or ...` and `if reason` mean what they say in every stage
+        reasons = [c for c in groups.columns if c.endswith("_reason")]
+        groups[reasons] = groups[reasons].astype(object).where(groups[reasons].notna(), None)
     return groups
 
 

@@ -24,8 +24,7 @@ def cell(g: pd.Series, key: str) -> str:
     """median [min, max] (or one value), or 'missing (reason)'; never a silent blank or 0."""
     m = METRIC.get(key, Metric(key, key))
     med = g[f"{key}_median"]
-    reason = g[f"{key}_reason"]
-    reason = None if _missing(reason) else reason  # a frame holds a missing reason as NaN
+    reason = g[f"{key}_reason"]  # a string, or None (group_frame)
     if _missing(med):
         return f"missing ({reason or 'not recorded'})"
     lo, hi = g[f"{key}_min"], g[f"{key}_max"]
