@@ -133,7 +133,7 @@ def group_frame(runs: pd.DataFrame) -> pd.DataFrame:
                 reason = "not recorded"
             row[f"{m.key}_reason"] = reason
         rows.append(row)
-    groups = pd.DataFrame(rows)
+    groups = _none_for_missing_reasons(pd.DataFrame(rows))
     if not groups.empty:
         order = {fw: i for i, fw in enumerate(FRAMEWORKS)}  # PyTorch first, as everywhere
         groups = groups.sort_values(
@@ -141,10 +141,15 @@ def group_frame(runs: pd.DataFrame) -> pd.DataFrame:
             key=lambda c: c.map(order) if c.name == "framework" else c,
             ignore_index=True,
         )
-        groups = add_scaling_efficiency(groups)
-        # pandas makes a None beside strings NaN, which reads as true: a reason is a string
-        # or None, so `reason or ...` and `if reason` mean what they say in every stage
-        reasons = [c for c in groups.columns if c.endswith("_reason")]
+        groups = _none_for_missing_reasons(add_scaling_efficiency(groups))
+    return groups
+
+
+def _none_for_missing_reasons(groups: pd.DataFrame) -> pd.DataFrame:
+    """The `*_reason` columns with None where no reason is: pandas makes a None beside strings
+    NaN, which reads as true, so `reason or ...` and `if reason` would not mean what they say."""
+    reasons = [c for c in groups.columns if c.endswith("_reason")]
+    if reasons:
         groups[reasons] = groups[reasons].astype(object).where(groups[reasons].notna(), None)
     return groups
 
