@@ -1,18 +1,31 @@
-"""A real one-node SLURM cluster on localhost, with accounting, as a session-scoped pytest fixture.
+"""A real SLURM cluster of several nodes on one machine, with accounting, as a pytest fixture.
 
 `slurm_cluster` installs Debian's slurm-wlm, munge, slurmdbd and mariadb-server when they are
 missing (apt-get; the test is skipped with the reason if that cannot work), then starts munged,
-mariadbd, slurmdbd, slurmctld and slurmd with every config, state, spool, socket, pid and log file
-in a fresh pytest temporary folder and on free ports, so nothing under /etc or /run is used and
-a second session on the same machine does not collide. It waits for the node to be idle, points
-`SLURM_CONF` in `os.environ` at its slurm.conf for the session (submitit and any subprocess then
-reach it through sbatch/squeue/sacct/scontrol), and at the end stops exactly the daemons it
-started. Daemons left running by an earlier session that died (its pytest process is gone) are
-found through a marker in their environment and stopped first.
+mariadbd, slurmdbd and slurmctld on the host and one slurmd per node (NODES: n9, n10, n11),
+each node in its own network namespace with its own address, hostname and /etc/hosts
+(tests/netns.py), all on a bridge that exists only for the session. Node names sort otherwise
+than SLURM orders them ("n10" < "n9" as strings), as on real clusters. Each node is declared
+with CPUS_PER_NODE CPUs, more than the machine has (`SlurmdParameters=config_overrides`), so
+SLURM runs jobs side by side as on real nodes, and with GPUS_PER_NODE fake GPUs (GRES on
+character devices made with mknod, `AutoDetect=off`), so SLURM sets CUDA_VISIBLE_DEVICES,
+SLURM_GPUS_ON_NODE and friends exactly as on GPU nodes (no CUDA here: the trainers see no GPU
+and run CPU workers). The temporary folder is the one file system every node sees, as a shared
+file system is.
+
+Every config, state, spool, socket, pid and log file is in a fresh pytest temporary folder and
+on free ports, so nothing under /etc or /run is used (but /run/denoisebench-netns, tests/netns.py)
+and a second session on the same machine does not collide. The fixture waits for every node to
+be idle, points `SLURM_CONF` in `os.environ` at its slurm.conf for the session (submitit and any
+subprocess then reach it through sbatch/squeue/sacct/scontrol), and at the end stops exactly the
+daemons it started and removes its namespaces and bridge. Daemons and namespaces left by an
+earlier session that died (its pytest process is gone) are found through markers and removed.
+
+To try a change by hand (as root): `python tests/slurm_cluster.py` starts the cluster, prints the
+SLURM_CONF to export and the commands to reach a node, and stops it on Ctrl-C.
 
 Register it from tests/conftest.py with `pytest_plugins = ["slurm_cluster"]`. Set
 `DENOISEBENCH_REQUIRE_SLURM=1` to turn "cannot install/run SLURM here" skips into failures.
-Facts behind the settings: shared/FACTS.md, section "SLURM on one machine".
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -30,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import netns
 import pytest
 from helpers import apt_install, skip_or_fail
 
@@ -58,6 +73,12 @@ SEARCH_PATH = os.pathsep.join(
 )
 CLUSTER_NAME = "denoisebench"
 PARTITION = "debug"
+NODES = ("n9", "n10", "n11")
+"""The nodes, in SLURM's order (n[9-11]); c10d's rendezvous would sort them n10, n11, n9."""
+CPUS_PER_NODE = 8
+"""Declared per node, more than the machine has: SLURM then runs jobs side by side."""
+GPUS_PER_NODE = 4
+"""Fake GPUs (GRES) per node: SLURM hands them out and sets the variables, nothing computes."""
 # Markers put into each daemon's environment: they let a later session find daemons whose
 # owning pytest process died (kill -9, a cut-off CI run) without touching anyone else's.
 OWNER_VAR = "DENOISEBENCH_SLURM_FIXTURE_OWNER"
@@ -273,27 +294,17 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _node_line() -> tuple[str, str]:
-    """The node's name and its NodeName= line from `slurmd -C` (hardware as slurmd sees it)."""
-    proc = subprocess.run(
-        [_which("slurmd") or "slurmd", "-C"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("NodeName="))
-    fields = dict(item.split("=", 1) for item in line.split())
-    # A job with 2 tasks per node must fit even on a 1-CPU machine; config_overrides (below)
-    # makes slurmd accept the declared count instead of draining the node.
-    if int(fields["CPUs"]) < 2:
-        fields.update(CPUs="2", Boards="1", SocketsPerBoard="1", CoresPerSocket="2")
-        fields["ThreadsPerCore"] = "1"
-    name = fields.pop("NodeName")
-    rest = " ".join(f"{k}={v}" for k, v in fields.items())
-    # NodeAddr pins traffic to loopback whatever the host name resolves to.
-    return name, f"NodeName={name} NodeAddr=127.0.0.1 NodeHostname={name} {rest} State=UNKNOWN"
+def _node_lines(nodes: netns.Nodes, gpu_files: str) -> tuple[str, str]:
+    """slurm.conf's NodeName lines and gres.conf: every node declared alike, each at its own
+    address, with GPUS_PER_NODE fake GPUs."""
+    lines = [
+        f"NodeName={n} NodeAddr={nodes.addr(n)} NodeHostname={n} CPUs={CPUS_PER_NODE} "
+        f"Boards=1 SocketsPerBoard=1 CoresPerSocket={CPUS_PER_NODE} ThreadsPerCore=1 "
+        f"RealMemory=4000 Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN"
+        for n in nodes.names
+    ]
+    gres = f"AutoDetect=off\nNodeName={','.join(nodes.names)} Name=gpu File={gpu_files}\n"
+    return "\n".join(lines), gres
 
 
 @dataclass
@@ -316,8 +327,10 @@ class SlurmCluster:
     root: Path
     conf_path: Path
     log_dir: Path
-    node_name: str
+    nodes: netns.Nodes | None
+    """The nodes' namespaces: names, addresses, and set_link to cut one off."""
     cpus: int
+    """CPUs declared per node."""
     partition: str = PARTITION
     cluster_name: str = CLUSTER_NAME
     env: dict[str, str] = field(default_factory=dict)
@@ -448,6 +461,8 @@ class SlurmCluster:
         ]
         if leftovers:
             _stop_in_order(leftovers)
+        if self.nodes is not None:
+            self.nodes.remove()
         # The accounting database is ~120 MB and of no use once stopped; pytest keeps the last
         # three sessions' temporary folders, logs and configs stay for reading.
         shutil.rmtree(self.root / "mysql" / "data", ignore_errors=True)
@@ -474,18 +489,24 @@ def start_cluster(root: Path) -> SlurmCluster:
         if len(str(sock)) > MAX_SOCKET_PATH:
             raise RuntimeError(f"socket path too long for a Unix socket ({len(str(sock))}): {sock}")
 
-    node_name, node_line = _node_line()
-    cpus = int(dict(item.split("=", 1) for item in node_line.split())["CPUs"])
     ctld_port, slurmd_port, dbd_port = _free_ports(3)
     conf_path = etc / "slurm.conf"
+    owner = _owner_token(os.getpid())
+    nodes = netns.make_nodes(NODES, etc / "hosts", owner, _progress)
     cluster = SlurmCluster(
         root=root,
         conf_path=conf_path,
         log_dir=log_dir,
-        node_name=node_name,
-        cpus=cpus,
+        nodes=nodes,
+        cpus=CPUS_PER_NODE,
         env={"SLURM_CONF": str(conf_path)},
     )
+    # Fake GPUs: any character device will do for SLURM's GRES (here /dev/null's numbers).
+    (root / "dev").mkdir()
+    for i in range(GPUS_PER_NODE):
+        os.mknod(root / "dev" / f"fakegpu{i}", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    node_lines, gres_conf = _node_lines(nodes, f"{root}/dev/fakegpu[0-{GPUS_PER_NODE - 1}]")
+    _write(etc / "gres.conf", gres_conf)
 
     # All daemons run as root (SlurmUser=root), which the fixture is; a per-run munge key
     # keeps this cluster's credentials apart from a system munged's.
@@ -494,7 +515,7 @@ def start_cluster(root: Path) -> SlurmCluster:
         f"""\
 # Written by tests/slurm_cluster.py for one test session; see shared/FACTS.md.
 ClusterName={CLUSTER_NAME}
-SlurmctldHost={node_name}(127.0.0.1)
+SlurmctldHost={netns.HOST_NAME}({nodes.host_addr})
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -504,11 +525,11 @@ CredType=cred/munge
 # cred_expire also sets how long a requeued job waits before it may start again (default 120 s).
 AuthInfo=socket={munge_socket},cred_expire=10
 StateSaveLocation={state}
-SlurmdSpoolDir={spool}
+SlurmdSpoolDir={spool}/%n
 SlurmctldPidFile={run_dir}/slurmctld.pid
 SlurmdPidFile={run_dir}/slurmd-%n.pid
 SlurmctldLogFile={log_dir}/slurmctld.log
-SlurmdLogFile={log_dir}/slurmd.log
+SlurmdLogFile={log_dir}/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # No systemd and no cgroups here.
@@ -518,8 +539,12 @@ JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-# Trust the declared node instead of draining it when a re-read of memory differs slightly.
+# Trust the declared nodes (more CPUs than the machine has, fake GPUs) instead of draining them.
 SlurmdParameters=config_overrides
+GresTypes=gpu
+# A node that stops answering is declared down after this long (its jobs requeued); the suite's
+# own collective timeout must end a job whose peer is lost well before.
+SlurmdTimeout=120
 ReturnToService=2
 # Start jobs at once; rerun the scheduler often so a requeued job starts again within seconds.
 SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
@@ -534,8 +559,8 @@ AccountingStoragePort={dbd_port}
 # With a munge socket at a non-default path slurmctld needs it here to reach slurmdbd.
 AccountingStoragePass={munge_socket}
 JobCompType=jobcomp/none
-{node_line}
-PartitionName={PARTITION} Nodes={node_name} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE
+{node_lines}
+PartitionName={PARTITION} Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE
 """,
     )
     # slurmdbd reads slurmdbd.conf from the folder of SLURM_CONF and refuses it unless it is
@@ -561,7 +586,6 @@ StorageLoc=slurm_acct_db
         mode=0o600,
     )
 
-    owner = _owner_token(os.getpid())
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_PREFIXES)}
     daemon_env = {
         **base_env,
@@ -659,25 +683,32 @@ StorageLoc=slurm_acct_db
         if CLUSTER_NAME not in clusters.stdout.split():
             cluster.run(["sacctmgr", "-i", "add", "cluster", CLUSTER_NAME])
 
+        # slurmctld on the host's network, under the name SlurmctldHost gives it (its own UTS
+        # namespace): it must find itself by that name; the nodes reach it at the bridge address
+        ctld = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', netns.HOST_NAME]
         cluster._start(
-            "slurmctld", [exe("slurmctld"), "-D"], daemon_env, [log_dir / "slurmctld.log"]
+            "slurmctld", [*ctld, exe("slurmctld"), "-D"], daemon_env, [log_dir / "slurmctld.log"]
         )
         cluster._wait("slurmctld's port", lambda: _tcp_connects(ctld_port), timeout=60)
-        cluster._start(
-            "slurmd", [exe("slurmd"), "-D", "-N", node_name], daemon_env, [log_dir / "slurmd.log"]
-        )
+        for node in NODES:
+            cluster._start(
+                f"slurmd {node}",
+                nodes.node_command(node, [exe("slurmd"), "-D", "-N", node]),
+                daemon_env,
+                [log_dir / f"slurmd-{node}.log"],
+            )
 
-        def node_idle() -> bool:
+        def nodes_idle() -> bool:
             proc = cluster.run(["sinfo", "-h", "-N", "-o", "%t"], check=False, timeout=10)
-            return proc.returncode == 0 and proc.stdout.split() == ["idle"]
+            return proc.returncode == 0 and proc.stdout.split() == ["idle"] * len(NODES)
 
-        cluster._wait(f"node {node_name} to be idle in sinfo", node_idle, timeout=60)
+        cluster._wait(f"nodes {', '.join(NODES)} to be idle in sinfo", nodes_idle, timeout=60)
     except BaseException:
         cluster.stop()
         raise
     _progress(
-        f"cluster {CLUSTER_NAME} up in {time.monotonic() - started:.1f} s: node {node_name}, "
-        f"{cpus} CPUs, partition {PARTITION}, ports ctld {ctld_port} slurmd {slurmd_port} "
+        f"cluster {CLUSTER_NAME} up in {time.monotonic() - started:.1f} s: nodes "
+        f"{', '.join(NODES)} ({CPUS_PER_NODE} CPUs, {GPUS_PER_NODE} fake GPUs each), partition {PARTITION}, ports ctld {ctld_port} slurmd {slurmd_port} "
         f"dbd {dbd_port}, files in {root}"
     )
     return cluster
@@ -713,7 +744,10 @@ def slurm_cluster(
         # The daemons run as root (SlurmUser=root) and start jobs as the submitting user.
         _skip_or_fail("the SLURM fixture runs its daemons as root; not root here")
     ensure_installed()
+    if missing := netns.missing_tools():
+        _skip_or_fail(f"the cluster's nodes need {', '.join(missing)} (iproute2, util-linux)")
     stop_stale_daemons()
+    netns.remove_stale(_owner_alive, _progress)
     cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
     # Put back exactly the variables touched here; other changes made meanwhile stay.
     touched = [k for k in os.environ if k.startswith(_FOREIGN_PREFIXES)] + list(cluster.env)
@@ -733,3 +767,28 @@ def slurm_cluster(
         cluster.stop()
         _progress(f"cluster stopped in {time.monotonic() - started:.1f} s")
         _pytest_config = None
+
+
+def main() -> None:
+    """Start the cluster by hand, to try a change against it; Ctrl-C stops it."""
+    import tempfile
+
+    ensure_installed()
+    stop_stale_daemons()
+    netns.remove_stale(_owner_alive, _progress)
+    cluster = start_cluster(Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp")))
+    nodes = cluster.nodes
+    assert nodes is not None
+    print(f"export SLURM_CONF={cluster.conf_path}", flush=True)
+    print(f"a shell on node {NODES[0]}: {' '.join(nodes.node_command(NODES[0], ['bash']))}")
+    print(f"cut node {NODES[1]}'s link: ip link set {nodes.veth(NODES[1])} down")
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

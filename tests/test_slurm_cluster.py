@@ -1,6 +1,7 @@
 """The `slurm_cluster` fixture itself: real jobs through sbatch, srun, sacct, scontrol, submitit.
 
-Every test runs against the one-node cluster that tests/slurm_cluster.py starts for the session.
+Every test runs against the cluster of several nodes (network namespaces) that
+tests/slurm_cluster.py starts for the session.
 Functions handed to submitit are defined inside the tests: cloudpickle then sends them by value,
 so the job's Python need not import this test module (tests/ is not on its path).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import slurm_cluster as slurm_cluster_module
 import submitit
-from slurm_cluster import SlurmCluster
+from slurm_cluster import NODES, SlurmCluster
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 pytestmark = pytest.mark.slurm
@@ -43,10 +44,11 @@ def test_missing_programs_without_apt_skip_with_the_reason(
         slurm_cluster_module.ensure_installed()
 
 
-def test_node_is_up(slurm_cluster: SlurmCluster) -> None:
-    info = slurm_cluster.run(["sinfo", "-h", "-o", "%P %t %c"]).stdout.split()
-    assert info == [f"{slurm_cluster.partition}*", "idle", str(slurm_cluster.cpus)]
-    assert slurm_cluster.cpus >= 2
+def test_nodes_are_up_with_their_cpus_and_fake_gpus(slurm_cluster: SlurmCluster) -> None:
+    info = slurm_cluster.run(["sinfo", "-h", "-N", "-o", "%N %P %t %c %G"]).stdout.splitlines()
+    gres = f"gpu:{slurm_cluster_module.GPUS_PER_NODE}"
+    want = [f"{n} {slurm_cluster.partition}* idle {slurm_cluster.cpus} {gres}" for n in NODES]
+    assert sorted(info) == sorted(want)
     # The session's environment points every client (and submitit) at this cluster.
     assert os.environ["SLURM_CONF"] == slurm_cluster.env["SLURM_CONF"]
 
@@ -54,7 +56,36 @@ def test_node_is_up(slurm_cluster: SlurmCluster) -> None:
 def test_sbatch_wait_hostname(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     out = tmp_path / "hostname.out"
     slurm_cluster.run(["sbatch", "--wait", "-o", str(out), "--wrap", "hostname"], timeout=60)
-    assert out.read_text().strip() == socket.gethostname()
+    assert out.read_text().strip() in NODES
+    assert socket.gethostname() not in NODES  # the job ran on a node, not on the host
+
+
+def test_each_node_has_its_own_address_and_name(slurm_cluster: SlurmCluster, tmp_path) -> None:
+    # one task a node; each prints its hostname, node id, and its address as its hosts file says
+    out = tmp_path / "nodes.out"
+    script = tmp_path / "node.sh"
+    script.write_text('echo "$(hostname) $SLURM_NODEID $(getent hosts "$(hostname)")"\n')
+    job = slurm_cluster.sbatch(
+        f"--nodes={len(NODES)}", "-o", str(out), "--wrap", f"srun bash {script}"
+    )
+    assert slurm_cluster.wait_for_state(job, ["COMPLETED", "FAILED", "CANCELLED"]) == "COMPLETED"
+    nodes = slurm_cluster.nodes
+    rows = sorted(line.split()[:3] for line in out.read_text().splitlines())
+    # SLURM numbers nodes in its own order, n9 first, though "n10" < "n9" as strings
+    want = sorted([n, str(i), nodes.addr(n)] for i, n in enumerate(NODES))
+    assert rows == want
+
+
+def test_fake_gpus_reach_the_job_as_slurm_sets_them(slurm_cluster: SlurmCluster, tmp_path):
+    out = tmp_path / "gpus.out"
+    show = "echo $SLURM_LOCALID $CUDA_VISIBLE_DEVICES $SLURM_GPUS_ON_NODE"
+    job = slurm_cluster.sbatch(
+        "--nodes=1", "--ntasks=2", "--gpus-per-task=1", "-o", str(out),
+        "--wrap", f"srun bash -c '{show}'",
+    )  # fmt: skip
+    assert slurm_cluster.wait_for_state(job, ["COMPLETED", "FAILED", "CANCELLED"]) == "COMPLETED"
+    # one GPU each, by the node's index (no cgroup device constraint here)
+    assert sorted(out.read_text().splitlines()) == ["0 0 2", "1 1 2"]
 
 
 def test_two_tasks_get_ranks_0_and_1(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
