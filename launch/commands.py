@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from denoisebench.core.distributed import WRAPPER_FAILURES_FLAG, tf_config
+from denoisebench.core.placement import DEFAULT_MASTER_PORT, tf_cluster
 
 TRAINER_MODULES = {
     "torch": "denoisebench.torch_backend.train",
@@ -32,7 +33,8 @@ class Topology:
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
     """Rendezvous host (torch) and the first worker (TensorFlow multi-worker)."""
-    master_port: int = 29500
+    master_port: int = DEFAULT_MASTER_PORT
+    """Torch's rendezvous; TensorFlow's worker i of a node listens on master_port + i."""
     hosts: tuple[str, ...] = field(default_factory=tuple)
     """All nodes' hosts, in node-rank order (TensorFlow multi-worker across nodes)."""
     cpu_threads: int = 0
@@ -82,8 +84,11 @@ def build_torchrun_cmd(
 ) -> Command:
     """torchrun (torch.distributed.run) starting topo.devices DDP ranks on this node.
 
-    One node: --standalone. Several: c10d rendezvous at master_addr:master_port, so every node
-    runs the same command with its own --node-rank.
+    One node: --standalone. Several: torchrun's static rendezvous, the store on node 0
+    (master_addr:master_port): every node runs the same command with its own --node-rank, and
+    rank = node rank x devices + local rank, node 0 being SLURM's node 0 (c10d's dynamic
+    rendezvous would order the nodes by host name and process id instead: on nodes n9, n10
+    rank 0 would land on n10). `run_id` labels the rendezvous in torchrun's logs.
     """
     # torch.distributed.run, ended by a stop signal without its traceback (denoisebench.cluster.torchrun)
     # it records the ranks a signal killed (SIGKILL by the OOM killer) in the framework folder
@@ -95,12 +100,9 @@ def build_torchrun_cmd(
         argv += [
             f"--nnodes={topo.nodes}",
             f"--node-rank={topo.node_rank}",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={topo.master_addr}:{topo.master_port}",
+            f"--master-addr={topo.master_addr}",
+            f"--master-port={topo.master_port}",
             f"--rdzv-id={run_id}",
-            # node 0 (at master_addr) hosts the rendezvous store; without this every node that
-            # resolves master_addr as its own (all of them, on one machine) tries to host it
-            f"--rdzv-conf=is_host={'true' if topo.node_rank == 0 else 'false'}",
         ]
     argv += [f"--nproc-per-node={topo.devices}", "--max-restarts=0", "--monitor-interval=0.5"]
     argv += ["-m", TRAINER_MODULES["torch"], str(run_dir)]
@@ -158,8 +160,11 @@ def build_tf_cmds(
     - one node, multi_worker: topo.devices worker processes on 127.0.0.1 (ports[i]), one
       device each: MultiWorkerMirroredStrategy without a cluster; on GPUs worker i sees the
       i-th GPU this process sees (CUDA_VISIBLE_DEVICES' i-th entry, or GPU i without one);
-    - several nodes: this node's one worker, TF_CONFIG listing every node's host at
-      master_port; each worker drives its node's devices.
+    - several nodes on GPUs: this node's one worker, driving its GPUs; TF_CONFIG lists every
+      node's host at master_port;
+    - several nodes on CPUs: a worker per device on every node, as torch runs a rank per
+      device (the same global batch): TF_CONFIG lists nodes x devices workers, node-major,
+      worker i of a node at master_port + i (placement.tf_cluster).
 
     `verbose`: TensorFlow's C++ logging at its own default level (build_train_cmd).
     """
@@ -167,13 +172,7 @@ def build_tf_cmds(
     if topo.cpu_threads:
         env["TF_NUM_INTRAOP_THREADS"] = str(topo.cpu_threads)
     if topo.nodes > 1:
-        if len(topo.hosts) != topo.nodes:
-            raise ValueError(
-                f"TensorFlow across {topo.nodes} nodes needs every node's host "
-                f"(--hosts or SLURM's node list), got {list(topo.hosts)}"
-            )
-        worker_env = env | {"TF_CONFIG": tf_config(topo.hosts, topo.master_port, topo.node_rank)}
-        return [([*argv, "--devices", str(topo.devices)], worker_env)]
+        return _tf_node_workers(argv, env, topo)
     if not multi_worker:
         return [([*argv, "--devices", str(topo.devices)], env)]
     if ports is None or len(ports) != topo.devices:
@@ -197,3 +196,23 @@ def build_tf_cmds(
             worker_env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i]  # one GPU per worker
         cmds.append(([*argv, "--devices", "1"], worker_env))
     return cmds
+
+
+def _tf_node_workers(argv: list[str], env: dict[str, str], topo: Topology) -> list[Command]:
+    """This node's TensorFlow workers in a job across nodes: one driving its GPUs, or one per
+    CPU device; TF_CONFIG lists every node's, node-major (placement.tf_cluster)."""
+    if len(topo.hosts) != topo.nodes:
+        raise ValueError(
+            f"TensorFlow across {topo.nodes} nodes needs every node's host "
+            f"(--hosts or SLURM's node list), got {list(topo.hosts)}"
+        )
+    per_node = 1 if topo.gpus else topo.devices
+    hosts, ports = tf_cluster(topo.hosts, per_node, topo.master_port)
+    first = topo.node_rank * per_node
+    return [
+        (
+            [*argv, "--devices", str(topo.devices // per_node)],
+            env | {"TF_CONFIG": tf_config(hosts, ports, first + i)},
+        )
+        for i in range(per_node)
+    ]

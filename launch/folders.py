@@ -18,9 +18,9 @@ from denoisebench.core.config import (
     parse_overrides,
 )
 from denoisebench.core.records import (
+    FRAMEWORKS,
     LAUNCH_CHOICES,
     LAUNCH_FILE,
-    RunLock,
     atomic_write_text,
     check_free_space,
     launch_conflicts,
@@ -28,9 +28,9 @@ from denoisebench.core.records import (
     new_run_id,
     read_launch_choices,
     space_needed,
-    take_run_lock,
     write_launch_choices,
 )
+from denoisebench.core.runlock import REQUEUE_WAIT_S, RunLock, requeued, take_run_locks
 from denoisebench.measure.environment import gpu_info, local_device_kind, oldest_capability
 from launch.commands import Topology
 from launch.options import build_parser
@@ -222,10 +222,12 @@ def repeat_seeds(args: argparse.Namespace, run_dir: Path) -> list[int] | None:
 def prepare_run_folder(
     args: argparse.Namespace, cfg: Config, run_dir: Path, topo: Topology | None
 ) -> RunLock | None:
-    """Node 0 checks the disk has room, takes the run folder (records.take_run_lock: one
-    process trains a run at a time; a new run creates the folder first, refused when it
-    exists) and writes a new run's folders (launch.json first, then each measurement folder's
-    config.json); the other nodes wait for them. Returns node 0's lock, held until released."""
+    """Node 0 checks the disk has room, takes the lock of each framework it trains
+    (runlock.take_run_locks: one process trains a framework of a run at a time; a new run
+    creates the folder first, refused when it exists; a requeued SLURM job waits for the lock
+    up to runlock.REQUEUE_WAIT_S) and writes a new run's folders (launch.json first, then each
+    measurement folder's config.json); the other nodes wait for them. Returns node 0's locks,
+    held until released."""
     is_node0 = topo is None or topo.node_rank == 0
     seeds = repeat_seeds(args, run_dir)
     if is_node0 and not args.no_space_check:
@@ -245,7 +247,9 @@ def prepare_run_folder(
                 f"--results {args.results}: cannot create {run_dir}: {e.strerror}"
             ) from None
     job = os.environ.get("SLURM_JOB_ID")
-    lock = take_run_lock(run_dir, owner=f"SLURM job {job}" if job else None)
+    frameworks = FRAMEWORKS if args.framework == "both" else (args.framework,)
+    wait_s = REQUEUE_WAIT_S if requeued(os.environ) else 0.0
+    lock = take_run_locks(run_dir, frameworks, f"SLURM job {job}" if job else None, wait_s)
     if args.resume is not None:
         return lock
     try:

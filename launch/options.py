@@ -275,8 +275,8 @@ def _distributed_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--master-port",
         type=int,
-        default=29500,
-        help="rendezvous port (torch c10d; TensorFlow workers) (default: %(default)s)",
+        help="first port: torch's rendezvous; TensorFlow's worker i of a node on it + i "
+        "(default: under SLURM one derived from the job id, 20000-32767; else 29500)",
     )
     g.add_argument(
         "--hosts",

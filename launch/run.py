@@ -11,21 +11,33 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from denoisebench.core.config import ConfigError
-from denoisebench.core.distributed import slurm_nodes
-from denoisebench.core.records import (
-    FRAMEWORKS,
-    LAUNCHER_ENV,
-    check_run_id,
+from denoisebench.core.failures import (
     clear_failures,
     mark_failed,
     mark_interrupted,
     mark_skipped,
     read_failures,
+    write_failure,
+    write_killed,
+)
+from denoisebench.core.placement import (
+    check_routable_hostname,
+    cpu_threads,
+    job_nodelist,
+    job_port,
+    slurm_hostnames,
+    slurm_placement,
+    this_host,
+)
+from denoisebench.core.records import (
+    FRAMEWORKS,
+    LAUNCHER_ENV,
+    check_run_id,
     read_summary,
     resume_command,
-    write_killed,
 )
 from denoisebench.measure.environment import gpu_info
 from denoisebench.report.compare import comparison_table, repeats_table, sweep_table
@@ -123,8 +135,13 @@ def write_run_report(run_dir: Path, results: Path) -> int:
 
 
 def resolve_topology(args: argparse.Namespace) -> Topology | None:
-    """The distributed layout, or None for a plain single-device run. Prints the CPU notice."""
-    slurm = slurm_nodes()
+    """The distributed layout, or None for a plain single-device run. Prints the CPU notice.
+    Inside SLURM the nodes, this node's rank, the hosts (scontrol's order), the master (node
+    0) and the ports (from the job id) are SLURM's, each option overriding its own."""
+    nodelist = job_nodelist(os.environ)
+    slurm = slurm_placement(
+        os.environ, slurm_hostnames(nodelist) if nodelist else None, args.master_port
+    )
     nodes = args.nodes or (slurm.nodes if slurm else 1)
     if args.gpus is None and nodes == 1:
         return None
@@ -134,6 +151,9 @@ def resolve_topology(args: argparse.Namespace) -> Topology | None:
         raise ConfigError(f"--node-rank {node_rank} outside 0..{nodes - 1}")
     if nodes > 1 and not args.run_id and "SLURM_JOB_ID" not in os.environ:
         raise ConfigError("a multi-node run needs --run-id, so every node uses the same folder")
+    master = args.master_addr or (slurm.master_addr if slurm else "127.0.0.1")
+    if nodes > 1:
+        check_routable_hostname(*this_host(), nodes, master, os.environ)
     info = gpu_info()
     found = len(info["gpus"] or [])
     if found and found < devices:
@@ -152,18 +172,12 @@ def resolve_topology(args: argparse.Namespace) -> Topology | None:
             "the framework and the data)"
         )
     if not found:
-        tf_kind = (
-            "workers" if args.tf_strategy == "multiworker" or nodes > 1 else "logical CPU devices"
-        )
-        how = f"torch: {devices} gloo processes, tf: {devices} {tf_kind}"
-        if args.engine == "horovod":
-            how = f"{devices} Horovod processes over Gloo"
+        per_node = " per node" if nodes > 1 else ""
         print(
             f"notice: no GPU here ({info.get('reason', 'NVML found none')}); running {devices} "
-            f"CPU workers instead ({how})",
+            f"CPU workers{per_node} instead ({cpu_layout(devices, nodes, args)})",
             flush=True,
         )
-    master = args.master_addr or (slurm.master_addr if slurm else "127.0.0.1")
     hosts = tuple(args.hosts.split(",")) if args.hosts else (slurm.hosts if slurm else ())
     return Topology(
         devices=devices,
@@ -171,10 +185,27 @@ def resolve_topology(args: argparse.Namespace) -> Topology | None:
         nodes=nodes,
         node_rank=node_rank,
         master_addr=master,
-        master_port=args.master_port,
+        master_port=slurm.master_port if slurm else job_port(None, args.master_port),
         hosts=hosts,
-        cpu_threads=0 if found else max(1, (os.cpu_count() or 1) // devices),
+        # the CPUs SLURM gave this task (SLURM_CPUS_PER_TASK), else this process' cores
+        cpu_threads=0 if found else cpu_threads(os.environ, devices, cores),
     )
+
+
+def cpu_layout(devices: int, nodes: int, args: argparse.Namespace) -> str:
+    """What each framework runs on CPU workers, for the notice: the processes and devices
+    that make the same global batch in both."""
+    if args.engine == "horovod":
+        return f"{devices} Horovod processes over Gloo"
+    if nodes > 1:
+        each = f"{devices} per node on {nodes} nodes, {devices * nodes} in all"
+        return f"torch: gloo ranks, {each}; tf: MultiWorkerMirroredStrategy workers, {each}"
+    tf = (
+        f"{devices} MultiWorkerMirroredStrategy workers"
+        if args.tf_strategy == "multiworker"
+        else f"one process, MirroredStrategy over {devices} logical CPU devices"
+    )
+    return f"torch: {devices} gloo processes, tf: {tf}"
 
 
 def free_ports(n: int) -> list[int]:
@@ -279,7 +310,10 @@ def run_framework(
         clear_failures(folder / framework)  # an earlier attempt's: not this one's cause
     for argv_, _env in cmds:
         print(f"[{framework}] {' '.join(argv_)}", flush=True)
-    names = [f"{framework} worker {i}" for i in range(len(cmds))] if len(cmds) > 1 else [framework]
+    # TensorFlow's CPU workers across nodes: named by their index in TF_CONFIG, node-major
+    first = topo.node_rank * len(cmds) if topo is not None else 0
+    names = [f"{framework} worker {first + i}" for i in range(len(cmds))]
+    names = names if len(cmds) > 1 else [framework]
     result = run_group(cmds, names, stop=stop, verbose=args.verbose)
     if result.returncode == 0:
         return None
@@ -305,14 +339,34 @@ def run_framework(
         print(f"[{framework}] interrupted by {stopped_by}", file=sys.stderr, flush=True)
         return 128 + signal.Signals[stopped_by].value
     print(f"[{framework}] failed: {result.failed}", file=sys.stderr, flush=True)
+    record_failed(framework, folder, topo, result.failed or "failed", failures, interrupted_now)
+    # > 128 is kept for interrupted (above); < 0 (killed by a signal) is not an exit code
+    return 1 if result.returncode > 128 or result.returncode < 0 else result.returncode
+
+
+def record_failed(
+    framework: str,
+    folder: Path,
+    topo: Topology | None,
+    error: str,
+    failures: list[dict[str, Any]],
+    interrupted_now: bool,
+) -> None:
+    """Record a failed framework. Node 0's launcher is the one writer of the summary
+    (failures.mark_failed): a read-modify-write from every node would race. Another node
+    records only what its own processes did not: its launcher's `error`, as a failure record
+    naming the node and its host, which node 0 reads with the processes' own."""
+    if topo is not None and topo.node_rank != 0:
+        host = socket.gethostname()
+        if not any(f.get("host") == host for f in failures):
+            write_failure(folder / framework, f"node {topo.node_rank} ({host})", error)
+        return
     # a failed rank's peers are stopped by torchrun's SIGTERM, and rank 0 then records
     # 'interrupted': the failures say what really happened
     try:
-        mark_failed(folder, framework, result.failed or "failed", failures, interrupted_now)
+        mark_failed(folder, framework, error, failures, interrupted_now)
     except OSError as e:  # a full disk: the trainer's own record (and message) stands
         print(f"[{framework}] could not record the failure in {folder}: {e}", file=sys.stderr)
-    # > 128 is kept for interrupted (above); < 0 (killed by a signal) is not an exit code
-    return 1 if result.returncode > 128 or result.returncode < 0 else result.returncode
 
 
 def run_sweep(args: argparse.Namespace) -> int:

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from denoisebench.core.config import Config, ConfigError
-from denoisebench.core.records import RunLocked, atomic_write_text, mark_failed, read_summary
+from denoisebench.core.failures import mark_failed
+from denoisebench.core.records import atomic_write_text, read_summary
+from denoisebench.core.runlock import RunLocked
 from denoisebench.core.sweep import SweepElement
 from denoisebench.report.compare import comparison_table, sweep_table
 from launch.options import prog
@@ -166,10 +168,16 @@ done
 
 
 def submit(
-    framework: str, req: SlurmRequest, run_dir: Path, log_dir: Path, resume: bool = False
+    framework: str,
+    req: SlurmRequest,
+    run_dir: Path,
+    log_dir: Path,
+    resume: bool = False,
+    master_port: int | None = None,
 ) -> Any:
     """Submit one framework's training through submitit; return the job. `resume`: continue
-    from the run's last checkpoint (a task that does not resume starts the run over)."""
+    from the run's last checkpoint (a task that does not resume starts the run over).
+    `master_port`: --master-port (None: the job's tasks derive it from its job id)."""
     import submitit
 
     from denoisebench.cluster.slurm_job import TrainTask
@@ -178,7 +186,12 @@ def submit(
     executor.update_parameters(**submitit_params(framework, req))
     devices_per_task = req.devices if framework == "tf" and req.gpus else 1
     task = TrainTask(
-        framework, run_dir, devices_per_task=devices_per_task, resume=resume, launcher=prog()
+        framework,
+        run_dir,
+        devices_per_task=devices_per_task,
+        master_port=master_port,
+        resume=resume,
+        launcher=prog(),
     )
     return executor.submit(task)
 
@@ -259,7 +272,7 @@ def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Pa
         if summary and summary.get("status") == "completed":
             print(f"[{framework}] already completed, skipping", flush=True)
             continue
-        job = submit(framework, req, run_dir, log_dir, resume=resume)
+        job = submit(framework, req, run_dir, log_dir, resume=resume, master_port=args.master_port)
         print(f"[{framework}] submitted SLURM job {job.job_id}; logs: {log_dir}", flush=True)
         jobs.append((framework, job))
     if not args.wait:

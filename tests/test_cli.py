@@ -9,13 +9,8 @@ import pytest
 from helpers import launch
 
 from denoisebench.core.config import load_config, load_resolved
-from denoisebench.core.records import (
-    EPOCH_FIELDS,
-    STEP_FIELDS,
-    SUMMARY_FIELDS,
-    read_json,
-    read_jsonl,
-)
+from denoisebench.core.records import read_json, read_jsonl
+from denoisebench.core.schema import EPOCH_FIELDS, STEP_FIELDS, SUMMARY_FIELDS
 from launch.commands import build_train_cmd
 
 

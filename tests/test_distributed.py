@@ -2,7 +2,7 @@
 
 Every run here goes through `python -m launch` on the smoke profile (148 training images):
 torchrun with 2 gloo ranks, MirroredStrategy over 2 logical CPUs, MultiWorkerMirroredStrategy
-with 2 workers on 127.0.0.1, and a 2-node torchrun rendezvous on localhost. The equivalence
+with 2 workers on 127.0.0.1, and a 2-node torchrun (static) rendezvous on localhost. The equivalence
 checks use the exact mode: float64 runs, weights equal to helpers.EXACT_ATOL (its comment
 derives it; test_planted_bugs.py shows these checks fail on real data-parallel bugs).
 """
@@ -164,7 +164,9 @@ def test_torch_two_node_rendezvous_on_localhost(single, tmp_path):
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
     assert node0.returncode == 0 and node1.returncode == 0, out0 + out1
-    assert "--rdzv-backend=c10d" in out0 and "--node-rank=1" in out1
+    # torchrun's static rendezvous: node 0's launcher hosts the store, ranks node-major
+    assert f"--master-addr=127.0.0.1 --master-port={port}" in out0 and "--node-rank=1" in out1
+    assert "--rdzv-backend" not in out0 + out1
     run = tmp_path / "twonode"
     assert_same_training(run, single, "torch")
     assert read_json(run / "torch" / "summary.json")["world_size"] == 2

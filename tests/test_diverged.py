@@ -15,7 +15,8 @@ import pytest
 from helpers import launch
 
 from denoisebench.core.config import ConfigError, config_from_dict, load_config, parse_overrides
-from denoisebench.core.records import NON_FINITE, RunRecorder, StepRow, json_record, read_json
+from denoisebench.core.records import NON_FINITE, RunRecorder, json_record, read_json
+from denoisebench.core.schema import StepRow
 from denoisebench.report.runs import time_to_target
 from denoisebench.trainer.session import first_non_finite
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from denoisebench.core.config import SECTIONS
-from denoisebench.core.records import EPOCH_FIELDS, STEP_FIELDS, SUMMARY_FIELDS
+from denoisebench.core.schema import EPOCH_FIELDS, STEP_FIELDS, SUMMARY_FIELDS
 from launch.options import SUBCOMMANDS, build_parser
 
 REPO = Path(__file__).resolve().parents[1]

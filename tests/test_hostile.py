@@ -18,16 +18,8 @@ import pytest
 from helpers import REPO, refused_slurm_launch
 
 from denoisebench.core.config import ConfigError
-from denoisebench.core.records import (
-    LOCK_FILE,
-    RUN_ID_RULE,
-    RunLocked,
-    atomic_write_text,
-    read_json,
-    read_jsonl,
-    read_lock_holder,
-    take_run_lock,
-)
+from denoisebench.core.records import RUN_ID_RULE, atomic_write_text, read_json, read_jsonl
+from denoisebench.core.runlock import RunLocked, read_lock_holder, take_run_lock
 from denoisebench.report.build import write_report
 from denoisebench.report.discover import damage
 from launch.__main__ import main
@@ -83,7 +75,8 @@ def test_two_resumes_at_once_the_second_is_refused_and_the_records_stay_whole(tm
     assert read_json(run / "torch" / "summary.json")["status"] == "interrupted"
 
     resumed = start("--resume", str(run), env=slow)
-    wait_until(lambda: read_lock_holder(run).get("pid") == resumed.pid, "the lock", resumed)
+    holder = lambda: read_lock_holder(run, "torch").get("pid")  # noqa: E731
+    wait_until(lambda: holder() == resumed.pid, "the lock", resumed)
     second = start("--resume", str(run))  # ... this one starts
     code, out, err = finish(second, timeout=120)
     assert code == 2, out + err
@@ -100,7 +93,7 @@ def test_two_resumes_at_once_the_second_is_refused_and_the_records_stay_whole(tm
     steps = read_jsonl(run / "torch" / "steps.jsonl")
     assert len({(r["epoch"], r["step"], r["rank"]) for r in steps}) == len(steps)  # no doubles
     # the lock is free again: a later resume is not refused for it
-    with take_run_lock(run):
+    with take_run_lock(run, "torch"):
         pass
 
 
@@ -143,8 +136,8 @@ def _proc_state(pid: int) -> bytes:
 HOLDER = """
 import subprocess, sys, time
 from pathlib import Path
-from denoisebench.core.records import take_run_lock
-lock = take_run_lock(Path(sys.argv[1]), owner="test holder")
+from denoisebench.core.runlock import take_run_lock
+lock = take_run_lock(Path(sys.argv[1]), "torch", owner="test holder")
 child = subprocess.Popen(["sleep", "120"])
 print(child.pid, flush=True)
 time.sleep(120)
@@ -158,15 +151,15 @@ def test_a_dead_owner_never_blocks_and_its_children_do_not_inherit_the_lock(tmp_
     child = int(holder.stdout.readline())
     try:
         with pytest.raises(RunLocked) as e:
-            take_run_lock(tmp_path)
+            take_run_lock(tmp_path, "torch")
         assert f"PID {holder.pid} on {socket.gethostname()}" in str(e.value)
         assert "(test holder)" in str(e.value) and "\n" not in str(e.value)
         holder.kill()  # no clean-up of any kind: the kernel drops the flock
         holder.wait()
         assert psutil.pid_exists(child)  # its child lives on, without the lock
-        with take_run_lock(tmp_path) as lock:
-            assert read_lock_holder(tmp_path)["pid"] == os.getpid()
-            assert lock.path == tmp_path / LOCK_FILE
+        with take_run_lock(tmp_path, "torch") as lock:
+            assert read_lock_holder(tmp_path, "torch")["pid"] == os.getpid()
+            assert lock.paths == [tmp_path / ".torch.lock"]
     finally:
         holder.kill()
         os.kill(child, signal.SIGKILL)
@@ -176,10 +169,10 @@ def test_two_new_runs_with_one_run_id_the_second_is_refused(tmp_path, capsys):
     """What a second new run meets while the first holds the folder: the folder exists."""
     run = tmp_path / "same"
     run.mkdir()
-    with take_run_lock(run):
+    with take_run_lock(run, "torch"):
         code = main([*SMOKE, "--results", str(tmp_path), "--run-id", "same"])
     assert code == 2 and "exists; pick another --run-id or --resume it" in capsys.readouterr().err
-    assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]
+    assert sorted(p.name for p in run.iterdir()) == [".torch.lock"]
 
 
 # --- 2. values that reach a shell or an sbatch script --------------------------------------------
@@ -385,10 +378,10 @@ def test_other_slurm_tasks_follow_their_own_task_0_only(tmp_path):
 
     old = job_attempt({"SLURM_JOB_ID": "42"})
     new = job_attempt({"SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": "1"})
-    with take_run_lock(tmp_path, owner=old):
-        wait_for_owner(tmp_path, old, timeout_s=0)
+    with take_run_lock(tmp_path, "tf", owner=old):
+        wait_for_owner(tmp_path, "tf", old, timeout_s=0)
         with pytest.raises(RunLocked, match=f"task 0 of {new} did not take .* \\({old}\\)"):
-            wait_for_owner(tmp_path, new, timeout_s=0.3)
+            wait_for_owner(tmp_path, "tf", new, timeout_s=0.3)
 
 
 def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, capsys):
@@ -399,7 +392,7 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, ca
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    with take_run_lock(tmp_path):
+    with take_run_lock(tmp_path, "torch"):
         pass
     assert "has no locks" in capsys.readouterr().err
 

@@ -19,19 +19,22 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, P
 
 from denoisebench.cluster import horovodrun, torchrun
 from denoisebench.core.config import load_config
-from denoisebench.core.records import (
-    RunRecorder,
-    atomic_write_json,
+from denoisebench.core.failures import (
+    FAILURES_DIR,
     killed_error,
     killed_unhandled,
-    launch_conflicts,
     mark_failed,
     mark_interrupted,
     read_failures,
+    write_failure,
+)
+from denoisebench.core.records import (
+    RunRecorder,
+    atomic_write_json,
+    launch_conflicts,
     read_json,
     read_jsonl,
     resume_command,
-    write_failure,
     write_launch_choices,
 )
 from launch.__main__ import build_parser, main
@@ -340,6 +343,62 @@ def test_a_killed_process_record_comes_before_the_errors_its_death_caused(tmp_pa
     assert [f["process"] for f in read_failures(tmp_path)] == ["torch rank 1", "torch rank 0"]
     assert killed_error("SIGSEGV") == "killed by SIGSEGV"
     assert not killed_unhandled("SIGTERM") and killed_unhandled("SIGKILL")
+
+
+def test_failures_of_several_hosts_are_ordered_without_comparing_their_clocks(
+    tmp_path, monkeypatch
+):
+    """node2's clock runs 60 s behind: its knock-on error looks a minute older than the cause
+    on node1. The record that reached the folder first is the cause; the rest go by host, then
+    by each host's own clock."""
+    clock = {"node1": 1000.0, "node2": 940.0}
+
+    def on(host: str, process: str, error: str, dt: float) -> None:
+        monkeypatch.setattr("socket.gethostname", lambda: host)
+        monkeypatch.setattr("time.time", lambda: clock[host] + dt)
+        write_failure(tmp_path, process, error)
+
+    on("node1", "torch rank 3", "RuntimeError: CUDA out of memory", 0.0)
+    on("node2", "torch rank 5", "RuntimeError: Connection reset by peer", 2.0)
+    on("node1", "torch rank 2", "RuntimeError: Connection reset by peer", 1.0)
+    on("node2", "torch rank 4", "RuntimeError: Connection reset by peer", 1.0)
+    failures = read_failures(tmp_path)
+    assert [f["process"] for f in failures] == [
+        "torch rank 3",
+        "torch rank 2",
+        "torch rank 4",
+        "torch rank 5",
+    ]
+    assert [f["host"] for f in failures] == ["node1", "node1", "node2", "node2"]
+    assert (tmp_path / FAILURES_DIR / ".first").read_text().strip() == "torch-rank-3.json"
+
+
+def test_only_node_0_writes_the_summary_the_others_a_record_naming_their_host(
+    tmp_path, monkeypatch
+):
+    """Every node's launcher sees its processes fail; a read-modify-write of summary.json from
+    each would race. Node 1 records its launcher's line as a failure record naming its host;
+    node 0, the one writer, reads it into the summary."""
+    import socket
+
+    from launch import run as launch_run
+
+    failing = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    monkeypatch.setattr(launch_run, "framework_cmds", lambda *a, **k: [(failing, ENV)])
+    args = build_parser().parse_args(["--resume", str(tmp_path)])
+    args.resume = None
+    topo = Topology(devices=1, nodes=2, node_rank=1)
+    assert launch_run.run_framework("torch", tmp_path, topo, args) == 3
+    assert not (tmp_path / "torch" / "summary.json").exists()
+    [record] = read_failures(tmp_path / "torch")
+    host = socket.gethostname()
+    assert record["process"] == f"node 1 ({host})" and record["host"] == host
+    assert record["error"] == "torch exited with code 3"
+    node0 = Topology(devices=1, nodes=2, node_rank=0)
+    monkeypatch.setattr(launch_run, "clear_failures", lambda _fw_dir: None)  # node 1's was later
+    assert launch_run.run_framework("torch", tmp_path, node0, args) == 3
+    summary = read_json(tmp_path / "torch" / "summary.json")
+    assert (summary["status"], summary["failed_process"]) == ("failed", f"node 1 ({host})")
 
 
 def test_torchrun_wrapper_records_the_rank_a_signal_killed_by_how_it_ended(tmp_path):

@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 
 from denoisebench.core.config import ConfigError
-from denoisebench.core.distributed import (
-    expand_nodelist,
-    maybe_inject_fault,
-    slurm_nodes,
-    tf_config,
-    tf_worker_index,
-)
+from denoisebench.core.distributed import maybe_inject_fault, tf_config, tf_worker_index
+from denoisebench.core.placement import job_port
 from launch.__main__ import main
 from launch.commands import Topology, build_tf_cmds, build_torchrun_cmd
 from launch.options import build_parser
@@ -45,24 +40,24 @@ def test_torchrun_one_node_is_standalone():
     }
 
 
-def test_torchrun_multi_node_uses_c10d_rendezvous():
-    topo = Topology(
-        devices=8, gpus=True, nodes=2, node_rank=1, master_addr="gpu01", master_port=29400
-    )
+def test_torchrun_multi_node_uses_the_static_rendezvous_at_node_0():
+    """torchrun's static rendezvous: rank = node rank x devices + local rank, the store on node
+    0. (c10d's would order the nodes by host name and pid: rank 0 on n10 before n9.)"""
+    from torch.distributed.run import config_from_args, parse_args
+
+    topo = Topology(devices=8, gpus=True, nodes=2, node_rank=1, master_addr="n9", master_port=29400)
     argv, env = build_torchrun_cmd(RUN, topo, run_id="run1", resume=True, base_env={})
     assert "--standalone" not in argv
-    for flag in (
-        "--nnodes=2",
-        "--node-rank=1",
-        "--rdzv-backend=c10d",
-        "--rdzv-endpoint=gpu01:29400",
-        "--rdzv-id=run1",
-        "--nproc-per-node=8",
-        "--rdzv-conf=is_host=false",
-    ):
+    for flag in ("--nnodes=2", "--node-rank=1", "--master-addr=n9", "--master-port=29400"):
         assert flag in argv
+    assert not any(a.startswith(("--rdzv-backend", "--rdzv-endpoint", "--rdzv-conf")) for a in argv)
     assert argv[-1] == "--resume"
     assert "OMP_NUM_THREADS" not in env  # GPUs: leave threads alone
+    # what torchrun makes of it: the static backend, this node's rank, node 0's address
+    torchrun_args = argv[argv.index("--record-failures-in") + 2 :]
+    config, _, _ = config_from_args(parse_args(torchrun_args))
+    assert (config.rdzv_backend, config.rdzv_endpoint) == ("static", "n9:29400")
+    assert config.rdzv_configs["rank"] == 1 and config.nproc_per_node == 8
 
 
 def test_tf_mirrored_is_one_process_driving_all_devices():
@@ -133,24 +128,30 @@ def test_tf_multi_node_lists_every_host():
         build_tf_cmds(RUN, Topology(nodes=2, hosts=("a",)), multi_worker=False, base_env={})
 
 
-@pytest.mark.parametrize(
-    ("nodelist", "hosts"),
-    [
-        ("node1", ["node1"]),
-        ("gpu[01-03,07],login1", ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]),
-        ("a[8-10]-ib", ["a8-ib", "a9-ib", "a10-ib"]),
-        ("x[1,3],y[009-010]", ["x1", "x3", "y009", "y010"]),
-    ],
-)
-def test_expand_nodelist(nodelist, hosts):
-    assert expand_nodelist(nodelist) == hosts
+def test_tf_multi_node_on_cpus_runs_a_worker_per_device_as_torch_runs_a_rank():
+    """2 nodes x 2 CPU workers: torch trains 4 ranks, so TensorFlow trains 4 workers (not 2
+    workers of one CPU device each: half the global batch)."""
+    topo = Topology(devices=2, nodes=2, node_rank=1, master_port=20064, hosts=("n9", "n10"))
+    cmds = build_tf_cmds(RUN, topo, multi_worker=False, base_env={})
+    assert [argv[-2:] for argv, _ in cmds] == [["--devices", "1"]] * 2
+    configs = [json.loads(env["TF_CONFIG"]) for _, env in cmds]
+    for c in configs:
+        assert c["cluster"]["worker"] == ["n9:20064", "n9:20065", "n10:20064", "n10:20065"]
+    assert [c["task"]["index"] for c in configs] == [2, 3]  # node 1's, node-major
 
 
-def test_slurm_environment_gives_the_topology(monkeypatch):
-    env = {"SLURM_JOB_NODELIST": "gpu[1-2]", "SLURM_NODEID": "1", "SLURM_JOB_ID": "77"}
-    nodes = slurm_nodes(env)
-    assert (nodes.hosts, nodes.node_rank, nodes.master_addr) == (("gpu1", "gpu2"), 1, "gpu1")
-    assert slurm_nodes({}) is None
+def test_slurm_environment_gives_the_topology(monkeypatch, capsys):
+    import launch.run
+
+    monkeypatch.setattr(launch.run, "this_host", lambda: ("gpu2", "10.0.0.2"))
+    monkeypatch.setattr(launch.run, "gpu_info", lambda: {"gpus": [], "reason": "none here"})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))
+    env = {
+        "SLURM_JOB_NODELIST": "gpu[1-2]",
+        "SLURM_NODEID": "1",
+        "SLURM_JOB_ID": "77",
+        "SLURM_CPUS_PER_TASK": "4",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     topo = resolve_topology(build_parser().parse_args(["--gpus", "2"]))
@@ -160,6 +161,29 @@ def test_slurm_environment_gives_the_topology(monkeypatch):
         "gpu1",
         ("gpu1", "gpu2"),
     )
+    assert topo.master_port == job_port("77") != 29500  # two jobs on a node: their own ports
+    assert topo.cpu_threads == 2  # SLURM's 4 CPUs for 2 workers, not 64 // 2
+    # what each framework runs: the same 4 devices in both
+    assert (
+        "running 2 CPU workers per node instead (torch: gloo ranks, 2 per node on 2 nodes, 4 in "
+        "all; tf: MultiWorkerMirroredStrategy workers, 2 per node on 2 nodes, 4 in all)"
+    ) in capsys.readouterr().out
+    explicit = resolve_topology(build_parser().parse_args(["--gpus", "2", "--master-port", "1234"]))
+    assert explicit.master_port == 1234
+    monkeypatch.setattr(launch.run, "this_host", lambda: ("gpu2", "127.0.1.1"))
+    with pytest.raises(ConfigError, match=r"'gpu2' resolves to 127\.0\.1\.1, a loopback"):
+        resolve_topology(build_parser().parse_args(["--gpus", "2"]))
+
+
+def test_outside_slurm_the_port_and_threads_are_as_before(monkeypatch):
+    import launch.run
+
+    for key in ("SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID", "SLURM_CPUS_PER_TASK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(launch.run, "gpu_info", lambda: {"gpus": [], "reason": "none here"})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)))
+    topo = resolve_topology(build_parser().parse_args(["--gpus", "2"]))
+    assert (topo.master_port, topo.cpu_threads) == (29500, 4)
 
 
 def test_tf_config_and_worker_index():

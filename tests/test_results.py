@@ -50,7 +50,7 @@ def test_typed_records_match_the_written_schema():
     from dataclasses import asdict, fields
 
     from denoisebench.core.config import load_config
-    from denoisebench.core.records import STEP_FIELDS, SUMMARY_FIELDS, StepRow
+    from denoisebench.core.schema import STEP_FIELDS, SUMMARY_FIELDS, StepRow
     from denoisebench.trainer.session import EpochResult, World
 
     assert [f.name for f in fields(StepRow)] == list(STEP_FIELDS)

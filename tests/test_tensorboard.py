@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from denoisebench.core.records import EPOCH_FIELDS
+from denoisebench.core.schema import EPOCH_FIELDS
 from denoisebench.measure.tensorboard import TAGS, EpochBoard, scalars
 
 GPU_FIELDS = ("gpu_power_mean_w", "gpu_energy_j", "gpu_mem_alloc_peak_gib", "gpu_mem_used_peak_gib")

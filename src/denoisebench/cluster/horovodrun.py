@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from denoisebench.core.distributed import process_name, take_failures_dir
-from denoisebench.core.records import write_killed
+from denoisebench.core.failures import write_killed
 
 FIRST_TO_END = re.compile(r"Process name: (\d+)\s+Exit code: (-?\d+)")
 """horovodrun's message names the first worker to end, by its rank, and its exit code."""
@@ -36,7 +36,7 @@ def killing_signal(code: int) -> str | None:
 
 
 def record_killed(message: str, fw_dir: Path, workers: int) -> None:
-    """A failure record (records.write_failure) for the first worker to end, when a signal it
+    """A failure record (failures.write_failure) for the first worker to end, when a signal it
     does not handle killed it; the framework is the folder's name (torch or tf)."""
     match = FIRST_TO_END.search(message)
     name = killing_signal(int(match.group(2))) if match else None

@@ -22,7 +22,8 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main, parse_args
 
 from denoisebench.core.distributed import process_name, take_failures_dir
-from denoisebench.core.records import killed_unhandled, read_json, write_killed
+from denoisebench.core.failures import killed_unhandled, write_killed
+from denoisebench.core.records import read_json
 
 
 def processes(torchrun_args: list[str]) -> int:
@@ -39,8 +40,8 @@ TORCHRUN_STOP_S = 30
 
 
 def record_killed(error: ChildFailedError, fw_dir: Path, world: int) -> None:
-    """A failure record (records.write_failure) for the rank that a signal it does not handle
-    killed (records.killed_unhandled: SIGKILL from the out-of-memory killer, a SIGSEGV): a rank
+    """A failure record (failures.write_failure) for the rank that a signal it does not handle
+    killed (failures.killed_unhandled: SIGKILL from the out-of-memory killer, a SIGSEGV): a rank
     that failed on its own records itself.
 
     The killed rank is known by how it ended, not by which rank torchrun timed first: torchrun

@@ -137,6 +137,11 @@ class RuntimeConfig:
     """Threads inside one op (0: the framework's default); the value used is recorded."""
     inter_op_threads: int = 0
     """Ops run in parallel (0: the framework's default); the value used is recorded."""
+    collective_timeout_s: float = 300.0
+    """Seconds a process waits for its peers (torch's process group: its set-up and every gloo
+    or NCCL collective; TensorFlow's MultiWorkerMirroredStrategy collectives) before the job
+    fails with a timeout: a dead or stuck peer ends the job in minutes, not gloo's 30. Not a
+    speed setting: left out of the report's setup ids."""
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,7 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "profiler.trace_steps": (">= 0", lambda v: v >= 0),
     "runtime.intra_op_threads": (">= 0", lambda v: v >= 0),
     "runtime.inter_op_threads": (">= 0", lambda v: v >= 0),
+    "runtime.collective_timeout_s": (">= 1", lambda v: v >= 1),
 }
 """The range of each number that has one, as the error message says it."""
 

@@ -1,8 +1,8 @@
 """Plain-Python pieces of distributed training, shared by the launcher and both trainers.
 
-Nothing here imports a framework: how the world is laid out (ranks, nodes, hosts), reading
-SLURM's environment, building TensorFlow's TF_CONFIG, and the fault injection the crash tests
-use.
+Nothing here imports a framework: TensorFlow's TF_CONFIG, how processes are named, each
+device's slice of the batch, and the fault injection the crash tests use. Where a process is
+in its job (ranks, nodes, hosts, ports, its device) is placement.py's.
 
 Batch rule, the same for both frameworks: `train.batch_size` is per device (per replica). The
 global batch is batch_size x devices; every step takes one global batch from the epoch's shared
@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,55 +30,6 @@ WRAPPER_FAILURES_FLAG = "--record-failures-in"
 .horovodrun): the framework folder where they record a rank that a signal killed."""
 EVAL_DELAY_ENV = "DENOISEBENCH_EVAL_DELAY_S"
 """For tests: seconds the main process sleeps after each epoch's evaluation (a slow one)."""
-
-
-@dataclass(frozen=True)
-class SlurmNodes:
-    """The node layout of a SLURM job, read from its environment."""
-
-    hosts: tuple[str, ...]
-    node_rank: int
-
-    @property
-    def nodes(self) -> int:
-        return len(self.hosts)
-
-    @property
-    def master_addr(self) -> str:
-        return self.hosts[0]
-
-
-def expand_nodelist(nodelist: str) -> list[str]:
-    """SLURM's compact host list ('gpu[01-03,07],login1') as names, in order.
-
-    The same as `scontrol show hostnames`, without needing scontrol on the PATH.
-    """
-    hosts: list[str] = []
-    # split on commas that are not inside brackets
-    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", nodelist):
-        match = re.fullmatch(r"([^\[]*)\[([^\]]+)\](.*)", item)
-        if not match:
-            hosts.append(item)
-            continue
-        prefix, ranges, suffix = match.groups()
-        for part in ranges.split(","):
-            lo, _, hi = part.partition("-")
-            if not hi:
-                hosts.append(f"{prefix}{lo}{suffix}")
-                continue
-            width = len(lo)
-            for i in range(int(lo), int(hi) + 1):
-                hosts.append(f"{prefix}{i:0{width}d}{suffix}")
-    return hosts
-
-
-def slurm_nodes(env: Mapping[str, str] | None = None) -> SlurmNodes | None:
-    """The job's nodes when running inside a SLURM allocation, else None."""
-    env = os.environ if env is None else env
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
-    if not nodelist:
-        return None
-    return SlurmNodes(tuple(expand_nodelist(nodelist)), int(env.get("SLURM_NODEID", "0")))
 
 
 def tf_config(hosts: list[str] | tuple[str, ...], port: int | list[int], index: int) -> str:

@@ -173,7 +173,7 @@ def epoch_line(rec: dict[str, Any], epochs: int) -> str:
 def final_summary(
     rec: RunRecorder, wall_time_s: float, parameters: int, data: str, world: dict[str, Any]
 ) -> dict[str, Any]:
-    """The SUMMARY fields of a finished run (records.SUMMARY_FIELDS), from its epoch records;
+    """The SUMMARY fields of a finished run (schema.SUMMARY_FIELDS), from its epoch records;
     `data` is the data description (trainer.rundata.RunData)."""
     epochs = rec.epochs()
     train_time_s = sum(r["train_time_s"] for r in epochs)

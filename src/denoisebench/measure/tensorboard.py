@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from denoisebench.core.records import EPOCH_FIELDS
+from denoisebench.core.schema import EPOCH_FIELDS
 
 TAGS: dict[str, str] = {
     "train_loss": "loss/train",

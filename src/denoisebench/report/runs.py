@@ -30,6 +30,7 @@ def _setup_id(config: dict[str, Any]) -> str:
     rest = json.loads(json.dumps(config))
     rest.get("train", {}).pop("batch_size", None)
     rest.get("train", {}).pop("seed", None)
+    rest.get("runtime", {}).pop("collective_timeout_s", None)  # how long peers wait
     digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
     mode = f"{config['mode']}:" if config.get("mode") else ""
     return f"{config.get('profile', '?')}:{mode}{digest}"

@@ -73,11 +73,17 @@ from denoisebench.trainer.session import (
 FRAMEWORK = "tf"
 
 
-def build_strategy(devices: int, choice: str) -> tuple[tf.distribute.Strategy, str, str]:
-    """(strategy, its name, device description). Must run before any other TensorFlow work."""
+def build_strategy(
+    devices: int, choice: str, timeout_s: float | None = None
+) -> tuple[tf.distribute.Strategy, str, str]:
+    """(strategy, its name, device description). Must run before any other TensorFlow work.
+    `timeout_s`: how long a MultiWorkerMirroredStrategy collective waits for its peers
+    (runtime.collective_timeout_s; None: TensorFlow's default, no limit)."""
     device = pick_device(choice)  # also turns on GPU memory growth
     if "TF_CONFIG" in os.environ:
-        return tf.distribute.MultiWorkerMirroredStrategy(), "multi_worker_mirrored", device
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        return strategy, "multi_worker_mirrored", device
     if devices <= 1:
         return tf.distribute.OneDeviceStrategy(device), "single", device
     gpus = tf.config.list_physical_devices("GPU")
@@ -240,7 +246,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) ->
         strategy, name, device, worker, workers = horovod_engine().join(cfg.train.device)
         replicas = workers
     else:
-        strategy, name, device = build_strategy(devices, cfg.train.device)
+        strategy, name, device = build_strategy(
+            devices, cfg.train.device, cfg.runtime.collective_timeout_s
+        )
         worker, workers = tf_worker_index()
         replicas = strategy.num_replicas_in_sync
     gpus = tf_gpu_indices(strategy)

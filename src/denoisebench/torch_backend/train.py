@@ -18,6 +18,7 @@ every epoch; --resume continues from it and reproduces the uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import importlib.util
 import itertools
@@ -44,6 +45,7 @@ from denoisebench.core.config import (
     speed_label,
 )
 from denoisebench.core.distributed import maybe_inject_fault, replica_slice
+from denoisebench.core.placement import cuda_device, read_placement
 from denoisebench.core.records import disk_full
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.profiler import nvml_indices
@@ -394,7 +396,9 @@ def horovod_engine() -> ModuleType:
 
 def init_process(cfg: Config, strategy: str) -> tuple[torch.device, int, int]:
     """Join the job (torchrun's process group: NCCL on GPUs, gloo on CPUs; or Horovod's):
-    (this rank's device, its rank, the ranks)."""
+    (this rank's device, its rank, the ranks). The group's set-up and every collective wait
+    runtime.collective_timeout_s for a peer; on NCCL the watchdog then aborts the group
+    (TORCH_NCCL_ASYNC_ERROR_HANDLING, on by default, off only for CUDA graphs)."""
     if strategy == "single":
         return pick_device(cfg.train.device), 0, 1
     if strategy == "horovod":
@@ -403,10 +407,13 @@ def init_process(cfg: Config, strategy: str) -> tuple[torch.device, int, int]:
     if use_cuda and cfg.runtime.cuda_graphs:
         # capturing NCCL all-reduces needs DDP's async error handling off (see GraphedStep)
         os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    timeout = datetime.timedelta(seconds=cfg.runtime.collective_timeout_s)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
     device = torch.device("cpu")
     if use_cuda:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        # the GPU this rank sees as its own: the only one, or its local rank's (placement)
+        place = read_placement(os.environ)
+        device = torch.device("cuda", cuda_device(place, torch.cuda.device_count(), os.environ))
         torch.cuda.set_device(device)
     return device, dist.get_rank(), dist.get_world_size()
 

@@ -16,7 +16,7 @@ A training loss that is not finite (nan, inf) in an epoch's gathered STEP rows e
 that epoch, on every process alike: status 'diverged', one console line, exit code 1.
 
 Typed records travel between the pieces: `World` (this process in the job, the summary's world
-fields), `core.records.StepRow` (one STEP row) and `EpochResult` (one epoch's rows, time and
+fields), `core.schema.StepRow` (one STEP row) and `EpochResult` (one epoch's rows, time and
 profiler rows, one process's or, merged, the job's).
 """
 
@@ -26,6 +26,7 @@ import argparse
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -46,19 +47,18 @@ from denoisebench.core.epochs import (
     measured_fields,
     warmup_steps,
 )
+from denoisebench.core.failures import mark_interrupted, write_failure
 from denoisebench.core.records import (
     DISK_FULL,
     LAUNCHER_ENV,
     STOP_SIGNALS,
     Interrupted,
     RunRecorder,
-    StepRow,
     disk_full_report,
-    mark_interrupted,
     read_json,
     resume_command,
-    write_failure,
 )
+from denoisebench.core.schema import StepRow
 from denoisebench.data.images import DataError
 from denoisebench.measure.conditions import CONDITIONS_FILE, ConditionsSampler
 from denoisebench.measure.environment import environment
@@ -71,7 +71,7 @@ from denoisebench.trainer.rundata import RunData, SplitMismatchError, prepare_da
 
 @dataclass(frozen=True)
 class World:
-    """Where one trainer process stands in its job (records.SUMMARY_FIELDS says what the
+    """Where one trainer process stands in its job (schema.SUMMARY_FIELDS says what the
     recorded fields mean)."""
 
     rank: int
@@ -221,9 +221,11 @@ class Session:
         )
         if self.tensorboard_skipped:
             self.say(f"notice: no TensorBoard events: {self.tensorboard_skipped}")
+        # rank 0 on SLURM's node 0 (core.placement): its host, to check against the node list
+        where = f", rank 0 on {socket.gethostname()}" if w.processes > 1 else ""
         self.say(
             f"{w.strategy} on {w.device}: global batch {w.global_batch} "
-            f"({self.cfg.train.batch_size} per device), lr {w.lr:g}"
+            f"({self.cfg.train.batch_size} per device), lr {w.lr:g}{where}"
         )
 
     def say(self, line: str) -> None:
@@ -281,14 +283,38 @@ class Session:
         self.steps_per_epoch = len(self.data.train_u8) // self.world.global_batch
         first = start_epoch * self.steps_per_epoch
         self.steady_from = first + warmup_steps(self.cfg, capture_step)
+        self._keep_checkpointed(start_epoch)
         if self.rec:
             if start_epoch:
                 self.say(f"resuming after epoch {start_epoch}")
-            self.rec.truncate_after(start_epoch)
+            dropped = self.rec.truncate_after(start_epoch)
+            if dropped:
+                self.say(
+                    f"dropping the records of {dropped} epoch(s) from epoch {start_epoch + 1} "
+                    "on: no checkpoint this start restored covers them (an epoch cut short "
+                    "before its checkpoint, or a start without --resume)"
+                )
         if self.prof:
             self.prof.measure_idle(self.cfg.profiler.idle_s)
         if self.conditions:  # a resumed run's conditions cover its earlier attempts too
             self.conditions.start(resume=start_epoch > 0)
+
+    def _keep_checkpointed(self, start_epoch: int) -> None:
+        """Refuse a start that would drop epochs a checkpoint holds (ConfigError, on every
+        process alike: each reads the same summary): a run started again without --resume
+        over its own records, which would lose them. The summary's epochs_completed counts
+        the epochs checkpointed (end_epoch sets it after the checkpoint is written)."""
+        try:
+            done = int(read_json(self.fw_dir / "summary.json").get("epochs_completed") or 0)
+        except (OSError, ValueError):
+            return
+        checkpoints = self.fw_dir / "checkpoints"
+        if done > start_epoch and checkpoints.is_dir() and any(checkpoints.iterdir()):
+            raise ConfigError(
+                f"{self.fw_dir}: {done} finished epoch(s) are recorded and checkpointed, but "
+                f"this start begins after epoch {start_epoch} and would drop them; continue "
+                "the run with --resume, or train a new run"
+            )
 
     def epochs(self) -> Iterator[tuple[int, np.ndarray]]:
         """Each epoch left, with its batch order (steps x global batch indices, the same on
@@ -488,7 +514,7 @@ def epoch_record(
     data: RunData,
     measured: Measured | None = None,
 ) -> dict[str, Any]:
-    """The EPOCH record (records.EPOCH_FIELDS) from every rank's STEP records of the epoch.
+    """The EPOCH record (schema.EPOCH_FIELDS) from every rank's STEP records of the epoch.
 
     train_time_s is the slowest rank's, so the throughput is what the whole job achieved.
     """
@@ -574,7 +600,7 @@ def uninterrupted() -> Iterator[None]:
 
 def record_failure(rec: RunRecorder | None, e: BaseException, fw_dir: Path, process: str) -> None:
     """How a trainer process ended early. Every process that failed on an exception writes its
-    own failure (records.write_failure), so the launcher can name the first one and list the
+    own failure (failures.write_failure), so the launcher can name the first one and list the
     others' knock-on errors; rank 0 (`rec`; other ranks pass None) also records the summary:
     'interrupted' with the signal, the epochs finished and the command that resumes it, for
     `Interrupted`; else 'failed' with the exception. The caller re-raises `e`: Interrupted is a

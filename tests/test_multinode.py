@@ -1,0 +1,214 @@
+"""Jobs across several nodes of the test cluster: both frameworks at once, the same training on
+every topology, two jobs sharing nodes, a node lost (its processes SIGKILLed, its link cut),
+and a requeue nobody announced.
+
+The cluster is the session fixture `slurm_cluster` (tests/slurm_cluster.py): nodes n9, n10, n11,
+each in its own network namespace with its own address and hostname, 8 CPUs and 4 fake GPUs
+declared per node (all of them share this machine's cores). Every job trains on CPU workers in
+float64 (helpers.EXACT), so "the same training" is checked to EXACT_ATOL against one device with
+the global batch (`local_run`, tests/conftest.py). `pytest -m multinode` runs just these.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import EXACT, EXACT_ATOL, launch, weights
+
+from denoisebench.core.records import read_json, read_jsonl
+from launch.slurm import SlurmRequest, render_sbatch
+
+pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
+
+SMOKE = ["--profile", "smoke", "--epochs", "1", *EXACT]
+EXACT_ARGS = " ".join(EXACT)
+CPU_JOB = ["--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
+TIMEOUT_S = 20
+"""The collective timeout the fault tests set (runtime.collective_timeout_s): a peer that is
+gone is noticed this long after it went."""
+LOST_NODE_BOUND_S = 60
+"""What the fault tests hold the job to: from the fault to the end of the step that lost a node."""
+
+
+def assert_matches(run: Path, reference: Path, framework: str) -> None:
+    summary = read_json(run / framework / "summary.json")
+    assert summary["status"] == "completed", summary.get("error")
+    for a, b in zip(weights(run, framework), weights(reference, framework), strict=True):
+        np.testing.assert_allclose(a, b, atol=EXACT_ATOL, rtol=0)
+
+
+def job_windows(cluster, job_ids: list[str]) -> list[tuple[str, str]]:
+    """Each job's (start, end) as sacct records them (ISO times, one-second resolution)."""
+    deadline = time.monotonic() + 30
+    while True:
+        out = cluster.run(
+            ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,Start,End"]
+        ).stdout
+        rows = {r[0]: (r[1], r[2]) for r in (line.split("|") for line in out.splitlines())}
+        if all(j in rows and rows[j][1] not in ("Unknown", "") for j in job_ids):
+            return [rows[j] for j in job_ids]
+        assert time.monotonic() < deadline, f"sacct has no end for {job_ids}: {out}"
+        time.sleep(1)
+
+
+def assert_overlapped(cluster, job_ids: list[str]) -> None:
+    windows = job_windows(cluster, job_ids)
+    latest_start = max(start for start, _ in windows)
+    earliest_end = min(end for _, end in windows)
+    assert latest_start < earliest_end, f"the jobs ran one after the other: {windows}"
+
+
+def test_slurm_trains_both_frameworks_at_once_on_two_nodes_each(slurm_cluster, local_run, tmp_path):
+    """`--slurm --nodes 2 --gpus 2` with the default --framework both: two jobs, side by side,
+    each 2 nodes x 2 CPU workers with batch 4, the same global batch (16) and the same training
+    as one device with batch 16."""
+    proc = launch(
+        *SMOKE, "--slurm", "--nodes", "2", "--gpus", "2", "--batch-size", "4", *CPU_JOB,
+        "--wait", "--wait-timeout", "600", "--results", str(tmp_path), "--run-id", "both",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job_ids = re.findall(r"submitted SLURM job (\d+)", proc.stdout)
+    assert len(job_ids) == 2, proc.stdout
+    assert_overlapped(slurm_cluster, job_ids)
+    run = tmp_path / "both"
+    for framework in ("torch", "tf"):
+        summary = read_json(run / framework / "summary.json")
+        assert (summary["world_size"], summary["global_batch"]) == (4, 16), framework
+        assert_matches(run, local_run, framework)
+        # rank 0 (worker 0) writes the records from SLURM's node 0, whatever the names sort as
+        assert read_json(run / framework / "environment.json")["hostname"] == "n9", framework
+
+
+def sbatch_env(tmp_path: Path, extra_args: str) -> dict[str, str]:
+    return {
+        "DENOISEBENCH_PYTHON": os.environ.get("DENOISEBENCH_TEST_PYTHON", "") or _python(),
+        "DENOISEBENCH_RESULTS": str(tmp_path / "results"),
+        "DENOISEBENCH_ARGS": extra_args,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def write_script(framework: str, tmp_path: Path, nodes: int) -> Path:
+    script = tmp_path / f"{framework}.sbatch"
+    req = SlurmRequest(nodes=nodes, devices=1, gpus=False, time="00:10:00", cpus_per_task=1)
+    script.write_text(render_sbatch(framework, req))
+    (tmp_path / "slurm-logs").mkdir(exist_ok=True)
+    return script
+
+
+def job_log(tmp_path: Path, job: int | str) -> str:
+    return next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
+
+
+def test_sbatch_jobs_of_both_frameworks_share_two_nodes(slurm_cluster, local_run, tmp_path):
+    """The two sbatch scripts at once on the same two nodes (n9, n10), 2 nodes x 1 worker each:
+    their ports must not collide (both would use 29500 on n9), and each trains as one device."""
+    extra = f"--profile smoke --epochs 1 --batch-size 8 {EXACT_ARGS}"
+    env = sbatch_env(tmp_path, extra)
+    jobs = {
+        fw: slurm_cluster.sbatch(
+            "--nodelist=n9,n10", str(write_script(fw, tmp_path, 2)), cwd=tmp_path, env=env
+        )
+        for fw in ("torch", "tf")
+    }
+    for fw, job in jobs.items():
+        slurm_cluster.wait_for_state(job, ["COMPLETED", "FAILED", "CANCELLED"], timeout=400)
+        assert slurm_cluster.job_state(job) == "COMPLETED", job_log(tmp_path, job)[-3000:]
+        run = tmp_path / "results" / f"slurm-{job}"
+        summary = read_json(run / fw / "summary.json")
+        assert (summary["world_size"], summary["global_batch"]) == (2, 16), fw
+        assert_matches(run, local_run, fw)
+        assert read_json(run / fw / "environment.json")["hostname"] == "n9", fw
+    assert_overlapped(slurm_cluster, [str(j) for j in jobs.values()])
+
+
+def node_processes(job: int | str, node: str) -> list[int]:
+    """The job's processes on `node` (the launcher, torchrun, the trainers): every process whose
+    environment says it is a task of that job on that node."""
+    want = {f"SLURM_JOB_ID={job}".encode(), f"SLURMD_NODENAME={node}".encode()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = set((entry / "environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if want <= env and b"SLURM_STEP_ID=batch" not in env:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for_epochs(fw_dir: Path, n: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while len(read_jsonl(fw_dir / "epochs.jsonl")) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} epochs recorded in {timeout} s"
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The fault tests' training on one device without interruption: the weights a requeued
+    and resumed job must end on."""
+    root = tmp_path_factory.mktemp("straight")
+    proc = launch(*LOST_NODE_RUN, "--framework", "torch", "--batch-size", "16",
+                  "--results", str(root), "--run-id", "straight")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "straight"
+
+
+LOST_NODE_RUN = ["--profile", "smoke", "--epochs", "4", "--limit", "320", *EXACT]
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "link-down"])
+def test_a_lost_node_ends_the_step_and_the_requeued_job_finishes(
+    slurm_cluster, uninterrupted, tmp_path, fault
+):
+    """Node n10 lost mid-run (all its processes SIGKILLed, or its link cut): the step ends
+    within LOST_NODE_BOUND_S, the run records the failure, the job requeues itself, and
+    --auto-resume finishes the run on the same weights as one uninterrupted device."""
+    extra = " ".join(
+        [*LOST_NODE_RUN[:6], "--batch-size", "8", EXACT_ARGS,
+         "--set", f"runtime.collective_timeout_s={TIMEOUT_S}"]
+    )  # fmt: skip
+    env = sbatch_env(tmp_path, extra) | {"DENOISEBENCH_EVAL_DELAY_S": "2"}
+    script = write_script("torch", tmp_path, 2)
+    job = slurm_cluster.sbatch("--nodelist=n9,n10", str(script), cwd=tmp_path, env=env)
+    fw_dir = tmp_path / "results" / f"slurm-{job}" / "torch"
+    wait_for_epochs(fw_dir, 1)
+    started = time.monotonic()
+    if fault == "sigkill":
+        for pid in node_processes(job, "n10"):
+            os.kill(pid, signal.SIGKILL)
+    else:
+        slurm_cluster.nodes.set_link("n10", up=False)
+    try:
+        deadline = started + LOST_NODE_BOUND_S
+        while "step ended" not in job_log(tmp_path, job):
+            assert time.monotonic() < deadline, job_log(tmp_path, job)[-3000:]
+            time.sleep(0.5)
+        ended_after = time.monotonic() - started
+    finally:
+        slurm_cluster.nodes.set_link("n10", up=True)
+    print(f"{fault}: the step ended {ended_after:.1f} s after the fault")
+    slurm_cluster.wait_for_state(job, ["COMPLETED", "FAILED", "CANCELLED"], timeout=400)
+    log = job_log(tmp_path, job)
+    assert slurm_cluster.job_state(job) == "COMPLETED", log[-4000:]
+    assert "requeueing" in log and "resuming after epoch" in log, log[-4000:]
+    summary = read_json(fw_dir / "summary.json")
+    assert [e["epoch"] for e in read_jsonl(fw_dir / "epochs.jsonl")] == [0, 1, 2, 3]
+    [lost] = [h for h in summary["history"] if h["status"] == "failed"]
+    assert "n10" in lost["error"] or "n10" in str(lost.get("failures")), lost
+    assert_matches(fw_dir.parent, uninterrupted, "torch")
