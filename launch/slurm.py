@@ -112,9 +112,12 @@ def render_sbatch(framework: str, req: SlurmRequest) -> str:
 #                        --profile paper --data "/data/Euro SAT.zip")
 #   DENOISEBENCH_RESULTS results folder on a shared file system (default: results)
 #   DENOISEBENCH_PYTHON  the Python to run (default: .venv/bin/python)
+#   DENOISEBENCH_MAX_REQUEUES  how often a failed step requeues the job (default: 2)
 #
 # Before the time limit SLURM sends USR1; the trap requeues the job, and the requeued job
-# resumes the same run (results/slurm-<job id>) from its last finished epoch.
+# resumes the same run (results/slurm-<job id>) from its last finished epoch. A step that fails
+# (a node lost, a process killed) ends within the collective timeout plus 15 s and requeues the
+# job the same way.
 {header}
 {script_body(framework, req.devices)}"""
 
@@ -152,18 +155,54 @@ trap requeue USR1
 read -ra EXTRA <<< "${{DENOISEBENCH_ARGS:-}}"
 
 # One launcher per node. It reads SLURM's node list and node rank, and starts this node's
-# processes; node 0 writes the config and hosts the rendezvous.
+# processes; node 0 writes the config and hosts the rendezvous. Each node's launcher leaves its
+# exit status in STEP_DIR (every node sees slurm-logs/) when it ends.
+export STEP_DIR="slurm-logs/.${{SLURM_JOB_ID}}.${{SLURM_RESTART_COUNT:-0}}"
+mkdir -p "$STEP_DIR"
 srun --ntasks-per-node=1 --kill-on-bad-exit=1 \\
+    bash -c '"$@"; s=$?; echo "$s $(hostname)" > "$STEP_DIR/node-$SLURM_NODEID"; exit "$s"' node \\
     "$PYTHON" -m launch --framework {framework} --gpus "$DEVICES" \\
     --run-id "slurm-${{SLURM_JOB_ID}}" --results "$RESULTS" --auto-resume \\
     ${{EXTRA[@]+"${{EXTRA[@]}}"}} "$@" &
 SRUN=$!
-# `wait` returns early when USR1 arrives; keep waiting until srun itself has finished
-while true; do
-    status=0
-    wait "$SRUN" || status=$?
-    kill -0 "$SRUN" 2>/dev/null || exit "$status"
+# Wait for srun a second at a time (USR1 ends a `wait` early: the trap runs, the loop goes on).
+# Once node 0's launcher has ended, the others get GRACE_S to end: a node that no longer
+# answers (its link down) would hold srun until SLURM declares it down (SlurmdTimeout, minutes)
+GRACE_S=15
+ended=""
+while kill -0 "$SRUN" 2>/dev/null; do
+    [ -n "$ended" ] || [ ! -e "$STEP_DIR/node-0" ] || ended=$SECONDS
+    if [ -n "$ended" ] && [ $((SECONDS - ended)) -ge $GRACE_S ]; then
+        lost=$(for k in $(seq 0 $((SLURM_JOB_NUM_NODES - 1))); do
+            [ -e "$STEP_DIR/node-$k" ] || echo "node $k ($(scontrol show hostnames \\
+                "$SLURM_JOB_NODELIST" | sed -n "$((k + 1))p"))"; done)
+        echo "$(date -u +%FT%TZ) node 0's launcher ended ${{GRACE_S}} s ago; no end from:" $lost
+        kill -KILL "$SRUN"
+        break
+    fi
+    sleep 1 & wait $! || true
 done
+status=0
+wait "$SRUN" 2>/dev/null || status=$?
+[ ! -e "$STEP_DIR/node-0" ] || read -r status _ < "$STEP_DIR/node-0"
+rm -rf "$STEP_DIR"
+echo "$(date -u +%FT%TZ) step ended: exit $status"
+
+# A step that failed (a node lost, a process killed, a collective timed out) is requeued, at
+# most DENOISEBENCH_MAX_REQUEUES times in all, and the requeued job resumes (--auto-resume).
+# Not requeued: success, bad input (2), a stop asked for (130 SIGINT, 143 SIGTERM), divergence.
+case "$status" in 0 | 2 | 130 | 143) exit "$status" ;; esac
+if grep -qs '"status": "diverged"' "$RESULTS/slurm-${{SLURM_JOB_ID}}/{framework}/summary.json"; then
+    exit "$status"
+fi
+MAX_REQUEUES="${{DENOISEBENCH_MAX_REQUEUES:-2}}"
+if [ "${{SLURM_RESTART_COUNT:-0}}" -ge "$MAX_REQUEUES" ]; then
+    echo "not requeued: requeued ${{SLURM_RESTART_COUNT:-0}} times already (DENOISEBENCH_MAX_REQUEUES)"
+    exit "$status"
+fi
+echo "$(date -u +%FT%TZ) step failed (exit $status): requeueing ${{SLURM_JOB_ID}} to resume"
+scontrol requeue "${{SLURM_JOB_ID}}"
+exit "$status"
 """
 
 

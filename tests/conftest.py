@@ -45,6 +45,18 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.fixture(scope="session")  # once, on the worker that runs its xdist group
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SLURM tests' training on this machine, one device with the global batch (16), one
+    epoch of the smoke profile in float64 (helpers.EXACT): what every topology must equal
+    (test_slurm.py, test_multinode.py)."""
+    root = tmp_path_factory.mktemp("local")
+    proc = launch("--profile", "smoke", "--epochs", "1", *EXACT, "--batch-size", "16",
+                  "--results", str(root), "--run-id", "ref")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "ref"
+
+
 # The suite runs in parallel workers (pytest-xdist; pyproject's addopts: -n auto --dist
 # loadgroup). Tests that share an expensive fixture go to one worker, which builds it once: a
 # second SLURM cluster, or a second copy of the report's runs, would cost more than it saves.

@@ -770,8 +770,12 @@ def slurm_cluster(
 
 
 def main() -> None:
-    """Start the cluster by hand, to try a change against it; Ctrl-C stops it."""
+    """Start the cluster by hand, to try a change against it; Ctrl-C (or SIGTERM) stops it."""
     import tempfile
+
+    # a shell's background job starts with SIGINT ignored: both signals end the pause below
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     ensure_installed()
     stop_stale_daemons()

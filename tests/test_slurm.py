@@ -31,16 +31,6 @@ EXACT_ARGS = " ".join(EXACT)  # the same, in DENOISEBENCH_ARGS
 CPU_JOB = ["--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
 
 
-@pytest.fixture(scope="session")  # once, on the worker that runs its xdist group
-def local_run(tmp_path_factory) -> Path:
-    """The same training on this machine, one device with the global batch, in float64
-    (helpers.EXACT): the reference."""
-    root = tmp_path_factory.mktemp("local")
-    proc = launch(*SMOKE, "--batch-size", "16", "--results", str(root), "--run-id", "ref")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "ref"
-
-
 def assert_matches(run: Path, reference: Path, framework: str, atol: float = EXACT_ATOL) -> None:
     summary = read_json(run / framework / "summary.json")
     assert summary["status"] == "completed", summary.get("error")

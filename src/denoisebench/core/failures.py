@@ -41,6 +41,24 @@ FIRST_FILE = ".first"
 """failures/.first: the file name of the attempt's first failure record to reach the folder."""
 
 
+IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
+
+
+def name_peers(error: str) -> str:
+    """`error` with each IPv4 address in it followed by its host's name, where this node's
+    resolver knows one: gloo names a peer that went away by its address only ("Connection
+    closed by peer [10.1.2.3]:41234"), and the node is what a user looks for."""
+
+    def named(match: re.Match[str]) -> str:
+        try:
+            host = socket.gethostbyaddr(match.group(1))[0]
+        except OSError:
+            return match.group(1)
+        return f"{match.group(1)} (host {host})"
+
+    return IPV4.sub(named, error)
+
+
 def write_failure(fw_dir: Path, process: str, error: str, killed_by: str | None = None) -> None:
     """A process' own failure: its name ("torch rank 1", "tf worker 0", "tf"), the exception,
     the host it ran on and when it failed, by that host's clock. `killed_by`: the signal's name,
@@ -49,7 +67,7 @@ def write_failure(fw_dir: Path, process: str, error: str, killed_by: str | None 
     effort: a full disk must not hide the exception itself."""
     folder = Path(fw_dir) / FAILURES_DIR
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", process).strip("-") + ".json"
-    record = {"process": process, "error": error, "host": socket.gethostname(),
+    record = {"process": process, "error": name_peers(error), "host": socket.gethostname(),
               "time": time.time(), "killed_by": killed_by}  # fmt: skip
     with contextlib.suppress(OSError):
         atomic_write_json(folder / name, record)
