@@ -17,17 +17,16 @@ from denoisebench.core.config import (
     load_resolved,
     parse_overrides,
 )
+from denoisebench.core.diskspace import check_free_space, space_needed
 from denoisebench.core.records import (
     FRAMEWORKS,
     LAUNCH_CHOICES,
     LAUNCH_FILE,
     atomic_write_text,
-    check_free_space,
     launch_conflicts,
     launch_option,
     new_run_id,
     read_launch_choices,
-    space_needed,
     write_launch_choices,
 )
 from denoisebench.core.runlock import REQUEUE_WAIT_S, RunLock, requeued, take_run_locks

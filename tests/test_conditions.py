@@ -1,4 +1,4 @@
-"""Run conditions (measure/conditions.py): the arithmetic on synthetic /proc files and process
+"""Run conditions (measure/conditions*.py): the arithmetic on synthetic /proc files and process
 snapshots, NVML through a fake, and real sampling beside a CPU hog and beside the run's own work.
 
 The suite runs two pytest workers side by side: no test here asserts that a real run was
@@ -20,19 +20,20 @@ import pytest
 from helpers import launch
 
 from denoisebench.core.records import read_json
-from denoisebench.measure import conditions
-from denoisebench.measure.conditions import (
-    OTHER_CPU_SHARE_MAX,
-    ConditionsSampler,
-    GpuConditions,
+from denoisebench.measure import conditions, conditions_cpu
+from denoisebench.measure.conditions import ConditionsSampler
+from denoisebench.measure.conditions_cpu import (
     OursCpu,
     ProcCpu,
-    clock_event_names,
-    conditions_fields,
     cpu_ticks,
     is_run_program,
     job_cgroup,
     load_1m,
+)
+from denoisebench.measure.conditions_gpu import GpuConditions, clock_event_names
+from denoisebench.measure.conditions_verdict import (
+    OTHER_CPU_SHARE_MAX,
+    conditions_fields,
     summarize,
 )
 
@@ -216,7 +217,7 @@ def test_a_slurm_jobs_cgroup_is_found_for_v2_and_v1(tmp_path):
     text = "0::/system.slice/slurmstepd.scope/job_42/step_0/user/task_0\n"
     folder = job_cgroup("42", text, mount=v2)
     assert folder == v2 / "system.slice/slurmstepd.scope/job_42"
-    assert conditions.cgroup_pids(folder) == {7, 101, 102}
+    assert conditions_cpu.cgroup_pids(folder) == {7, 101, 102}
     v1 = tmp_path / "v1"
     (v1 / "cpuset/slurm/uid_1/job_42/step_0").mkdir(parents=True)
     text = "4:memory:/slurm/uid_1/job_42/step_0\n3:cpuset:/slurm/uid_1/job_42/step_0\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import launch
 
+from denoisebench.core import diskspace
 from denoisebench.core import records as results
 from denoisebench.core.config import ConfigError, load_config, parse_overrides
 from denoisebench.core.records import read_json, read_jsonl
@@ -63,7 +64,7 @@ def test_torch_checkpoint_on_a_full_disk(tmp_path, monkeypatch, capsys):
         calls.append(f)
         if len(calls) == 2:  # the second epoch's checkpoint
             f.write(b"partial")
-            monkeypatch.setattr(results, "free_bytes", lambda _path: 0)
+            monkeypatch.setattr(diskspace, "free_bytes", lambda _path: 0)
             raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
         real_save(state, f)
 
@@ -94,7 +95,7 @@ def test_tf_checkpoint_on_a_full_disk(tmp_path, monkeypatch, capsys):
         if len(calls) == 2:
             (Path(self.directory) / "ckpt-2_temp").mkdir()
             (Path(self.directory) / "ckpt-2_temp" / "part-00000-of-00001").write_bytes(b"x")
-            monkeypatch.setattr(results, "free_bytes", lambda _path: 0)
+            monkeypatch.setattr(diskspace, "free_bytes", lambda _path: 0)
             raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
         return real_save(self, *args, **kwargs)
 
@@ -143,13 +144,13 @@ def test_records_cut_short_by_a_full_disk_are_rolled_back(tmp_path, monkeypatch)
 
 def test_space_check_refuses_a_too_full_disk_before_the_run_starts(tmp_path, monkeypatch):
     cfg = load_config("smoke")
-    needed = results.space_needed(cfg, 2, 1)
+    needed = diskspace.space_needed(cfg, 2, 1)
     assert 2**20 < needed < 2**30
-    monkeypatch.setattr(results, "free_bytes", lambda _path: needed - 1)
+    monkeypatch.setattr(diskspace, "free_bytes", lambda _path: needed - 1)
     with pytest.raises(ConfigError, match=r"MB free.*--no-space-check"):
-        results.check_free_space(tmp_path, needed)
-    monkeypatch.setattr(results, "free_bytes", lambda _path: needed)
-    results.check_free_space(tmp_path, needed)
+        diskspace.check_free_space(tmp_path, needed)
+    monkeypatch.setattr(diskspace, "free_bytes", lambda _path: needed)
+    diskspace.check_free_space(tmp_path, needed)
 
 
 @pytest.fixture

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from denoisebench.core.records import Interrupted, free_bytes
+from denoisebench.core.diskspace import free_bytes
+from denoisebench.core.records import Interrupted
 
 
 @dataclass(frozen=True)

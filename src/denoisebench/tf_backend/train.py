@@ -41,12 +41,12 @@ from denoisebench.core.config import (
     check_device_support,
     speed_label,
 )
+from denoisebench.core.diskspace import disk_full
 from denoisebench.core.distributed import (
     maybe_inject_fault,
     replica_slice,
     tf_worker_index,
 )
-from denoisebench.core.records import disk_full
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.profiler import nvml_indices
 from denoisebench.measure.quality import summarize

@@ -44,9 +44,9 @@ from denoisebench.core.config import (
     check_device_support,
     speed_label,
 )
+from denoisebench.core.diskspace import disk_full
 from denoisebench.core.distributed import maybe_inject_fault, replica_slice
 from denoisebench.core.placement import cuda_device, read_placement
-from denoisebench.core.records import disk_full
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.profiler import nvml_indices
 from denoisebench.measure.quality import summarize

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from denoisebench.core.config import Config, ConfigError, load_resolved
+from denoisebench.core.diskspace import DISK_FULL, disk_full_report
 from denoisebench.core.distributed import maybe_delay_after_eval, process_name
 from denoisebench.core.epochs import (
     Measured,
@@ -49,12 +50,10 @@ from denoisebench.core.epochs import (
 )
 from denoisebench.core.failures import mark_interrupted, write_failure
 from denoisebench.core.records import (
-    DISK_FULL,
     LAUNCHER_ENV,
     STOP_SIGNALS,
     Interrupted,
     RunRecorder,
-    disk_full_report,
     read_json,
     resume_command,
 )
