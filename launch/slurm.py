@@ -124,7 +124,14 @@ def render_sbatch(framework: str, req: SlurmRequest) -> str:
 
 def script_body(framework: str, devices: int) -> str:
     """The commands of the sbatch script: devices per node, the requeue trap, one launcher per
-    node; `devices`: the count when neither DEVICES_PER_NODE nor SLURM names one."""
+    node, and a requeue when the step failed; `devices`: the count when neither
+    DEVICES_PER_NODE nor SLURM names one."""
+    return _setup_lines(devices) + _step_lines(framework) + _requeue_lines(framework)
+
+
+def _setup_lines(devices: int) -> str:
+    """Paths, devices per node (`devices` when neither DEVICES_PER_NODE nor SLURM names one),
+    the USR1 trap, the extra options."""
     return f"""
 set -euo pipefail
 cd "${{SLURM_SUBMIT_DIR:-.}}"
@@ -153,13 +160,20 @@ trap requeue USR1
 # DENOISEBENCH_ARGS as words, never as shell code; ${{EXTRA[@]+...}}: nothing when empty,
 # which `set -u` allows on bash before 4.4 too
 read -ra EXTRA <<< "${{DENOISEBENCH_ARGS:-}}"
+"""
 
+
+def _step_lines(framework: str) -> str:
+    """One launcher per node under srun, and the wait for them, bounded once node 0's ended."""
+    return f"""
 # One launcher per node. It reads SLURM's node list and node rank, and starts this node's
 # processes; node 0 writes the config and hosts the rendezvous. Each node's launcher leaves its
-# exit status in STEP_DIR (every node sees slurm-logs/) when it ends.
+# exit status in STEP_DIR (every node sees slurm-logs/) when it ends. No --kill-on-bad-exit:
+# when a node is lost the others' collectives fail (at once, naming the peer, or after
+# runtime.collective_timeout_s) and record why, where SLURM's SIGTERM would record a stop.
 export STEP_DIR="slurm-logs/.${{SLURM_JOB_ID}}.${{SLURM_RESTART_COUNT:-0}}"
 mkdir -p "$STEP_DIR"
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 \\
+srun --ntasks-per-node=1 --kill-on-bad-exit=0 \\
     bash -c '"$@"; s=$?; echo "$s $(hostname)" > "$STEP_DIR/node-$SLURM_NODEID"; exit "$s"' node \\
     "$PYTHON" -m launch --framework {framework} --gpus "$DEVICES" \\
     --run-id "slurm-${{SLURM_JOB_ID}}" --results "$RESULTS" --auto-resume \\
@@ -170,6 +184,7 @@ SRUN=$!
 # answers (its link down) would hold srun until SLURM declares it down (SlurmdTimeout, minutes)
 GRACE_S=15
 ended=""
+left=""
 while kill -0 "$SRUN" 2>/dev/null; do
     [ -n "$ended" ] || [ ! -e "$STEP_DIR/node-0" ] || ended=$SECONDS
     if [ -n "$ended" ] && [ $((SECONDS - ended)) -ge $GRACE_S ]; then
@@ -177,6 +192,7 @@ while kill -0 "$SRUN" 2>/dev/null; do
             [ -e "$STEP_DIR/node-$k" ] || echo "node $k ($(scontrol show hostnames \\
                 "$SLURM_JOB_NODELIST" | sed -n "$((k + 1))p"))"; done)
         echo "$(date -u +%FT%TZ) node 0's launcher ended ${{GRACE_S}} s ago; no end from:" $lost
+        left=1
         kill -KILL "$SRUN"
         break
     fi
@@ -184,14 +200,20 @@ while kill -0 "$SRUN" 2>/dev/null; do
 done
 status=0
 wait "$SRUN" 2>/dev/null || status=$?
-[ ! -e "$STEP_DIR/node-0" ] || read -r status _ < "$STEP_DIR/node-0"
+# srun's status, or node 0's where srun was left waiting
+[ -z "$left" ] || read -r status _ < "$STEP_DIR/node-0"
 rm -rf "$STEP_DIR"
 echo "$(date -u +%FT%TZ) step ended: exit $status"
+"""
 
+
+def _requeue_lines(framework: str) -> str:
+    """A failed step requeues the job (at most DENOISEBENCH_MAX_REQUEUES times)."""
+    return f"""
 # A step that failed (a node lost, a process killed, a collective timed out) is requeued, at
 # most DENOISEBENCH_MAX_REQUEUES times in all, and the requeued job resumes (--auto-resume).
-# Not requeued: success, bad input (2), a stop asked for (130 SIGINT, 143 SIGTERM), divergence.
-case "$status" in 0 | 2 | 130 | 143) exit "$status" ;; esac
+# Not requeued: success, bad input (2), divergence (the same would happen again).
+case "$status" in 0 | 2) exit "$status" ;; esac
 if grep -qs '"status": "diverged"' "$RESULTS/slurm-${{SLURM_JOB_ID}}/{framework}/summary.json"; then
     exit "$status"
 fi
