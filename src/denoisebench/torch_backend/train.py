@@ -50,6 +50,7 @@ from denoisebench.core.placement import cuda_device, read_placement
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.profiler import nvml_indices
 from denoisebench.measure.quality import summarize
+from denoisebench.torch_backend.lost_peers import naming_lost_peers
 from denoisebench.torch_backend.model import (
     add_noise,
     autocast,
@@ -367,7 +368,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     session = Session(FRAMEWORK, cfg, run_dir, world)
     gpus = nvml_indices([device.index or 0]) if device.type == "cuda" else []
     try:
-        with session.running(gpus):
+        # a collective that fails names the ranks that gave no sign after it (lost_peers)
+        with session.running(gpus), naming_lost_peers(strategy, rank):
             summary = _train(session, device, resume)
             if strategy == "ddp":
                 # free the DDP model now: its reducer holds the process group and the last
