@@ -212,3 +212,32 @@ def test_a_lost_node_ends_the_step_and_the_requeued_job_finishes(
     [lost] = [h for h in summary["history"] if h["status"] == "failed"]
     assert "n10" in lost["error"] or "n10" in str(lost.get("failures")), lost
     assert_matches(fw_dir.parent, uninterrupted, "torch")
+
+
+def test_a_requeue_nobody_announced_resumes_the_submitit_job(
+    slurm_cluster, uninterrupted, tmp_path
+):
+    """`scontrol requeue` (as an admin, a node failure or a preemption without USR2 would):
+    submitit's checkpoint() never runs, SLURM reruns the original task; it must resume from the
+    last checkpoint (SLURM_RESTART_COUNT), keep the epochs recorded, and end on the weights of
+    an uninterrupted run."""
+    proc = launch(
+        *LOST_NODE_RUN, "--framework", "torch", "--batch-size", "16", "--slurm", *CPU_JOB,
+        "--results", str(tmp_path), "--run-id", "requeued",
+        env={"DENOISEBENCH_EVAL_DELAY_S": "2"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [job] = re.findall(r"submitted SLURM job (\d+)", proc.stdout)
+    fw_dir = tmp_path / "requeued" / "torch"
+    wait_for_epochs(fw_dir, 1)
+    slurm_cluster.run(["scontrol", "requeue", job])
+    deadline = time.monotonic() + 400
+    while (read_json(fw_dir / "summary.json") or {}).get("status") != "completed":
+        assert time.monotonic() < deadline, read_json(fw_dir / "summary.json")
+        time.sleep(1)
+    summary = read_json(fw_dir / "summary.json")
+    assert [e["epoch"] for e in read_jsonl(fw_dir / "epochs.jsonl")] == [0, 1, 2, 3]
+    assert [h["status"] for h in summary["history"]] == ["interrupted"]
+    log = (tmp_path / "requeued" / "slurm-logs" / f"{job}_0_log.out").read_text()
+    assert "resuming after epoch" in log, log[-3000:]
+    assert_matches(fw_dir.parent, uninterrupted, "torch")
