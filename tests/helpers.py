@@ -173,3 +173,42 @@ def refused_slurm_launch(
     assert code == 2 and "\n" not in err and err.startswith("error: "), err
     assert list(tmp_path.iterdir()) == []
     return err
+
+
+# --- SLURM jobs (test_slurm.py, test_multinode.py) ---------------------------------------------
+
+EXACT_ARGS = " ".join(EXACT)
+"""helpers.EXACT in DENOISEBENCH_ARGS (the sbatch scripts' extra options)."""
+CPU_JOB = ["--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
+"""--slurm options of a small CPU job; no --partition: SLURM's default, the test cluster's one."""
+
+
+def assert_matches(run: Path, reference: Path, framework: str, atol: float = EXACT_ATOL) -> None:
+    """`run` completed and ended on `reference`'s weights (both in float64: EXACT)."""
+    summary = read_json(run / framework / "summary.json")
+    assert summary["status"] == "completed", summary.get("error")
+    for a, b in zip(weights(run, framework), weights(reference, framework), strict=True):
+        np.testing.assert_allclose(a, b, atol=atol, rtol=0)
+
+
+def sbatch_env(tmp_path: Path, extra_args: str) -> dict[str, str]:
+    """The environment an sbatch script of the suite runs under in the tests: this Python,
+    results in tmp_path/results, `extra_args` as DENOISEBENCH_ARGS."""
+    return {
+        "DENOISEBENCH_PYTHON": sys.executable,
+        "DENOISEBENCH_RESULTS": str(tmp_path / "results"),
+        "DENOISEBENCH_ARGS": extra_args,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def render_cpu_script(framework: str, tmp_path: Path, nodes: int = 1, devices: int = 2) -> Path:
+    """The framework's sbatch script for `nodes` x `devices` CPU workers, in tmp_path (with the
+    slurm-logs/ folder it writes to)."""
+    from launch.slurm import SlurmRequest, render_sbatch
+
+    req = SlurmRequest(nodes=nodes, devices=devices, gpus=False, time="00:10:00", cpus_per_task=1)
+    script = tmp_path / f"{framework}.sbatch"
+    script.write_text(render_sbatch(framework, req))
+    (tmp_path / "slurm-logs").mkdir(exist_ok=True)
+    return script

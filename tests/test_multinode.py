@@ -17,30 +17,27 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import EXACT, EXACT_ATOL, launch, weights
+from helpers import (
+    CPU_JOB,
+    EXACT,
+    EXACT_ARGS,
+    assert_matches,
+    launch,
+    render_cpu_script,
+    sbatch_env,
+)
 
 from denoisebench.core.records import read_json, read_jsonl
-from launch.slurm import SlurmRequest, render_sbatch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
 
 SMOKE = ["--profile", "smoke", "--epochs", "1", *EXACT]
-EXACT_ARGS = " ".join(EXACT)
-CPU_JOB = ["--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
 TIMEOUT_S = 20
 """The collective timeout the fault tests set (runtime.collective_timeout_s): a peer that is
 gone is noticed this long after it went."""
 LOST_NODE_BOUND_S = 60
 """What the fault tests hold the job to: from the fault to the end of the step that lost a node."""
-
-
-def assert_matches(run: Path, reference: Path, framework: str) -> None:
-    summary = read_json(run / framework / "summary.json")
-    assert summary["status"] == "completed", summary.get("error")
-    for a, b in zip(weights(run, framework), weights(reference, framework), strict=True):
-        np.testing.assert_allclose(a, b, atol=EXACT_ATOL, rtol=0)
 
 
 def job_windows(cluster, job_ids: list[str]) -> list[tuple[str, str]]:
@@ -85,29 +82,6 @@ def test_slurm_trains_both_frameworks_at_once_on_two_nodes_each(slurm_cluster, l
         assert read_json(run / framework / "environment.json")["hostname"] == "n9", framework
 
 
-def sbatch_env(tmp_path: Path, extra_args: str) -> dict[str, str]:
-    return {
-        "DENOISEBENCH_PYTHON": os.environ.get("DENOISEBENCH_TEST_PYTHON", "") or _python(),
-        "DENOISEBENCH_RESULTS": str(tmp_path / "results"),
-        "DENOISEBENCH_ARGS": extra_args,
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
-
-
-def write_script(framework: str, tmp_path: Path, nodes: int) -> Path:
-    script = tmp_path / f"{framework}.sbatch"
-    req = SlurmRequest(nodes=nodes, devices=1, gpus=False, time="00:10:00", cpus_per_task=1)
-    script.write_text(render_sbatch(framework, req))
-    (tmp_path / "slurm-logs").mkdir(exist_ok=True)
-    return script
-
-
 def job_log(tmp_path: Path, job: int | str) -> str:
     return next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
 
@@ -119,7 +93,10 @@ def test_sbatch_jobs_of_both_frameworks_share_two_nodes(slurm_cluster, local_run
     env = sbatch_env(tmp_path, extra)
     jobs = {
         fw: slurm_cluster.sbatch(
-            "--nodelist=n9,n10", str(write_script(fw, tmp_path, 2)), cwd=tmp_path, env=env
+            "--nodelist=n9,n10",
+            str(render_cpu_script(fw, tmp_path, nodes=2, devices=1)),
+            cwd=tmp_path,
+            env=env,
         )
         for fw in ("torch", "tf")
     }
@@ -184,7 +161,7 @@ def test_a_lost_node_ends_the_step_and_the_requeued_job_finishes(
          "--set", f"runtime.collective_timeout_s={TIMEOUT_S}"]
     )  # fmt: skip
     env = sbatch_env(tmp_path, extra) | {"DENOISEBENCH_EVAL_DELAY_S": "2"}
-    script = write_script("torch", tmp_path, 2)
+    script = render_cpu_script("torch", tmp_path, nodes=2, devices=1)
     job = slurm_cluster.sbatch("--nodelist=n9,n10", str(script), cwd=tmp_path, env=env)
     fw_dir = tmp_path / "results" / f"slurm-{job}" / "torch"
     wait_for_epochs(fw_dir, 1)

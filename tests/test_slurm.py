@@ -1,7 +1,8 @@
 """SLURM on a real controller: submitit jobs, the sbatch scripts, preemption, golden files.
 
-The cluster is the session fixture `slurm_cluster` (tests/slurm_cluster.py): one node with the
-machine's CPUs, so every job here runs the CPU paths with 2 tasks (gloo, TensorFlow workers).
+The cluster is the session fixture `slurm_cluster` (tests/slurm_cluster.py): three nodes in
+network namespaces on this machine's CPUs, so every job here runs the CPU paths (gloo,
+TensorFlow workers). Jobs across several nodes are in test_multinode.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import EXACT, EXACT_ATOL, launch, refused_slurm_launch, weights
+from helpers import (
+    CPU_JOB,
+    EXACT,
+    EXACT_ARGS,
+    EXACT_ATOL,
+    assert_matches,
+    launch,
+    refused_slurm_launch,
+    render_cpu_script,
+    sbatch_env,
+    weights,
+)
 
 from denoisebench.core.records import read_json, read_jsonl
 from launch.__main__ import main
@@ -26,16 +38,6 @@ from launch.slurm import SlurmRequest, render_sbatch, submitit_params, time_minu
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
 SMOKE = ["--profile", "smoke", "--epochs", "1", *EXACT]  # float64: compared to EXACT_ATOL
-EXACT_ARGS = " ".join(EXACT)  # the same, in DENOISEBENCH_ARGS
-# no --partition: the job goes to SLURM's default partition, the test cluster's only one
-CPU_JOB = ["--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
-
-
-def assert_matches(run: Path, reference: Path, framework: str, atol: float = EXACT_ATOL) -> None:
-    summary = read_json(run / framework / "summary.json")
-    assert summary["status"] == "completed", summary.get("error")
-    for a, b in zip(weights(run, framework), weights(reference, framework), strict=True):
-        np.testing.assert_allclose(a, b, atol=atol, rtol=0)
 
 
 # --- generated submissions against golden files ------------------------------------------------
@@ -368,44 +370,6 @@ def test_qos_mem_and_passed_options_reach_slurm(slurm_cluster, tmp_path):
     script.write_text(render_sbatch("torch", replace(req, constraint="nosuchfeature")))
     proc = slurm_cluster.run(["sbatch", "--test-only", str(script)], check=False, cwd=tmp_path)
     assert proc.returncode != 0 and "Invalid feature specification" in proc.stderr
-
-
-def sbatch_env(tmp_path: Path, extra_args: str) -> dict[str, str]:
-    return {
-        "DENOISEBENCH_PYTHON": sys.executable,
-        "DENOISEBENCH_RESULTS": str(tmp_path / "results"),
-        "DENOISEBENCH_ARGS": extra_args,
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-
-
-def render_cpu_script(framework: str, tmp_path: Path) -> Path:
-    script = tmp_path / f"{framework}.sbatch"
-    script.write_text(
-        render_sbatch(
-            framework,
-            SlurmRequest(devices=2, gpus=False, time="00:10:00", cpus_per_task=1),
-        )
-    )
-    (tmp_path / "slurm-logs").mkdir()
-    return script
-
-
-@pytest.mark.slurm
-@pytest.mark.parametrize("framework", ["torch", "tf"])
-def test_sbatch_script_trains_with_two_workers(slurm_cluster, local_run, tmp_path, framework):
-    script = render_cpu_script(framework, tmp_path)
-    extra = f"--profile smoke --epochs 1 --batch-size 8 {EXACT_ARGS}"
-    if framework == "tf":
-        extra += " --tf-strategy multiworker"
-    job = slurm_cluster.sbatch(
-        "--wait", str(script), cwd=tmp_path, timeout=300, env=sbatch_env(tmp_path, extra)
-    )
-    log = next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
-    assert slurm_cluster.job_state(job) == "COMPLETED", log[-3000:]
-    run = tmp_path / "results" / f"slurm-{job}"
-    assert_matches(run, local_run, framework)
-    assert "results:" in log  # flushed to the log as written
 
 
 @pytest.mark.slurm
