@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import EXACT, launch
+from helpers import EXACT, FOUR_EPOCHS, SLURM_EXACT, launch
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Every training command ends with its report (launch --report); here only the tests that check
@@ -51,10 +51,21 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     epoch of the smoke profile in float64 (helpers.EXACT): what every topology must equal
     (test_slurm.py, test_multinode.py)."""
     root = tmp_path_factory.mktemp("local")
-    proc = launch("--profile", "smoke", "--epochs", "1", *EXACT, "--batch-size", "16",
+    proc = launch("--profile", "smoke", "--epochs", "1", *SLURM_EXACT, "--batch-size", "16",
                   "--results", str(root), "--run-id", "ref")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "ref"
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """helpers.FOUR_EPOCHS on one device with batch 16, without interruption: the weights every
+    SLURM job that was preempted, requeued or lost a node must end on (torch only)."""
+    root = tmp_path_factory.mktemp("straight")
+    proc = launch(*FOUR_EPOCHS, "--framework", "torch", "--batch-size", "16",
+                  "--results", str(root), "--run-id", "straight")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "straight"
 
 
 # The suite runs in parallel workers (pytest-xdist; pyproject's addopts: -n auto --dist
@@ -62,7 +73,8 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # second SLURM cluster, or a second copy of the report's runs, would cost more than it saves.
 SHARED_FIXTURE_GROUPS = {
     "slurm_cluster": "slurm",  # one real SLURM controller for the session
-    "local_run": "slurm",  # test_slurm.py's reference run
+    "local_run": "slurm",  # the SLURM tests' reference runs
+    "uninterrupted": "slurm",
     "built": "report",  # test_report.py's tiny runs and report
     "horovod_run": "horovod",  # test_horovod.py's run under horovodrun
 }

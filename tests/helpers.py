@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -177,8 +178,15 @@ def refused_slurm_launch(
 
 # --- SLURM jobs (test_slurm.py, test_multinode.py) ---------------------------------------------
 
-EXACT_ARGS = " ".join(EXACT)
-"""helpers.EXACT in DENOISEBENCH_ARGS (the sbatch scripts' extra options)."""
+SLURM_EXACT = (*EXACT, "--set", "runtime.intra_op_threads=1")
+"""EXACT with one thread a process, for comparisons with SLURM jobs: a task there gets
+SLURM_CPUS_PER_TASK (1) threads, and float64 sums over one thread and over two differ in their
+last bits, which Adam grows to 1e-7 in 4 epochs (seen here): both sides pinned alike."""
+EXACT_ARGS = " ".join(SLURM_EXACT)
+"""SLURM_EXACT in DENOISEBENCH_ARGS (the sbatch scripts' extra options)."""
+FOUR_EPOCHS = ["--profile", "smoke", "--epochs", "4", "--limit", "320", *SLURM_EXACT]
+"""The interrupted-and-resumed SLURM jobs' training (4 epochs of 18 steps at global batch 16),
+as conftest's `uninterrupted` trains it on one device without interruption."""
 CPU_JOB = ["--time", "00:10:00", "--cpus-per-task", "1", "--cpu-workers"]
 """--slurm options of a small CPU job; no --partition: SLURM's default, the test cluster's one."""
 
@@ -212,3 +220,11 @@ def render_cpu_script(framework: str, tmp_path: Path, nodes: int = 1, devices: i
     script.write_text(render_sbatch(framework, req))
     (tmp_path / "slurm-logs").mkdir(exist_ok=True)
     return script
+
+
+def wait_for_epochs(fw_dir: Path, n: int, timeout: float = 240) -> None:
+    """Until fw_dir/epochs.jsonl holds n epochs; a failed assertion after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while len(read_jsonl(fw_dir / "epochs.jsonl")) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} epochs recorded in {timeout} s"
+        time.sleep(0.3)

@@ -262,14 +262,23 @@ def test_denoisebench_args_are_words_not_shell_code(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    args = proc.stdout.splitlines()
+    # srun's words, then the script's own last line: "<time> step ended: exit 0"
+    *args, ended = proc.stdout.splitlines()
+    assert ended.endswith(" step ended: exit 0")
     assert args[args.index("--auto-resume") + 1 :] == [*hostile.split(), "--profile", "a b"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "glob-me", "job.sbatch"]
+    # the script's only mark: slurm-logs/, where it keeps each node's exit status while it runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bin",
+        "glob-me",
+        "job.sbatch",
+        "slurm-logs",
+    ]
+    assert list((tmp_path / "slurm-logs").iterdir()) == []
     empty = {**env, "DENOISEBENCH_ARGS": ""}
     proc = subprocess.run(
         ["bash", str(script)], cwd=tmp_path, env=empty, capture_output=True, text=True
     )
-    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "--auto-resume", proc.stderr
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-2] == "--auto-resume", proc.stderr
 
 
 def test_slurm_time_formats():

@@ -20,24 +20,32 @@ from pathlib import Path
 import pytest
 from helpers import (
     CPU_JOB,
-    EXACT,
     EXACT_ARGS,
+    FOUR_EPOCHS,
+    SLURM_EXACT,
     assert_matches,
     launch,
     render_cpu_script,
     sbatch_env,
+    wait_for_epochs,
 )
 
 from denoisebench.core.records import read_json, read_jsonl
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
 
-SMOKE = ["--profile", "smoke", "--epochs", "1", *EXACT]
+SMOKE = ["--profile", "smoke", "--epochs", "1", *SLURM_EXACT]
 TIMEOUT_S = 20
 """The collective timeout the fault tests set (runtime.collective_timeout_s): a peer that is
 gone is noticed this long after it went."""
+MID_EPOCH_S = 0.5
+"""A fault this long after an epoch's record lands in the next epoch's steps (18 steps of
+global batch 16 take about 1.3 s on one of these cores)."""
 LOST_NODE_BOUND_S = 60
-"""What the fault tests hold the job to: from the fault to the end of the step that lost a node."""
+"""What the fault tests hold the job to, from the fault to the end of the step that lost a node:
+TIMEOUT_S for the survivors' collective, 5 s for their check-in (torch_backend/lost_peers.py),
+15 s of grace in the sbatch script before it stops waiting for srun, and 20 s for the processes
+to end and the log line to be written on a busy machine."""
 
 
 def job_windows(cluster, job_ids: list[str]) -> list[tuple[str, str]]:
@@ -128,93 +136,53 @@ def node_processes(job: int | str, node: str) -> list[int]:
     return found
 
 
-def wait_for_epochs(fw_dir: Path, n: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while len(read_jsonl(fw_dir / "epochs.jsonl")) < n:
-        assert time.monotonic() < deadline, f"fewer than {n} epochs recorded in {timeout} s"
-        time.sleep(0.3)
+def wait_for_log(tmp_path: Path, job: int | str, text: str, after: int, deadline: float) -> float:
+    """Until the job's log holds `text` more than `after` times; the time it took (monotonic)."""
+    while job_log(tmp_path, job).count(text) <= after:
+        assert time.monotonic() < deadline, job_log(tmp_path, job)[-3000:]
+        time.sleep(0.5)
+    return time.monotonic()
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    """The fault tests' training on one device without interruption: the weights a requeued
-    and resumed job must end on."""
-    root = tmp_path_factory.mktemp("straight")
-    proc = launch(*LOST_NODE_RUN, "--framework", "torch", "--batch-size", "16",
-                  "--results", str(root), "--run-id", "straight")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "straight"
-
-
-LOST_NODE_RUN = ["--profile", "smoke", "--epochs", "4", "--limit", "320", *EXACT]
-
-
-@pytest.mark.parametrize("fault", ["sigkill", "link-down"])
-def test_a_lost_node_ends_the_step_and_the_requeued_job_finishes(
-    slurm_cluster, uninterrupted, tmp_path, fault
+def test_a_job_that_loses_a_node_twice_ends_each_step_requeues_and_finishes(
+    slurm_cluster, uninterrupted, tmp_path
 ):
-    """Node n10 lost mid-run (all its processes SIGKILLed, or its link cut): the step ends
-    within LOST_NODE_BOUND_S, the run records the failure, the job requeues itself, and
-    --auto-resume finishes the run on the same weights as one uninterrupted device."""
-    extra = " ".join(
-        [*LOST_NODE_RUN[:6], "--batch-size", "8", EXACT_ARGS,
-         "--set", f"runtime.collective_timeout_s={TIMEOUT_S}"]
-    )  # fmt: skip
-    env = sbatch_env(tmp_path, extra) | {"DENOISEBENCH_EVAL_DELAY_S": "2"}
+    """Node n10 lost twice in one sbatch job (2 nodes x 1 CPU worker): first all its processes
+    SIGKILLed, then, once the requeued job trains again, its link cut. Each time the step ends
+    within LOST_NODE_BOUND_S, the failure names n10, and the job requeues itself (at most
+    DENOISEBENCH_MAX_REQUEUES, 2); --auto-resume finishes the run with every epoch, on the
+    weights of one device without interruption."""
+    extra = " ".join([*FOUR_EPOCHS, "--batch-size", "8",
+                      "--set", f"runtime.collective_timeout_s={TIMEOUT_S}"])  # fmt: skip
     script = render_cpu_script("torch", tmp_path, nodes=2, devices=1)
-    job = slurm_cluster.sbatch("--nodelist=n9,n10", str(script), cwd=tmp_path, env=env)
+    job = slurm_cluster.sbatch(
+        "--nodelist=n9,n10", str(script), cwd=tmp_path, env=sbatch_env(tmp_path, extra)
+    )
     fw_dir = tmp_path / "results" / f"slurm-{job}" / "torch"
-    wait_for_epochs(fw_dir, 1)
-    started = time.monotonic()
-    if fault == "sigkill":
-        for pid in node_processes(job, "n10"):
-            os.kill(pid, signal.SIGKILL)
-    else:
-        slurm_cluster.nodes.set_link("n10", up=False)
-    try:
-        deadline = started + LOST_NODE_BOUND_S
-        while "step ended" not in job_log(tmp_path, job):
-            assert time.monotonic() < deadline, job_log(tmp_path, job)[-3000:]
-            time.sleep(0.5)
-        ended_after = time.monotonic() - started
-    finally:
-        slurm_cluster.nodes.set_link("n10", up=True)
-    print(f"{fault}: the step ended {ended_after:.1f} s after the fault")
+    for attempt, fault in enumerate(["sigkill", "link-down"]):
+        if attempt:  # the requeued job trains again: its first epoch is done
+            wait_for_log(tmp_path, job, "resuming after epoch", attempt - 1, time.monotonic() + 120)
+        wait_for_epochs(fw_dir, len(read_jsonl(fw_dir / "epochs.jsonl")) + 1)
+        time.sleep(MID_EPOCH_S)  # into the next epoch's steps (a fault between two still counts)
+        started = time.monotonic()
+        if fault == "sigkill":
+            for pid in node_processes(job, "n10"):
+                os.kill(pid, signal.SIGKILL)
+        else:
+            slurm_cluster.nodes.set_link("n10", up=False)
+        try:
+            deadline = started + LOST_NODE_BOUND_S
+            ended = wait_for_log(tmp_path, job, "step ended", attempt, deadline) - started
+        finally:
+            slurm_cluster.nodes.set_link("n10", up=True)
+        print(f"{fault}: the step ended {ended:.1f} s after the fault")
+        wait_for_log(tmp_path, job, "requeueing", attempt, time.monotonic() + 30)
     slurm_cluster.wait_for_state(job, ["COMPLETED", "FAILED", "CANCELLED"], timeout=400)
     log = job_log(tmp_path, job)
     assert slurm_cluster.job_state(job) == "COMPLETED", log[-4000:]
-    assert "requeueing" in log and "resuming after epoch" in log, log[-4000:]
+    assert log.count("resuming after epoch") == 2, log[-4000:]
     summary = read_json(fw_dir / "summary.json")
     assert [e["epoch"] for e in read_jsonl(fw_dir / "epochs.jsonl")] == [0, 1, 2, 3]
-    [lost] = [h for h in summary["history"] if h["status"] == "failed"]
-    assert "n10" in lost["error"] or "n10" in str(lost.get("failures")), lost
-    assert_matches(fw_dir.parent, uninterrupted, "torch")
-
-
-def test_a_requeue_nobody_announced_resumes_the_submitit_job(
-    slurm_cluster, uninterrupted, tmp_path
-):
-    """`scontrol requeue` (as an admin, a node failure or a preemption without USR2 would):
-    submitit's checkpoint() never runs, SLURM reruns the original task; it must resume from the
-    last checkpoint (SLURM_RESTART_COUNT), keep the epochs recorded, and end on the weights of
-    an uninterrupted run."""
-    proc = launch(
-        *LOST_NODE_RUN, "--framework", "torch", "--batch-size", "16", "--slurm", *CPU_JOB,
-        "--results", str(tmp_path), "--run-id", "requeued",
-        env={"DENOISEBENCH_EVAL_DELAY_S": "2"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    [job] = re.findall(r"submitted SLURM job (\d+)", proc.stdout)
-    fw_dir = tmp_path / "requeued" / "torch"
-    wait_for_epochs(fw_dir, 1)
-    slurm_cluster.run(["scontrol", "requeue", job])
-    deadline = time.monotonic() + 400
-    while (read_json(fw_dir / "summary.json") or {}).get("status") != "completed":
-        assert time.monotonic() < deadline, read_json(fw_dir / "summary.json")
-        time.sleep(1)
-    summary = read_json(fw_dir / "summary.json")
-    assert [e["epoch"] for e in read_jsonl(fw_dir / "epochs.jsonl")] == [0, 1, 2, 3]
-    assert [h["status"] for h in summary["history"]] == ["interrupted"]
-    log = (tmp_path / "requeued" / "slurm-logs" / f"{job}_0_log.out").read_text()
-    assert "resuming after epoch" in log, log[-3000:]
+    lost = [h for h in summary["history"] if h["status"] == "failed"]
+    assert len(lost) == 2 and all("n10" in h["error"] for h in lost), lost
     assert_matches(fw_dir.parent, uninterrupted, "torch")

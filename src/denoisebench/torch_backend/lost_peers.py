@@ -2,11 +2,12 @@
 
 A collective that times out says only that it waited ("Timed out waiting 20000ms for recv"),
 not for whom. So every rank that fails checks in at the job's rendezvous store on node 0 (the
-TCPStore that torchrun's agent, or rank 0 under submitit, serves at MASTER_ADDR:MASTER_PORT),
-and waits up to CHECK_IN_S for the others: a rank that never checks in could not reach node 0
-(its node's link is down, or its processes were killed), and the failure names it and its host.
-With a link cut between two nodes either side could be called lost: node 0's side holds the
-store, so the ranks that cannot reach node 0 are the ones named, as a scheduler on node 0's
+TCPStore that torchrun's agent, or rank 0 under submitit, serves at MASTER_ADDR:MASTER_PORT).
+A rank whose own error it is (not a collective's) checks in and goes; a rank whose collective
+failed waits up to CHECK_IN_S for the others: a rank that never checks in could not reach node 0
+(its node's link is down, or its processes were killed), and the failure names it and its
+host. With a link cut between two nodes either side could be called lost: node 0's side holds
+the store, so the ranks that cannot reach node 0 are the ones named, as a scheduler on node 0's
 side would see it.
 
 Only for DDP across processes (`strategy == "ddp"`); the hosts are gathered once at the start.
@@ -40,16 +41,16 @@ def gather_hosts() -> list[str]:
     return hosts
 
 
-def check_in(rank: int, hosts: list[str], wait_s: float = CHECK_IN_S) -> list[int]:
-    """Check in at the rendezvous store and wait up to `wait_s` for the other ranks; the ranks
-    that did not check in, or [] when the store cannot be reached (then node 0 is what this
-    rank lost, and node 0's own ranks name the lost ones)."""
+def check_in(rank: int, hosts: list[str], wait_s: float) -> list[int]:
+    """Check in at the rendezvous store, then wait up to `wait_s` (0: not at all) for the other
+    ranks; the ranks that did not check in, or [] when the store cannot be reached (then node 0
+    is what this rank lost, and node 0's own ranks name the lost ones)."""
     try:
         store = dist.TCPStore(
             os.environ["MASTER_ADDR"],
             int(os.environ["MASTER_PORT"]),
             is_master=False,
-            timeout=timedelta(seconds=wait_s),
+            timeout=timedelta(seconds=CHECK_IN_S),
         )
         store.set(KEY.format(rank=rank), hosts[rank])
         deadline = time.monotonic() + wait_s
@@ -57,9 +58,16 @@ def check_in(rank: int, hosts: list[str], wait_s: float = CHECK_IN_S) -> list[in
         while missing and time.monotonic() < deadline:
             missing = [r for r in missing if not store.check([KEY.format(rank=r)])]
             time.sleep(0.2)
-        return missing
+        return missing if wait_s else []
     except (RuntimeError, KeyError, ValueError, OSError):  # no store: node 0 itself is gone
         return []
+
+
+def collective_failed(e: BaseException) -> bool:
+    """Whether `e` is a failed collective (a peer gone, a timeout), not this rank's own error:
+    torch raises DistError for NCCL and the store; gloo's errors come as RuntimeError naming
+    gloo's source."""
+    return isinstance(e, dist.DistError) or "gloo" in str(e)
 
 
 @contextlib.contextmanager
@@ -73,7 +81,7 @@ def naming_lost_peers(strategy: str, rank: int) -> Iterator[None]:
     try:
         yield
     except Exception as e:  # not a stop signal (trainer.session.Interrupted is a SystemExit)
-        lost = check_in(rank, hosts)
+        lost = check_in(rank, hosts, CHECK_IN_S if collective_failed(e) else 0.0)
         if not lost:
             raise
         names = ", ".join(f"rank {r} on {hosts[r]}" for r in lost)
