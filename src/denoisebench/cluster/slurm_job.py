@@ -90,7 +90,7 @@ class TrainTask:
     def __call__(self) -> dict[str, Any]:
         owner = job_attempt(os.environ)
         task = replace(self, resume=True) if self.resumes(os.environ) else self
-        if int(os.environ.get("SLURM_PROCID", "0")) != 0:
+        if not is_task_0(os.environ):
             wait_for_owner(Path(self.run_dir), self.framework, owner)
             return task._train()
         wait_s = REQUEUE_WAIT_S if requeued(os.environ) else 0.0
@@ -137,13 +137,27 @@ class TrainTask:
         return train_tf.train(cfg, self.run_dir, resume=self.resume, devices=self.devices_per_task)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """Called by submitit on preemption or timeout: requeue, resuming from the checkpoint."""
+        """Called by submitit on preemption or timeout: requeue, resuming from the checkpoint.
+        Task 0 records a run still 'running' as interrupted by SIGUSR2 (submitit's signal; a
+        preemption's SIGTERM before it has recorded it already): submitit then ends the task
+        with sys.exit, which the trainer does not record as a failure (trainer.session)."""
         import submitit
 
         print(
             f"[slurm] {self.framework}: preempted or out of time, requeueing to resume", flush=True
         )
+        summary = read_summary(Path(self.run_dir), self.framework)
+        if summary and summary.get("status") == "running" and is_task_0(os.environ):
+            with contextlib.suppress(OSError):  # a full disk: the requeued task resumes anyway
+                # the requeued job resumes by itself; the command is for one that never starts
+                again = f"{resume_command(Path(self.run_dir), self.launcher)} --slurm"
+                mark_interrupted(Path(self.run_dir), self.framework, "SIGUSR2", again)
         return submitit.helpers.DelayedSubmission(replace(self, resume=True))
+
+
+def is_task_0(env: Mapping[str, str]) -> bool:
+    """Task 0 of the job (SLURM_PROCID 0): the one that holds the lock and records stops."""
+    return int(env.get("SLURM_PROCID", "0")) == 0
 
 
 def job_attempt(env: dict[str, str] | os._Environ) -> str:
@@ -174,7 +188,7 @@ def record_sigterm(framework: str, run_dir: Path, launcher: str | None = None) -
     again (`<launcher> --resume RUN --slurm`). Training goes on until SLURM kills it; a run
     that still completes, or is requeued and resumes, writes its own status over this one (the
     interruption then stays in `history`)."""
-    if int(os.environ.get("SLURM_PROCID", "0")) != 0:
+    if not is_task_0(os.environ):
         return
     previous = signal.getsignal(signal.SIGTERM)
 

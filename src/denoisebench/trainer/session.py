@@ -602,8 +602,12 @@ def record_failure(rec: RunRecorder | None, e: BaseException, fw_dir: Path, proc
     own failure (failures.write_failure), so the launcher can name the first one and list the
     others' knock-on errors; rank 0 (`rec`; other ranks pass None) also records the summary:
     'interrupted' with the signal, the epochs finished and the command that resumes it, for
-    `Interrupted`; else 'failed' with the exception. The caller re-raises `e`: Interrupted is a
-    SystemExit, so the process then ends quietly with 128 + the signal number."""
+    `Interrupted`; else 'failed' with the exception. A plain SystemExit (sys.exit, which
+    submitit calls once its checkpoint() has requeued the job) records nothing. The caller
+    re-raises `e`: Interrupted is a SystemExit, so the process then ends quietly with 128 + the
+    signal number."""
+    if isinstance(e, SystemExit) and not isinstance(e, Interrupted):
+        return  # sys.exit in this process: submitit's, after checkpoint() requeued (it records it)
     if not isinstance(e, Interrupted):
         write_failure(fw_dir, process, f"{type(e).__name__}: {e}")
     if rec is None:
