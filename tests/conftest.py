@@ -83,7 +83,7 @@ MAX_WORKERS = 4
 
 
 FIRST_GROUPS = ("slurm", "report")
-"""Scheduled first, in this order: the longest units of work (SLURM about 7 minutes on 2 cores,
+"""Scheduled first, in this order: the longest units of work (SLURM about 8 minutes on 2 cores,
 the report 2), so that the other worker runs the short tests beside them instead of waiting
 for them at the end. Horovod's tests stay last (tests/horovod_wheel.py)."""
 
