@@ -102,6 +102,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item, len(FIRST_GROUPS)))  # stable
 
 
+@pytest.hookimpl(optionalhook=True)  # a GPU node's pytest may have no pytest-xdist to call it
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: two workers even on one or two cores (the tests wait on their subprocesses,
     SLURM and sockets for about half of their time), at most MAX_WORKERS."""

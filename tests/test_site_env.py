@@ -87,3 +87,16 @@ def test_slurm_without_submitit_is_refused_in_one_line_and_sbatch_out_still_work
     proc = launch(*SMOKE, "--framework", "torch", "--sbatch-out", str(script), env=SITE)
     assert proc.returncode == 0, proc.stderr
     assert script.read_text().startswith("#!/bin/bash")
+
+
+def test_the_tests_run_where_pytest_xdist_is_missing():
+    """A GPU node's pytest may lack pytest-xdist (the GPU check runs the gpu tests there, in one
+    process): conftest's xdist hook must not make pytest refuse the whole suite ("unknown
+    hook"). `-p no:xdist` leaves the hook unknown to pytest, as a missing plugin does."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-o", "addopts=", "-q",
+         "-p", "no:cacheprovider", "tests/test_docs.py"],
+        cwd=REPO, env={**os.environ, **SITE}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout.splitlines()[-1]
