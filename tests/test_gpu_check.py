@@ -152,3 +152,20 @@ def test_paper_lines_project_a_cut_run():
         "tuned: stopped after 10 of 100 epochs in 30 s; at that pace (start-up included) the whole run takes "
         "about 250 s"
     )
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-inf", "0", "-1"])
+def test_a_budget_that_is_not_a_number_of_seconds_is_refused_and_nothing_is_touched(
+    tmp_path, capsys, budget
+):
+    """`--budget-s nan` passed `<= 0` and went on to overwrite an earlier check's results; a
+    bad budget is refused (exit 2, one line) before the output folder is touched."""
+    out = tmp_path / "check"
+    out.mkdir()
+    (out / "gpu_check.json").write_text("{}\n")
+    with pytest.raises(SystemExit) as exc:
+        gpu_check.main(["--cpu-rehearsal", f"--budget-s={budget}", "--out", str(out)])
+    assert exc.value.code == 2
+    assert f"--budget-s {float(budget)}: must be a number of seconds > 0" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json"]
+    assert (out / "gpu_check.json").read_text() == "{}\n"

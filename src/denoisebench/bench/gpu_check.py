@@ -38,6 +38,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shlex
 import sys
@@ -254,8 +255,8 @@ def main(
     )  # fmt: skip
     args = parser.parse_args(argv)
     args.argv = argv
-    if args.budget_s <= 0:
-        parser.error(f"--budget-s {args.budget_s}: must be > 0")
+    if not (math.isfinite(args.budget_s) and args.budget_s > 0):  # nan > 0 and nan <= 0 are False
+        parser.error(f"--budget-s {args.budget_s}: must be a number of seconds > 0")
     return run_check(args)
 
 
