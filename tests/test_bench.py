@@ -192,3 +192,15 @@ def test_bench_command_runs_end_to_end(tmp_path: Path) -> None:
 
 def test_bench_command_refuses_a_batch_larger_than_the_data() -> None:
     assert cli.main(["--profile", "smoke", "--batch-size", "4096", "--repeats", "1"]) == 2
+
+
+@pytest.mark.parametrize("where", ["missing/x.json", "."])
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_benchmark(
+    tmp_path, capsys, where
+):
+    """`bench --json /nonexistent/dir/x.json` ran the whole benchmark, then lost its figures to
+    a FileNotFoundError: the path is checked first, and refused in one line (exit 2)."""
+    path = tmp_path / where
+    assert cli.main(["--json", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --json {path}: ") and len(err.splitlines()) == 1

@@ -169,3 +169,13 @@ def test_a_budget_that_is_not_a_number_of_seconds_is_refused_and_nothing_is_touc
     assert f"--budget-s {float(budget)}: must be a number of seconds > 0" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json"]
     assert (out / "gpu_check.json").read_text() == "{}\n"
+
+
+def test_an_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / "check"
+    out.write_text("mine\n")
+    with pytest.raises(SystemExit) as exc:
+        gpu_check.main(["--cpu-rehearsal", "--out", str(out)])
+    assert exc.value.code == 2
+    assert f"--out {out}: a file, not a folder" in capsys.readouterr().err
+    assert out.read_text() == "mine\n"

@@ -107,6 +107,11 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--skip-path {name!r}: not an option ({', '.join(sorted(names))})")
     if args.paths and args.mode:
         raise ConfigError("--paths runs faithful, each option and tuned itself: drop --mode")
+    # checked before the benchmark runs: its figures would be lost at the end
+    if args.json is not None and args.json.is_dir():
+        raise ConfigError(f"--json {args.json}: a folder, not a file")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise ConfigError(f"--json {args.json}: the folder {args.json.parent} does not exist")
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.bench") -> int:

@@ -257,6 +257,8 @@ def main(
     args.argv = argv
     if not (math.isfinite(args.budget_s) and args.budget_s > 0):  # nan > 0 and nan <= 0 are False
         parser.error(f"--budget-s {args.budget_s}: must be a number of seconds > 0")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: a file, not a folder")
     return run_check(args)
 
 
