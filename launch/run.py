@@ -26,10 +26,8 @@ from denoisebench.core.failures import (
 from denoisebench.core.placement import (
     check_routable_hostname,
     cpu_threads,
-    job_nodelist,
     job_port,
-    slurm_hostnames,
-    slurm_placement,
+    slurm_job_placement,
     this_host,
 )
 from denoisebench.core.records import (
@@ -138,10 +136,7 @@ def resolve_topology(args: argparse.Namespace) -> Topology | None:
     """The distributed layout, or None for a plain single-device run. Prints the CPU notice.
     Inside SLURM the nodes, this node's rank, the hosts (scontrol's order), the master (node
     0) and the ports (from the job id) are SLURM's, each option overriding its own."""
-    nodelist = job_nodelist(os.environ)
-    slurm = slurm_placement(
-        os.environ, slurm_hostnames(nodelist) if nodelist else None, args.master_port
-    )
+    slurm = slurm_job_placement(os.environ, args.master_port)
     nodes = args.nodes or (slurm.nodes if slurm else 1)
     if args.gpus is None and nodes == 1:
         return None

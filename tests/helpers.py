@@ -210,6 +210,11 @@ def sbatch_env(tmp_path: Path, extra_args: str) -> dict[str, str]:
     }
 
 
+def job_log(tmp_path: Path, job: int | str) -> str:
+    """The log of sbatch job `job` rendered by render_cpu_script (slurm-logs/<name>-<job>.out)."""
+    return next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
+
+
 def render_cpu_script(framework: str, tmp_path: Path, nodes: int = 1, devices: int = 2) -> Path:
     """The framework's sbatch script for `nodes` x `devices` CPU workers, in tmp_path (with the
     slurm-logs/ folder it writes to)."""

@@ -24,6 +24,7 @@ from helpers import (
     FOUR_EPOCHS,
     SLURM_EXACT,
     assert_matches,
+    job_log,
     launch,
     render_cpu_script,
     sbatch_env,
@@ -88,10 +89,6 @@ def test_slurm_trains_both_frameworks_at_once_on_two_nodes_each(slurm_cluster, l
         assert_matches(run, local_run, framework)
         # rank 0 (worker 0) writes the records from SLURM's node 0, whatever the names sort as
         assert read_json(run / framework / "environment.json")["hostname"] == "n9", framework
-
-
-def job_log(tmp_path: Path, job: int | str) -> str:
-    return next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
 
 
 def test_sbatch_jobs_of_both_frameworks_share_two_nodes(slurm_cluster, local_run, tmp_path):

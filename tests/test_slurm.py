@@ -22,6 +22,7 @@ from helpers import (
     EXACT,
     FOUR_EPOCHS,
     assert_matches,
+    job_log,
     launch,
     refused_slurm_launch,
     render_cpu_script,
@@ -317,7 +318,7 @@ def test_qos_mem_and_passed_options_reach_slurm(slurm_cluster, tmp_path):
     (tmp_path / "slurm-logs").mkdir()
     env = {"DENOISEBENCH_PYTHON": "echo"}
     job = slurm_cluster.sbatch("--wait", str(script), cwd=tmp_path, timeout=120, env=env)
-    log = next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
+    log = job_log(tmp_path, job)
     assert slurm_cluster.job_state(job) == "COMPLETED", log
     assert f"-m launch --framework torch --gpus 2 --run-id slurm-{job} " in log
     details = slurm_cluster.run(["scontrol", "show", "job", str(job)]).stdout
@@ -345,7 +346,7 @@ def test_preempted_sbatch_job_requeues_and_resumes(slurm_cluster, uninterrupted,
     wait_for_epochs(run / "torch", 1)
     slurm_cluster.run(["scancel", "--signal=USR1", "--batch", str(job)])
     slurm_cluster.wait_for_state(job, ["COMPLETED", "FAILED", "CANCELLED"], timeout=300)
-    log = next((tmp_path / "slurm-logs").glob(f"*-{job}.out")).read_text()
+    log = job_log(tmp_path, job)
     assert slurm_cluster.job_state(job) == "COMPLETED", log[-3000:]
     assert "requeueing" in log and "--auto-resume" in log and "resuming after epoch" in log
     epochs = read_jsonl(run / "torch" / "epochs.jsonl")

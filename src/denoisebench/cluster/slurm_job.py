@@ -51,9 +51,7 @@ from denoisebench.core.placement import (
     Placement,
     check_routable_hostname,
     cpu_threads,
-    job_nodelist,
-    slurm_hostnames,
-    slurm_placement,
+    slurm_job_placement,
     tf_cluster,
     this_host,
     torch_env,
@@ -113,7 +111,7 @@ class TrainTask:
         if self.launcher:  # for the trainer's own resume hint (trainer.session)
             os.environ[LAUNCHER_ENV] = self.launcher
         record_sigterm(self.framework, Path(self.run_dir), self.launcher)
-        place = task_placement(os.environ, self.master_port)
+        place = slurm_job_placement(os.environ, self.master_port) or Placement()
         print(
             f"[slurm] rank {place.rank} of {place.world_size} on {socket.gethostname()} "
             f"(node {place.node_rank} of {place.nodes}): "
@@ -202,13 +200,6 @@ def record_sigterm(framework: str, run_dir: Path, launcher: str | None = None) -
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, handler)
-
-
-def task_placement(env: Mapping[str, str], master_port: int | None = None) -> Placement:
-    """This task's place in its job: SLURM's variables, its node list in scontrol's order."""
-    nodelist = job_nodelist(env)
-    hosts = slurm_hostnames(nodelist) if nodelist else None
-    return slurm_placement(env, hosts, master_port) or Placement()
 
 
 def tf_environment(place: Placement) -> dict[str, str]:

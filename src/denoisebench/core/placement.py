@@ -224,6 +224,14 @@ def slurm_placement(
     )
 
 
+def slurm_job_placement(env: Mapping[str, str], master_port: int | None = None) -> Placement | None:
+    """slurm_placement with the node list in SLURM's own order (`scontrol show hostnames`):
+    what the launcher and a submitit task run under SLURM; None outside an allocation."""
+    nodelist = job_nodelist(env)
+    hosts = slurm_hostnames(nodelist) if nodelist else None
+    return slurm_placement(env, hosts, master_port)
+
+
 def torchrun_placement(env: Mapping[str, str]) -> Placement | None:
     """A worker's place from what torchrun (or the submitit task, torch_env) exported; None
     without RANK."""
