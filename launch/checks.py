@@ -70,18 +70,18 @@ def missing_frameworks(frameworks: list[str], asked: str) -> dict[str, str]:
     return missing
 
 
-HOROVOD_HERE_ONLY = (
-    "--engine horovod runs its workers on this machine (horovodrun -H localhost:N): one node, "
-    "with --gpus N; across nodes or under SLURM use --engine native"
-)
-
-
 def check_horovod(args: argparse.Namespace, topo: Topology | None) -> None:
-    """--engine horovod: workers on this one node, and Horovod built here for the frameworks."""
+    """--engine horovod: a worker per device (--gpus N), every node's host when the workers span
+    nodes, and Horovod built here for the frameworks (under --slurm the job runs this Python)."""
     if args.engine != "horovod":
         return
-    if topo is None or topo.nodes > 1:
-        raise ConfigError(HOROVOD_HERE_ONLY)
+    if topo is None and not args.slurm:
+        raise ConfigError("--engine horovod starts a Horovod worker per device: give --gpus N")
+    if topo is not None and topo.nodes > 1 and len(topo.hosts) != topo.nodes:
+        raise ConfigError(
+            f"--engine horovod across {topo.nodes} nodes needs every node's host, node 0 first: "
+            f"--hosts h0,h1,... (SLURM's node list inside an allocation); got {list(topo.hosts)}"
+        )
     frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
     reason = engine_unavailable(frameworks, prog())
     if reason is not None:

@@ -126,8 +126,7 @@ def build_horovodrun_cmd(
 
     Gloo, not MPI (the build has none): `-H localhost:N` runs the N workers here, without ssh.
     Each worker is the framework's usual trainer; it finds itself under Horovod by the
-    HOROVOD_RANK horovodrun sets. Gloo's rendezvous waits 120 s instead of 30: two workers
-    importing TensorFlow on a busy 2-core machine can start further apart than that.
+    HOROVOD_RANK horovodrun sets, and sets Gloo's timeout from runtime.collective_timeout_s.
     """
     trainer, env = build_train_cmd(
         framework, run_dir, resume=resume, base_env=base_env, verbose=verbose
@@ -138,7 +137,38 @@ def build_horovodrun_cmd(
     argv = [sys.executable, "-m", "denoisebench.cluster.horovodrun"]
     argv += [WRAPPER_FAILURES_FLAG, str(Path(run_dir) / framework), "-np", str(n)]
     argv += ["-H", f"localhost:{n}"]
-    argv += ["--gloo", "--gloo-timeout-seconds", "120", *trainer]
+    argv += ["--gloo", *trainer]
+    if topo.cpu_threads:
+        env["OMP_NUM_THREADS"] = str(topo.cpu_threads)
+        env["TF_NUM_INTRAOP_THREADS"] = str(topo.cpu_threads)
+    return argv, env
+
+
+def build_horovod_node_cmd(
+    framework: str,
+    run_dir: Path,
+    topo: Topology,
+    resume: bool = False,
+    base_env: dict[str, str] | None = None,
+    verbose: bool = False,
+) -> Command:
+    """This node's topo.devices Horovod workers of a job across topo.nodes nodes, started by
+    denoisebench.cluster.horovod_nodes (no SSH between nodes: horovodrun's way needs it); node
+    0's also serves Horovod's rendezvous on master_port. Every node runs the same command with
+    its own node rank; rank = node rank x devices + local rank, as under torchrun."""
+    if len(topo.hosts) != topo.nodes:
+        raise ValueError(
+            f"Horovod across {topo.nodes} nodes needs every node's host "
+            f"(--hosts or SLURM's node list), got {list(topo.hosts)}"
+        )
+    trainer, env = build_train_cmd(
+        framework, run_dir, resume=resume, base_env=base_env, verbose=verbose
+    )
+    argv = [sys.executable, "-m", "denoisebench.cluster.horovod_nodes"]
+    argv += [WRAPPER_FAILURES_FLAG, str(Path(run_dir) / framework)]
+    argv += ["--hosts", ",".join(topo.hosts), "--node-rank", str(topo.node_rank)]
+    argv += ["--per-node", str(topo.devices), "--master-addr", topo.master_addr]
+    argv += ["--master-port", str(topo.master_port), "--", *trainer]
     if topo.cpu_threads:
         env["OMP_NUM_THREADS"] = str(topo.cpu_threads)
         env["TF_NUM_INTRAOP_THREADS"] = str(topo.cpu_threads)

@@ -248,8 +248,9 @@ def _distributed_options(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=["native", "horovod"],
         default="native",
-        help="native: torchrun/DDP and tf.distribute; horovod: N Horovod workers on this "
-        "machine under horovodrun (Gloo), with --gpus N; build it first with "
+        help="native: torchrun/DDP and tf.distribute; horovod: a Horovod worker per device "
+        "(Gloo), with --gpus N: under horovodrun on one node, across nodes (--nodes with "
+        "--hosts, --slurm, sbatch) one launcher per node, no SSH; build it first with "
         "`horovod-build` (default: %(default)s)",
     )
     g.add_argument(

@@ -40,7 +40,6 @@ from denoisebench.core.records import (
 from denoisebench.measure.environment import gpu_info
 from denoisebench.report.compare import comparison_table, repeats_table, sweep_table
 from launch.checks import (
-    HOROVOD_HERE_ONLY,
     check_horovod,
     check_local_inputs,
     check_submitit,
@@ -49,6 +48,7 @@ from launch.checks import (
 from launch.commands import (
     Command,
     Topology,
+    build_horovod_node_cmd,
     build_horovodrun_cmd,
     build_tf_cmds,
     build_torchrun_cmd,
@@ -67,8 +67,8 @@ def launch(args: argparse.Namespace, given: set[str] | None) -> int:
     `given`: the options on the command line (given_options; None: those that differ from the
     defaults)."""
     try:
-        if args.engine == "horovod" and (args.slurm or args.sbatch_out or args.sweep):
-            raise ConfigError(HOROVOD_HERE_ONLY + "; --slurm, --sbatch-out and --sweep")
+        if args.engine == "horovod" and args.sweep:
+            raise ConfigError("--engine horovod runs one launch at a time: no --sweep")
         if args.repeats < 1:
             raise ConfigError(f"--repeats {args.repeats} must be >= 1")
         for option, value in (("--gpus", args.gpus), ("--nodes", args.nodes)):
@@ -191,7 +191,8 @@ def cpu_layout(devices: int, nodes: int, args: argparse.Namespace) -> str:
     """What each framework runs on CPU workers, for the notice: the processes and devices
     that make the same global batch in both."""
     if args.engine == "horovod":
-        return f"{devices} Horovod processes over Gloo"
+        where = f" per node on {nodes} nodes, {devices * nodes} in all" if nodes > 1 else ""
+        return f"{devices} Horovod processes over Gloo{where}"
     if nodes > 1:
         each = f"{devices} per node on {nodes} nodes, {devices * nodes} in all"
         return f"torch: gloo ranks, {each}; tf: MultiWorkerMirroredStrategy workers, {each}"
@@ -223,6 +224,8 @@ def framework_cmds(
     quiet = {"verbose": args.verbose, **with_env}
     if topo is None:
         return [build_train_cmd(framework, run_dir, resume=resume, **quiet)]
+    if args.engine == "horovod" and topo.nodes > 1:
+        return [build_horovod_node_cmd(framework, run_dir, topo, resume=resume, **quiet)]
     if args.engine == "horovod":
         return [build_horovodrun_cmd(framework, run_dir, topo, resume=resume, **quiet)]
     if framework == "torch":

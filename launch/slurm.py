@@ -35,9 +35,14 @@ SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
 
 
 def tasks_per_node(framework: str, req: SlurmRequest) -> int:
-    """PyTorch: a task per device. TensorFlow: a task per node drives its GPUs; on CPUs each
-    worker is a task."""
-    return req.devices if framework == "torch" or not req.gpus else 1
+    """PyTorch and Horovod: a task per device. TensorFlow: a task per node drives its GPUs; on
+    CPUs each worker is a task."""
+    return req.devices if framework == "torch" or req.engine == "horovod" or not req.gpus else 1
+
+
+def devices_per_task(framework: str, req: SlurmRequest) -> int:
+    """What each submitit task drives: TensorFlow's task its node's GPUs, else one device."""
+    return req.devices if tasks_per_node(framework, req) == 1 else 1
 
 
 def submitit_params(framework: str, req: SlurmRequest) -> dict[str, Any]:
@@ -92,6 +97,8 @@ def render_sbatch(framework: str, req: SlurmRequest) -> str:
         "torch": "PyTorch (DDP under torchrun)",
         "tf": "TensorFlow (MultiWorkerMirroredStrategy across nodes)",
     }[framework]
+    if req.engine == "horovod":
+        name = f"{'PyTorch' if framework == 'torch' else 'TensorFlow'} under Horovod (Gloo)"
     header = "\n".join(sbatch_lines(framework, req))
     return f"""#!/bin/bash
 # Train the denoising autoencoder with {name} on SLURM.
@@ -119,14 +126,14 @@ def render_sbatch(framework: str, req: SlurmRequest) -> str:
 # (a node lost, a process killed) ends within the collective timeout plus 15 s and requeues the
 # job the same way.
 {header}
-{script_body(framework, req.devices)}"""
+{script_body(framework, req.devices, req.engine)}"""
 
 
-def script_body(framework: str, devices: int) -> str:
+def script_body(framework: str, devices: int, engine: str = "native") -> str:
     """The commands of the sbatch script: devices per node, the requeue trap, one launcher per
     node, and a requeue when the step failed; `devices`: the count when neither
     DEVICES_PER_NODE nor SLURM names one."""
-    return _setup_lines(devices) + _step_lines(framework) + _requeue_lines(framework)
+    return _setup_lines(devices) + _step_lines(framework, engine) + _requeue_lines(framework)
 
 
 def _setup_lines(devices: int) -> str:
@@ -163,8 +170,9 @@ read -ra EXTRA <<< "${{DENOISEBENCH_ARGS:-}}"
 """
 
 
-def _step_lines(framework: str) -> str:
+def _step_lines(framework: str, engine: str = "native") -> str:
     """One launcher per node under srun, and the wait for them, bounded once node 0's ended."""
+    engine_option = " --engine horovod" if engine == "horovod" else ""
     return f"""
 # One launcher per node. It reads SLURM's node list and node rank, and starts this node's
 # processes; node 0 writes the config and hosts the rendezvous. Each node's launcher leaves its
@@ -175,7 +183,7 @@ export STEP_DIR="slurm-logs/.${{SLURM_JOB_ID}}.${{SLURM_RESTART_COUNT:-0}}"
 mkdir -p "$STEP_DIR"
 srun --ntasks-per-node=1 --kill-on-bad-exit=0 \\
     bash -c '"$@"; s=$?; echo "$s $(hostname)" > "$STEP_DIR/node-$SLURM_NODEID"; exit "$s"' node \\
-    "$PYTHON" -m launch --framework {framework} --gpus "$DEVICES" \\
+    "$PYTHON" -m launch --framework {framework}{engine_option} --gpus "$DEVICES" \\
     --run-id "slurm-${{SLURM_JOB_ID}}" --results "$RESULTS" --auto-resume \\
     ${{EXTRA[@]+"${{EXTRA[@]}}"}} "$@" &
 SRUN=$!
@@ -245,14 +253,14 @@ def submit(
 
     executor = submitit.AutoExecutor(folder=log_dir)
     executor.update_parameters(**submitit_params(framework, req))
-    devices_per_task = req.devices if framework == "tf" and req.gpus else 1
     task = TrainTask(
         framework,
         run_dir,
-        devices_per_task=devices_per_task,
+        devices_per_task=devices_per_task(framework, req),
         master_port=master_port,
         resume=resume,
         launcher=prog(),
+        engine=req.engine,
     )
     return executor.submit(task)
 
@@ -265,12 +273,10 @@ def submit_array(framework: str, req: SlurmRequest, run_dirs: list[Path], log_di
 
     executor = submitit.AutoExecutor(folder=log_dir)
     executor.update_parameters(**submitit_params(framework, req))
-    devices_per_task = req.devices if framework == "tf" and req.gpus else 1
+    per_task = devices_per_task(framework, req)
     with executor.batch():
         jobs = [
-            executor.submit(
-                TrainTask(framework, d, devices_per_task=devices_per_task, launcher=prog())
-            )
+            executor.submit(TrainTask(framework, d, devices_per_task=per_task, launcher=prog()))
             for d in run_dirs
         ]
     return jobs
@@ -293,6 +299,7 @@ def slurm_request(args: argparse.Namespace) -> SlurmRequest:
         mem=args.mem,
         cpus_per_task=args.cpus_per_task,
         extra=sbatch_options(args.sbatch_option),
+        engine=args.engine,
     )
 
 

@@ -103,6 +103,8 @@ class SlurmRequest:
     """Seconds before the time limit at which the job is told to checkpoint and requeue."""
     extra: tuple[SbatchOption, ...] = ()
     """Other sbatch options, passed through as given (sbatch_options)."""
+    engine: str = "native"
+    """--engine: native (torchrun, tf.distribute) or horovod (a Horovod worker per device)."""
 
     def __post_init__(self) -> None:
         """Every value lands in an sbatch script: refuse what SLURM would not take, and any

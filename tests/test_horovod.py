@@ -10,9 +10,13 @@ skip with the build's error, or fail where DENOISEBENCH_REQUIRE_HOROVOD=1 (CI).
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
 import sys
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,9 +31,11 @@ from helpers import (
 
 from denoisebench.cluster import horovod_build as hb
 from denoisebench.cluster.horovodrun import workers
+from denoisebench.core.failures import read_failures
+from denoisebench.core.placement import horovod_env, node_placements
 from denoisebench.core.records import read_json, read_jsonl
 from launch.__main__ import main
-from launch.commands import Topology, build_horovodrun_cmd
+from launch.commands import Topology, build_horovod_node_cmd, build_horovodrun_cmd
 
 EPOCH1 = ["--profile", "smoke", "--epochs", "1"]
 HOROVOD = ["--engine", "horovod", "--gpus", "2", "--batch-size", "8"]
@@ -41,11 +47,118 @@ def test_horovodrun_command_starts_n_gloo_workers_of_the_usual_trainer():
     )
     assert argv[:3] == [sys.executable, "-m", "denoisebench.cluster.horovodrun"]
     assert argv[3:5] == ["--record-failures-in", "/r/run1/tf"]  # the wrapper's own option
-    assert argv[5:11] == ["-np", "2", "-H", "localhost:2", "--gloo", "--gloo-timeout-seconds"]
+    assert argv[5:10] == ["-np", "2", "-H", "localhost:2", "--gloo"]
     assert workers(argv[5:]) == 2  # what the wrapper reads from them
     assert argv[-4:] == ["-m", "denoisebench.tf_backend.train", "/r/run1", "--resume"]
     assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
     assert env["TF_CPP_MIN_LOG_LEVEL"] == "2"
+
+
+def test_the_node_launcher_command_names_every_host_and_this_node():
+    """Across nodes every node runs the node launcher with its own rank (no horovodrun, which
+    would SSH to the other hosts); the worker is the framework's usual trainer."""
+    topo = Topology(devices=2, nodes=2, node_rank=1, master_addr="n9", master_port=20032,
+                    hosts=("n9", "n10"), cpu_threads=1)  # fmt: skip
+    argv, env = build_horovod_node_cmd("torch", Path("/r/run1"), topo, resume=True, base_env={})
+    assert argv[:5] == [sys.executable, "-m", "denoisebench.cluster.horovod_nodes",
+                        "--record-failures-in", "/r/run1/torch"]  # fmt: skip
+    cut = argv.index("--")
+    assert argv[5:cut] == ["--hosts", "n9,n10", "--node-rank", "1", "--per-node", "2",
+                           "--master-addr", "n9", "--master-port", "20032"]  # fmt: skip
+    trainer = [sys.executable, "-m", "denoisebench.torch_backend.train", "/r/run1", "--resume"]
+    assert argv[cut + 1 :] == trainer
+    assert env["OMP_NUM_THREADS"] == "1"
+    with pytest.raises(ValueError, match="every node's host"):
+        build_horovod_node_cmd("tf", Path("/r"), replace(topo, hosts=("n9",)))
+
+
+WORKER = """import json, os, signal, sys, time
+rank = os.environ["HOROVOD_RANK"]
+horovod = {k: v for k, v in os.environ.items() if k.startswith("HOROVOD_")}
+with open(os.path.join(sys.argv[1], "worker-" + rank), "w") as f:
+    json.dump({"pid": os.getpid(), "env": horovod}, f)
+if rank == sys.argv[2]:
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(120)
+"""
+"""A stand-in worker: it leaves its pid and Horovod variables, and the rank named by its second
+argument kills itself with SIGKILL (as the out-of-memory killer would); the others wait."""
+
+
+def start_node_launcher(tmp_path: Path, killed_rank: str) -> subprocess.Popen:
+    """Node 1 of n9,n10 with 2 stand-in workers (ranks 2 and 3): no rendezvous to serve."""
+    (tmp_path / "torch").mkdir()
+    return subprocess.Popen(
+        [sys.executable, "-m", "denoisebench.cluster.horovod_nodes",
+         "--record-failures-in", str(tmp_path / "torch"), "--hosts", "n9,n10", "--node-rank", "1",
+         "--per-node", "2", "--master-addr", "n9", "--master-port", "20032",
+         "--", sys.executable, "-c", WORKER, str(tmp_path), killed_rank],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_workers(tmp_path: Path, ranks: list[str]) -> dict[str, dict]:
+    deadline = time.monotonic() + 30
+    while not all((tmp_path / f"worker-{r}").exists() for r in ranks):
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.1)
+    time.sleep(0.2)  # their files written in full
+    return {r: json.loads((tmp_path / f"worker-{r}").read_text()) for r in ranks}
+
+
+def gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()[-60:]
+
+
+def test_a_worker_killed_on_a_node_ends_its_node_names_it_and_stops_the_others(tmp_path):
+    """The node launcher's workers get the variables of their slots; one SIGKILLed ends the
+    node's launcher within STOP_S (its peer stopped, not left running), with one line naming it,
+    and its failure recorded for it (it could not record its own)."""
+    t0 = time.monotonic()
+    proc = start_node_launcher(tmp_path, killed_rank="3")
+    workers_seen = wait_for_workers(tmp_path, ["2", "3"])
+    assert proc.wait(timeout=40) == 1
+    assert time.monotonic() - t0 < 40
+    err = proc.stderr.read()
+    assert "horovod: torch rank 3 on n10 ended (killed by SIGKILL)" in err, err
+    assert gone(workers_seen["2"]["pid"])
+    env = {r: w["env"] for r, w in workers_seen.items()}
+    assert [(e["HOROVOD_LOCAL_RANK"], e["HOROVOD_CROSS_RANK"], e["HOROVOD_SIZE"]) for e in
+            (env["2"], env["3"])] == [("0", "1", "4"), ("1", "1", "4")]  # fmt: skip
+    assert {e["HOROVOD_HOSTNAME"] for e in env.values()} == {"n10"}
+    assert env["2"]["HOROVOD_GLOO_RENDEZVOUS_ADDR"] == "n9"
+    assert env["2"]["HOROVOD_GLOO_RENDEZVOUS_PORT"] == "20032"
+    failures = read_failures(tmp_path / "torch")
+    assert [(f["process"], f.get("killed_by")) for f in failures] == [("torch rank 3", "SIGKILL")]
+
+
+def test_a_stop_signal_reaches_every_worker_of_the_node(tmp_path):
+    """SIGTERM to the node launcher is passed on to its workers (which record the stop
+    themselves); it exits 128 + 15 once they ended, and records no failure."""
+    proc = start_node_launcher(tmp_path, killed_rank="none")
+    workers_seen = wait_for_workers(tmp_path, ["2", "3"])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert "horovod: stopped by SIGTERM" in proc.stderr.read()
+    assert all(gone(w["pid"]) for w in workers_seen.values())
+    assert read_failures(tmp_path / "torch") == []
+
+
+@pytest.mark.horovod
+def test_each_slot_gets_the_variables_horovodrun_would_give_it(horovod_built):
+    """horovod_env over a node's places equals what horovodrun's Gloo launcher exports for the
+    same slots (its own plan, get_host_assignments; create_slot_env_vars), node by node."""
+    from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
+    from horovod.runner.gloo_run import create_slot_env_vars
+
+    hosts = ("n9", "n10", "n11")
+    plan = get_host_assignments(parse_hosts("n9:2,n10:2,n11:2"), 6)
+    ours = [horovod_env(p) for k in range(3) for p in node_placements(hosts, k, 2, "n9", 20032)]
+    for slot, env in zip(plan, ours, strict=True):
+        theirs = {k: str(v) for k, v in create_slot_env_vars(slot).items()}
+        assert {k: env[k] for k in theirs} == theirs
+        assert (env["HOROVOD_GLOO_RENDEZVOUS_ADDR"], env["HOROVOD_CONTROLLER"]) == ("n9", "gloo")
 
 
 def test_without_the_build_the_launch_names_the_build_command(tmp_path, capsys, monkeypatch):

@@ -206,13 +206,18 @@ def test_fault_injection_only_where_asked(monkeypatch):
         maybe_inject_fault(range(0, 2), 3)
 
 
-def test_horovod_runs_workers_on_this_machine_only(tmp_path, capsys):
-    """--engine horovod is horovodrun on one node: without --gpus, or with --slurm, it stops
-    at once with the reason and writes nothing (tests/test_horovod.py trains with it)."""
+def test_horovod_needs_a_worker_count_and_every_node_host(tmp_path, capsys, monkeypatch):
+    """--engine horovod stops at once, writing nothing, without --gpus, across nodes without
+    every node's host (outside SLURM), and with --sweep (tests/test_horovod.py trains with it)."""
+    monkeypatch.delenv("SLURM_JOB_NODELIST", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert main(["--engine", "horovod", "--results", str(tmp_path)]) == 2
-    assert "one node, with --gpus N" in capsys.readouterr().err
-    assert main(["--engine", "horovod", "--gpus", "2", "--slurm", "--results", str(tmp_path)]) == 2
-    assert "--slurm" in capsys.readouterr().err
+    assert "give --gpus N" in capsys.readouterr().err
+    two_nodes = ["--nodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1", "--run-id", "h"]
+    assert main(["--engine", "horovod", "--gpus", "1", *two_nodes, "--results", str(tmp_path)]) == 2
+    assert "--hosts h0,h1" in capsys.readouterr().err
+    assert main(["--engine", "horovod", "--sweep", "smoke", "--results", str(tmp_path)]) == 2
+    assert "no --sweep" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -32,7 +32,13 @@ from helpers import (
 
 from denoisebench.core.records import read_json, read_jsonl
 from launch.__main__ import main
-from launch.slurm import SlurmRequest, render_sbatch, submitit_params, time_minutes
+from launch.slurm import (
+    SlurmRequest,
+    devices_per_task,
+    render_sbatch,
+    submitit_params,
+    time_minutes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
@@ -95,6 +101,24 @@ def test_submitit_writes_the_requested_options_into_its_script(tmp_path):
     plain = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
     plain.update_parameters(**submitit_params("torch", SlurmRequest()))
     assert "--partition" not in plain._executor._make_submission_file_text("true", "uid")
+
+
+def test_horovod_asks_slurm_for_a_task_per_device_in_both_frameworks(tmp_path, capsys):
+    """--engine horovod: submitit runs one task per device for TensorFlow too (a Horovod worker
+    each, driving one device), where native TensorFlow on GPUs runs a task per node; the sbatch
+    script's launcher line passes --engine horovod to every node's launcher."""
+    req = replace(REQUEST, engine="horovod")
+    assert [submitit_params(fw, req)["tasks_per_node"] for fw in ("torch", "tf")] == [4, 4]
+    assert submitit_params("tf", REQUEST)["tasks_per_node"] == 1
+    assert [devices_per_task(fw, req) for fw in ("torch", "tf")] == [1, 1]
+    assert devices_per_task("tf", REQUEST) == 4
+    out = tmp_path / "job.sbatch"
+    argv = ["--framework", "tf", "--engine", "horovod", "--gpus", "2", "--sbatch-out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    script = out.read_text()
+    assert "TensorFlow under Horovod (Gloo)" in script
+    assert '-m launch --framework tf --engine horovod --gpus "$DEVICES"' in script
+    assert "#SBATCH --ntasks-per-node=1" in script  # one launcher per node starts its workers
 
 
 def test_sbatch_out_writes_qos_constraint_mem_and_passed_options(tmp_path, capsys):

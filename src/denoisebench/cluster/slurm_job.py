@@ -11,6 +11,9 @@ One `TrainTask` is pickled by submitit and called in every task of the job:
   picks its GPU from what it sees (placement.cuda_device).
 - TensorFlow: one task per node (driving the node's GPUs) or, on CPUs, one per worker; TF_CONFIG
   lists every task as a worker, node-major in SLURM's node order (placement.tf_cluster).
+- Horovod (either framework): one task per device; each exports the variables horovodrun would
+  give its slot (placement.horovod_env) and task 0 serves Horovod's rendezvous on the job's port
+  while it trains (cluster.horovod_nodes.serve_rendezvous): no horovodrun, no SSH.
 
 When SLURM preempts the job or its time runs out, submitit calls `checkpoint()`, which requeues
 the same task with resume=True: training continues from the last finished epoch's checkpoint.
@@ -45,12 +48,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from denoisebench.cluster.horovod_nodes import serve_rendezvous
 from denoisebench.core.distributed import tf_config
 from denoisebench.core.failures import mark_interrupted
 from denoisebench.core.placement import (
     Placement,
     check_routable_hostname,
     cpu_threads,
+    horovod_env,
     slurm_job_placement,
     tf_cluster,
     this_host,
@@ -84,6 +89,8 @@ class TrainTask:
     launcher: str | None = None
     """The command the user submitted with (`denoisebench`; None: `python -m launch`): the
     resume hints of the job name it."""
+    engine: str = "native"
+    """horovod: every task is one Horovod worker (horovod_env), task 0 serves the rendezvous."""
 
     def __call__(self) -> dict[str, Any]:
         owner = job_attempt(os.environ)
@@ -121,15 +128,23 @@ class TrainTask:
         if place.nodes > 1:
             check_routable_hostname(*this_host(), place.nodes, place.master_addr, os.environ)
         os.environ.update(cpu_thread_environment(os.environ, self.devices_per_task))
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
+            os.environ.pop(key, None)  # a single task: no process group
+        if self.engine == "horovod":
+            os.environ.update(horovod_env(place))
+            with serve_rendezvous(place):  # task 0's, for as long as it trains
+                return self._run_trainer(cfg)
+        if self.framework == "torch" and place.world_size > 1:
+            os.environ.update(torch_env(place))
+        elif self.framework == "tf":
+            os.environ.update(tf_environment(place))
+        return self._run_trainer(cfg)
+
+    def _run_trainer(self, cfg: Any) -> dict[str, Any]:
         if self.framework == "torch":
-            for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
-                os.environ.pop(key, None)  # a single task: no process group
-            if place.world_size > 1:
-                os.environ.update(torch_env(place))
             from denoisebench.torch_backend import train as train_torch
 
             return train_torch.train(cfg, self.run_dir, resume=self.resume)
-        os.environ.update(tf_environment(place))
         from denoisebench.tf_backend import train as train_tf
 
         return train_tf.train(cfg, self.run_dir, resume=self.resume, devices=self.devices_per_task)

@@ -14,6 +14,7 @@ the images and noise that one device with batch N*b sees.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -48,6 +49,15 @@ def tf_worker_index(env: Mapping[str, str] | None = None) -> tuple[int, int]:
         return 0, 1
     cfg = json.loads(env["TF_CONFIG"])
     return int(cfg["task"]["index"]), len(cfg["cluster"]["worker"])
+
+
+def horovod_gloo_timeout(seconds: float) -> None:
+    """Horovod's Gloo timeout (HOROVOD_GLOO_TIMEOUT_SECONDS, whole seconds, read by hvd.init())
+    set to runtime.collective_timeout_s: how long a worker waits for its peers at the
+    rendezvous and in every collective, so a node lost mid-run ends the others' collectives
+    within it, as it ends torch's and TensorFlow's (Horovod's own default is 30 s, horovodrun's
+    --gloo-timeout-seconds sets the same variable)."""
+    os.environ["HOROVOD_GLOO_TIMEOUT_SECONDS"] = str(max(1, math.ceil(seconds)))
 
 
 def take_failures_dir(argv: list[str]) -> tuple[Path | None, list[str]]:

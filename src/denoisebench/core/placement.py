@@ -4,7 +4,8 @@ One reader per launcher, each a pure function of an environment mapping (as subm
 JobEnvironment and torchrun's WorkerSpec do it): `torchrun_placement` (RANK, LOCAL_RANK,
 WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT), `slurm_placement`
 (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, SLURM_NODEID, SLURM_JOB_NODELIST, SLURM_JOB_ID);
-`read_placement` picks the one that applies. The launcher (topology, ports, threads), the
+`read_placement` picks the one that applies; `horovod_env` turns a place into Horovod's
+variables. The launcher (topology, ports, threads), the
 submitit task (torch's variables, TF_CONFIG) and the torch trainer (its GPU) ask these instead
 of working out ranks, hosts or ports from SLURM_* themselves. Only `slurm_hostnames` (scontrol) and `this_host` (the resolver)
 touch the machine; everything else is arithmetic on strings, tested exhaustively
@@ -16,8 +17,8 @@ Global rank = node rank x processes per node + local rank, the same in both fram
 
 Ports (`job_port`): a job under SLURM takes a block of PORT_BLOCK ports derived from its job
 id, below Linux's ephemeral range (32768-60999), so two jobs sharing a node do not collide;
-torch's rendezvous listens on the block's first port, TensorFlow's worker i of a node on
-first + i (torch and TensorFlow of one launch run one after the other). An explicit
+torch's rendezvous and Horovod's listen on the block's first port, TensorFlow's worker i of a
+node on first + i (torch and TensorFlow of one launch run one after the other). An explicit
 --master-port wins; outside SLURM it is 29500, as torchrun's.
 """
 
@@ -274,6 +275,55 @@ def torch_env(p: Placement) -> dict[str, str]:
     }
 
 
+def horovod_env(p: Placement) -> dict[str, str]:
+    """What Horovod's Gloo controller reads at hvd.init(), for a process placed by SLURM (a
+    submitit task per device) or by the node launcher (denoisebench.cluster.horovod_nodes): the
+    variables horovodrun sets for each slot it starts (horovod.runner.gloo_run:
+    create_slot_env_vars, create_run_env_vars), without horovodrun, which reaches other nodes
+    over SSH. HOROVOD_HOSTNAME is this node's host as the node list names it: Horovod groups a
+    node's processes by it (its rendezvous scope `local_<host>`), so every process of a node
+    must give the same one, and the rendezvous server's plan names the same hosts. With one
+    process there is no rendezvous: Horovod runs it alone."""
+    env = {
+        "HOROVOD_RANK": str(p.rank),
+        "HOROVOD_SIZE": str(p.world_size),
+        "HOROVOD_LOCAL_RANK": str(p.local_rank),
+        "HOROVOD_LOCAL_SIZE": str(p.local_world_size),
+        "HOROVOD_CROSS_RANK": str(p.node_rank),
+        "HOROVOD_CROSS_SIZE": str(p.nodes),
+        "HOROVOD_HOSTNAME": p.host or "localhost",
+        "HOROVOD_CONTROLLER": "gloo",
+        "HOROVOD_CPU_OPERATIONS": "gloo",
+    }
+    if p.world_size > 1:
+        env["HOROVOD_GLOO_RENDEZVOUS_ADDR"] = p.master_addr
+        env["HOROVOD_GLOO_RENDEZVOUS_PORT"] = str(p.master_port)
+    return env
+
+
+def node_placements(
+    hosts: tuple[str, ...], node_rank: int, per_node: int, master_addr: str, master_port: int
+) -> list[Placement]:
+    """The places of one node's `per_node` processes in a job of len(hosts) nodes, node-major
+    (rank = node rank x per_node + local rank), as torchrun numbers its ranks."""
+    if not 0 <= node_rank < len(hosts):
+        raise ConfigError(f"node rank {node_rank} outside the {len(hosts)} hosts {list(hosts)}")
+    return [
+        Placement(
+            rank=node_rank * per_node + local,
+            local_rank=local,
+            world_size=len(hosts) * per_node,
+            local_world_size=per_node,
+            node_rank=node_rank,
+            nodes=len(hosts),
+            hosts=hosts,
+            master_addr=master_addr,
+            master_port=master_port,
+        )
+        for local in range(per_node)
+    ]
+
+
 # --- the device, the CPU threads, the host's address ------------------------------------------
 
 
@@ -317,13 +367,17 @@ def check_routable_hostname(
     """A job across several nodes needs this node's hostname to resolve to an address the
     others can reach: gloo binds to it, and on Debian /etc/hosts maps the hostname to
     127.0.1.1. `address`: what `hostname` resolves to here. ConfigError in one line; nodes all
-    on this machine (master_addr a loopback address) and GLOO_SOCKET_IFNAME set are fine."""
+    on this machine (master_addr a loopback address) and an interface named for Gloo
+    (GLOO_SOCKET_IFNAME for torch, HOROVOD_GLOO_IFACE for Horovod) are fine."""
     if nodes <= 1 or master_addr.startswith(LOOPBACK_PREFIX) or master_addr == "localhost":
         return
-    if env.get("GLOO_SOCKET_IFNAME") or not address.startswith(LOOPBACK_PREFIX):
+    if env.get("GLOO_SOCKET_IFNAME") or env.get("HOROVOD_GLOO_IFACE"):
+        return
+    if not address.startswith(LOOPBACK_PREFIX):
         return
     raise ConfigError(
         f"this node's hostname {hostname!r} resolves to {address}, a loopback address, so the "
         f"other {nodes - 1} node(s) cannot reach its processes: map it to the node's network "
-        "address in /etc/hosts (or DNS), or set GLOO_SOCKET_IFNAME to the network interface"
+        "address in /etc/hosts (or DNS), or name the network interface in GLOO_SOCKET_IFNAME "
+        "(and HOROVOD_GLOO_IFACE for --engine horovod)"
     )

@@ -1,9 +1,12 @@
 """Horovod for the TensorFlow trainer (`--engine horovod`): what it does instead of tf.distribute's
 collectives.
 
-Started by the launcher with horovodrun, one process per device (Gloo; CPU workers without GPUs):
+Started one process per device (Gloo; CPU workers without GPUs): by horovodrun on one node,
 
     horovodrun -np 2 -H localhost:2 --gloo python -m denoisebench.tf_backend.train RUN_DIR
+
+and across nodes by one launcher per node (denoisebench.cluster.horovod_nodes) or a submitit
+task per device (core.placement.horovod_env).
 
 Each worker trains its one device under OneDeviceStrategy, so the trainer's step, batch rule and
 records stay its own; the worker's rank picks its slice of the global batch. The step's
@@ -22,13 +25,15 @@ import horovod.tensorflow as hvd
 import tensorflow as tf
 
 from denoisebench.core.config import ConfigError
+from denoisebench.core.distributed import horovod_gloo_timeout
 from denoisebench.tf_backend.model import pick_device
 
 
-def join(choice: str) -> tuple[tf.distribute.Strategy, str, str, int, int]:
-    """Join horovodrun's job: (this worker's strategy, "horovod", its device, rank, workers).
+def join(choice: str, timeout_s: float) -> tuple[tf.distribute.Strategy, str, str, int, int]:
+    """Join the Horovod job: (this worker's strategy, "horovod", its device, rank, workers).
     With GPUs, worker k trains on its node's GPU k (all stay visible, so the profiler's CUDA
-    ordinals are the node's)."""
+    ordinals are the node's). `timeout_s`: runtime.collective_timeout_s, Gloo's timeout."""
+    horovod_gloo_timeout(timeout_s)
     hvd.init()
     device = pick_device(choice)
     if device.startswith("/GPU"):

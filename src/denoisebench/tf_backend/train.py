@@ -243,7 +243,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, devices: int = 1) ->
     """Train `cfg` into run_dir/tf/ and return its summary fields (on the chief)."""
     runtime = apply_runtime(cfg)
     if "HOROVOD_RANK" in os.environ:  # set by horovodrun: one device per worker
-        strategy, name, device, worker, workers = horovod_engine().join(cfg.train.device)
+        strategy, name, device, worker, workers = horovod_engine().join(
+            cfg.train.device, cfg.runtime.collective_timeout_s
+        )
         replicas = workers
     else:
         strategy, name, device = build_strategy(

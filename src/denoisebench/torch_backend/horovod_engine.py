@@ -1,8 +1,11 @@
 """Horovod for the PyTorch trainer (`--engine horovod`): what it does instead of DDP.
 
-Started by the launcher with horovodrun, one process per device (Gloo; CPU workers without GPUs):
+Started one process per device (Gloo; CPU workers without GPUs): by horovodrun on one node,
 
     horovodrun -np 2 -H localhost:2 --gloo python -m denoisebench.torch_backend.train RUN_DIR
+
+and across nodes by one launcher per node (denoisebench.cluster.horovod_nodes) or a submitit
+task per device, which set the variables horovodrun would (core.placement.horovod_env).
 
 The trainer finds itself under Horovod by HOROVOD_RANK and imports this module; everything else
 (model, step, batch rule, records) is the trainer's own. Instead of DDP's wrapper, Horovod's
@@ -13,12 +16,15 @@ are broadcast to every worker before the first step.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import horovod.torch as hvd
 import torch
 
 from denoisebench.core.config import Config, ConfigError
+from denoisebench.core.distributed import horovod_gloo_timeout
+from denoisebench.core.placement import Placement, cuda_device
 
 
 def init_process(cfg: Config) -> tuple[torch.device, int, int]:
@@ -30,11 +36,15 @@ def init_process(cfg: Config) -> tuple[torch.device, int, int]:
             "--engine horovod trains without runtime.cuda_graphs and runtime.precision=float16 "
             "(set runtime.cuda_graphs=false, runtime.precision=float32 or bfloat16)"
         )
+    horovod_gloo_timeout(cfg.runtime.collective_timeout_s)
     hvd.init()
     device = torch.device("cpu")
     if torch.cuda.is_available() and cfg.train.device != "cpu":
         check_cuda_built()
-        device = torch.device("cuda", hvd.local_rank())
+        # the worker's GPU among those it sees, as a DDP rank picks its own (one visible GPU
+        # where SLURM binds one per task, else the node's GPU local rank)
+        place = Placement(local_rank=hvd.local_rank(), local_world_size=hvd.local_size())
+        device = torch.device("cuda", cuda_device(place, torch.cuda.device_count(), os.environ))
         torch.cuda.set_device(device)
     return device, hvd.rank(), hvd.size()
 
