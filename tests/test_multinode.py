@@ -116,6 +116,28 @@ def test_sbatch_jobs_of_both_frameworks_share_two_nodes(slurm_cluster, local_run
     assert_overlapped(slurm_cluster, [str(j) for j in jobs.values()])
 
 
+@pytest.mark.horovod
+def test_horovod_trains_both_frameworks_across_two_nodes_through_slurm(
+    slurm_cluster, horovod_built, local_run, tmp_path
+):
+    """`--engine horovod --slurm --nodes 2 --gpus 1`: for each framework a job of 2 nodes x 1
+    Horovod worker (a submitit task each, task 0 on n9 serving Horovod's rendezvous, no SSH),
+    batch 8: global batch 16 and the same training as one device with batch 16."""
+    proc = launch(
+        *SMOKE, "--engine", "horovod", "--slurm", "--nodes", "2", "--gpus", "1",
+        "--batch-size", "8", *CPU_JOB, "--wait", "--wait-timeout", "600",
+        "--results", str(tmp_path), "--run-id", "hvd",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "hvd"
+    for framework in ("torch", "tf"):
+        summary = read_json(run / framework / "summary.json")
+        assert (summary["engine"], summary["strategy"]) == ("horovod", "horovod"), framework
+        assert (summary["world_size"], summary["global_batch"]) == (2, 16), framework
+        assert_matches(run, local_run, framework)
+        assert read_json(run / framework / "environment.json")["hostname"] == "n9", framework
+
+
 def node_processes(job: int | str, node: str) -> list[int]:
     """The job's processes on `node` (the launcher, torchrun, the trainers): every process whose
     environment says it is a task of that job on that node."""
@@ -141,22 +163,11 @@ def wait_for_log(tmp_path: Path, job: int | str, text: str, after: int, deadline
     return time.monotonic()
 
 
-def test_a_job_that_loses_a_node_twice_ends_each_step_requeues_and_finishes(
-    slurm_cluster, uninterrupted, tmp_path
-):
-    """Node n10 lost twice in one sbatch job (2 nodes x 1 CPU worker): first all its processes
-    SIGKILLed, then, once the requeued job trains again, its link cut. Each time the step ends
-    within LOST_NODE_BOUND_S, the failure names n10, and the job requeues itself (at most
-    DENOISEBENCH_MAX_REQUEUES, 2); --auto-resume finishes the run with every epoch, on the
-    weights of one device without interruption."""
-    extra = " ".join([*FOUR_EPOCHS, "--batch-size", "8",
-                      "--set", f"runtime.collective_timeout_s={TIMEOUT_S}"])  # fmt: skip
-    script = render_cpu_script("torch", tmp_path, nodes=2, devices=1)
-    job = slurm_cluster.sbatch(
-        "--nodelist=n9,n10", str(script), cwd=tmp_path, env=sbatch_env(tmp_path, extra)
-    )
-    fw_dir = tmp_path / "results" / f"slurm-{job}" / "torch"
-    for attempt, fault in enumerate(["sigkill", "link-down"]):
+def lose_n10(cluster, tmp_path: Path, job: int | str, fw_dir: Path, faults: list[str]) -> None:
+    """Each fault in turn, into the steps of an epoch of the running job: `sigkill` (every
+    process of n10's SIGKILLed) or `link-down` (n10's link cut). Each time the step must end
+    within LOST_NODE_BOUND_S and the job requeue itself."""
+    for attempt, fault in enumerate(faults):
         if attempt:  # the requeued job trains again: its first epoch is done
             wait_for_log(tmp_path, job, "resuming after epoch", attempt - 1, time.monotonic() + 120)
         wait_for_epochs(fw_dir, len(read_jsonl(fw_dir / "epochs.jsonl")) + 1)
@@ -166,20 +177,66 @@ def test_a_job_that_loses_a_node_twice_ends_each_step_requeues_and_finishes(
             for pid in node_processes(job, "n10"):
                 os.kill(pid, signal.SIGKILL)
         else:
-            slurm_cluster.nodes.set_link("n10", up=False)
+            cluster.nodes.set_link("n10", up=False)
         try:
             deadline = started + LOST_NODE_BOUND_S
             ended = wait_for_log(tmp_path, job, "step ended", attempt, deadline) - started
         finally:
-            slurm_cluster.nodes.set_link("n10", up=True)
+            cluster.nodes.set_link("n10", up=True)
         print(f"{fault}: the step ended {ended:.1f} s after the fault")
         wait_for_log(tmp_path, job, "requeueing", attempt, time.monotonic() + 30)
-    slurm_cluster.wait_for_state(job, ["COMPLETED", "FAILED", "CANCELLED"], timeout=400)
+
+
+def start_lost_node_job(cluster, tmp_path: Path, *options: str) -> tuple[str, Path]:
+    """An sbatch job of 2 nodes (n9, n10) x 1 CPU worker training helpers.FOUR_EPOCHS (torch),
+    with the fault tests' collective timeout: its id and its framework folder."""
+    extra = " ".join([*FOUR_EPOCHS, "--batch-size", "8", *options,
+                      "--set", f"runtime.collective_timeout_s={TIMEOUT_S}"])  # fmt: skip
+    script = render_cpu_script("torch", tmp_path, nodes=2, devices=1)
+    job = cluster.sbatch(
+        "--nodelist=n9,n10", str(script), cwd=tmp_path, env=sbatch_env(tmp_path, extra)
+    )
+    return job, tmp_path / "results" / f"slurm-{job}" / "torch"
+
+
+def assert_finished_as_uninterrupted(cluster, tmp_path, job, fw_dir, uninterrupted, lost: int):
+    """The job completed after `lost` failed steps, each resumed, with every epoch and the
+    weights of one device without interruption."""
+    cluster.wait_for_state(job, ["COMPLETED", "FAILED", "CANCELLED"], timeout=400)
     log = job_log(tmp_path, job)
-    assert slurm_cluster.job_state(job) == "COMPLETED", log[-4000:]
-    assert log.count("resuming after epoch") == 2, log[-4000:]
-    summary = read_json(fw_dir / "summary.json")
+    assert cluster.job_state(job) == "COMPLETED", log[-4000:]
+    assert log.count("resuming after epoch") == lost, log[-4000:]
     assert [e["epoch"] for e in read_jsonl(fw_dir / "epochs.jsonl")] == [0, 1, 2, 3]
-    lost = [h for h in summary["history"] if h["status"] == "failed"]
-    assert len(lost) == 2 and all("n10" in h["error"] for h in lost), lost
+    failed = [h for h in read_json(fw_dir / "summary.json")["history"] if h["status"] == "failed"]
+    assert len(failed) == lost, failed
     assert_matches(fw_dir.parent, uninterrupted, "torch")
+    return failed
+
+
+def test_a_job_that_loses_a_node_twice_ends_each_step_requeues_and_finishes(
+    slurm_cluster, uninterrupted, tmp_path
+):
+    """Node n10 lost twice in one sbatch job (2 nodes x 1 CPU worker): first all its processes
+    SIGKILLed, then, once the requeued job trains again, its link cut. Each time the step ends
+    within LOST_NODE_BOUND_S, the failure names n10, and the job requeues itself (at most
+    DENOISEBENCH_MAX_REQUEUES, 2); --auto-resume finishes the run with every epoch, on the
+    weights of one device without interruption."""
+    job, fw_dir = start_lost_node_job(slurm_cluster, tmp_path)
+    lose_n10(slurm_cluster, tmp_path, job, fw_dir, ["sigkill", "link-down"])
+    lost = assert_finished_as_uninterrupted(
+        slurm_cluster, tmp_path, job, fw_dir, uninterrupted, lost=2
+    )
+    assert all("n10" in h["error"] for h in lost), lost
+
+
+@pytest.mark.horovod
+def test_a_horovod_job_that_loses_a_node_link_ends_the_step_requeues_and_finishes(
+    slurm_cluster, horovod_built, uninterrupted, tmp_path
+):
+    """The same bound under --engine horovod (the sbatch script's node launchers, no SSH): n10's
+    link cut mid-epoch; the survivors' Gloo collective times out (runtime.collective_timeout_s),
+    the step ends within LOST_NODE_BOUND_S, the job requeues and finishes as one device."""
+    job, fw_dir = start_lost_node_job(slurm_cluster, tmp_path, "--engine", "horovod")
+    lose_n10(slurm_cluster, tmp_path, job, fw_dir, ["link-down"])
+    assert_finished_as_uninterrupted(slurm_cluster, tmp_path, job, fw_dir, uninterrupted, lost=1)
+    assert read_json(fw_dir / "summary.json")["engine"] == "horovod"
