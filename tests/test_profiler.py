@@ -22,7 +22,8 @@ import pytest
 from denoisebench.core.config import Config, load_config
 from denoisebench.core.epochs import Measured, measured_fields, step_stats
 from denoisebench.core.spec import ModelSpec
-from denoisebench.measure import profiler
+from denoisebench.measure import gpus, profiler
+from denoisebench.measure.gpus import nvml_indices
 from denoisebench.measure.hardware import peak_flops
 from denoisebench.measure.profiler import (
     COUNTER_WRAP,
@@ -31,10 +32,9 @@ from denoisebench.measure.profiler import (
     counter_energy_j,
     integrate_power_j,
     maybe_profile,
-    nvml_indices,
     percentile,
-    rapl_energy_j,
 )
+from denoisebench.measure.rapl import rapl_energy_j
 from denoisebench.trainer.session import measured
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -297,10 +297,10 @@ def test_nvml_indices_refuse_what_they_cannot_map():
 def test_nvml_indices_load_nvml_themselves_and_fall_back_without_it(monkeypatch):
     nvml = FakeNvmlIds(FOUR_H100)
     env = {"CUDA_VISIBLE_DEVICES": nvml.uuids[2]}
-    monkeypatch.setattr(profiler, "load_nvml", lambda: (nvml, None))
+    monkeypatch.setattr(gpus, "load_nvml", lambda: (nvml, None))
     assert nvml_indices([0], env=env) == [2]
     # no NVML: the profiler records GPU figures as missing, so the ordinal stands in
-    monkeypatch.setattr(profiler, "load_nvml", lambda: (None, "NVML unavailable: test"))
+    monkeypatch.setattr(gpus, "load_nvml", lambda: (None, "NVML unavailable: test"))
     assert nvml_indices([0], env=env) == [0]
 
 

@@ -101,6 +101,33 @@ def _max_or_none(rows: list[dict[str, Any]], key: str) -> float | None:
     return float(max(values)) if values else None
 
 
+def once_per_gpu(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per physical GPU: the lowest rank's among rows of one (host, gpu_id). Every
+    process that drives a GPU reads the whole GPU's counter (two ranks on one GPU, MIG slices
+    of one GPU), so its energy and power are counted once. A row without a gpu_id (NVML gave
+    no UUID or bus id) is its own GPU."""
+    seen: dict[Any, dict[str, Any]] = {}
+    for i, d in enumerate(sorted(devices, key=lambda d: d.get("rank", 0))):
+        key = (d.get("host"), d["gpu_id"]) if d.get("gpu_id") else i
+        seen.setdefault(key, d)
+    return list(seen.values())
+
+
+def cpu_energy_once(hosts: list[dict[str, Any]]) -> float | None:
+    """CPU energy of an epoch's process rows, each package of each host once: every process
+    reads its whole host's RAPL counters, so the lowest rank's reading of a (host, package)
+    stands for all. None when a process had no reading (no partial sums); a row without its
+    packages (`cpu_energy_packages_j`) counts as its host's one reading."""
+    if not hosts or any(h.get("cpu_energy_j") is None for h in hosts):
+        return None
+    readings: dict[tuple[Any, str], float] = {}
+    for h in sorted(hosts, key=lambda h: h.get("rank", 0)):
+        packages = h.get("cpu_energy_packages_j") or {"all packages": h["cpu_energy_j"]}
+        for package, joules in packages.items():
+            readings.setdefault((h.get("host"), package), joules)
+    return float(sum(readings.values()))
+
+
 def measured_fields(steps: list[dict[str, Any]], m: Measured | None) -> dict[str, Any]:
     """The EPOCH record's speed, memory and energy fields; missing ones carry a reason."""
     if m is None:
@@ -126,23 +153,24 @@ def measured_fields(steps: list[dict[str, Any]], m: Measured | None) -> dict[str
     )
 
     gpu_reason = next((h.get("gpu_reason") for h in m.hosts if h.get("gpu_reason")), None)
-    energy = _sum_or_none(m.devices, "energy_j")
+    gpus = once_per_gpu(m.devices)
+    energy = _sum_or_none(gpus, "energy_j")
     out["gpu_energy_j"] = energy
-    out["gpu_energy_above_idle_j"] = _sum_or_none(m.devices, "energy_above_idle_j")
+    out["gpu_energy_above_idle_j"] = _sum_or_none(gpus, "energy_above_idle_j")
     out["gpu_energy_method"] = (
-        ",".join(sorted({d["energy_method"] for d in m.devices if d.get("energy_method")})) or None
+        ",".join(sorted({d["energy_method"] for d in gpus if d.get("energy_method")})) or None
     )
     out["gpu_energy_reason"] = (
         gpu_reason
-        if not m.devices
+        if not gpus
         else (None if energy is not None else "a device had no energy counter and no power samples")
     )
     out["gpu_energy_per_image_j"] = energy / images if energy is not None and images else None
-    out["energy_window_too_short"] = any(d.get("energy_window_too_short") for d in m.devices)
-    out["gpu_power_mean_w"] = _sum_or_none(m.devices, "power_mean_w")
+    out["energy_window_too_short"] = any(d.get("energy_window_too_short") for d in gpus)
+    out["gpu_power_mean_w"] = _sum_or_none(gpus, "power_mean_w")
     out["gpu_util_mean_pct"] = (
-        float(np.mean([d["util_mean_pct"] for d in m.devices]))
-        if m.devices and all(d.get("util_mean_pct") is not None for d in m.devices)
+        float(np.mean([d["util_mean_pct"] for d in gpus]))
+        if gpus and all(d.get("util_mean_pct") is not None for d in gpus)
         else None
     )
     out["gpu_mem_alloc_peak_gib"] = _max_or_none(m.devices, "alloc_peak_gib")
@@ -152,7 +180,7 @@ def measured_fields(steps: list[dict[str, Any]], m: Measured | None) -> dict[str
     out["cpu_util_mean_pct"] = (
         float(np.mean([h["cpu_util_pct"] for h in m.hosts])) if m.hosts else None
     )
-    out["cpu_energy_j"] = _sum_or_none(m.hosts, "cpu_energy_j")
+    out["cpu_energy_j"] = cpu_energy_once(m.hosts)
     out["cpu_energy_reason"] = next(
         (h["cpu_energy_reason"] for h in m.hosts if h.get("cpu_energy_reason")), None
     )

@@ -374,6 +374,12 @@ LAUNCHER_ENV = "DENOISEBENCH_LAUNCHER"
 """How the user started the launcher (`denoisebench`, or `python -m launch`): the launcher
 sets it in its trainers' environment, so that their resume hints name the same command."""
 
+RUN_ENV = "DENOISEBENCH_RUN"
+"""The absolute run folder a process works for, in its environment: how the run conditions
+sampler of any node tells the run's own processes from other load (measure.conditions_cpu).
+Each trainer sets it at start-up for the processes it starts; a launcher that sets it in its
+trainers' environment marks them as well (they are also known by their command line)."""
+
 
 def resume_command(run_dir: Path, launcher: str | None = None) -> str:
     """The command that continues the run in `run_dir` (or the run a repeat folder is in);

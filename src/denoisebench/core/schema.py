@@ -47,20 +47,21 @@ EPOCH_FIELDS: dict[str, str] = {
     "model_flops_per_image": "training FLOPs per image from the spec (3 x forward)",
     "mfu": "model FLOP utilisation: achieved FLOP/s / (peak FLOP/s x devices)",
     "mfu_reason": "why mfu is missing (CPU, or a GPU not in hardware.py), else null",
-    "gpu_energy_j": "energy of all GPUs over the epoch's training window",
+    "gpu_energy_j": "energy of all GPUs over the epoch's training window, each GPU once",
     "gpu_energy_above_idle_j": "gpu_energy_j less the idle power over the same time",
     "gpu_energy_method": "nvml_energy_counter or power_integration",
     "gpu_energy_reason": "why GPU energy is missing, else null",
     "gpu_energy_per_image_j": "gpu_energy_j / training images of the epoch",
     "energy_window_too_short": "true when the window is shorter than profiler.min_window_s",
-    "gpu_power_mean_w": "mean power of all GPUs together over the window",
+    "gpu_power_mean_w": "mean power of all GPUs together over the window, each GPU once",
     "gpu_util_mean_pct": "mean NVML utilisation over the window, averaged over GPUs",
     "gpu_mem_alloc_peak_gib": "framework allocator's peak (torch max_memory_allocated, TF peak)",
     "gpu_mem_reserved_peak_gib": "PyTorch's peak reserved memory (its caching allocator)",
     "gpu_mem_used_peak_gib": "NVML's peak device memory used (all processes on the GPU)",
     "host_rss_peak_gib": "peak resident memory of a training process and its children",
     "cpu_util_mean_pct": "process CPU time / (window x cores), mean over processes",
-    "cpu_energy_j": "CPU package energy from RAPL over the window",
+    "cpu_energy_j": "CPU package energy from RAPL over the window, each package of each "
+    "host once (every rank reads its whole host's packages)",
     "cpu_energy_reason": "why cpu_energy_j is missing, else null",
 }
 SUMMARY_FIELDS: dict[str, str] = {
@@ -113,10 +114,12 @@ SUMMARY_FIELDS: dict[str, str] = {
     "host_rss_peak_gib": "peak resident memory over the run",
     "conditions": "what else the machine did while the run trained (measure.conditions): other "
     "processes' share of the run's cores, steal, load per core; on GPUs clock ratio, throttle "
-    "reasons, other processes, XID and ECC events; null figures with their reasons",
-    "disturbed": "whether the conditions crossed a threshold (docs/measurements.md): the "
-    "report then names no speed or energy winner from this run",
-    "disturbed_reasons": "one sentence per crossed threshold, with the measured value",
+    "reasons, other processes, XID and ECC events; null figures with their reasons; rank 0's "
+    "node's at the top, every node's under `hosts`, each named by its `host`",
+    "disturbed": "whether the conditions of any node crossed a threshold (docs/measurements.md): "
+    "the report then names no speed or energy winner from this run",
+    "disturbed_reasons": "one sentence per crossed threshold, with the measured value (and the "
+    "node's host first when the run has several nodes)",
     "tensorboard_skipped": "why no TensorBoard events were written though "
     "profiler.tensorboard is on (the tensorboard package is not installed); null otherwise",
 }

@@ -1,8 +1,9 @@
 """Run conditions: what else the machine did while a run trained, and whether that disturbed it.
 
 Two runs of one setup can differ 5x in throughput on a machine that other jobs load, and a
-throughput figure alone does not say so. Rank 0's trainer process (trainer.session) samples,
-every `INTERVAL_S` from its first epoch to its end, on a background thread:
+throughput figure alone does not say so. The first trainer process on each node
+(conditions_nodes, started by trainer.session) samples, every `INTERVAL_S` from its first epoch
+to its end, on a background thread:
 
 - the 1-minute load average (/proc/loadavg), against the cores the run may use
   (`len(os.sched_getaffinity(0))`);
@@ -15,29 +16,39 @@ every `INTERVAL_S` from its first epoch to its end, on a background thread:
   critical errors (an NVML event set, read without waiting) and volatile uncorrected ECC errors.
   What NVML does not expose is null with its reason, never 0.
 
-"Ours" is every process of the run on this host: the process tree under the run's root, the
-topmost ancestor of the sampling process (itself included) whose command line is one of the
-run's programs (`python -m launch`, a `denoisebench.` module such as a trainer or the torchrun
-and horovodrun wrappers, torchrun, horovodrun, submitit's task runner), with all its
-descendants (psutil `children(recursive=True)`, re-read at every sample). It follows parent
-links, not sessions or process groups: torchrun starts each rank in a new session. So the
-launcher, torchrun, every DDP rank or TensorFlow worker it started and their helpers count as
-ours; a shell, pytest, or another user's job does not. Under SLURM (SLURM_JOB_ID set), every
-process in the job's cgroup on this host counts too: submitit starts one task per GPU, so the
-DDP ranks of a node are siblings under slurmstepd, not descendants of rank 0. A process's CPU
-time includes that of its children it has waited for, so a helper that starts and ends between
-two samples is still counted (`OursCpu`). The run's processes inherit its affinity, so their
-time is taken to be spent on its cores. Only rank 0 samples, and NVML only for the GPUs it
-drives: the summary is rank 0's.
+"Ours" is every process of the run this host's /proc shows, with all its descendants (the
+process table, /proc/<pid>/stat, re-read at every sample):
+- the process tree under the run's root, the topmost ancestor of the sampling process (itself
+  included) whose command line is one of the run's programs (`python -m launch`, a
+  `denoisebench.` module such as a trainer or the torchrun and horovodrun wrappers, torchrun,
+  horovodrun, submitit's task runner). It follows parent links, not sessions or process groups:
+  torchrun starts each rank in a new session;
+- under SLURM (SLURM_JOB_ID set), every process in the job's cgroup on this host;
+- wherever it sits in the process tree, a process that carries the run (conditions_cpu.
+  JobProcesses): the environment it started with (/proc/<pid>/environ) names the run folder
+  (records.RUN_ENV, which each trainer sets for what it starts) or the same SLURM job
+  (SLURM_JOB_ID), or it is one of the run's programs with the run folder among its arguments
+  (the trainers and their wrappers, however they were started). This is what tells the job's
+  own processes from other load where the tree and the cgroup do not: on a cluster whose nodes
+  are network namespaces of one machine (one PID namespace, one /proc), each node's sampler
+  sees the other nodes' ranks, and under SLURM without cgroups (proctrack/linuxproc) the tasks
+  srun started beside the sampler are its siblings, not its descendants.
+So the launcher, torchrun, every DDP rank or TensorFlow worker and their helpers count as ours;
+a shell, pytest, another job or another user's process does not. A process's CPU time includes
+that of its children it has waited for, so a helper that starts and ends between two samples is
+still counted (`OursCpu`). The run's processes inherit its affinity, so their time is taken to
+be spent on its cores. Each node's sampler reads NVML only for the GPUs its own process drives.
 
-Every interval is one row, appended to `<framework>/conditions.jsonl` as it is taken; a resumed
-run reads the rows of its earlier attempts back, so its summary covers every attempt (a window
-never spans two). `summarize` turns the rows into summary.json's `conditions`, and
-`disturbances` names each threshold that the run crossed: such a run is `disturbed`.
+Every interval is one row, appended to the node's spool (`<framework>/conditions.jsonl` on
+rank 0's node) as it is taken; a resumed run reads the rows of its earlier attempts back, so its
+summary covers every attempt (a window never spans two). `summarize` turns the rows into a
+node's `conditions`, and `disturbances` names each threshold that the run crossed: such a run
+is `disturbed`.
 
 This module is the sampler; beside it, conditions_cpu.py reads /proc, the job's cgroup and the
-run's own CPU time, conditions_gpu.py asks NVML, and conditions_verdict.py holds the
-thresholds, the summary and the verdict.
+run's own CPU time, conditions_gpu.py asks NVML, conditions_verdict.py holds the thresholds,
+the summary and the verdict, and conditions_nodes.py runs one sampler per node and brings their
+summaries to rank 0.
 """
 
 from __future__ import annotations
@@ -52,33 +63,39 @@ from typing import Any
 import psutil
 
 from denoisebench.measure.conditions_cpu import (
+    JobProcesses,
     OursCpu,
     cgroup_pids,
     cpu_ticks,
+    descendants,
     job_cgroup,
     load_1m,
+    process_table,
     run_root,
     snapshot,
 )
 from denoisebench.measure.conditions_gpu import GpuConditions, nvml_error
 from denoisebench.measure.conditions_verdict import conditions_fields, summarize
-from denoisebench.measure.profiler import load_nvml
+from denoisebench.measure.gpus import load_nvml
 
 INTERVAL_S = 1.0
 """Seconds between samples: each reads a few /proc files and walks the process table
 (milliseconds), so a sample a second costs the run nothing it could measure."""
 
 CONDITIONS_FILE = "conditions.jsonl"
-"""Every sample of rank 0's run conditions, in the framework folder."""
+"""Every sample of rank 0's node's run conditions, in the framework folder (the other nodes'
+are conditions.<host>.jsonl: conditions_nodes)."""
 
 
 class ConditionsSampler:
-    """Rank 0's background thread: one row of run conditions every `interval_s`, from start()
-    to stop(), appended to `spool` as taken.
+    """A node's background thread (its first rank's: measure.conditions_nodes): one row of run
+    conditions every `interval_s`, from start() to stop(), appended to `spool` as taken.
 
     `gpus`: the NVML indices this process drives. `root`: the pid whose process tree is the
-    run's (default: run_root of this process). `cpus`: the cores the run may use (default: this
-    process's affinity). `proc`: where /proc is (tests)."""
+    run's (default: run_root of this process). `run`: the run folder, whose marked processes
+    are the run's wherever they sit (conditions_cpu.JobProcesses). `host`: the node's name, in
+    each row. `cpus`: the cores the run may use (default: this process's affinity). `proc`:
+    where /proc's loadavg and stat are (tests)."""
 
     def __init__(
         self,
@@ -90,17 +107,22 @@ class ConditionsSampler:
         nvml_reason: str | None = None,
         cpus: list[int] | None = None,
         proc: Path = Path("/proc"),
+        run: Path | None = None,
+        host: str | None = None,
     ) -> None:
         self.interval_s, self.spool_path, self.proc = interval_s, spool, proc
+        self.host = host
         self.cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
         self.cores = len(self.cpus)
         self.machine_cores = os.cpu_count() or self.cores
         self.tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
         self.root = psutil.Process(root) if root is not None else run_root(psutil.Process())
         job = os.environ.get("SLURM_JOB_ID")
+        self.job = JobProcesses(run, job)
         self.job_cgroup = None
         if job and (proc / "self" / "cgroup").exists():
             self.job_cgroup = job_cgroup(job, (proc / "self" / "cgroup").read_text())
+        self._known: dict[tuple[int, int], psutil.Process] = {}
         self.reasons: dict[str, str] = {}
         self.gpu: GpuConditions | None = None
         if not gpus:
@@ -150,6 +172,12 @@ class ConditionsSampler:
         while not self._stop.wait(self.interval_s):
             self._read()
 
+    def sample(self) -> None:
+        """Take a reading now, between the thread's (the row of the interval since the last):
+        a summary sent to rank 0 then covers the node up to this moment."""
+        if self.started and not self._stop.is_set():
+            self._read()
+
     def stop(self) -> None:
         """Take the last reading (the interval since the previous one) and stop; idempotent."""
         if self._stop.is_set():
@@ -167,18 +195,20 @@ class ConditionsSampler:
 
     def ours(self) -> list[psutil.Process]:
         """The run's processes on this host now (the module's docstring says which)."""
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:  # the root ended: this process's own tree is what is left
-            me = psutil.Process()
-            procs = [me, *me.children(recursive=True)]
+        table = process_table()
+        root = self.root.pid if self.root.is_running() else os.getpid()  # else: its own tree
+        seeds = {root} | self.job.find(table)
         if self.job_cgroup is not None:
-            known = {p.pid for p in procs}
-            for pid in cgroup_pids(self.job_cgroup) - known:
-                try:
-                    procs.append(psutil.Process(pid))
-                except psutil.Error:
-                    continue
+            seeds |= cgroup_pids(self.job_cgroup)
+        procs, known = [], {}
+        for pid in descendants(seeds, table):
+            key = (pid, table[pid][1])
+            try:
+                known[key] = self._known.get(key) or psutil.Process(pid)
+            except psutil.Error:  # ended meanwhile
+                continue
+            procs.append(known[key])
+        self._known = known
         return procs
 
     def _read_host(self) -> tuple[float | None, tuple[int, int] | None]:
@@ -212,6 +242,7 @@ class ConditionsSampler:
                 return
             both = ticks is not None and last[2] is not None
             row = {
+                **({"host": self.host} if self.host else {}),
                 "part": self._part,
                 "time": wall,
                 "dt_s": t - last[0],
@@ -232,15 +263,17 @@ class ConditionsSampler:
                 self._spool.write(json.dumps(row) + "\n")
                 self._spool.flush()
 
-    def fields(self) -> dict[str, Any]:
-        """summary.json's `conditions`, `disturbed` and `disturbed_reasons`, over every row so
-        far (the earlier attempts' included)."""
+    def summary(self) -> dict[str, Any]:
+        """summary.json's `conditions` of this node, over every row so far (the earlier
+        attempts' included)."""
         with self._lock:
             rows = [*self.earlier, *self.rows]
             reasons = self.reasons | (self.gpu.reasons if self.gpu else {})
-        return conditions_fields(
-            summarize(rows, self.cores, self.interval_s, reasons, gpu=self.gpu is not None)
-        )
+        return summarize(rows, self.cores, self.interval_s, reasons, gpu=self.gpu is not None)
+
+    def fields(self) -> dict[str, Any]:
+        """summary.json's `conditions`, `disturbed` and `disturbed_reasons` of this node alone."""
+        return conditions_fields(self.summary())
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -1,16 +1,24 @@
 """Run conditions on the CPU side (measure.conditions says what is sampled and why): the load
 average and the CPU ticks of /proc, the run's own processes (its process tree, the SLURM job's
-cgroup) and the CPU time they spent between samples. Parsers take text, so tests feed them
-synthetic files.
+cgroup, the processes that carry the run's marker or job id) and the CPU time they spent
+between samples. Parsers take text, so tests feed them synthetic files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from denoisebench.core.records import RUN_ENV
+
+PROC = Path(psutil.PROCFS_PATH)
+JUDGED_TIMES = 3
+"""Samples at which a process not found to be the run's is looked at again: one caught between
+its fork and its exec still shows its parent's command line and environment."""
 
 ROOT_MODULES = ("launch", "denoisebench.", "submitit.", "torch.distributed.run")
 """`python -m` modules that are the run's programs: the launcher, and any module whose name
@@ -64,6 +72,122 @@ def run_root(process: psutil.Process) -> psutil.Process:
         except psutil.Error:  # another user's process, or gone
             continue
     return root
+
+
+def stat_fields(text: str) -> tuple[int, int]:
+    """(parent pid, start time in clock ticks after boot) from a /proc/<pid>/stat text; the
+    command name in parentheses may hold spaces and parentheses itself."""
+    rest = text[text.rindex(")") + 2 :].split()
+    return int(rest[1]), int(rest[19])
+
+
+ProcTable = dict[int, tuple[int, int]]
+"""pid -> (parent pid, start time): every process on the host at one moment."""
+
+
+def process_table(proc: Path = PROC) -> ProcTable:
+    """Every process on the host now, one read of its /proc/<pid>/stat each."""
+    table: ProcTable = {}
+    for name in os.listdir(proc):
+        if name.isdigit():
+            try:
+                with open(f"{proc}/{name}/stat", "rb") as f:
+                    table[int(name)] = stat_fields(f.read().decode(errors="replace"))
+            except (OSError, ValueError, IndexError):  # ended meanwhile
+                continue
+    return table
+
+
+def descendants(seeds: Iterable[int], table: ProcTable) -> set[int]:
+    """`seeds` that are in `table` and every process below them."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    stack = [pid for pid in seeds if pid in table]
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+    return found
+
+
+def is_job_process(
+    cmdline: list[str],
+    environ: Mapping[str, str],
+    cwd: str | None,
+    run: Path | None,
+    job_id: str | None,
+) -> bool:
+    """Whether a process, wherever it sits in the process tree, works for the run in `run`
+    (resolved) or SLURM job `job_id`: its environment names the run (RUN_ENV) or the job
+    (SLURM_JOB_ID), or it is one of the run's programs (is_run_program) with the run folder
+    among its arguments (relative ones read from its working directory `cwd`)."""
+    marker = environ.get(RUN_ENV)
+    if run is not None and marker and Path(marker).resolve() == run:
+        return True
+    if job_id and environ.get("SLURM_JOB_ID") == job_id:
+        return True
+    if run is None or not is_run_program(cmdline):
+        return False
+    for arg in cmdline[1:]:
+        if arg.startswith("-") or not (os.path.isabs(arg) or cwd):
+            continue
+        if Path(cwd or "/", arg).resolve() == run:
+            return True
+    return False
+
+
+def read_process(proc: Path, pid: int) -> tuple[list[str], dict[str, str], str | None]:
+    """(command line, the environment it started with, working directory) of a process; what
+    cannot be read (another user's environment) is empty."""
+    base = proc / str(pid)
+    try:
+        cmdline = [w.decode(errors="replace") for w in (base / "cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        cmdline = []
+    try:
+        pairs = (base / "environ").read_bytes().split(b"\0")
+        environ = dict(p.decode(errors="replace").partition("=")[::2] for p in pairs if p)
+    except OSError:
+        environ = {}
+    try:
+        cwd: str | None = os.readlink(base / "cwd")
+    except OSError:
+        cwd = None
+    return [w for w in cmdline if w], environ, cwd
+
+
+class JobProcesses:
+    """The run's processes on this host that its process tree does not hold: those that carry
+    the run's marker or its SLURM job id, or name the run folder (is_job_process). On a
+    cluster whose nodes share one /proc (network namespaces on one machine) these are the
+    other nodes' ranks; under SLURM without cgroups, the tasks srun started beside rank 0.
+
+    Each process is judged once by (pid, start time), a process not found to be the run's
+    again at its next JUDGED_TIMES - 1 samples (it may not have exec'd yet)."""
+
+    def __init__(self, run: Path | None, job_id: str | None, proc: Path = PROC) -> None:
+        self.run = run.resolve() if run is not None else None
+        self.job_id, self.proc = job_id, proc
+        self.verdicts: dict[tuple[int, int], tuple[bool, int]] = {}
+
+    def find(self, table: ProcTable) -> set[int]:
+        """The pids in `table` that are the run's."""
+        if self.run is None and not self.job_id:
+            return set()
+        verdicts = {}
+        for pid, (_, start) in table.items():
+            verdict, times = self.verdicts.get((pid, start), (False, 0))
+            if not verdict and times < JUDGED_TIMES:
+                verdict, times = (
+                    is_job_process(*read_process(self.proc, pid), self.run, self.job_id),
+                    times + 1,
+                )
+            verdicts[(pid, start)] = (verdict, times)
+        self.verdicts = verdicts
+        return {pid for (pid, _), (verdict, _) in verdicts.items() if verdict}
 
 
 def job_cgroup(job_id: str, cgroup_text: str, mount: Path = Path("/sys/fs/cgroup")) -> Path | None:

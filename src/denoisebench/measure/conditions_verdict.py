@@ -84,7 +84,7 @@ def worst_window_share(rows: list[dict[str, Any]], window_s: float = WINDOW_S) -
 
 
 def _gpu_summary(rows: list[dict[str, Any]], reasons: dict[str, str]) -> dict[str, Any]:
-    """The GPU fields over every row's devices (rank 0's GPUs)."""
+    """The GPU fields over every row's devices (the GPUs of the sampling process)."""
     devices = [d for r in rows for d in r.get("gpus") or []]
     ratios = [
         d["sm_clock_mhz"] / d["sm_clock_max_mhz"]
@@ -224,3 +224,22 @@ def conditions_fields(conditions: dict[str, Any]) -> dict[str, Any]:
     """The summary fields: `conditions`, and whether (and why) the run was disturbed."""
     reasons = disturbances(conditions)
     return {"conditions": conditions, "disturbed": bool(reasons), "disturbed_reasons": reasons}
+
+
+def nodes_fields(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary fields of a run whose nodes each sampled: `nodes` holds each node's
+    conditions (`summarize`'s, with its `host`), rank 0's node first. `conditions` keeps rank
+    0's node's figures at the top, as a run of one node has them, and every node's under
+    `hosts`; the run is disturbed when any node was, and with several nodes each reason starts
+    with the node's name."""
+    reasons = [
+        f"{node['host']}: {reason}" if len(nodes) > 1 else reason
+        for node in nodes
+        for reason in disturbances(node)
+    ]
+    first = {k: v for k, v in nodes[0].items() if k != "host"}
+    return {
+        "conditions": {**first, "hosts": nodes},
+        "disturbed": bool(reasons),
+        "disturbed_reasons": reasons,
+    }

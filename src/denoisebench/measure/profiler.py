@@ -15,9 +15,16 @@ Idle power is measured before training, so every figure is also given above idle
 power every 10-100 ms and on recent GPUs reports a 1-second average: windows shorter than
 `min_window_s` are flagged `energy_window_too_short`.
 
-CPU package energy comes from Linux RAPL (/sys/class/powercap) where readable, otherwise it is
-missing with the reason. Samples are appended to a spool file as they are taken, so a crash
-keeps every sample already written.
+CPU package energy comes from Linux RAPL (measure.rapl) where readable, otherwise it is missing
+with the reason. Samples are appended to a spool file as they are taken, so a crash keeps every
+sample already written.
+
+Counted once across ranks: a GPU's energy counter, like a CPU package's, is the whole device's,
+so two processes that read one device read the same joules. Each device row therefore carries
+the host and the GPU's identity (`gpu_id`: NVML UUID, else PCI bus id), each host row its
+reading per CPU package, and the epoch counts each (host, GPU) and (host, package) once
+(core.epochs). The NVML index is not an identity across processes: a process confined to one
+GPU (SLURM's device cgroup, a container) sees it as index 0.
 """
 
 from __future__ import annotations
@@ -28,8 +35,7 @@ import resource
 import socket
 import threading
 import time
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +44,11 @@ from typing import Any
 import numpy as np
 import psutil
 
+from denoisebench.measure.gpus import as_str, gpu_identity, load_nvml, nvml_read
+from denoisebench.measure.rapl import RAPL_ROOT, package_energy_j, rapl_domains, read_counters
+
 COUNTER_WRAP = 2**64
 """nvmlDeviceGetTotalEnergyConsumption is an unsigned 64-bit count of millijoules."""
-
-RAPL_ROOT = Path("/sys/class/powercap")
 
 
 # --- pure arithmetic, tested exactly with known numbers -------------------------------------
@@ -76,35 +83,11 @@ def above_idle_j(energy_j: float, idle_power_w: float | None, duration_s: float)
     return energy_j - idle_power_w * duration_s
 
 
-def rapl_energy_j(start_uj: int, end_uj: int, max_range_uj: int) -> float:
-    """Joules between two readings of a RAPL energy_uj counter (wraps at max_energy_range_uj)."""
-    return ((end_uj - start_uj) % (max_range_uj + 1)) / 1e6
-
-
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
 # --- NVML ------------------------------------------------------------------------------------
-
-
-def load_nvml() -> tuple[Any | None, str | None]:
-    """(the pynvml module, initialised) or (None, why not)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml, None
-    except Exception as e:  # no library, no driver, no device
-        return None, f"NVML unavailable: {e}"
-
-
-def _read(fn: Any, *args: Any) -> Any:
-    """One NVML call; None where the GPU does not support it or the call fails."""
-    try:
-        return fn(*args)
-    except Exception:
-        return None
 
 
 @dataclass
@@ -113,6 +96,8 @@ class DeviceSamples:
 
     index: int
     name: str
+    gpu_id: str | None
+    """The GPU's identity across processes (gpu_identity); None where NVML gives none."""
     times_s: list[float] = field(default_factory=list)
     power_w: list[float | None] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -129,7 +114,9 @@ class GpuSampler:
         self.rank = rank
         self.handles = {i: nvml.nvmlDeviceGetHandleByIndex(i) for i in indices}
         self.devices = {
-            i: DeviceSamples(i, _as_str(_read(nvml.nvmlDeviceGetName, h)) or f"GPU {i}")
+            i: DeviceSamples(
+                i, as_str(nvml_read(nvml.nvmlDeviceGetName, h)) or f"GPU {i}", gpu_identity(nvml, h)
+            )
             for i, h in self.handles.items()
         }
         self.spool = open(spool, "a") if spool else None  # noqa: SIM115 (closed in stop)
@@ -145,9 +132,9 @@ class GpuSampler:
         n = self.nvml
         now = time.perf_counter() if at is None else at
         for i, h in self.handles.items():
-            power_mw = _read(n.nvmlDeviceGetPowerUsage, h)
-            util = _read(n.nvmlDeviceGetUtilizationRates, h)
-            mem = _read(n.nvmlDeviceGetMemoryInfo, h)
+            power_mw = nvml_read(n.nvmlDeviceGetPowerUsage, h)
+            util = nvml_read(n.nvmlDeviceGetUtilizationRates, h)
+            mem = nvml_read(n.nvmlDeviceGetMemoryInfo, h)
             row = {
                 "t_s": now,
                 "wall": time.time(),
@@ -156,8 +143,8 @@ class GpuSampler:
                 "power_w": power_mw / 1000.0 if power_mw is not None else None,
                 "util_pct": getattr(util, "gpu", None),
                 "mem_used_gib": mem.used / 2**30 if mem is not None else None,
-                "temp_c": _read(n.nvmlDeviceGetTemperature, h, n.NVML_TEMPERATURE_GPU),
-                "sm_clock_mhz": _read(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_SM),
+                "temp_c": nvml_read(n.nvmlDeviceGetTemperature, h, n.NVML_TEMPERATURE_GPU),
+                "sm_clock_mhz": nvml_read(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_SM),
             }
             with self._lock:
                 d = self.devices[i]
@@ -186,7 +173,7 @@ class GpuSampler:
                 self.spool = None
 
     def energy_mj(self, index: int) -> int | None:
-        value = _read(self.nvml.nvmlDeviceGetTotalEnergyConsumption, self.handles[index])
+        value = nvml_read(self.nvml.nvmlDeviceGetTotalEnergyConsumption, self.handles[index])
         return value if value else None  # 0 means "not supported" on older and virtual GPUs
 
     def window(self, index: int, t0: float, t1: float) -> dict[str, Any]:
@@ -215,10 +202,6 @@ class GpuSampler:
         return [t for t, _ in pairs], [p for _, p in pairs]
 
 
-def _as_str(value: Any) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 # --- host --------------------------------------------------------------------------------------
 
 
@@ -227,22 +210,6 @@ def peak_rss_gib() -> float:
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kib += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return kib / 2**20
-
-
-def rapl_domains(root: Path = RAPL_ROOT) -> tuple[list[Path], str | None]:
-    """Readable top-level RAPL package domains, or why there are none."""
-    if not root.exists():
-        return [], f"no {root} (no RAPL on this machine or kernel)"
-    domains = sorted(p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1)
-    if not domains:
-        return [], f"no package domains under {root}"
-    try:
-        for d in domains:
-            int((d / "energy_uj").read_text())
-            int((d / "max_energy_range_uj").read_text())
-    except (OSError, ValueError) as e:
-        return [], f"RAPL not readable: {e}"
-    return domains, None
 
 
 # --- the profiler a trainer uses ---------------------------------------------------------------
@@ -322,7 +289,7 @@ class Profiler:
             energy_mj={i: self.sampler.energy_mj(i) for i in self.sampler.devices}
             if self.sampler
             else {},
-            rapl_uj=[int((d / "energy_uj").read_text()) for d in self.rapl],
+            rapl_uj=read_counters(self.rapl),
             cpu_times=self.process.cpu_times(),
         )
 
@@ -349,6 +316,7 @@ class Profiler:
                     "rank": self.rank,
                     "host": self.host,
                     "device_index": i,
+                    "gpu_id": self.sampler.devices[i].gpu_id,
                     "device_name": self.sampler.devices[i].name,
                     "window_s": duration,
                     "energy_j": energy,
@@ -372,12 +340,10 @@ class Profiler:
             "cpu_energy_j": None,
             "cpu_energy_reason": self.rapl_reason,
         }
-        if self.rapl:
-            end = [int((d / "energy_uj").read_text()) for d in self.rapl]
-            ranges = [int((d / "max_energy_range_uj").read_text()) for d in self.rapl]
-            host["cpu_energy_j"] = sum(
-                rapl_energy_j(a, b, r) for a, b, r in zip(mark.rapl_uj, end, ranges, strict=True)
-            )
+        if self.rapl:  # the whole host's packages, as every process on it reads them
+            packages = package_energy_j(self.rapl, mark.rapl_uj)
+            host["cpu_energy_j"] = sum(packages.values())
+            host["cpu_energy_packages_j"] = packages
             host["cpu_energy_reason"] = None
         if not self.sampler:
             host["gpu_reason"] = self.gpu_reason
@@ -396,120 +362,3 @@ def maybe_profile(enabled: bool, **kwargs: Any) -> Iterator[Profiler | None]:
         yield profiler
     finally:
         profiler.stop()
-
-
-def nvml_indices(
-    cuda_indices: list[int], env: Mapping[str, str] | None = None, nvml: Any | None = None
-) -> list[int]:
-    """NVML indices of the GPUs behind CUDA device ordinals, one per ordinal.
-
-    CUDA numbers the devices a process sees from 0. CUDA_VISIBLE_DEVICES (read from `env`,
-    default os.environ), when set, lists them in that order; each entry is an index, a GPU
-    UUID (`GPU-<uuid>`, or a unique prefix of one, as CUDA accepts) or a MIG device
-    (`MIG-<uuid>`; `MIG-GPU-<uuid>/<gi>/<ci>` on drivers before R470). An index entry is
-    taken as the NVML index. A UUID entry is looked up in NVML (`nvml`, or pynvml loaded here
-    when None); a MIG device maps to its parent GPU, since NVML reads power and energy for
-    whole GPUs only (the figures then include whatever else runs on that GPU). Two MIG devices
-    of one GPU give its index twice.
-
-    Index entries, and ordinals without a mask, are CUDA's numbers. They are NVML's (PCI bus
-    order) when CUDA_DEVICE_ORDER=PCI_BUS_ID (the launcher sets it) or when all the GPUs are
-    one model. Otherwise (CUDA's default FASTEST_FIRST on a machine with GPUs of different
-    models) the mapping returned is a guess and a warning naming CUDA_DEVICE_ORDER says so.
-
-    Raises ValueError, naming CUDA_VISIBLE_DEVICES, for an ordinal past the end of the mask, an
-    entry that is neither an index nor a UUID, or a UUID NVML cannot resolve (unknown, or a
-    prefix of several GPUs' UUIDs): sampling some other GPU instead would record wrong figures.
-    Where NVML cannot be loaded at all, a UUID entry maps to its CUDA ordinal: the profiler
-    then has no NVML either and records the GPU figures as missing, with the reason.
-    """
-    env = os.environ if env is None else env
-    if not cuda_indices:
-        return []
-    visible = env.get("CUDA_VISIBLE_DEVICES", "")
-    ids = [v.strip() for v in visible.split(",") if v.strip()]
-    entries: list[str | int] = []
-    for i in cuda_indices:
-        if not ids:
-            entries.append(i)  # no mask: every GPU visible, in CUDA's order
-        elif i >= len(ids):
-            raise ValueError(
-                f"CUDA device {i} is past the end of CUDA_VISIBLE_DEVICES={visible!r} "
-                f"({len(ids)} entries)"
-            )
-        elif ids[i].isdigit():
-            entries.append(int(ids[i]))
-        elif ids[i].startswith(("GPU-", "MIG-")):
-            entries.append(ids[i])
-        else:
-            raise ValueError(
-                f"CUDA_VISIBLE_DEVICES={visible!r}: entry {ids[i]!r} (CUDA device {i}) is neither "
-                "an index nor a GPU-/MIG- UUID"
-            )
-    by_uuid = any(isinstance(e, str) for e in entries)
-    check_order = (
-        any(isinstance(e, int) for e in entries) and env.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID"
-    )
-    if nvml is None and (by_uuid or check_order):
-        nvml, _ = load_nvml()
-    if check_order and nvml is not None:
-        _warn_if_mixed_models(nvml)
-    out: list[int] = []
-    for i, entry in zip(cuda_indices, entries, strict=True):
-        if isinstance(entry, int):
-            out.append(entry)
-        elif nvml is None:
-            out.append(i)
-        else:
-            try:
-                out.append(_uuid_index(nvml, entry))
-            except Exception as e:
-                raise ValueError(
-                    f"CUDA_VISIBLE_DEVICES={visible!r}: NVML cannot resolve {entry!r} "
-                    f"(CUDA device {i}): {e}"
-                ) from e
-    return out
-
-
-def _uuid_index(nvml: Any, entry: str) -> int:
-    """NVML index of the GPU a CUDA_VISIBLE_DEVICES UUID entry names (for MIG, its parent)."""
-    if entry.startswith("MIG-GPU-"):  # MIG-<GPU uuid>/<GPU instance>/<compute instance>
-        return _gpu_uuid_index(nvml, entry.removeprefix("MIG-").split("/")[0])
-    if entry.startswith("MIG-"):
-        mig = nvml.nvmlDeviceGetHandleByUUID(entry)
-        return nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(mig))
-    return _gpu_uuid_index(nvml, entry)
-
-
-def _gpu_uuid_index(nvml: Any, uuid: str) -> int:
-    try:
-        return nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(uuid))
-    except Exception:
-        # nvmlDeviceGetHandleByUUID wants the whole UUID; CUDA also takes a unique prefix
-        matches = [
-            i
-            for i in range(nvml.nvmlDeviceGetCount())
-            if _as_str(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))).startswith(uuid)
-        ]
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            raise LookupError(f"the UUIDs of GPUs {matches} all start with it") from None
-        raise
-
-
-def _warn_if_mixed_models(nvml: Any) -> None:
-    """Warn where CUDA's default order (fastest first) may differ from NVML's (PCI bus)."""
-    try:
-        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
-        names = sorted({_as_str(nvml.nvmlDeviceGetName(h)) for h in handles})
-    except Exception:
-        return  # the names cannot be read: neither can the profiler's samples
-    if len(names) > 1:
-        warnings.warn(
-            f"GPUs of different models ({', '.join(names)}) and CUDA_DEVICE_ORDER is not "
-            "PCI_BUS_ID: CUDA numbers them fastest first, NVML by PCI bus, so the GPU sampled "
-            "for power and energy may not be the one trained on; set "
-            "CUDA_DEVICE_ORDER=PCI_BUS_ID (python -m launch does)",
-            stacklevel=3,
-        )

@@ -107,23 +107,38 @@ def time_to_target(epochs: list[dict[str, Any]], target_db: float) -> dict[str, 
 
 def load_fields(summary: dict[str, Any]) -> dict[str, Any]:
     """The run's conditions as the trainer recorded them (summary.json `disturbed`,
-    `disturbed_reasons`, `conditions`), flat for the runs table. A folder written before they
-    were recorded reads as not disturbed, with `conditions_recorded` False."""
+    `disturbed_reasons`, `conditions`), flat for the runs table: with several nodes
+    (`conditions.hosts`) each figure is the worst node's, as the slowest node sets every step's
+    time. A folder written before they were recorded reads as not disturbed, with
+    `conditions_recorded` False."""
     conditions = summary.get("conditions") or {}
+    nodes = conditions.get("hosts") or [conditions]
     reasons = [str(r) for r in summary.get("disturbed_reasons") or []]
     disturbed = bool(summary.get("disturbed"))
     if disturbed and not reasons:
         reasons = ["disturbed (no reason recorded)"]
+
+    def worst(values: list[Any], pick: Any = max) -> Any:
+        known = [v for v in values if v is not None]
+        return pick(known) if known else None
+
     return {
         "disturbed": disturbed,
         "disturbed_reasons": "; ".join(reasons) or None,
         "disturbed_reason": reasons[0] if reasons else None,
         "conditions_recorded": "disturbed" in summary or bool(conditions),
-        "other_cpu_share": conditions.get("other_cpu_share"),
-        "other_cpu_share_max": conditions.get("other_cpu_share_max"),
-        "load_per_core_max": conditions.get("load_per_core_max"),
-        "steal_share": conditions.get("steal_share"),
-        "gpu_sm_clock_ratio_min": (conditions.get("gpu") or {}).get("sm_clock_ratio_min"),
+        **{
+            key: worst([n.get(key) for n in nodes])
+            for key in (
+                "other_cpu_share",
+                "other_cpu_share_max",
+                "load_per_core_max",
+                "steal_share",
+            )
+        },
+        "gpu_sm_clock_ratio_min": worst(
+            [(n.get("gpu") or {}).get("sm_clock_ratio_min") for n in nodes], min
+        ),
     }
 
 

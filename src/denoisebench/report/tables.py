@@ -216,10 +216,19 @@ def _listed(v: Any) -> str:
 def conditions_text(summary: dict[str, Any]) -> str:
     """The run conditions the trainer recorded (summary.json `conditions`) in one cell: other
     processes' share of the run's cores, load per core, steal, and the GPU's clocks, throttling
-    and other processes where there is a GPU; a figure not recorded reads missing (reason)."""
+    and other processes where there is a GPU; a figure not recorded reads missing (reason). A
+    run of several nodes gives each node's, named by its host (`conditions.hosts`)."""
     cond = summary.get("conditions")
     if not cond:
         return "not recorded (run folder written before the trainers recorded run conditions)"
+    nodes = cond.get("hosts") or []
+    if len(nodes) > 1:
+        return " | ".join(f"{n.get('host', '?')}: {node_conditions_text(n)}" for n in nodes)
+    return node_conditions_text(cond)
+
+
+def node_conditions_text(cond: dict[str, Any]) -> str:
+    """One node's run conditions (conditions_text) in one line."""
     why = cond.get("reasons") or {}
 
     def fig(key: str, fmt: Any) -> str:

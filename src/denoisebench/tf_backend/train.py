@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from denoisebench.core.distributed import (
     tf_worker_index,
 )
 from denoisebench.core.spec import shared_weights
-from denoisebench.measure.profiler import nvml_indices
+from denoisebench.measure.gpus import nvml_indices
 from denoisebench.measure.quality import summarize
 from denoisebench.tf_backend.model import (
     adam,
@@ -289,7 +290,12 @@ def _train(
     ckpt = Checkpoints(net, session.fw_dir / "checkpoints", world)
     if resume:
         ckpt.restore()
-    session.begin(int(net.epoch.numpy()), float(net.wall_time_s.numpy()))
+    session.begin(
+        int(net.epoch.numpy()),
+        float(net.wall_time_s.numpy()),
+        # every worker's host: each node's first worker samples its run conditions
+        hosts=gather_per_worker(strategy, world, socket.gethostname()),
+    )
     images = on_each_device(strategy, data.train_u8)  # uint8, NHWC, on the devices once
     if hvd:  # rank 0's weights and Adam state on every worker; its slice; averaged gradients
         hvd.broadcast_start([*net.model.variables, *net.optimizer.variables])
@@ -523,7 +529,7 @@ def run_epoch(
     devices, host = prof.window_end(mark) if prof and mark else ([], None)
     add_allocator_peaks(devices, gpus)
     rows = session.step_rows(epoch, means, step_times, waits)
-    return EpochResult(rows, train_time, devices, [host] if host else [])
+    return EpochResult(rows, train_time, devices, [host] if host else [], session.node_conditions())
 
 
 def save_checkpoint(manager: tf.train.CheckpointManager, folder: Path) -> None:

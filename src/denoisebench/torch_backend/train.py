@@ -24,6 +24,7 @@ import importlib.util
 import itertools
 import os
 import pickle
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from denoisebench.core.diskspace import disk_full
 from denoisebench.core.distributed import maybe_inject_fault, replica_slice
 from denoisebench.core.placement import cuda_device, read_placement
 from denoisebench.core.spec import shared_weights
-from denoisebench.measure.profiler import nvml_indices
+from denoisebench.measure.gpus import nvml_indices
 from denoisebench.measure.quality import summarize
 from denoisebench.torch_backend.lost_peers import naming_lost_peers
 from denoisebench.torch_backend.model import (
@@ -450,7 +451,14 @@ def _train(session: Session, device: torch.device, resume: bool) -> dict[str, An
         except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
             raise damaged_checkpoint(ckpt_path, e) from e
     net = build(cfg, device, strategy, session.world.lr, state)
-    session.begin(state["epoch"] if state else 0, state["wall_time_s"] if state else 0.0)
+    session.begin(
+        state["epoch"] if state else 0,
+        state["wall_time_s"] if state else 0.0,
+        # every rank's host: each node's first rank samples its run conditions
+        hosts=all_gather(strategy, socket.gethostname(), session.world.processes)
+        if strategy != "single"
+        else None,
+    )
     # uint8 NHWC, on the device once, flipped in height and width for raw_model.net
     images = torch.from_numpy(data.train_u8).to(device).flip(1, 2)
     dtype = param_dtype(cfg.runtime.precision)
@@ -626,7 +634,7 @@ def run_epoch(
         d["alloc_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         d["reserved_peak_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
     rows = session.step_rows(epoch, losses.tolist(), step_times, waits)
-    return EpochResult(rows, train_time, devices, [host] if host else [])
+    return EpochResult(rows, train_time, devices, [host] if host else [], session.node_conditions())
 
 
 @record  # under torchrun, the failing rank's traceback goes into torchrun's failure summary

@@ -51,6 +51,7 @@ from denoisebench.core.epochs import (
 from denoisebench.core.failures import mark_interrupted, write_failure
 from denoisebench.core.records import (
     LAUNCHER_ENV,
+    RUN_ENV,
     STOP_SIGNALS,
     Interrupted,
     RunRecorder,
@@ -59,11 +60,12 @@ from denoisebench.core.records import (
 )
 from denoisebench.core.schema import StepRow
 from denoisebench.data.images import DataError
-from denoisebench.measure.conditions import CONDITIONS_FILE, ConditionsSampler
+from denoisebench.measure.conditions_nodes import NodeConditions
 from denoisebench.measure.environment import environment
 from denoisebench.measure.hardware import peak_flops
 from denoisebench.measure.profiler import Profiler, maybe_profile
 from denoisebench.measure.quality import image_quality
+from denoisebench.measure.rapl import rapl_root
 from denoisebench.measure.tensorboard import EpochBoard
 from denoisebench.trainer.rundata import RunData, SplitMismatchError, prepare_data
 
@@ -141,6 +143,9 @@ class EpochResult:
     """The profiler's rows, one per GPU (empty with the profiler off or without GPUs)."""
     hosts: list[dict[str, Any]] = field(default_factory=list)
     """The profiler's rows, one per process."""
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    """Run conditions of the nodes other than rank 0's, one summary per node, from the process
+    that samples it (measure.conditions_nodes)."""
 
     @staticmethod
     def merge(parts: list[EpochResult]) -> EpochResult:
@@ -150,6 +155,7 @@ class EpochResult:
             train_time_s=max(p.train_time_s for p in parts),
             devices=[d for p in parts for d in p.devices],
             hosts=[h for p in parts for h in p.hosts],
+            conditions=[c for p in parts for c in p.conditions],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -193,8 +199,11 @@ class Session:
             self.board = EpochBoard(self.fw_dir / "tensorboard", enabled=False)
             self.tensorboard_skipped = f"{e}"
         self.prof: Profiler | None = None
-        self.conditions: ConditionsSampler | None = None
-        """Rank 0's run conditions (measure.conditions), sampled from begin() to the end."""
+        self.conditions: NodeConditions | None = None
+        """The run conditions of every node (measure.conditions_nodes), from begin() to the end:
+        sampled by each node's first rank, summarised on rank 0."""
+        self.gpus: list[int] = []
+        """The NVML indices of the GPUs this process drives (running())."""
         self.data: RunData | None = None
         self.start_epoch, self.wall_time_s = 0, 0.0
         self.steps_per_epoch = 0
@@ -245,9 +254,8 @@ class Session:
         spool = self.fw_dir / f"gpu_samples.rank{self.world.rank}.jsonl"
         if gpus:
             spool.parent.mkdir(parents=True, exist_ok=True)
+        self.gpus = gpus
         try:
-            if self.world.is_main:  # what else the machine did, started by begin()
-                self.conditions = ConditionsSampler(gpus, spool=self.fw_dir / CONDITIONS_FILE)
             with maybe_profile(
                 self.cfg.profiler.enabled,
                 devices=gpus,
@@ -255,6 +263,7 @@ class Session:
                 spool=spool,
                 interval_s=self.cfg.profiler.sample_interval_s,
                 min_window_s=self.cfg.profiler.min_window_s,
+                rapl_root=rapl_root(),
             ) as prof:
                 self.prof = prof
                 yield prof
@@ -271,12 +280,20 @@ class Session:
         self.data = prepare_data(self.cfg, self.run_dir, is_main=self.world.is_main)
         return self.data
 
-    def begin(self, start_epoch: int, wall_time_s: float, capture_step: int | None = None) -> None:
+    def begin(
+        self,
+        start_epoch: int,
+        wall_time_s: float,
+        capture_step: int | None = None,
+        hosts: list[str] | None = None,
+    ) -> None:
         """Start training after `start_epoch` finished epochs (0, or a restored checkpoint's)
         and `wall_time_s` of them: records no checkpoint covers are dropped, and the process's
         first steps from here are warm-up again (core.epochs.warmup_steps; `capture_step`: the
-        step that captures a CUDA graph). Measures the GPUs' idle power first, then (rank 0)
-        starts sampling the run's conditions (measure.conditions) until finish()."""
+        step that captures a CUDA graph). Measures the GPUs' idle power first, then (each
+        node's first rank) starts sampling the run's conditions until finish(). `hosts`: every
+        process's host name in rank order, gathered by the trainer (this host alone when it
+        is the only process)."""
         assert self.data is not None, "load_data() first"
         self.start_epoch, self.wall_time_s = start_epoch, wall_time_s
         self.steps_per_epoch = len(self.data.train_u8) // self.world.global_batch
@@ -295,8 +312,14 @@ class Session:
                 )
         if self.prof:
             self.prof.measure_idle(self.cfg.profiler.idle_s)
-        if self.conditions:  # a resumed run's conditions cover its earlier attempts too
-            self.conditions.start(resume=start_epoch > 0)
+        hosts = hosts or [socket.gethostname()]
+        if len(hosts) != self.world.processes:
+            raise ValueError(f"{len(hosts)} host names for {self.world.processes} processes")
+        self.conditions = NodeConditions(
+            self.fw_dir, self.run_dir, self.gpus, hosts, self.world.rank
+        )
+        # a resumed run's conditions cover its earlier attempts too
+        self.conditions.start(resume=start_epoch > 0)
 
     def _keep_checkpointed(self, start_epoch: int) -> None:
         """Refuse a start that would drop epochs a checkpoint holds (ConfigError, on every
@@ -373,6 +396,8 @@ class Session:
 
         A loss in `result` that is not finite ends the run here instead (diverge): every process
         sees the same rows, so all stop after this epoch."""
+        if self.conditions and self.rec:
+            self.conditions.take(result.conditions)
         bad = first_non_finite(result.rows)
         if bad is not None:
             self.diverge(epoch, bad, result)
@@ -461,13 +486,15 @@ class Session:
         return summary
 
     def conditions_fields(self, stop: bool = False) -> dict[str, Any]:
-        """The summary's `conditions`, `disturbed` and `disturbed_reasons` so far (rank 0, after
-        begin(); none otherwise); `stop`: the sampling ends here, at the run's end."""
-        if self.conditions is None or not self.conditions.started:
-            return {}
-        if stop:
-            self.conditions.stop()
-        return self.conditions.fields()
+        """The summary's `conditions` (every node's), `disturbed` and `disturbed_reasons` so far
+        (rank 0, after begin(); none otherwise); `stop`: the sampling ends here, at the run's
+        end."""
+        return self.conditions.fields(stop=stop) if self.conditions else {}
+
+    def node_conditions(self) -> list[dict[str, Any]]:
+        """This process's part of an epoch's EpochResult.conditions: its node's summary where
+        it samples a node other than rank 0's, else nothing."""
+        return self.conditions.for_gather() if self.conditions else []
 
 
 def first_non_finite(rows: list[StepRow]) -> StepRow | None:
@@ -656,6 +683,8 @@ def trainer_main(
         )
     args = parser.parse_args(argv)
     raise_on_sigterm()
+    # what this trainer starts is the run's on any node's view (measure.conditions_cpu)
+    os.environ[RUN_ENV] = str(args.run_dir.resolve())
     extra = {"devices": args.devices} if devices_option else {}
     try:
         summary = train(
