@@ -218,7 +218,8 @@ def job_log(tmp_path: Path, job: int | str) -> str:
 def render_cpu_script(framework: str, tmp_path: Path, nodes: int = 1, devices: int = 2) -> Path:
     """The framework's sbatch script for `nodes` x `devices` CPU workers, in tmp_path (with the
     slurm-logs/ folder it writes to)."""
-    from launch.slurm import SlurmRequest, render_sbatch
+    from launch.sbatch import render_sbatch
+    from launch.slurm import SlurmRequest
 
     req = SlurmRequest(nodes=nodes, devices=devices, gpus=False, time="00:10:00", cpus_per_task=1)
     script = tmp_path / f"{framework}.sbatch"

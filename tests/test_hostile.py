@@ -23,7 +23,8 @@ from denoisebench.core.runlock import RunLocked, read_lock_holder, take_run_lock
 from denoisebench.report.build import write_report
 from denoisebench.report.discover import damage
 from launch.__main__ import main
-from launch.slurm import SlurmRequest, render_sbatch, time_minutes
+from launch.sbatch import render_sbatch
+from launch.slurm import SlurmRequest, time_minutes
 
 # a few short epochs: 44 training images, 2 steps of 16
 SMOKE = ["--profile", "smoke", "--framework", "torch", "--limit", "48"]

@@ -32,13 +32,8 @@ from helpers import (
 
 from denoisebench.core.records import read_json, read_jsonl
 from launch.__main__ import main
-from launch.slurm import (
-    SlurmRequest,
-    devices_per_task,
-    render_sbatch,
-    submitit_params,
-    time_minutes,
-)
+from launch.sbatch import render_sbatch
+from launch.slurm import SlurmRequest, devices_per_task, submitit_params, time_minutes
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
