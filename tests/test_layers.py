@@ -150,6 +150,7 @@ SIZED = (
     "launch.*",
     "denoisebench.bench.gpu_*",
     "denoisebench.bench.cli",
+    "denoisebench.bench.crossing",
     "denoisebench.core.runlock",  # split from core.records (issue 32)
     "denoisebench.core.failures",
     "denoisebench.core.schema",

@@ -43,7 +43,10 @@ the suite's share of the plain loops' speed, and MFU where the GPU's peak is kno
 With --paths: each fast path of the suite's trainers alone (mixed precision, channels_last,
 torch.compile, XLA; on GPUs also TF32 and CUDA graphs) against faithful float32, then the tuned
 mode, each with its speed-up and its final test PSNR minus faithful's (the tuned mode takes
-only options that keep within 0.1 dB)."""
+only options that keep within 0.1 dB).
+
+Other benchmarks, each with its own --help:
+  crossing-nodes   the same workers on one node and on several, through SLURM (crossing.py)"""
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -114,7 +117,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--json {args.json}: the folder {args.json.parent} does not exist")
 
 
+MODES = {"crossing-nodes": "denoisebench.bench.crossing"}
+"""`bench MODE ...`: benchmarks with options of their own, each in its module."""
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.bench") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in MODES:
+        import importlib
+
+        return importlib.import_module(MODES[argv[0]]).main(argv[1:], prog)
     args = build_parser(prog).parse_args(argv)
     try:
         check_args(args)
