@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +91,9 @@ def test_slurm_trains_both_frameworks_at_once_on_two_nodes_each(slurm_cluster, l
         assert_matches(run, local_run, framework)
         # rank 0 (worker 0) writes the records from SLURM's node 0, whatever the names sort as
         assert read_json(run / framework / "environment.json")["hostname"] == "n9", framework
+        # each node's first rank sampled its node: one entry per node, named by its host
+        hosts = [h["host"] for h in summary["conditions"]["hosts"]]
+        assert hosts == ["n9", "n10"], framework
 
 
 def test_sbatch_jobs_of_both_frameworks_share_two_nodes(slurm_cluster, local_run, tmp_path):
@@ -136,6 +141,31 @@ def test_horovod_trains_both_frameworks_across_two_nodes_through_slurm(
         assert (summary["world_size"], summary["global_batch"]) == (2, 16), framework
         assert_matches(run, local_run, framework)
         assert read_json(run / framework / "environment.json")["hostname"] == "n9", framework
+
+
+def test_a_busy_loop_beside_a_two_node_job_disturbs_it_naming_the_nodes(slurm_cluster, tmp_path):
+    """A process that is not the job's, spinning on one of the machine's cores while a 2-node
+    job trains: each node's sampler (n9's and n10's) sees it as other load, so the run is
+    disturbed and the reasons name the nodes. (That the job's own ranks on the other node are
+    not other load is test_conditions_nodes.py's; a quiet run here is not disturbed, seen by
+    hand: a test beside it on these 2 cores would disturb it.)"""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        proc = launch(
+            "--profile", "smoke", "--epochs", "2", "--framework", "torch", "--slurm",
+            "--nodes", "2", "--gpus", "1", *CPU_JOB, "--wait", "--wait-timeout", "300",
+            "--results", str(tmp_path), "--run-id", "busy",
+        )  # fmt: skip
+    finally:
+        busy.kill()
+        busy.wait()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = read_json(tmp_path / "busy" / "torch" / "summary.json")
+    nodes = {h["host"]: h for h in summary["conditions"]["hosts"]}
+    assert sorted(nodes) == ["n10", "n9"]
+    assert summary["disturbed"] is True
+    for host in nodes:
+        assert any(r.startswith(f"{host}: other processes") for r in summary["disturbed_reasons"])
 
 
 def node_processes(job: int | str, node: str) -> list[int]:
