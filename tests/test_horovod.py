@@ -145,6 +145,21 @@ def test_a_stop_signal_reaches_every_worker_of_the_node(tmp_path):
     assert read_failures(tmp_path / "torch") == []
 
 
+def test_only_rank_0_serves_the_rendezvous():
+    """A submitit task per device: node 0's other tasks share its node rank, and must leave the
+    job's port to rank 0 (they took it first and ended the job with 'Address already in use')."""
+    import socket
+
+    from denoisebench.cluster.horovod_nodes import serve_rendezvous
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for place in node_placements(("n9", "n10"), 0, 2, "n9", port)[1:]:
+        with serve_rendezvous(place), socket.socket() as probe:
+            probe.bind(("", port))  # free: rank 1 serves nothing
+
+
 @pytest.mark.horovod
 def test_each_slot_gets_the_variables_horovodrun_would_give_it(horovod_built):
     """horovod_env over a node's places equals what horovodrun's Gloo launcher exports for the

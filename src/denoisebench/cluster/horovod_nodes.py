@@ -52,10 +52,11 @@ POLL_S = 0.2
 @contextmanager
 def serve_rendezvous(place: Placement) -> Iterator[None]:
     """Horovod's rendezvous server for the job `place` is in, on master_port, while the block
-    runs: node 0 of a job of more than one process serves it, everyone else has nothing to do.
+    runs: rank 0 of a job of more than one process serves it (node 0's launcher, or submitit's
+    task 0: node 0's other tasks must not), everyone else has nothing to do.
     The plan is horovodrun's (`get_host_assignments`): `place.local_world_size` slots on each
     of `place.hosts`; a port already taken is refused in one line (OSError)."""
-    if place.node_rank != 0 or place.world_size <= 1:
+    if place.rank != 0 or place.world_size <= 1:
         yield
         return
     # Horovod's modules, imported here only: the launcher and the tests import this one without
