@@ -125,12 +125,12 @@ def test_sbatch_jobs_of_both_frameworks_share_two_nodes(slurm_cluster, local_run
 def test_horovod_trains_both_frameworks_across_two_nodes_through_slurm(
     slurm_cluster, horovod_built, local_run, tmp_path
 ):
-    """`--engine horovod --slurm --nodes 2 --gpus 1`: for each framework a job of 2 nodes x 1
-    Horovod worker (a submitit task each, task 0 on n9 serving Horovod's rendezvous, no SSH),
-    batch 8: global batch 16 and the same training as one device with batch 16."""
+    """`--engine horovod --slurm --nodes 2 --gpus 2`: for each framework a job of 2 nodes x 2
+    Horovod workers (a submitit task each, task 0 on n9 serving Horovod's rendezvous, no SSH),
+    batch 4: global batch 16 and the same training as one device with batch 16."""
     proc = launch(
-        *SMOKE, "--engine", "horovod", "--slurm", "--nodes", "2", "--gpus", "1",
-        "--batch-size", "8", *CPU_JOB, "--wait", "--wait-timeout", "600",
+        *SMOKE, "--engine", "horovod", "--slurm", "--nodes", "2", "--gpus", "2",
+        "--batch-size", "4", *CPU_JOB, "--wait", "--wait-timeout", "600",
         "--results", str(tmp_path), "--run-id", "hvd",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -138,7 +138,7 @@ def test_horovod_trains_both_frameworks_across_two_nodes_through_slurm(
     for framework in ("torch", "tf"):
         summary = read_json(run / framework / "summary.json")
         assert (summary["engine"], summary["strategy"]) == ("horovod", "horovod"), framework
-        assert (summary["world_size"], summary["global_batch"]) == (2, 16), framework
+        assert (summary["world_size"], summary["global_batch"]) == (4, 16), framework
         assert_matches(run, local_run, framework)
         assert read_json(run / framework / "environment.json")["hostname"] == "n9", framework
 
