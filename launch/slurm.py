@@ -31,7 +31,6 @@ from launch.sbatch import render_sbatch
 from launch.slurm_options import SlurmRequest, sbatch_options, time_minutes
 
 
-
 def tasks_per_node(framework: str, req: SlurmRequest) -> int:
     """PyTorch and Horovod: a task per device. TensorFlow: a task per node drives its GPUs; on
     CPUs each worker is a task."""
