@@ -1,6 +1,7 @@
 """The launcher's checks before a run folder is made: what a trainer would otherwise refuse
-only after it (the EuroSAT path, a GPU for --device gpu, pytorch-msssim for PyTorch's SSIM
-loss), the frameworks this machine can train, and where Horovod can run."""
+only after it (the config's machine bounds, the EuroSAT path, a GPU for --device gpu,
+pytorch-msssim for PyTorch's SSIM loss), the frameworks this machine can train, and where
+Horovod can run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from denoisebench.cluster.horovod_build import engine_unavailable
-from denoisebench.core.config import Config, ConfigError
+from denoisebench.core.config import Config, ConfigError, check_machine_bounds
 from denoisebench.core.records import FRAMEWORKS
 from denoisebench.measure.environment import gpu_info
 from launch.commands import Topology
@@ -18,8 +19,10 @@ from launch.options import prog
 
 def check_local_inputs(cfg: Config, frameworks: list[str]) -> None:
     """What the trainers would refuse only after the run folder exists, checked before it is
-    made: the EuroSAT path (a regular file or folder that exists), a GPU for --device gpu, and
-    pytorch-msssim for PyTorch's SSIM loss."""
+    made: the bounds of this machine (threads, memory: core/bounds.py), the EuroSAT path (a
+    regular file or folder that exists), a GPU for --device gpu, and pytorch-msssim for
+    PyTorch's SSIM loss."""
+    check_machine_bounds(cfg)
     torch_ssim = cfg.train.loss == "ssim" and "torch" in frameworks
     if torch_ssim and importlib.util.find_spec("pytorch_msssim") is None:
         raise ConfigError(

@@ -125,7 +125,8 @@ def resume_run(
     the config's, and launch choices that differ from the saved ones. A requeued job
     (--auto-resume) repeats the command that started the run: only its launch choices are
     checked."""
-    cfg = load_resolved(run_dir / "config.json")
+    # --slurm trains on the cluster's nodes: their machine bounds are checked there, not here
+    cfg = load_resolved(run_dir / "config.json", here=not args.slurm)
     try:
         saved = read_launch_choices(run_dir)
     except (OSError, ValueError) as e:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import tomllib
+import typing
 
 import pytest
 
+from denoisebench.core.bounds import BOUNDS
 from denoisebench.core.config import (
     PROFILES_DIR,
+    SECTIONS,
     Config,
     ConfigError,
     load_config,
@@ -223,23 +226,87 @@ def test_value_outside_a_literal_lists_the_choices():
 @pytest.mark.parametrize(
     ("pair", "message"),
     [
-        ("train.lr=0", "train.lr must be > 0"),
-        ("train.epochs=0", "train.epochs must be >= 1"),
-        ("noise.amount=2", "noise.amount must be in [0, 1]"),
-        ("noise.peak=0", "noise.peak must be > 0"),
-        ("noise.sigma=-0.1", "noise.sigma must be >= 0"),
-        ("train.beta1=1", "train.beta1 must be in [0, 1)"),
+        ("train.lr=0", "train.lr must be > 0, got 0.0 (a step size: "),
+        ("train.lr=1e39", "train.lr must be <= 3.40282e+38, got 1e+39 (a step size: above float32's largest"),
+        ("train.epochs=0", "train.epochs must be >= 1, got 0 (passes over"),
+        ("noise.amount=2", "noise.amount must be <= 1, got 2.0 (a fraction of the pixels)"),
+        ("noise.peak=0", "noise.peak must be >= 0.01, got 0.0 (a white pixel's mean photon count"),
+        ("noise.peak=1e-300", "noise.peak must be >= 0.01, got 1e-300 ("),
+        ("noise.peak=2e6", "noise.peak must be <= 1,000,000, got 2000000.0 ("),
+        ("noise.sigma=-0.1", "noise.sigma must be >= 0, got -0.1 ("),
+        ("train.beta1=1", "train.beta1 must be < 1, got 1.0 (Adam's decay rate"),
+        ("train.seed=-1", "train.seed must be >= 0, got -1 (numpy's seed range"),
+        ("train.seed=4294967296", "train.seed must be <= 4,294,967,295, got 4294967296 (numpy's seed range: np.random.seed, which Keras seeds through)"),
+        ("data.split_seed=-1", "data.split_seed must be >= 0, got -1 ("),
+        ("noise.test_seed=-5", "noise.test_seed must be >= 0, got -5 ("),
+        ("model.encoder_widths=16,5000", "model.encoder_widths must be <= 4,096, got 5000 ("),
+        ("model.image_size=8192", "model.image_size must be <= 4,096, got 8192 ("),
+        ("data.synthetic_images=2147483648", "data.synthetic_images must be <= 2,147,483,647, got 2147483648 ("),
+        ("runtime.intra_op_threads=-1", "runtime.intra_op_threads must be >= 0, got -1 ("),
+        ("profiler.min_window_s=nan", "profiler.min_window_s must be a finite number >= 0 and <= 3,600, got nan ("),
+        ("model.in_channels=4", "model.in_channels must be 3, got 4 (the images are RGB)"),
     ],
-)
+)  # fmt: skip
 def test_range_checks(pair, message):
     with pytest.raises(ConfigError) as e:
         load_config("smoke", overrides(pair))
-    assert message in str(e.value)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_range_limits_themselves_are_allowed():
     cfg = load_config("smoke", overrides("noise.amount=1", "noise.sigma=0", "train.beta1=0"))
     assert (cfg.noise.amount, cfg.noise.sigma, cfg.train.beta1) == (1.0, 0.0, 0.0)
+
+
+def numeric_fields() -> list[str]:
+    """Every config key that holds a number or a tuple of numbers (bools are not numbers)."""
+    keys = []
+    for section, cls in SECTIONS.items():
+        for name, tp in typing.get_type_hints(cls).items():
+            items = typing.get_args(tp)[:1] if typing.get_origin(tp) is tuple else (tp,)
+            if items[0] in (int, float):
+                keys.append(f"{section}.{name}")
+    return keys
+
+
+def test_every_number_has_a_bound_with_a_reason():
+    assert len(numeric_fields()) >= 30
+    assert sorted(BOUNDS) == sorted(numeric_fields())
+    assert all(bound.why and bound.low <= bound.high for bound in BOUNDS.values())
+
+
+COMPANIONS = {
+    "model.stride": ["model.image_size=4096", "model.kernel_size=16"],
+    "model.image_size": ["model.stride=1"],
+    "model.kernel_size": ["model.stride=1"],
+}
+"""What a bound value needs beside it (ModelSpec's rules): stride 16 over three layers needs
+16**3 pixels and a kernel of 16; a 1-pixel image or kernel needs stride 1."""
+
+
+def field_type(key: str) -> type:
+    section, name = key.split(".")
+    tp = typing.get_type_hints(SECTIONS[section])[name]
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else tp
+
+
+@pytest.mark.parametrize("key", sorted(BOUNDS))
+def test_each_bound_loads_and_the_next_value_beyond_it_is_refused(key):
+    """The largest and smallest legal values pass; one step past either is refused by name
+    (by ModelSpec's own check where it refuses first, as for image_size=0)."""
+    bound, kind = BOUNDS[key], field_type(key)
+    for edge, opened, outward in (
+        (bound.low, bound.low_open, -1),
+        (bound.high, bound.high_open, 1),
+    ):
+        step = 1 if kind is int else 1e-6 * max(1.0, abs(edge))
+        inside, beyond = (edge - outward * step, edge) if opened else (edge, edge + outward * step)
+        cfg = load_config("smoke", overrides(f"{key}={inside!r}", *COMPANIONS.get(key, [])))
+        value = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
+        assert value in (inside, (inside,)), key
+        with pytest.raises(ConfigError) as e:
+            load_config("smoke", overrides(f"{key}={beyond!r}", *COMPANIONS.get(key, [])))
+        assert key.split(".")[1] in str(e.value) and repr(beyond).rstrip("0") in str(e.value)
 
 
 def test_model_spec_problems_are_config_errors():

@@ -1,11 +1,15 @@
 """Tests for denoisebench.data.fetch: real downloads from an HTTP server on 127.0.0.1 and from
-file:// URLs, of a small real EuroSAT-shaped zip that the loader then reads."""
+file:// URLs, of a small real EuroSAT-shaped zip that the loader then reads; servers that cut,
+stall or trickle against the limits of data/transfer.py, with small limits so each takes
+seconds."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
 import importlib.util
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,10 +24,12 @@ import pytest
 from helpers import REPO, jpeg_bytes, write_zip
 
 from denoisebench.data import fetch as fetch_module
+from denoisebench.data import transfer
 from denoisebench.data.fetch import (
     EUROSAT_RGB,
     EUROSAT_RGB_MIRROR,
     FetchError,
+    Limits,
     fetch,
     main,
     sha256_of,
@@ -35,9 +41,11 @@ PER_CLASS = 3
 
 
 class Server:
-    """An HTTP server in a thread, serving `root`'s files, plus two that go wrong:
+    """An HTTP server in a thread, serving `root`'s files, plus some that go wrong:
     /cut/NAME sends NAME's length but only its first half, then closes the connection;
-    /stall/NAME sends its first half, then waits until the test ends."""
+    /stall/NAME sends its first half, then waits until the test ends;
+    /trickle/NAME sends NAME's length, then one byte a second until the test ends;
+    /slowheaders/NAME sends its status line one byte a second, never a header."""
 
     def __init__(self, root: Path) -> None:
         self.requests: list[str] = []
@@ -51,15 +59,26 @@ class Server:
             def log_message(self, *args) -> None:
                 pass
 
+            def trickle(self, data: bytes) -> None:
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    if server.release.wait(1.0):
+                        return
+
             def do_GET(self) -> None:
                 server.requests.append(self.path)
                 kind, _, name = self.path.lstrip("/").partition("/")
-                if kind not in ("cut", "stall"):
+                if kind not in ("cut", "stall", "trickle", "slowheaders"):
                     return super().do_GET()
+                if kind == "slowheaders":
+                    return self.trickle(b"HTTP/1.0 200 OK\r\n")
                 data = (root / name).read_bytes()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if kind == "trickle":
+                    return self.trickle(data)
                 self.wfile.write(data[: len(data) // 2])
                 self.wfile.flush()
                 if kind == "stall":
@@ -199,9 +218,9 @@ def test_the_published_url_failing_names_the_mirror(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(fetch_module, "free_bytes", lambda _path: 10**12)
 
     def offline(request, timeout):
-        raise fetch_module.urllib.error.URLError("offline")
+        raise transfer.urllib.error.URLError("offline")
 
-    monkeypatch.setattr(fetch_module.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(transfer.urllib.request, "urlopen", offline)
     code, _, err = run(capsys, "eurosat", str(tmp_path))
     assert code == 1
     assert err == [
@@ -219,29 +238,141 @@ def test_a_connection_closed_mid_download_leaves_no_file(tmp_path, source, serve
     assert files_in(tmp_path / "d") == []
 
 
-def test_progress_lines_and_ctrl_c_mid_download(tmp_path, source, server, monkeypatch):
+def test_progress_lines_and_ctrl_c_mid_download(tmp_path, source, server):
     """Progress shows bytes / total; the download goes to a temporary file in the same folder,
     removed when Ctrl-C stops it, and the final name never appears."""
-    monkeypatch.setattr(fetch_module, "CHUNK_BYTES", 4096)
     dest, lines, seen = tmp_path / "d", [], []
     total = source.stat().st_size
+    half = f"  {total // 2:,} / {total:,} bytes (50%), "
 
     def say(line: str) -> None:
         lines.append(line)
         if line.startswith("  "):
             seen.append(files_in(dest))
-            if len(seen) == 3:
+            if line.startswith(half):
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fetch(f"{server.url}/EuroSAT.zip", dest, sha256=digest(source), size=total,
-              filename="EuroSAT.zip", say=say, progress_every_s=0)  # fmt: skip
+        fetch(f"{server.url}/stall/EuroSAT.zip", dest, sha256=digest(source), size=total,
+              filename="EuroSAT.zip", say=say, limits=Limits(progress_every_s=0))  # fmt: skip
     progress = [x for x in lines if x.startswith("  ")]
-    assert progress[0].startswith(f"  4,096 / {total:,} bytes ({100 * 4096 / total:.0f}%), ")
-    assert progress[1].startswith(f"  8,192 / {total:,} bytes (")
-    assert len(seen) == 3 and all(len(names) == 1 for names in seen)
+    assert progress[-1].startswith(half)
+    assert all(len(names) == 1 for names in seen)
     assert seen[0][0].startswith(".EuroSAT.zip.") and seen[0][0].endswith(".part")
     assert files_in(dest) == []
+
+
+def fetch_within(bound_s: float, url: str, dest: Path, **kwargs) -> tuple[Exception, float, list]:
+    """fetch() in a thread, which must end within `bound_s` (the test fails, not hangs, when it
+    does not): what it raised, how long it took, the lines it said."""
+    lines: list[str] = []
+    raised: list[Exception] = []
+
+    def download() -> None:
+        try:
+            fetch(url, dest, filename="EuroSAT.zip", say=lines.append, **kwargs)
+        except Exception as e:
+            raised.append(e)
+
+    start = time.monotonic()
+    thread = threading.Thread(target=download, daemon=True)
+    thread.start()
+    thread.join(bound_s)
+    took = time.monotonic() - start
+    assert not thread.is_alive(), f"still downloading after {bound_s} s; said {lines}"
+    assert len(raised) == 1, f"no error raised; said {lines}"
+    return raised[0], took, lines
+
+
+def test_a_trickling_server_meets_the_low_speed_limit_with_progress_lines_meanwhile(
+    tmp_path, source, server
+):
+    """The probe: the right Content-Length, then a byte a second. Below 100 B/s over 2 s the
+    download stops (about 2 s after the response), in one line naming the URL, the rate and
+    the limit; a progress line every 0.5 s until then, though no read ever fills a chunk."""
+    url, total = f"{server.url}/trickle/EuroSAT.zip", source.stat().st_size
+    limits = Limits(progress_every_s=0.5, stall_s=30, speed_limit_bps=100, speed_time_s=2)
+    error, took, lines = fetch_within(10, url, tmp_path / "d", sha256=digest(source), size=total,
+                                      limits=limits)  # fmt: skip
+    assert isinstance(error, FetchError) and "\n" not in str(error)
+    assert re.fullmatch(
+        rf"cannot download {re.escape(url)}: [0-3] B/s over the last 2 s, below the limit of "
+        r"100 B/s \(--speed-limit; 0 turns it off\); stopped after [1-4] bytes, nothing written",
+        str(error),
+    ), error
+    assert 2 <= took < 4.5  # the 2 s, a tick, and slack for a busy machine
+    progress = [x for x in lines if x.startswith("  ")]
+    assert len(progress) >= 3, lines
+    for line in progress:
+        assert re.fullmatch(rf"  \d+ / {total:,} bytes \(0%\), \d+ B/s(, no data for 1 s)?", line)
+    assert files_in(tmp_path / "d") == []
+
+
+def test_a_silent_server_meets_the_stall_limit_with_progress_lines_meanwhile(
+    tmp_path, source, server
+):
+    """Half the file, then nothing: progress lines go on (saying for how long nothing came),
+    and the stall limit stops the download."""
+    url, total = f"{server.url}/stall/EuroSAT.zip", source.stat().st_size
+    limits = Limits(progress_every_s=0.5, stall_s=2, speed_limit_bps=0)
+    error, took, lines = fetch_within(10, url, tmp_path / "d", sha256=digest(source), size=total,
+                                      limits=limits)  # fmt: skip
+    assert str(error) == f"cannot download {url}: no data for 2 s after {total // 2:,} bytes"
+    assert 2 <= took < 4.5
+    progress = [x for x in lines if x.startswith("  ")]
+    assert len(progress) >= 3 and re.search(r", 0 B/s, no data for [12] s$", progress[-1]), lines
+    assert all(x.startswith(f"  {total // 2:,} / {total:,} bytes (50%), ") for x in progress)
+    assert files_in(tmp_path / "d") == []
+
+
+def test_a_status_line_trickled_byte_by_byte_meets_the_stall_limit(tmp_path, source, server):
+    """Every byte of the status line comes within the socket's time-out, and no header ever
+    does: the response as a whole must come within the stall limit."""
+    url = f"{server.url}/slowheaders/EuroSAT.zip"
+    limits = Limits(progress_every_s=0.5, stall_s=2)
+    error, took, lines = fetch_within(10, url, tmp_path / "d", sha256=digest(source), size=None,
+                                      limits=limits)  # fmt: skip
+    assert str(error) == f"cannot download {url}: no response in 2 s"
+    assert 2 <= took < 4.5
+    assert "  waiting for a response: 1 s" in lines, lines
+    assert files_in(tmp_path / "d") == []
+
+
+def test_the_speed_limit_options_reach_the_download(tmp_path, source, server, capsys):
+    url = f"{server.url}/trickle/EuroSAT.zip"
+    start = time.monotonic()
+    code, _, err = run(capsys, "eurosat", str(tmp_path / "d"), "--url", url, "--sha256",
+                       digest(source), "--speed-limit", "100", "--speed-time", "1.5")  # fmt: skip
+    assert code == 1 and len(err) == 1 and time.monotonic() - start < 5
+    assert err[0].startswith(f"error: cannot download {url}: ")
+    assert " B/s over the last 1.5 s, below the limit of 100 B/s (--speed-limit;" in err[0]
+    assert files_in(tmp_path / "d") == []
+    for option, bad in (("--speed-limit", "-1"), ("--speed-limit", "nan"), ("--speed-time", "0")):
+        with pytest.raises(SystemExit) as e:
+            main(["eurosat", str(tmp_path), option, bad])
+        assert e.value.code == 2 and repr(bad) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "folder", "character device"])
+def test_a_file_url_that_is_not_a_regular_file_is_refused_at_once(tmp_path, source, kind):
+    """A FIFO blocked open() until a writer came (forever); a folder and /dev/zero are no
+    download either. Refused in one line naming the path, before the folder is made."""
+    path = {"FIFO": tmp_path / "fifo", "folder": tmp_path, "character device": Path("/dev/zero")}
+    if kind == "FIFO":
+        os.mkfifo(path[kind])
+    dest = tmp_path / "d"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "denoisebench.data.fetch", "eurosat", str(dest),
+         "--url", path[kind].as_uri(), "--sha256", digest(source)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert time.monotonic() - start < 20
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: {path[kind]}: a {kind}, not a regular file: a file:// URL must name a file"
+    ]
+    assert not dest.exists()
 
 
 def test_sigterm_mid_download_removes_the_temporary_file(tmp_path, source, server):

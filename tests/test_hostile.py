@@ -1,5 +1,6 @@
 """Issue 26's probes, each a test: two resumes of one run at once, hostile SLURM values, run ids
-that leave --results, records' file modes under a umask, damaged arrays in the report."""
+that leave --results, records' file modes under a umask, damaged arrays in the report; and
+issue 34's config values past their bounds (core/bounds.py), through the launcher."""
 
 from __future__ import annotations
 
@@ -425,9 +426,12 @@ def refused(capsys, argv: list[str], code: int = 2) -> str:
         (["--nodes", "0"], "--nodes 0 must be >= 1"),
         (
             ["--set", "model.in_channels=1"],
-            "model.in_channels must be 3 (the images are RGB), got 1",
+            "model.in_channels must be 3, got 1 (the images are RGB)",
         ),
-        (["--set", "train.lr=inf"], "train.lr must be a finite number > 0, got inf"),
+        (
+            ["--set", "train.lr=inf"],
+            "train.lr must be a finite number > 0 and <= 3.40282e+38, got inf (a step size",
+        ),
     ],
 )
 def test_bad_launch_values_are_refused_by_name(tmp_path, capsys, extra, says):
@@ -542,3 +546,70 @@ def test_results_default_to_denoisebench_results(tmp_path, capsys, monkeypatch):
     assert build_parser().parse_args([]).results == tmp_path / "shared"
     monkeypatch.delenv("DENOISEBENCH_RESULTS")
     assert build_parser().parse_args([]).results == REPO / "results"
+
+
+# --- issue 34 item 5: values with no bound -------------------------------------------------------
+
+CORES = len(os.sched_getaffinity(0))
+SEEDS = "(numpy's seed range: np.random.seed, which Keras seeds through)"
+UNBOUNDED = [
+    (["--set", "runtime.intra_op_threads=10000"],
+     [f"runtime.intra_op_threads must be <= {CORES}, got 10000 (at most {CORES} threads: this "
+      f"machine has {CORES} cores)"]),
+    (["--set", f"runtime.inter_op_threads={CORES + 1}"],
+     [f"runtime.inter_op_threads must be <= {CORES}, got {CORES + 1} (at most {CORES} threads"]),
+    (["--seed", "-1"], [f"train.seed must be >= 0, got -1 {SEEDS}"]),
+    (["--seed", "99999999999999999999999"],
+     [f"train.seed must be <= 4,294,967,295, got 99999999999999999999999 {SEEDS}"]),
+    (["--seed", str(2**32)], [f"train.seed must be <= 4,294,967,295, got {2**32} {SEEDS}"]),
+    (["--set", "data.split_seed=-1"], [f"data.split_seed must be >= 0, got -1 {SEEDS}"]),
+    (["--set", "noise.test_seed=-5"], [f"noise.test_seed must be >= 0, got -5 {SEEDS}"]),
+    (["--data", "synthetic", "--set", "data.synthetic_images=1000000000"],
+     ["data.synthetic_images must be <= ", ", got 1000000000 (the training set needs about ",
+      " GiB, this machine has ", " GiB available)"]),
+    (["--noise", "poisson", "--set", "noise.peak=1e-300"],
+     ["noise.peak must be >= 0.01, got 1e-300 (a white pixel's mean photon count"]),
+    (["--epochs", "10000000"], ["train.epochs must be <= 1,000,000, got 10000000 ("]),
+    (["--set", "train.batch_size=2000000"], ["train.batch_size must be <= 1,048,576, got 2000000 ("]),
+    (["--set", "runtime.collective_timeout_s=1e9"],
+     ["runtime.collective_timeout_s must be <= 86,400, got 1000000000.0 ("]),
+]  # fmt: skip
+"""key=value on the launcher's command line -> what its one line must say (issue 34's probes,
+and their neighbours)."""
+
+
+@pytest.mark.parametrize(("extra", "says"), UNBOUNDED)
+def test_values_past_their_bounds_are_refused_before_anything_is_written(
+    tmp_path, capsys, monkeypatch, extra, says
+):
+    """Exit 2, one line naming the key, the value, the bound and why, nothing under --results.
+    Before the bounds each of these trained (or hung, or died with a numpy traceback): here a
+    launch that gets as far as training fails the test at once."""
+    import launch.run
+
+    def trained(*args, **kwargs):
+        pytest.fail(f"{extra} was not refused: the launcher started training")
+
+    monkeypatch.setattr(launch.run, "train_frameworks", trained)
+    results = tmp_path / "results"
+    err = refused(capsys, [*SMOKE, *extra, "--results", str(results)])
+    assert err.startswith("error: "), err
+    for fragment in says:
+        assert fragment in err, err
+    assert not results.exists() or list(results.iterdir()) == []
+
+
+def test_the_largest_legal_values_still_train(tmp_path, capsys):
+    """Seeds at numpy's top, threads at this machine's cores, the lowest poisson peak: both
+    frameworks train an epoch and complete."""
+    top = str(2**32 - 1)
+    code = main([*SMOKE, "--framework", "both", "--epochs", "1", "--no-report", "--seed", top,
+                 "--set", f"data.split_seed={top}", "--set", f"noise.test_seed={top}",
+                 "--set", f"runtime.intra_op_threads={CORES}",
+                 "--set", f"runtime.inter_op_threads={CORES}",
+                 "--noise", "poisson", "--set", "noise.peak=0.01",
+                 "--results", str(tmp_path), "--run-id", "top"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err[-3000:]
+    for framework in ("torch", "tf"):
+        summary = read_json(tmp_path / "top" / framework / "summary.json")
+        assert summary["status"] == "completed", (framework, summary)

@@ -14,11 +14,11 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from denoisebench.core.bounds import BOUNDS, Bound, memory_bound, threads_bound
 from denoisebench.core.spec import ModelSpec
 
 PROFILES_DIR = Path(__file__).resolve().parents[3] / "profiles"
@@ -267,52 +267,41 @@ def _build_section(
         raise ConfigError(f"{where} [{section}] with overrides: {e}") from None
 
 
-RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "train.epochs": (">= 1", lambda v: v >= 1),
-    "train.batch_size": (">= 1", lambda v: v >= 1),
-    "train.eval_batch_size": (">= 1", lambda v: v >= 1),
-    "train.lr": ("> 0", lambda v: v > 0),
-    # every data source gives RGB images (data.images.Images holds (N, H, W, 3))
-    "model.in_channels": ("3 (the images are RGB)", lambda v: v == 3),
-    "train.beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "train.beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "train.eps": ("> 0", lambda v: v > 0),
-    "noise.sigma": (">= 0", lambda v: v >= 0),
-    "noise.amount": ("in [0, 1]", lambda v: 0 <= v <= 1),
-    "noise.peak": ("> 0", lambda v: v > 0),
-    "data.limit": (">= 0", lambda v: v >= 0),
-    "data.n_train": (">= 1", lambda v: v >= 1),
-    "data.n_test": (">= 1", lambda v: v >= 1),
-    "data.synthetic_images": (">= 2", lambda v: v >= 2),
-    "profiler.warmup_steps": (">= 0", lambda v: v >= 0),
-    "profiler.sample_interval_s": (">= 0.01", lambda v: v >= 0.01),
-    "profiler.idle_s": (">= 0", lambda v: v >= 0),
-    "profiler.trace_steps": (">= 0", lambda v: v >= 0),
-    "runtime.intra_op_threads": (">= 0", lambda v: v >= 0),
-    "runtime.inter_op_threads": (">= 0", lambda v: v >= 0),
-    "runtime.collective_timeout_s": (">= 1", lambda v: v >= 1),
-}
-"""The range of each number that has one, as the error message says it."""
-
-
-def _check_numbers(cfg: Config) -> None:
-    """Every number of every section: a float that is not finite (inf, -inf, nan: TOML and
-    float() both read them), or one outside its RANGES, is refused by key and value given."""
+def _check_bounds(cfg: Config, bounds: dict[str, Bound]) -> None:
+    """Every number of every section against its bound (a tuple's items each), and every float
+    finite (TOML and float() both read inf and nan): ConfigError naming the key, the value,
+    the bound and why, for the first outside."""
     for section in SECTIONS:
         values = getattr(cfg, section)
         for f in dataclasses.fields(values):
             key, value = f"{section}.{f.name}", getattr(values, f.name)
-            rule, ok = RANGES.get(key, ("", None))
-            if isinstance(value, float) and not math.isfinite(value):
-                must = f"a finite number {rule}".rstrip()
-                raise ConfigError(f"{key} must be {must}, got {value}")
-            if ok is not None and not ok(value):
-                raise ConfigError(f"{key} must be {rule}, got {value}")
+            bound = bounds.get(key)
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, float) and not math.isfinite(item) and bound is None:
+                    raise ConfigError(f"{key} must be a finite number, got {item}")
+                if bound is not None and (problem := bound.problem(key, item)):
+                    raise ConfigError(problem)
+
+
+def check_machine_bounds(cfg: Config) -> None:
+    """The bounds that depend on this machine: threads at most its cores, a synthetic set that
+    fits its memory (bounds.py). Checked where a run starts on the machine that trains it,
+    never when a config is built or saved (bounds.py says where)."""
+    threads = threads_bound()
+    table = {"runtime.intra_op_threads": threads, "runtime.inter_op_threads": threads}
+    data = cfg.data
+    if data.source == "synthetic":
+        share = data.n_test / (data.n_train + data.n_test)
+        args = (data.synthetic_images, cfg.model.image_size, data.limit, share)
+        if (memory := memory_bound(*args)) is not None:
+            table["data.synthetic_images"] = memory
+    _check_bounds(cfg, table)
 
 
 def _validate(cfg: Config) -> None:
-    """Range checks that the types alone do not express."""
-    _check_numbers(cfg)
+    """Range checks that the types alone do not express: bounds.BOUNDS, then the rules between
+    fields."""
+    _check_bounds(cfg, BOUNDS)
     checks = [
         (
             not (cfg.runtime.cuda_graphs and cfg.runtime.torch_compile),
@@ -501,12 +490,17 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
 
 
-def load_resolved(path: Path) -> Config:
-    """Read back a config.json written with a run; ConfigError naming it when it is damaged."""
+def load_resolved(path: Path, here: bool = True) -> Config:
+    """Read back a config.json written with a run; ConfigError naming it when it is damaged.
+    `here`: the run is about to train on this machine (the trainers, a SLURM job's task, the
+    launcher resuming it), so its machine bounds are checked too (check_machine_bounds)."""
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"{path}: cannot read the run's config ({e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: not a run's config (a JSON object was expected)")
-    return config_from_dict(raw, name=raw.get("profile", "custom"), where=str(path))
+    cfg = config_from_dict(raw, name=raw.get("profile", "custom"), where=str(path))
+    if here:
+        check_machine_bounds(cfg)
+    return cfg

@@ -11,6 +11,12 @@ right checksum is kept and not downloaded again; one with another checksum is re
 alone. A checksum is always checked: `--sha256` replaces it, nothing turns it off. Then train
 with `--data DIR/EuroSAT.zip`.
 
+Whatever the server does, a progress line comes every 5 s, and the download stops with one line
+naming the URL when no response or no byte comes for 60 s, or when fewer than 10 kB/s arrive
+averaged over 60 s (`--speed-limit BYTES_PER_S`, `--speed-time S`, as curl's; transfer.py holds
+the limits and why a thread reads). A `file://` URL must name a regular file: a FIFO, a folder
+or a device is refused in one line naming the path.
+
 Standard library only (urllib, hashlib): fetching the data needs no framework installed.
 """
 
@@ -19,16 +25,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import http.client
+import math
 import os
 import re
 import secrets
 import signal
 import sys
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,16 @@ from typing import BinaryIO
 
 from denoisebench.core.diskspace import free_bytes
 from denoisebench.core.records import Interrupted
+from denoisebench.data.transfer import (
+    DEFAULT_LIMITS,
+    SPEED_LIMIT_BPS,
+    SPEED_TIME_S,
+    FetchError,
+    Limits,
+    check_local_file,
+    copy,
+    rate,
+)
 
 
 @dataclass(frozen=True)
@@ -77,15 +90,8 @@ DATASETS = {"eurosat": (EUROSAT_RGB, EUROSAT_RGB_MIRROR)}
 
 SCHEMES = ("http", "https", "file")
 CHUNK_BYTES = 2**20
-TIMEOUT_S = 60.0
-"""Seconds a connection or a single read may stall before the download fails."""
-PROGRESS_EVERY_S = 5.0
-"""A progress line at most this often: none for a download that ends sooner."""
+"""Bytes read at a time when checking a file already there."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class FetchError(Exception):
-    """A download that did not end with the checked file in place; the message is one line."""
 
 
 def sha256_of(path: Path) -> str:
@@ -111,17 +117,6 @@ def _temporary(final: Path) -> tuple[BinaryIO, Path]:
         except FileExistsError:
             continue
         return os.fdopen(fd, "wb"), tmp
-
-
-def _network_error(e: BaseException) -> str:
-    """What went wrong, without urllib's `<urlopen error ...>` wrapping."""
-    if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {e.reason}"
-    if isinstance(e, urllib.error.URLError):
-        return str(e.reason)
-    if isinstance(e, TimeoutError):
-        return f"no data for {TIMEOUT_S:.0f} s (timed out)"
-    return str(e) or type(e).__name__
 
 
 def _check_existing(final: Path, sha256: str, size: int | None) -> bool:
@@ -150,14 +145,14 @@ def fetch(
     size: int | None,
     filename: str,
     say: Callable[[str], None] = lambda line: print(line, flush=True),
-    progress_every_s: float = PROGRESS_EVERY_S,
-    timeout_s: float = TIMEOUT_S,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Path:
     """`url` saved as `folder/filename`, checked against `sha256` (and `size` when not None).
 
     Returns the file's path, downloaded or already there. Raises FetchError (one line) for a
-    network failure, a wrong size or checksum, or a file already there that is something else;
-    the temporary file is removed whatever ends the download, Ctrl-C included.
+    network failure, a limit met (`limits`: stall, low speed; transfer.py), a wrong size or
+    checksum, a `file://` URL that is not a regular file, or a file already there that is
+    something else; the temporary file is removed whatever ends the download, Ctrl-C included.
     """
     sha256 = sha256.lower()
     if not _SHA256.fullmatch(sha256):
@@ -165,6 +160,8 @@ def fetch(
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in SCHEMES:
         raise FetchError(f"{url}: unsupported URL scheme {scheme!r} (use {', '.join(SCHEMES)})")
+    if scheme == "file":
+        check_local_file(url)  # a FIFO would block the download before it starts
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise FetchError(f"{folder}: not a folder; give the folder to save {filename} in")
@@ -184,7 +181,7 @@ def fetch(
     out, tmp = _temporary(final)
     try:
         with out:
-            got_bytes, got_sha = _stream(url, out, tmp, size, say, progress_every_s, timeout_s)
+            got_bytes, got_sha = copy(url, out, tmp, size, say, limits)
             out.flush()
             os.fsync(out.fileno())
         if got_sha != sha256:
@@ -200,64 +197,6 @@ def fetch(
     return final
 
 
-def _stream(
-    url: str,
-    out: BinaryIO,
-    tmp: Path,
-    size: int | None,
-    say: Callable[[str], None],
-    progress_every_s: float,
-    timeout_s: float,
-) -> tuple[int, str]:
-    """Copy `url` into `out`; returns the byte count and the sha256 of what was read."""
-    digest = hashlib.sha256()
-    got = 0
-    network_errors = (urllib.error.URLError, OSError, http.client.HTTPException, ValueError)
-    request = urllib.request.Request(url, headers={"User-Agent": "denoisebench-fetch"})
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
-    except network_errors as e:
-        raise FetchError(f"cannot download {url}: {_network_error(e)}") from e
-    with response:
-        stated = response.headers.get("Content-Length")
-        total = int(stated) if stated and stated.isdigit() else size
-        if size is not None and total != size:
-            raise FetchError(
-                f"{url}: the server sends {total:,} bytes, expected {size:,}: not the file "
-                "expected; nothing written"
-            )
-        start = last = time.monotonic()
-        while True:
-            try:
-                chunk = response.read(CHUNK_BYTES)
-            except network_errors as e:
-                raise FetchError(
-                    f"cannot download {url}: {_network_error(e)} after {got:,} bytes"
-                ) from e
-            if not chunk:
-                break
-            try:
-                out.write(chunk)
-            except OSError as e:
-                raise FetchError(f"{tmp}: cannot write: {e}") from e
-            digest.update(chunk)
-            got += len(chunk)
-            # A wrong URL may serve far more than expected: stop at the first byte too many.
-            if total is not None and got > total:
-                raise FetchError(f"{url}: more than the {total:,} bytes expected; nothing written")
-            now = time.monotonic()
-            if now - last >= progress_every_s:
-                last = now
-                rate = f"{_mb(got / max(now - start, 1e-9))}/s"
-                of = f" / {total:,} bytes ({100 * got / total:.0f}%)" if total else " bytes"
-                say(f"  {got:,}{of}, {rate}")
-    if total is not None and got < total:
-        raise FetchError(
-            f"cannot download {url}: the connection closed after {got:,} of {total:,} bytes"
-        )
-    return got, digest.hexdigest()
-
-
 def _sha256_arg(text: str) -> str:
     if not _SHA256.fullmatch(text.lower()):
         raise argparse.ArgumentTypeError(
@@ -270,6 +209,26 @@ def _size_arg(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number of bytes >= 1")
     return int(text)
+
+
+def _speed_limit_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected bytes per second >= 0 (0: no limit)")
+    return value
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds > 0")
+    return value
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -290,6 +249,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--size", type=_size_arg,
         help="its size in bytes, checked too (with --sha256; default: not checked)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--speed-limit", type=_speed_limit_arg, default=SPEED_LIMIT_BPS, metavar="BYTES_PER_S",
+        help=f"stop when fewer bytes/s than this arrive, averaged over --speed-time (as curl's; "
+        f"default {SPEED_LIMIT_BPS:,}, {rate(SPEED_LIMIT_BPS)}; 0: no low-speed limit)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--speed-time", type=_seconds_arg, default=SPEED_TIME_S, metavar="S",
+        help=f"seconds the --speed-limit average covers (default {SPEED_TIME_S:g})",
     )  # fmt: skip
     return parser
 
@@ -323,9 +291,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m denoisebench.data
     url = args.url or published.url
     # Another checksum means another file, whose size is unknown unless given.
     sha256, size = (args.sha256, args.size) if args.sha256 else (published.sha256, published.size)
+    limits = Limits(speed_limit_bps=args.speed_limit, speed_time_s=args.speed_time)
     try:
         with _sigterm_as_exit():
-            path = fetch(url, args.folder, sha256=sha256, size=size, filename=published.filename)
+            path = fetch(url, args.folder, sha256=sha256, size=size, filename=published.filename,
+                         limits=limits)  # fmt: skip
     except FetchError as e:
         hint = f" (another copy: --url {mirror})" if url == published.url else ""
         print(f"error: {e}{hint}", file=sys.stderr, flush=True)
