@@ -1,9 +1,11 @@
 """The records' schemas, one for both frameworks: what each field of a STEP row, an EPOCH
 record and a summary means (name -> meaning, units in the name), and StepRow, the STEP row
-typed. docs/results.md is checked against them (tests/test_docs.py)."""
+typed. docs/results.md is checked against them (tests/test_docs.py). `shape_error` checks a
+record read back against them (a field holding what its name says it does)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 STEP_FIELDS: dict[str, str] = {
@@ -141,3 +143,61 @@ class StepRow:
     step_time_s: float
     warmup: bool
     data_wait_s: float
+
+
+# --- the records' shapes, for a reader that must not trust them (report.discover.damage) -------
+
+TEXT_FIELDS = {
+    "framework", "status", "error", "failed_process", "signal", "resume_command", "device",
+    "data", "strategy", "engine", "step_clock", "gpu_energy_method", "tensorboard_skipped",
+    "updated",
+}  # fmt: skip
+"""Fields that hold text (or null); so do all that end in `_reason`."""
+FLAG_FIELDS = {"disturbed", "energy_window_too_short", "warmup"}
+OBJECT_FIELDS = {"final", "conditions", "runtime", "diverged_at"}
+LIST_FIELDS = {"history", "knock_on_errors", "disturbed_reasons"}
+KNOWN_FIELDS = {
+    "step": set(STEP_FIELDS),
+    "epoch": set(EPOCH_FIELDS),
+    "summary": set(SUMMARY_FIELDS),
+}
+
+
+def _kind(field: str) -> tuple[type | tuple[type, ...], str]:
+    """The JSON type a record field holds besides null, and its name for a message."""
+    if field in TEXT_FIELDS or field.endswith("_reason"):
+        return str, "text"
+    if field in FLAG_FIELDS:
+        return bool, "true or false"
+    if field in OBJECT_FIELDS:
+        return dict, "an object"
+    if field in LIST_FIELDS:
+        return list, "a list"
+    return (int, float), "a number"
+
+
+def shape_error(record: object, kind: str) -> str | None:
+    """Why `record` (a parsed STEP row, EPOCH record or summary: `kind` step, epoch, summary)
+    is not what its schema says, naming the field, the value and what it should hold; None if
+    it is. A field the schema does not know is left alone (records of a later version); a known
+    field may be null (a missing figure); a summary's `final` is an EPOCH record."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not an object"
+    for field, value in record.items():
+        if field not in KNOWN_FIELDS[kind] or value is None:
+            continue
+        types, what = _kind(field)
+        # JSON's true and false are Python ints too: a flag is no number, a number no flag
+        wrong = isinstance(value, bool) != (types is bool) or not isinstance(value, types)
+        if wrong:
+            return f"{field!r} is {json_repr(value)}, not {what}"
+    if kind == "summary" and isinstance(record.get("final"), dict):
+        inner = shape_error(record["final"], "epoch")
+        return f"'final': {inner}" if inner else None
+    return None
+
+
+def json_repr(value: object) -> str:
+    """A value as a message shows it: its JSON, cut to 40 characters."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

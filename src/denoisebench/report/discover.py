@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from denoisebench.core.records import FRAMEWORKS, read_json, read_jsonl
+from denoisebench.core.schema import shape_error
 
 # Folders that never hold a run folder: skipped while searching, so a big tree stays quick.
 _PRUNE = {"checkpoints", "slurm-logs", "report", "__pycache__", *FRAMEWORKS}
@@ -43,8 +44,10 @@ def read_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 def damage(folder: Path) -> str | None:
-    """Why `folder` cannot be reported on, naming the file and its parse error; None if every
-    file the report reads parses (a run cut off mid-write, a disk that filled up)."""
+    """Why `folder` cannot be reported on, naming the file and what is wrong; None if every file
+    the report reads parses (a run cut off mid-write, a disk that filled up) and holds what its
+    schema says: objects where records belong, numbers where figures do (core.schema
+    .shape_error: `[]` for a config, `"final": "oops"`, a string for a loss)."""
     files = [folder / "config.json", folder / "test_samples.npz"]
     for framework in FRAMEWORKS:
         fw_dir = folder / framework
@@ -54,14 +57,45 @@ def damage(folder: Path) -> str | None:
     for path in files:
         try:
             if path.suffix == ".jsonl":
-                read_jsonl(path)
+                wrong = _jsonl_shape(path, read_jsonl(path))
             elif path.suffix == ".npz":
                 if path.is_file():  # written at the end of a run: absent before
                     read_arrays(path, _ARRAY_FILES[path.name])
+                wrong = None
             elif path.is_file() or path.name != "environment.json":
-                read_json(path)
+                wrong = _json_shape(path, read_json(path))
+            else:
+                wrong = None
         except NPZ_ERRORS as e:  # json.JSONDecodeError and UnicodeError are ValueErrors
             return f"{path}: {type(e).__name__}: {e}"
+        if wrong:
+            return f"{path}: {wrong}"
+    return None
+
+
+def _json_shape(path: Path, record: object) -> str | None:
+    """What is wrong with a JSON record file's content: config.json an object of sections (each
+    an object or a plain value), summary.json its schema's, environment.json an object."""
+    if path.name == "summary.json":
+        return shape_error(record, "summary")
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not an object"
+    if path.name == "config.json":
+        for section, value in record.items():
+            if isinstance(value, list):
+                return f"section {section!r} is a list, not an object"
+    return None
+
+
+def _jsonl_shape(path: Path, rows: list[object]) -> str | None:
+    """The first line of a JSONL record file that is not what its schema says, by number."""
+    kind = {"steps.jsonl": "step", "epochs.jsonl": "epoch"}.get(path.name)
+    for number, row in enumerate(rows, start=1):
+        wrong = shape_error(row, kind) if kind else None
+        if kind is None and not isinstance(row, dict):
+            wrong = f"a {type(row).__name__}, not an object"
+        if wrong:
+            return f"line {number}: {wrong}"
     return None
 
 
