@@ -18,6 +18,7 @@ from denoisebench.core.config import (
     parse_overrides,
 )
 from denoisebench.core.diskspace import check_free_space, space_needed
+from denoisebench.core.fingerprint import check_unchanged, write_fingerprint
 from denoisebench.core.records import (
     FRAMEWORKS,
     LAUNCH_CHOICES,
@@ -125,6 +126,8 @@ def resume_run(
     the config's, and launch choices that differ from the saved ones. A requeued job
     (--auto-resume) repeats the command that started the run: only its launch choices are
     checked."""
+    for folder in {run_dir, *measurement_dirs(run_dir, args.repeats)}:
+        check_unchanged(folder)  # config.json and launch.json as the run started
     # --slurm trains on the cluster's nodes: their machine bounds are checked there, not here
     cfg = load_resolved(run_dir / "config.json", here=not args.slurm)
     try:
@@ -262,6 +265,8 @@ def prepare_run_folder(
             folder.mkdir(parents=True, exist_ok=True)
             text = json.dumps(config, indent=2, sort_keys=True)  # as Config.to_json writes it
             atomic_write_text(folder / "config.json", text + "\n")
+        for folder in configs:  # what the run started with: every resume checks it
+            write_fingerprint(folder)
     except BaseException:
         lock.release()
         raise

@@ -51,6 +51,7 @@ from typing import Any
 from denoisebench.cluster.horovod_nodes import serve_rendezvous
 from denoisebench.core.distributed import tf_config
 from denoisebench.core.failures import mark_interrupted
+from denoisebench.core.fingerprint import check_unchanged
 from denoisebench.core.placement import (
     Placement,
     check_routable_hostname,
@@ -114,6 +115,8 @@ class TrainTask:
     def _train(self) -> dict[str, Any]:
         from denoisebench.core.config import load_resolved
 
+        if self.resume:  # a requeue continues the run as it started (core.fingerprint)
+            check_unchanged(Path(self.run_dir))
         cfg = load_resolved(Path(self.run_dir) / "config.json")
         if self.launcher:  # for the trainer's own resume hint (trainer.session)
             os.environ[LAUNCHER_ENV] = self.launcher
