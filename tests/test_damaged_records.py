@@ -1,5 +1,6 @@
 """Run folders whose files parse but hold the wrong things: each is skipped and named, and the
-report of the healthy ones is still written (report.discover.damage, core.schema.shape_error)."""
+report of the healthy ones is still written (report.discover.damage, core.schema.shape_error);
+and a folder name that is HTML is shown, not run, in report.md."""
 
 from __future__ import annotations
 
@@ -92,3 +93,15 @@ def test_a_field_may_be_null_and_an_unknown_field_is_left_alone():
     assert shape_error({"loss": 0.5, "warmup": False, "step": 3}, "step") is None
     assert shape_error({"step": True}, "step") == "'step' is true, not a number"
     assert shape_error(["x"], "epoch") == "a list, not an object"
+
+
+def test_html_in_a_folder_name_is_shown_not_run_in_report_md(finished, tmp_path):
+    """report.html escaped it; report.md carried `<img src=x onerror=...>` raw, which a Markdown
+    viewer renders as an image tag that runs its handler."""
+    hostile = tmp_path / "<img src=x onerror=alert(1)>"
+    shutil.copytree(finished, hostile)
+    out = tmp_path / "report"
+    write_report([hostile], out, tmp_path, baseline_images=0)
+    md = (out / "report.md").read_text()
+    assert "&lt;img src=x onerror=alert(1)>" in md
+    assert "<img" not in md

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +16,23 @@ if TYPE_CHECKING:
     from denoisebench.report.plots import Plot
 
 
+HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
+"""Where Markdown would start raw HTML (CommonMark: `<` then a tag name, `/`, `!` or `?`)."""
+
+
+def _md_text(text: str) -> str:
+    """Text from the runs (a folder, profile or setup name, an error) as Markdown shows it, not
+    as HTML a Markdown viewer would run (report.html escapes all of it): a `<` that would open a
+    tag becomes `&lt;`; `<=` and `< 0.1` stay as they read."""
+    return HTML_START.sub("&lt;", text)
+
+
 def _md_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(none)\n"
 
     def esc(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return _md_text(str(v)).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(esc(c) for c in frame.columns) + " |"]
     lines.append("|" + "---|" * len(frame.columns))
@@ -134,28 +146,33 @@ def _table(title: str, frame: pd.DataFrame, left_out: list[str]) -> list[tuple[s
 
 
 def render_markdown(r: Report) -> str:
-    lines = [f"# {r.title}", ""]
+    esc = _md_text
+    lines = [f"# {esc(r.title)}", ""]
     for heading, kind, content in _sections(r):
         if heading:
-            lines += [f"## {heading}", ""]
+            lines += [f"## {esc(heading)}", ""]
         if kind == "list":
-            lines += [f"- {x}" for x in content] + [""]
+            lines += [f"- {esc(x)}" for x in content] + [""]
         elif kind == "left_out":
-            lines += [f"{x}  " for x in content] + [""]  # two spaces: a line break
+            lines += [f"{esc(x)}  " for x in content] + [""]  # two spaces: a line break
         elif kind == "text":
-            lines += [content, ""]
+            lines += [esc(content), ""]
         elif kind == "table":
             lines += [_md_table(content)]
         elif kind == "plots":
             for name, caption, png in content:
-                shown = f"Not drawn: {png}" if isinstance(png, str) else f"![{caption}]({name})"
-                lines += [f"### {caption}", "", shown, ""]
+                shown = (
+                    f"Not drawn: {esc(png)}"
+                    if isinstance(png, str)
+                    else f"![{esc(caption)}]({name})"
+                )
+                lines += [f"### {esc(caption)}", "", shown, ""]
         elif kind == "configs":
             for setup, cfg in content.items():
                 lines += [
-                    f"### setup {setup}",
+                    f"### setup {esc(setup)}",
                     "",
-                    *([r.config_notes[setup], ""] if setup in r.config_notes else []),
+                    *([esc(r.config_notes[setup]), ""] if setup in r.config_notes else []),
                     "```json",
                     json.dumps(cfg, indent=2, sort_keys=True),
                     "```",
