@@ -126,8 +126,6 @@ def resume_run(
     the config's, and launch choices that differ from the saved ones. A requeued job
     (--auto-resume) repeats the command that started the run: only its launch choices are
     checked."""
-    for folder in {run_dir, *measurement_dirs(run_dir, args.repeats)}:
-        check_unchanged(folder)  # config.json and launch.json as the run started
     # --slurm trains on the cluster's nodes: their machine bounds are checked there, not here
     cfg = load_resolved(run_dir / "config.json", here=not args.slurm)
     try:
@@ -138,6 +136,9 @@ def resume_run(
         ) from None
     if saved is not None and not isinstance(saved, dict):
         raise ConfigError(f"{run_dir / LAUNCH_FILE}: not the run's launch choices (no object)")
+    # readable, and as the run started (a damaged file is named as damaged, above)
+    for folder in {run_dir, *measurement_dirs(run_dir, args.repeats)}:
+        check_unchanged(folder)
     if saved is None:
         print(
             f"note: {run_dir} has no {LAUNCH_FILE} (made before launch choices were saved): "

@@ -14,6 +14,7 @@ What is asked for, SlurmRequest, and the checks of each value: launch/slurm_opti
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -138,6 +139,8 @@ def check_slurm_options(args: argparse.Namespace) -> None:
     writes --results into its script too (the log folder), so it must be one line."""
     if not (args.slurm or args.sbatch_out):
         return
+    if args.slurm and args.repeats != 1 and not args.sweep:
+        raise ConfigError("--repeats with --slurm: submit a sweep instead (--sweep)")
     slurm_request(args)  # SlurmRequest checks its values
     if args.slurm:
         time_minutes(args.time)  # submitit takes minutes: no UNLIMITED
@@ -156,10 +159,9 @@ def write_sbatch(args: argparse.Namespace) -> int:
 
 
 def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Path) -> int:
-    """Submit each framework through submitit; with --wait, wait (to a deadline) and report."""
-    if args.repeats != 1:
-        print("error: --repeats with --slurm: submit a sweep instead", file=sys.stderr)
-        return 2
+    """Submit each framework through submitit; with --wait, wait (to a deadline) and report.
+    sbatch refusing a job (no controller to reach, a partition it does not know) ends it in one
+    line; a new run's folder is removed when no job of it was submitted."""
     req = slurm_request(args)
     log_dir = run_dir / "slurm-logs"
     resume = args.resume is not None
@@ -169,7 +171,10 @@ def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Pa
         if summary and summary.get("status") == "completed":
             print(f"[{framework}] already completed, skipping", flush=True)
             continue
-        job = submit(framework, req, run_dir, log_dir, resume=resume, master_port=args.master_port)
+        try:
+            job = submit(framework, req, run_dir, log_dir, resume, master_port=args.master_port)
+        except (OSError, RuntimeError) as e:  # submitit's FailedJobError is a RuntimeError
+            return submit_failed(framework, e, run_dir, new_run=not resume and not jobs)
         print(f"[{framework}] submitted SLURM job {job.job_id}; logs: {log_dir}", flush=True)
         jobs.append((framework, job))
     if not args.wait:
@@ -179,6 +184,18 @@ def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Pa
     print(comparison_table(run_dir))
     print(f"\nresults: {run_dir}")
     return 1 if failed else 0
+
+
+def submit_failed(framework: str, error: Exception, run_dir: Path, new_run: bool) -> int:
+    """One line for a job sbatch refused, with sbatch's own words; a new run's folder, with
+    no job submitted into it, is removed (exit 1)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "")
+    where = f"; {run_dir} removed (nothing was submitted)" if new_run else ""
+    if new_run:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"error: SLURM did not take the {framework} job: {said}{where}", file=sys.stderr)
+    return 1
 
 
 def wait_for_jobs(jobs: list[tuple[str, Path, Any]], timeout_s: float) -> list[str]:

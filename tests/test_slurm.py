@@ -412,3 +412,32 @@ def test_a_submitit_job_resumes_after_a_preemption_and_an_unannounced_requeue(
     log = (tmp_path / "requeued" / "slurm-logs" / f"{job}_0_log.out").read_text()
     assert log.count("resuming after epoch") == 2, log[-3000:]
     assert_matches(fw_dir.parent, uninterrupted, "torch")
+
+
+def test_a_job_sbatch_refuses_ends_in_one_line_and_removes_the_new_run(
+    tmp_path, capsys, monkeypatch
+):
+    """sbatch installed but no controller to reach: submitit raised FailedJobError (a traceback
+    of about 12 frames) and left the new run's folder behind. Here sbatch and srun are stand-ins
+    that fail as sbatch does (its message, seen on the test cluster with SlurmctldPort=1)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    said = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho '{said}' >&2\nexit 1\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    results = tmp_path / "results"
+    argv = ["--slurm", "--profile", "smoke", "--framework", "torch", "--cpu-workers"]
+    assert main([*argv, "--results", str(results), "--run-id", "r"]) == 1
+    err = capsys.readouterr().err  # sbatch's own line (submitit passes it on), then ours
+    assert err.strip().splitlines()[-1] == (
+        f"error: SLURM did not take the torch job: {said}; {results / 'r'} removed (nothing "
+        "was submitted)"
+    )
+    assert "Traceback" not in err
+    assert not (results / "r").exists()
+    assert main([*argv, "--repeats", "2", "--results", str(results)]) == 2
+    assert "submit a sweep instead" in capsys.readouterr().err
+    assert list(results.iterdir()) == []

@@ -115,9 +115,9 @@ class TrainTask:
     def _train(self) -> dict[str, Any]:
         from denoisebench.core.config import load_resolved
 
+        cfg = load_resolved(Path(self.run_dir) / "config.json")
         if self.resume:  # a requeue continues the run as it started (core.fingerprint)
             check_unchanged(Path(self.run_dir))
-        cfg = load_resolved(Path(self.run_dir) / "config.json")
         if self.launcher:  # for the trainer's own resume hint (trainer.session)
             os.environ[LAUNCHER_ENV] = self.launcher
         record_sigterm(self.framework, Path(self.run_dir), self.launcher)
