@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import stat
 from pathlib import Path
 
 from denoisebench.cluster.horovod_build import engine_unavailable
@@ -99,3 +100,20 @@ def check_submitit(args: argparse.Namespace) -> None:
             "--slurm submits through submitit, which is not installed here (pip install "
             "submitit); or write a batch script with --sbatch-out FILE and submit it with sbatch"
         )
+
+
+MAX_REPEATS = 100
+"""--repeats at most this: 10,000 was accepted and wrote that many folders before any training."""
+
+
+def check_results_path(results: Path) -> None:
+    """--results must be a folder or not exist yet; a path the system refuses (a name over 255
+    bytes, a file on the way, no permission) is named in one line, not a traceback."""
+    try:
+        mode = results.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ConfigError(f"--results {str(results)[:80]}...: {e.strerror}") from None
+    if not stat.S_ISDIR(mode):
+        raise ConfigError(f"--results {results}: not a folder")

@@ -40,8 +40,10 @@ from denoisebench.core.records import (
 from denoisebench.measure.environment import gpu_info
 from denoisebench.report.compare import comparison_table, repeats_table, sweep_table
 from launch.checks import (
+    MAX_REPEATS,
     check_horovod,
     check_local_inputs,
+    check_results_path,
     check_submitit,
     missing_frameworks,
 )
@@ -69,13 +71,15 @@ def launch(args: argparse.Namespace, given: set[str] | None) -> int:
     try:
         if args.engine == "horovod" and args.sweep:
             raise ConfigError("--engine horovod runs one launch at a time: no --sweep")
-        if args.repeats < 1:
-            raise ConfigError(f"--repeats {args.repeats} must be >= 1")
+        if not 1 <= args.repeats <= MAX_REPEATS:
+            raise ConfigError(
+                f"--repeats {args.repeats} must be in 1..{MAX_REPEATS} (a verdict needs 2 to "
+                "10; each repeat is a whole training run and a folder)"
+            )
         for option, value in (("--gpus", args.gpus), ("--nodes", args.nodes)):
             if value is not None and value < 1:
                 raise ConfigError(f"{option} {value} must be >= 1 (leave it out for one)")
-        if args.results.exists() and not args.results.is_dir():
-            raise ConfigError(f"--results {args.results}: not a folder")
+        check_results_path(args.results)
         if args.run_id is not None:
             check_run_id(args.run_id)
         check_slurm_options(args)  # before anything is written: the values reach a script

@@ -278,3 +278,20 @@ def test_gpus_beyond_the_mask_are_refused_and_a_mask_of_none_means_cpu_workers(m
     topo = resolve_topology(build_parser().parse_args(["--gpus", "2"]))
     assert not topo.gpus
     assert "CUDA_VISIBLE_DEVICES='' shows none of this node's 8 GPU(s)" in capsys.readouterr().out
+
+
+def test_a_results_path_the_system_refuses_is_named_in_one_line(tmp_path, capsys):
+    """A folder name over 255 bytes raised ENAMETOOLONG from Path.exists() (a traceback)."""
+    long_name = tmp_path / ("a" * 256)
+    assert main(["--profile", "smoke", "--results", str(long_name)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --results {str(long_name)[:80]}...: File name too long")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_repeats_have_an_upper_bound_checked_before_anything_is_written(tmp_path, capsys):
+    """--repeats 1000000 wrote 10,856 repeat folders in 40 s before any training."""
+    argv = ["--profile", "smoke", "--results", str(tmp_path), "--no-space-check"]
+    assert main([*argv, "--repeats", "1000000"]) == 2
+    assert "--repeats 1000000 must be in 1..100" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
