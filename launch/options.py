@@ -206,8 +206,8 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="train N times (repeat-<k>/ folders, frameworks interleaved) and report "
-        "the median and spread (default: %(default)s)",
+        help="train N times, at most 100 (repeat-<k>/ folders, frameworks interleaved) and "
+        "report the median and spread (default: %(default)s)",
     )
     g.add_argument(
         "--seeds",
