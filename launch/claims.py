@@ -15,13 +15,15 @@ results/<run-id>/report/. Run again with the same --run-id, it continues where i
 from __future__ import annotations
 
 import argparse
-import subprocess
+import shlex
+import signal
 import sys
 from pathlib import Path
 
 from denoisebench.core.records import default_results, new_run_id
 from denoisebench.report.build import ReportError, write_report
 from launch.options import seed_list
+from launch.supervise import run_launcher
 
 INITS = ("native", "shared")
 DEFAULT_SEEDS = "0,1,2"
@@ -108,6 +110,19 @@ def launch_cmd(args: argparse.Namespace, init: str, root: Path) -> list[str]:
     return cmd
 
 
+def continue_command(prog: str, argv: list[str] | None, run_id: str) -> str:
+    """The command that continues these claims runs: the same options, with --run-id."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    kept = []
+    while words:
+        word = words.pop(0)
+        if word == "--run-id" and words:
+            words.pop(0)
+        elif not word.startswith("--run-id="):
+            kept.append(word)
+    return shlex.join([*prog.split(), *kept, "--run-id", run_id])
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m launch claims") -> int:
     args = build_parser(prog).parse_args(argv)
     fixed = [s for s in args.set if s.split("=")[0].strip() in ("train.init", "train.seed")]
@@ -120,10 +135,20 @@ def main(argv: list[str] | None = None, prog: str = "python -m launch claims") -
         return 2
     root = args.results / (args.run_id or new_run_id("claims"))
     print(f"claims folder: {root}", flush=True)
-    for init in INITS:
+    for k, init in enumerate(INITS):
         cmd = launch_cmd(args, init, root)
         print(f"=== {init} initialisation: {' '.join(cmd)}", flush=True)
-        code = subprocess.run(cmd).returncode
+        code, stopped_by = run_launcher(cmd)  # stop signals passed on, waited for
+        if stopped_by is not None:
+            done = f"the {', '.join(INITS[:k])}-init runs finished; " if k else ""
+            print(
+                f"claims: stopped by {stopped_by} during the {init}-init runs ({done}their "
+                f"trainers recorded where they were); continue with: "
+                f"{continue_command(prog, argv, root.name)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 128 + signal.Signals[stopped_by].value
         if code == 2 and not (root / init / "config.json").is_file():
             return code  # the launcher refused the options and said why: nothing to continue
         if code != 0:

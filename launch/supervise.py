@@ -178,6 +178,33 @@ def _child_setup(launcher_pid: int) -> Callable[[], None]:
     return setup
 
 
+def run_launcher(cmd: list[str], poll_s: float = 0.2) -> tuple[int, str | None]:
+    """A whole launch started by a subcommand (claims): its exit code, and the stop signal the
+    subcommand got meanwhile (None if none). The launch runs in its own process group, so a
+    terminal's Ctrl-C reaches the subcommand alone, which passes each stop signal on as SIGTERM
+    (a launch stops on it at any point without a traceback: its trainers record 'interrupted'
+    and it exits 143) and waits for it to end; it gets SIGTERM too if the subcommand dies
+    (PR_SET_PDEATHSIG), so no training is left running without the one who started it."""
+    parent = os.getpid()
+
+    def setup() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+            if os.getppid() != parent:
+                os._exit(128 + signal.SIGTERM)
+
+    with StopSignals() as stop:
+        proc = subprocess.Popen(cmd, process_group=0, preexec_fn=setup)
+        passed = 0
+        while proc.poll() is None:
+            if stop.count > passed:  # each signal once: a second one stops it at once
+                proc.send_signal(signal.SIGTERM)
+                passed = stop.count
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=poll_s)
+    return proc.returncode, stop.name
+
+
 def _stop(procs: list[subprocess.Popen], grace_s: float, stop: StopSignals | None = None) -> None:
     """SIGTERM every live process, wait up to grace_s for them all (less when `stop` counts
     another signal), then SIGKILL the rest."""
