@@ -179,3 +179,27 @@ def test_an_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     assert exc.value.code == 2
     assert f"--out {out}: a file, not a folder" in capsys.readouterr().err
     assert out.read_text() == "mine\n"
+
+
+def test_pytest_stopped_before_its_tests_is_named_with_its_cause(tmp_path):
+    """A real pytest refusing a conftest's hook (as pytest without pytest-xdist refused the
+    project's, issue 34): the step's summary said only 'no tests ran in 1.21s'."""
+    import subprocess
+    import sys
+
+    (tmp_path / "conftest.py").write_text("def pytest_no_such_hook():\n    pass\n")
+    (tmp_path / "test_x.py").write_text("def test_x():\n    pass\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-p",
+         "no:randomly", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 3, run.stdout[-2000:]
+    cause = gpu_reports.pytest_cause(run.stdout + run.stderr, run.returncode)
+    assert cause.startswith("pluggy._manager.PluginValidationError: unknown hook")
+    assert "pytest_no_such_hook" in cause
+    assert gpu_reports.pytest_cause("1 passed in 0.1s", 0) is None
+    said = "ERROR: usage: python -m pytest [options]\npython -m pytest: error: unrecognized arguments: -n"
+    assert (
+        gpu_reports.pytest_cause(said, 4) == "python -m pytest: error: unrecognized arguments: -n"
+    )

@@ -6,6 +6,7 @@ what was measured before."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,30 @@ def environment_lines(info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def pytest_cause(output: str, returncode: int) -> str | None:
+    """Why pytest stopped before running tests: the exception of an internal error (exit 3:
+    `INTERNALERROR> ...Error: ...`, a plugin's hook refused) or a usage error (exit 4:
+    `ERROR: ...`); None for any other ending."""
+    lines = output.splitlines()
+    if returncode == 3:
+        errors = [
+            ln[len("INTERNALERROR>") :].strip() for ln in lines if ln.startswith("INTERNALERROR>")
+        ]
+        named = [ln for ln in errors if re.match(r"[\w.]+(Error|Exception)\b", ln)]
+        return (named or errors or ["internal error"])[-1]
+    if returncode == 4:  # "ERROR: usage: ...", then "python -m pytest: error: <the cause>"
+        said = [ln.strip() for ln in lines if ": error:" in ln or ln.startswith("ERROR:")]
+        return next((ln for ln in said if ": error:" in ln), said[0] if said else "usage error")
+    return None
+
+
 def report_pytest(r: Runner, ctx: Context, res: StepResult, argvs: Argvs) -> None:
     """pytest's last line, and its skipped, failed and erroring tests with their reasons."""
     run = r.run(argvs[0], check=False)
     summary = run.output.strip().splitlines()[-1] if run.output.strip() else ""
+    cause = pytest_cause(run.output, run.returncode)
+    if cause:  # "no tests ran in 1.21s" alone hid why (a plugin refused, a bad option)
+        summary = f"{summary}: pytest stopped before the tests ({cause})"
     res.figures = {"pytest": summary, "returncode": run.returncode}
     reasons = [
         line for line in run.output.splitlines() if line.startswith(("SKIPPED", "FAILED", "ERROR"))
