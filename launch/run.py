@@ -340,7 +340,10 @@ def run_framework(
                 print(f"[{framework}] could not record the stop in {folder}: {e}", file=sys.stderr)
         print(f"[{framework}] interrupted by {stopped_by}", file=sys.stderr, flush=True)
         return 128 + signal.Signals[stopped_by].value
-    print(f"[{framework}] failed: {result.failed}", file=sys.stderr, flush=True)
+    # the cause as the summary records it (a SIGKILL's out-of-memory hint), not only the exit
+    cause = failures[0] if failures else None
+    said = f"{cause['process']}: {cause['error']}" if cause else result.failed
+    print(f"[{framework}] failed: {said.splitlines()[0][:400]}", file=sys.stderr, flush=True)
     record_failed(framework, folder, topo, result.failed or "failed", failures, interrupted_now)
     # > 128 is kept for interrupted (above); < 0 (killed by a signal) is not an exit code
     return 1 if result.returncode > 128 or result.returncode < 0 else result.returncode

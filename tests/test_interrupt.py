@@ -224,7 +224,7 @@ def test_sigkill_of_the_trainer_then_resume_leaves_no_stale_failure(tmp_path):
     out, err = finish(proc)
     assert proc.returncode == 1, out + err
     summary = read_json(run / "torch" / "summary.json")
-    assert "[torch] failed: torch killed by SIGKILL" in err
+    assert f"[torch] failed: torch: {killed}" in err  # the hint on the console too
     assert failure_fields(summary) == {
         "status": "failed",
         "error": killed,
@@ -628,7 +628,7 @@ def test_a_stop_signal_during_a_checkpoint_is_raised_after_it():
     seen once in CI); while an epoch's records and checkpoint are written it is held back and
     raised, as Interrupted, once they are."""
     from denoisebench.core.records import Interrupted
-    from denoisebench.trainer.session import raise_on_sigterm, uninterrupted
+    from denoisebench.trainer.process import raise_on_sigterm, uninterrupted
 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     written = []
