@@ -195,6 +195,30 @@ def test_empty_class_folder_is_named(fake: tuple[Path, Path]) -> None:
     assert str(folder / "2750" / "River") in str(e.value)
 
 
+@pytest.mark.parametrize("kind", ["folder", "dangling symlink", "symlink to /dev/zero", "fifo"])
+def test_an_image_name_on_something_else_stops_the_load_naming_it(
+    fake: tuple[Path, Path], kind: str
+) -> None:
+    """Before: each was dropped silently ("119 images"), though bad input stops the run."""
+    import os
+
+    folder, _ = fake
+    entry = folder / "2750" / "Forest" / "Forest_odd.jpg"
+    if kind == "folder":
+        entry.mkdir()
+    elif kind == "dangling symlink":
+        entry.symlink_to(folder / "nowhere.jpg")
+    elif kind == "symlink to /dev/zero":
+        entry.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(entry)
+    says = {"folder": "a folder", "dangling symlink": "a symlink to nothing",
+            "symlink to /dev/zero": "a device", "fifo": "a FIFO"}[kind]  # fmt: skip
+    with pytest.raises(DataError) as e:
+        load_eurosat(folder)
+    assert str(e.value).startswith(f"{entry}: {says}")
+
+
 def test_empty_class_folder_in_zip_is_named(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     zip_path = write_zip(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import os
 import stat
 import warnings
 import zipfile
@@ -245,13 +246,31 @@ def _list_folder(path: Path) -> dict[str, Path]:
         jpegs = [
             p
             for p in (root / c).iterdir()
-            if p.is_file() and p.suffix.lower() in _JPEG_SUFFIXES and not p.name.startswith(".")
+            if p.suffix.lower() in _JPEG_SUFFIXES and not p.name.startswith(".")
         ]
+        for p in jpegs:  # an image's name on something else: bad input, not a smaller data set
+            _check_regular(p)
         if not jpegs:
             tifs = any(p.suffix.lower() in _MULTISPECTRAL_SUFFIXES for p in (root / c).iterdir())
             raise DataError(f"{root / c}: empty class folder (no .jpg files){_tif_hint(tifs)}")
         files.update((f"{c}/{p.name}", p) for p in jpegs)
     return files
+
+
+def _check_regular(path: Path) -> None:
+    """DataError naming a .jpg entry of a class folder that is not a regular file (a folder, a
+    symlink to nothing, a FIFO, a device): dropped silently, it left a data set smaller than
+    the one given; read, a FIFO blocks and /dev/zero never ends."""
+    try:
+        mode = path.stat().st_mode  # follows a symlink to what it names
+    except FileNotFoundError:
+        raise DataError(f"{path}: a symlink to nothing ({os.readlink(path)})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device",
+                stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "special")  # fmt: skip
+        raise DataError(f"{path}: {kind}, not an image file; remove it or replace it")
 
 
 def _tif_hint(tifs: bool) -> str:
