@@ -1,6 +1,6 @@
 """Run folders whose files parse but hold the wrong things: each is skipped and named, and the
 report of the healthy ones is still written (report.discover.damage, core.schema.shape_error);
-and a folder name that is HTML is shown, not run, in report.md."""
+a folder name that is HTML is shown, not run, in report.md; Ctrl-C ends a report in one line."""
 
 from __future__ import annotations
 
@@ -105,3 +105,30 @@ def test_html_in_a_folder_name_is_shown_not_run_in_report_md(finished, tmp_path)
     md = (out / "report.md").read_text()
     assert "&lt;img src=x onerror=alert(1)>" in md
     assert "<img" not in md
+
+
+def test_ctrl_c_while_the_baselines_run_ends_the_report_in_one_line(finished, tmp_path):
+    """SIGINT during `report` while BM3D ran printed a 15-frame KeyboardInterrupt traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch", "report", str(finished), "--out", str(tmp_path / "r"),
+         "--baseline-images", "64"],
+        cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},  # BM3D runs, not cached
+    )  # fmt: skip
+    for line in proc.stdout:  # the baselines have started
+        if line.startswith("baselines: ") and line.rstrip().endswith("..."):
+            break
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert err.strip().splitlines() == [
+        f"report: interrupted by SIGINT; {tmp_path / 'r'} keeps what it held (each file is "
+        "replaced whole or not at all)"
+    ]

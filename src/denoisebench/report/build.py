@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -367,6 +368,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m launch report") -
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, most often while the baselines (BM3D) run
+        print(
+            f"report: interrupted by SIGINT; {out} keeps what it held (each file is replaced "
+            "whole or not at all)",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGINT
     print(f"report: {path}", flush=True)
     print(
         f"        {path.with_name('report.md')} and the tables as CSV in {path.parent}", flush=True
