@@ -22,6 +22,7 @@ from denoisebench.core.fingerprint import check_unchanged, write_fingerprint
 from denoisebench.core.records import (
     FRAMEWORKS,
     LAUNCH_CHOICES,
+    LAUNCH_DEFAULTS,
     LAUNCH_FILE,
     atomic_write_text,
     launch_conflicts,
@@ -158,6 +159,8 @@ def resume_run(
     for key, value in (saved or {}).items():
         if key in LAUNCH_CHOICES:
             setattr(args, key, value)
+        elif key in LAUNCH_DEFAULTS and getattr(args, key, None) is None:
+            setattr(args, key, value)  # --no-report stays off on --resume unless --report
     return cfg
 
 

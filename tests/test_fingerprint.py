@@ -55,10 +55,15 @@ def test_an_edited_run_is_not_resumed(run, tmp_path, capsys, edit):
         TrainTask("torch", copy, resume=True)._train()
 
 
-def test_an_unedited_run_resumes_and_one_without_fingerprints_too(run, tmp_path, capsys):
+def test_an_unedited_run_resumes_and_one_without_fingerprints_too(
+    run, tmp_path, capsys, monkeypatch
+):
+    """... and its --no-report holds on --resume (it was forgotten: the resume wrote a report)."""
+    monkeypatch.delenv("DENOISEBENCH_REPORT", raising=False)  # the report's default: on
     assert json.loads((run / FINGERPRINT_FILE).read_text()).keys() == {"config.json", "launch.json"}
     assert main(["--resume", str(run)]) == 0  # already completed: nothing to do
     assert "[torch] already completed" in capsys.readouterr().out
+    assert not (run / "report").exists()
     copy = edited_copy(run, tmp_path, "config.json", lambda c: c)  # same content, new layout
     (copy / FINGERPRINT_FILE).unlink()  # a run made before fingerprints
     assert main(["--resume", str(copy)]) == 0

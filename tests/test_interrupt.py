@@ -162,6 +162,7 @@ def test_ctrl_c_to_the_process_group_interrupts_quietly(tmp_path):
         "tf_strategy": "mirrored",
         "cpu_workers": False,
         "repeats": 1,
+        "report": None,  # neither --report nor --no-report: replayed by --resume as given
     }
 
 

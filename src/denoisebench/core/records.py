@@ -91,6 +91,10 @@ LAUNCH_CHOICES: dict[str, str] = {
 }
 """launch.json: the launcher's options that shape a run beyond its config; --resume replays
 them, and refuses a different value given with it."""
+LAUNCH_DEFAULTS: dict[str, str] = {
+    "report": "--report / --no-report as given (null: neither, the default)",
+}
+"""launch.json's options that do not shape the run: --resume replays them unless given anew."""
 
 # Top-level summary fields of an attempt that ended early; moved into `history` when the run is
 # resumed, so a completed run never shows an earlier attempt's error.
@@ -394,8 +398,10 @@ def launch_option(key: str) -> str:
 
 
 def write_launch_choices(run_dir: Path, choices: dict[str, Any]) -> None:
-    """launch.json: the LAUNCH_CHOICES values of `choices` (the launcher's parsed options)."""
-    atomic_write_json(Path(run_dir) / LAUNCH_FILE, {k: choices[k] for k in LAUNCH_CHOICES})
+    """launch.json: the LAUNCH_CHOICES and LAUNCH_DEFAULTS values of `choices` (the launcher's
+    parsed options)."""
+    kept = {**LAUNCH_CHOICES, **LAUNCH_DEFAULTS}
+    atomic_write_json(Path(run_dir) / LAUNCH_FILE, {k: choices.get(k) for k in kept})
 
 
 def read_launch_choices(run_dir: Path) -> dict[str, Any] | None:
