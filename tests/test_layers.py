@@ -151,6 +151,8 @@ SIZED = (
     "denoisebench.bench.gpu_*",
     "denoisebench.bench.cli",
     "denoisebench.bench.crossing",
+    "denoisebench.bench.whole_run",  # bench whole-run and its plain scripts (issue 33)
+    "denoisebench.bench.plain_*",
     "denoisebench.core.runlock",  # split from core.records (issue 32)
     "denoisebench.core.failures",
     "denoisebench.core.schema",

@@ -46,7 +46,9 @@ mode, each with its speed-up and its final test PSNR minus faithful's (the tuned
 only options that keep within 0.1 dB).
 
 Other benchmarks, each with its own --help:
-  crossing-nodes   the same workers on one node and on several, through SLURM (crossing.py)"""
+  crossing-nodes   the same workers on one node and on several, through SLURM (crossing.py)
+  whole-run        the suite's whole run against a plain script for the same job, spawn to
+                   exit (whole_run.py)"""
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -117,7 +119,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--json {args.json}: the folder {args.json.parent} does not exist")
 
 
-MODES = {"crossing-nodes": "denoisebench.bench.crossing"}
+MODES = {
+    "crossing-nodes": "denoisebench.bench.crossing",
+    "whole-run": "denoisebench.bench.whole_run",
+}
 """`bench MODE ...`: benchmarks with options of their own, each in its module."""
 
 
