@@ -140,7 +140,7 @@ def test_a_stop_signal_reaches_every_worker_of_the_node(tmp_path):
     workers_seen = wait_for_workers(tmp_path, ["2", "3"])
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
-    assert "horovod: stopped by SIGTERM" in proc.stderr.read()
+    assert proc.stderr.read() == ""  # quiet: the launcher above names the signal
     assert all(gone(w["pid"]) for w in workers_seen.values())
     assert read_failures(tmp_path / "torch") == []
 

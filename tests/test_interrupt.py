@@ -166,6 +166,20 @@ def test_ctrl_c_to_the_process_group_interrupts_quietly(tmp_path):
     }
 
 
+def test_one_ctrl_c_of_a_ddp_run_is_reported_as_one_sigint(tmp_path):
+    """Ctrl-C reaches torchrun's ranks as SIGINT, then the launcher passes SIGTERM on: the
+    console said both 'interrupted by SIGINT' and torchrun's 'stopped by SIGTERM'."""
+    run = tmp_path / "dd"
+    proc = start_launcher(tmp_path, "dd", "--framework", "torch", "--gpus", "2", "--epochs", "300")
+    wait_for_epoch(proc, run / "torch" / "summary.json")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = finish(proc)
+    assert proc.returncode == 130, out + err
+    assert "[torch] interrupted by SIGINT" in err
+    # (torch's own agent still logs that it sends its ranks SIGTERM: a log line, not a verdict)
+    assert "stopped by SIGTERM" not in err and "interrupted by SIGTERM" not in out + err
+
+
 @pytest.mark.parametrize(
     ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"]
 )

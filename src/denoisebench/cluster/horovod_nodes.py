@@ -20,7 +20,7 @@ and torchrun wrappers do), and the launcher exits 1 with one line. The other nod
 see the failed peer in their next collective: at once when its connections close, or after
 runtime.collective_timeout_s (the trainer's Gloo timeout, HOROVOD_GLOO_TIMEOUT_SECONDS) when
 its node no longer answers. SIGINT and SIGTERM are passed on to the workers, which record the
-stop; the launcher then exits 128 + the signal's number.
+stop; the launcher then exits 128 + the signal's number, quietly (the launcher above names it).
 
     python -m denoisebench.cluster.horovod_nodes [--record-failures-in FW_DIR] \\
         --hosts n9,n10 --node-rank 0 --per-node 2 --master-addr n9 --master-port 20032 \\
@@ -166,8 +166,7 @@ def run(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"horovod: {e}", file=sys.stderr, flush=True)
         return 1
-    if workers.stop_signal is not None:
-        print(f"horovod: stopped by {signal.Signals(workers.stop_signal).name}", file=sys.stderr)
+    if workers.stop_signal is not None:  # quiet, as the torchrun wrapper: the launcher says it
         return 128 + workers.stop_signal
     if failed is None:
         return 0

@@ -2,9 +2,9 @@
 a rank that a signal killed.
 
 torchrun turns SIGINT/SIGTERM into a SignalException that it re-raises, so a run stopped on
-purpose (Ctrl-C, the launcher passing on a stop) ends in a Python traceback. Here it ends with
-one line and the shell's exit code, 128 + the signal number; the ranks record the stop in the
-run folder themselves. Any other failure (a rank that failed: ChildFailedError) is left as it is,
+purpose (Ctrl-C, the launcher passing on a stop) ends in a Python traceback. Here it ends
+quietly with the shell's exit code, 128 + the signal number (the launcher says which signal
+the user sent); the ranks record the stop in the run folder themselves. Any other failure (a rank that failed: ChildFailedError) is left as it is,
 except that a rank killed by a signal (SIGKILL from the out-of-memory killer, a SIGSEGV) cannot
 record its own failure: with `--record-failures-in FW_DIR` first, this writes it for the rank
 (record_killed), so the run's summary names it rather than a peer's broken collective.
@@ -69,7 +69,9 @@ def run(argv: list[str] | None = None) -> int:
     try:
         main(argv)
     except SignalException as e:
-        print(f"torchrun: stopped by {e.sigval.name}", file=sys.stderr, flush=True)
+        # quiet: the launcher names the signal the user sent (a terminal's Ctrl-C reaches the
+        # ranks as SIGINT, then the launcher passes SIGTERM on: "stopped by SIGTERM" beside
+        # "interrupted by SIGINT" told two stories)
         return 128 + int(e.sigval)
     except ChildFailedError as e:
         if fw_dir is not None:
