@@ -122,15 +122,37 @@ def diverged_lines(run_dir: Path) -> list[str]:
 
 
 def missing_reasons(run_dir: Path) -> list[str]:
-    """One line per framework whose GPU energy is missing, saying why (never a silent blank)."""
+    """One line per framework and reason for the table's missing cells, the columns named
+    (never a silent blank): GPU energy's own reason, the steady window's, a run that ended
+    before its end-of-run figures, a run with no finished epoch."""
+    frame = comparison_frame(run_dir).set_index("framework")
     lines = []
-    for framework in FRAMEWORKS:
+    for framework in frame.index:
         records = FrameworkRecords.read(run_dir, framework)
-        if records:
-            summary = records.summary
-            if summary.get("gpu_energy_j") is None and summary.get("gpu_energy_reason"):
-                lines.append(f"  {framework}: GPU J/img missing: {summary['gpu_energy_reason']}")
+        summary = records.summary if records else {}
+        reasons: dict[str, list[str]] = {}
+        for column, label in COLUMNS.items():
+            if column in ("framework", "status") or pd.notna(frame.loc[framework, column]):
+                continue
+            why = _why_missing(column, summary, records.final() if records else {})
+            reasons.setdefault(why, []).append(label)
+        for why, labels in reasons.items():
+            lines.append(f"  {framework}: {', '.join(labels)} missing: {why}")
     return lines
+
+
+def _why_missing(column: str, summary: dict, final: dict) -> str:
+    """Why one figure of a framework's row is missing."""
+    status = summary.get("status")
+    if column == "gpu_energy_per_image_j" and summary.get("gpu_energy_reason"):
+        return str(summary["gpu_energy_reason"])
+    if column in ("test_mae", "test_psnr_db", "test_ssim", "noisy_psnr_db") and not final:
+        return "no epoch finished"
+    if status not in ("completed", "diverged"):
+        return f"the run is {status}: these are figured when it ends"
+    if column == "throughput_steady_img_s" and final.get("steady_reason"):
+        return str(final["steady_reason"])
+    return "not recorded"
 
 
 def _fixed(digits: int):
