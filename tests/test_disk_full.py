@@ -21,7 +21,7 @@ from denoisebench.core import diskspace
 from denoisebench.core import records as results
 from denoisebench.core.config import ConfigError, load_config, parse_overrides
 from denoisebench.core.records import read_json, read_jsonl
-from denoisebench.trainer import session
+from denoisebench.trainer import process
 
 
 def leftovers(run: Path) -> list[Path]:
@@ -46,7 +46,7 @@ def run_trainer_main(framework: str, run: Path, monkeypatch, capsys) -> str:
     run.mkdir(parents=True)
     (run / "config.json").write_text(cfg.to_json())
     module = importlib.import_module(f"denoisebench.{framework}_backend.train")
-    monkeypatch.setattr(session, "raise_on_sigterm", lambda: None)  # leave pytest's handlers
+    monkeypatch.setattr(process, "raise_on_sigterm", lambda: None)  # leave pytest's handlers
     with pytest.raises(SystemExit) as exit_:
         module.main([str(run)])
     assert exit_.value.code == 1

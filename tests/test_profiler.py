@@ -334,8 +334,8 @@ def test_energy_counter_difference_idle_power_and_wrap(tmp_path):
         rapl_root=no_rapl(tmp_path),
         min_window_s=60.0,
     ) as prof:
-        prof.measure_idle(0.2)
-        mark = prof.window_start()
+        prof.start_idle(0.2)
+        mark = prof.window_start()  # ends the idle window
         fake.energy_mj = {0: 1_250_500, 1: 1_500}
         rows, host = prof.window_end(mark)
 
@@ -346,6 +346,7 @@ def test_energy_counter_difference_idle_power_and_wrap(tmp_path):
     assert [r["energy_method"] for r in rows] == ["nvml_energy_counter"] * 2
     for r in rows:
         assert r["idle_power_w"] == prof.idle_power_w[r["device_index"]]
+        assert r["idle_window_s"] == prof.idle_window_s > 0
         assert r["energy_above_idle_j"] == r["energy_j"] - r["idle_power_w"] * r["window_s"]
         assert r["window_s"] == host["window_s"] > 0
         assert r["energy_window_too_short"] is True
@@ -356,7 +357,7 @@ def test_energy_counter_difference_idle_power_and_wrap(tmp_path):
 def test_idle_not_measured_leaves_above_idle_missing(tmp_path):
     fake = FakeNvml(devices=1)
     prof = Profiler(devices=[0], nvml=fake, rapl_root=no_rapl(tmp_path))
-    prof.measure_idle(0)
+    prof.start_idle(0)
     assert prof.idle_power_w == {0: None}
     assert prof.idle_reason == "idle power not measured (profile.idle_s = 0)"
     mark = prof.window_start()
@@ -365,6 +366,36 @@ def test_idle_not_measured_leaves_above_idle_missing(tmp_path):
     assert row["energy_j"] == 3.0
     assert row["idle_power_w"] is None
     assert row["energy_above_idle_j"] is None
+
+
+def test_idle_power_is_measured_without_holding_the_run(tmp_path):
+    """start_idle returns at once (it used to sleep profiler.idle_s); the first window_start
+    ends the idle window, and its power is the samples' mean over the window's last `seconds`
+    only: a busier moment of the start-up before them is left out. No sampler thread here:
+    the samples are the ones taken below, where they are taken."""
+    averaged = {}
+    for seconds in (0.05, 60.0):
+        fake = FakeNvml(devices=1)
+        fake.power_mw[0] = 300_000  # the start-up's last work
+        prof = Profiler(devices=[0], nvml=fake, rapl_root=no_rapl(tmp_path))
+        t0 = time.perf_counter()
+        prof.start_idle(seconds)
+        assert time.perf_counter() - t0 < 0.5 and prof.idle_power_w == {}  # nothing waited
+        time.sleep(0.2)
+        fake.power_mw[0] = 50_000  # idle
+        assert prof.sampler is not None
+        prof.sampler.sample()
+        time.sleep(0.1)
+        mark = prof.window_start()
+        averaged[seconds] = (prof.idle_power_w[0], prof.idle_window_s)
+        fake.energy_mj[0] += 10_000
+        [row], _ = prof.window_end(mark)
+        assert row["idle_power_w"] == prof.idle_power_w[0]
+        assert row["idle_window_s"] == prof.idle_window_s
+    assert averaged[0.05][0] == pytest.approx(50.0, rel=1e-9)
+    assert averaged[0.05][1] == pytest.approx(0.05, rel=1e-9)
+    # the whole window from start_idle: 0.2 s moving from 300 to 50 W, 0.1 s at 50 W
+    assert 100.0 < averaged[60.0][0] < 250.0 and 0.3 <= averaged[60.0][1] < 60.0
 
 
 def test_missing_energy_counter_falls_back_to_power_integration(tmp_path):
@@ -546,7 +577,7 @@ def test_without_nvml_the_run_goes_on_and_gpu_figures_carry_the_reason(tmp_path,
     no_nvml(monkeypatch)
     with maybe_profile(True, devices=[0], rapl_root=no_rapl(tmp_path)) as prof:
         assert prof.sampler is None
-        prof.measure_idle(1.0)  # returns at once: nothing to measure
+        prof.start_idle(1.0)  # returns at once: nothing to measure
         assert prof.idle_reason == "NVML unavailable: test"
         mark = prof.window_start()
         devices, host = prof.window_end(mark)

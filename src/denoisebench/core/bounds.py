@@ -192,20 +192,21 @@ FLOAT_COPIES = 5
 (trainer/rundata.py, core/noise.add_noise): the clean set, and add_noise's input, the noise
 drawn, the sum and the clipped result (4.75 measured with tracemalloc)."""
 QUALITY_BLOCK, QUALITY_WORKERS, QUALITY_ARRAYS = 64, 16, 8
-"""measure/quality.image_quality, run on the noisy test set: blocks of 64 images in float64, one
-per thread (at most 16, one per core), each with about 8 arrays of the block alive at once."""
+"""measure/quality.image_quality, run once on the noisy test set by rank 0 of a CPU run (its
+evaluation.TestSet; a GPU scores it on the device): blocks of 64 images in float64, one per
+thread (at most 16, one per core), each with about 8 arrays of the block alive at once."""
 INDEX_BYTES = 64
 """Per image: the split's int64 permutation and indices, and split.json's Python lists."""
 
 
 def synthetic_bytes(n: int, image_size: int, limit: int, test_share: float, cores: int) -> int:
     """About the most memory `n` synthetic images (the first `limit` kept, 0: all; `test_share`
-    of them for testing) take at once in a trainer on `cores` cores: the larger of two moments.
-    Loading (data/images.py): all n as uint8 (size x size x 3 bytes each), and the first
-    `limit` copied out of them. Then (trainer/rundata.py): the images kept, their train and
-    test copies, and the larger of the noisy test set's float32 copies (add_noise) and the
-    quality figures' float64 blocks. The framework's own copy of the training set comes after
-    the loaded set is freed, and adds less than it."""
+    of them for testing) take at once in a trainer on `cores` cores: the largest of three
+    moments. Loading (data/images.py): all n as uint8 (size x size x 3 bytes each), and the
+    first `limit` copied out of them. Then (trainer/rundata.py): the images kept, their train
+    and test copies, and the noisy test set's float32 copies (add_noise). Then, the loaded set
+    freed, rank 0 of a CPU run scores the noisy test set once (QUALITY_*), beside the train and
+    test copies, the framework's own copy of the training set and the float32 test sets."""
     per_image = image_size**2 * 3
     kept = min(n, limit) if limit else n
     n_test = min(kept - 1, max(1, round(kept * test_share)))
@@ -213,8 +214,9 @@ def synthetic_bytes(n: int, image_size: int, limit: int, test_share: float, core
     test_f32 = 4 * per_image * n_test
     blocks = min(cores, QUALITY_WORKERS, -(-n_test // QUALITY_BLOCK))
     quality = blocks * min(n_test, QUALITY_BLOCK) * per_image * 8 * QUALITY_ARRAYS
-    splitting = per_image * 2 * kept + max(FLOAT_COPIES * test_f32, 2 * test_f32 + quality)
-    return max(loading, splitting) + INDEX_BYTES * n
+    splitting = per_image * 2 * kept + FLOAT_COPIES * test_f32
+    scoring = per_image * (2 * kept - n_test) + 2 * test_f32 + quality
+    return max(loading, splitting, scoring) + INDEX_BYTES * n
 
 
 def largest_fitting(

@@ -11,9 +11,14 @@ Energy of a window, per device, by the best method the GPU offers:
   driver loaded; Volta and newer), modulo 2**64;
 - `power_integration`: the trapezoid integral of the sampled power over the window, where the
   counter is missing (older or virtual GPUs read 0 or NotSupported).
-Idle power is measured before training, so every figure is also given above idle. NVML updates
-power every 10-100 ms and on recent GPUs reports a 1-second average: windows shorter than
-`min_window_s` are flagged `energy_window_too_short`.
+Idle power is measured before training, so every figure is also given above idle, without
+holding the run: `start_idle` (once the devices are ready) opens a window that the first
+`window_start` (the first epoch's training) closes, and the idle power is the mean of the
+power the sampler thread took meanwhile, over the window's last `profiler.idle_s` seconds at
+most (`idle_window_s` in each device row says how long it was). NVML updates power every
+10-100 ms and on recent GPUs reports a 1-second average: windows shorter than `min_window_s`
+are flagged `energy_window_too_short`, and an idle window shorter than a second also averages
+in part of the second before it (docs/measurements.md: its error).
 
 CPU package energy comes from Linux RAPL (measure.rapl) where readable, otherwise it is missing
 with the reason. Samples are appended to a spool file as they are taken, so a crash keeps every
@@ -250,6 +255,9 @@ class Profiler:
         )
         self.idle_power_w: dict[int, float | None] = {}
         self.idle_reason: str | None = None
+        self.idle_window_s: float | None = None
+        """How long the idle power was averaged over (None: not measured)."""
+        self._idle_from: tuple[float, float] | None = None
         self.rapl, self.rapl_reason = rapl_domains(rapl_root)
         self.process = psutil.Process()
 
@@ -261,8 +269,10 @@ class Profiler:
         if self.sampler:
             self.sampler.stop()
 
-    def measure_idle(self, seconds: float) -> None:
-        """Mean power of each device over `seconds` before training starts."""
+    def start_idle(self, seconds: float) -> None:
+        """Open the idle-power window now (the devices ready, nothing running on them) and
+        return at once: the first window_start closes it, and each device's idle power is its
+        sampled power averaged over the window's last `seconds` (0: not measured)."""
         if not self.sampler:
             self.idle_reason = self.gpu_reason
             return
@@ -271,12 +281,21 @@ class Profiler:
             self.idle_power_w = dict.fromkeys(self.sampler.devices)
             return
         t0 = time.perf_counter()
-        time.sleep(seconds)
-        t1 = time.perf_counter()
+        self.sampler.sample(at=t0)  # the window's first reading, whatever the sampler's phase
+        self._idle_from = (t0, seconds)
+
+    def _close_idle(self, t1: float) -> None:
+        """End the idle window at `t1` (sampled there) and average each device's power in it."""
+        if self._idle_from is None or self.sampler is None:
+            return
+        ready, seconds = self._idle_from
+        self._idle_from = None
+        t0 = max(ready, t1 - seconds)
+        self.idle_window_s = t1 - t0
         for i in self.sampler.devices:
             times, power = self.sampler.power_series(i)
             self.idle_power_w[i] = (
-                integrate_power_j(times, power, t0, t1) / (t1 - t0) if times else None
+                integrate_power_j(times, power, t0, t1) / (t1 - t0) if times and t1 > t0 else None
             )
 
     def window_start(self) -> WindowMark:
@@ -284,6 +303,7 @@ class Profiler:
         t_s = time.perf_counter()
         if self.sampler:
             self.sampler.sample(at=t_s)  # stamped inside the window, so it counts in it
+            self._close_idle(t_s)  # the first window ends the idle one
         return WindowMark(
             t_s=t_s,
             energy_mj={i: self.sampler.energy_mj(i) for i in self.sampler.devices}
@@ -325,6 +345,7 @@ class Profiler:
                     if energy is not None
                     else None,
                     "idle_power_w": idle,
+                    "idle_window_s": self.idle_window_s,
                     "energy_window_too_short": short,
                     **self.sampler.window(i, mark.t_s, t1),
                 }

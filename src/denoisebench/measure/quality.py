@@ -23,8 +23,9 @@ On a GPU that is still more than a training epoch: an H200 trained the paper's e
 and ran the test split's forward pass in 0.1 s, yet each epoch took about 1.1 s more; on two
 CPU cores the same gap (1.6 s an epoch) is exactly this function's time. So on a GPU the
 trainers compute the same figures on the device with their framework (`image_metrics` in
-torch_backend/model.py, with pytorch-msssim, and in tf_backend/model.py, with tf.image.ssim)
-and hand them to `summarize`; tests/test_metrics.py holds both to skimage image by image.
+torch_backend/model.py, with pytorch-msssim, and in tf_backend/model.py, with tf.image.ssim),
+sum them there in float64 over the epoch and bring the sums back at once (`from_sums`; each
+backend's evaluation.py); tests/test_metrics.py holds both to skimage image by image.
 """
 
 from __future__ import annotations
@@ -112,6 +113,33 @@ def summarize(psnr_db: np.ndarray, ssim: np.ndarray, abs_sum: float, size: int) 
         "mae": float(abs_sum) / size,
         "psnr_db": float(np.mean(psnr_db, dtype=np.float64)),
         "ssim": float(np.mean(ssim, dtype=np.float64)),
+    }
+
+
+def from_sums(
+    psnr_sum: float, ssim_sum: float, abs_sum: float, images: int, size: int
+) -> dict[str, float]:
+    """summarize's figures from the sums of per-image PSNR and SSIM over `images` images and of
+    |output - clean| over `size` elements, as a trainer reduces them on its device (float64)."""
+    return {"mae": float(abs_sum) / size, "psnr_db": psnr_sum / images, "ssim": ssim_sum / images}
+
+
+TEST_FIELDS = ("test_loss", "test_mae", "test_psnr_db", "test_ssim", "noisy_psnr_db", "noisy_ssim")
+"""The EPOCH record's test figures (core.schema.EPOCH_FIELDS), what a trainer's evaluation
+returns each epoch."""
+
+
+def epoch_scores(
+    test_loss: float, quality: dict[str, float], noisy: dict[str, float]
+) -> dict[str, float]:
+    """An epoch's TEST_FIELDS: its test loss, its outputs' quality and the noisy inputs'."""
+    return {
+        "test_loss": float(test_loss),
+        "test_mae": quality["mae"],
+        "test_psnr_db": quality["psnr_db"],
+        "test_ssim": quality["ssim"],
+        "noisy_psnr_db": noisy["psnr_db"],
+        "noisy_ssim": noisy["ssim"],
     }
 
 

@@ -50,7 +50,7 @@ from denoisebench.core.distributed import (
 )
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.gpus import nvml_indices
-from denoisebench.measure.quality import summarize
+from denoisebench.tf_backend.evaluation import TestSet
 from denoisebench.tf_backend.model import (
     adam,
     add_noise,
@@ -62,14 +62,8 @@ from denoisebench.tf_backend.model import (
     pick_device,
     set_weights,
 )
-from denoisebench.trainer.rundata import SAMPLE_IMAGES, RunData
-from denoisebench.trainer.session import (
-    EpochResult,
-    Session,
-    World,
-    damaged_checkpoint,
-    trainer_main,
-)
+from denoisebench.trainer.process import damaged_checkpoint, trainer_main
+from denoisebench.trainer.session import EpochResult, Session, World
 
 FRAMEWORK = "tf"
 
@@ -166,37 +160,6 @@ def scores_on_device(gpus: list[int]) -> bool:
     host's threaded NumPy version is faster (2,000 images on 2 cores: an epoch's evaluation
     took 3.4 s with it and 16.8 s with tf.image.ssim's 11x11 window)."""
     return bool(gpus)
-
-
-def evaluate(
-    model: Any, data: RunData, cfg: Config, criterion: Any, on_device: bool
-) -> tuple[float, np.ndarray, dict[str, float] | None]:
-    """Test loss, the outputs (NHWC float32) on the fixed noisy test split, and their quality
-    computed on the device (`on_device`; else None: the host computes it)."""
-    outputs, total, psnr, ssim, abs_sum = [], 0.0, [], [], 0.0
-    n = len(data.test_noisy)
-    np_dtype = input_dtype(cfg.runtime.precision).as_numpy_dtype
-    for i in range(0, n, cfg.train.eval_batch_size):
-        noisy = data.test_noisy[i : i + cfg.train.eval_batch_size]
-        clean = data.test_clean[i : i + cfg.train.eval_batch_size]
-        # a float64 model (runtime.precision=float64) gets float64 images; its output is cast
-        # to float32, the dtype of the recorded loss and outputs
-        out = tf.cast(model(noisy.astype(np_dtype), training=False), tf.float32)
-        total += float(criterion(clean, out)) * len(noisy)
-        if on_device:
-            p, s, a = image_metrics(out, clean)
-            psnr.append(p.numpy())
-            ssim.append(s.numpy())
-            abs_sum += float(a)
-        outputs.append(np.asarray(out))
-    images = np.concatenate(outputs)
-    if not on_device:
-        return total / n, images, None
-    return (
-        total / n,
-        images,
-        summarize(np.concatenate(psnr), np.concatenate(ssim), abs_sum, images.size),
-    )
 
 
 class StepTracer:
@@ -297,13 +260,16 @@ def _train(
         hosts=gather_per_worker(strategy, world, socket.gethostname()),
     )
     images = on_each_device(strategy, data.train_u8)  # uint8, NHWC, on the devices once
+    # the chief evaluates: its test set on its first device once, scored there (evaluation.py)
+    metrics = image_metrics if scores_on_device(gpus) else None
+    first_device = strategy.extended.worker_devices[0]
+    tests = TestSet(data, cfg, first_device, metrics) if session.rec else None
     if hvd:  # rank 0's weights and Adam state on every worker; its slice; averaged gradients
         hvd.broadcast_start([*net.model.variables, *net.optimizer.variables])
         train_step = make_train_step(cfg, strategy, net, world.rank, hvd.average)
     else:
         train_step = make_train_step(cfg, strategy, net)
     tracer = StepTracer(cfg, session.fw_dir / "trace" if session.rec else None)
-    on_device = scores_on_device(gpus)
     for epoch, order in session.epochs():
         # the epoch's whole order goes to each device once, as the PyTorch trainer does; each
         # step picks its row inside the step. (A distributed tf.data iterator handing out one
@@ -319,15 +285,12 @@ def _train(
         session.end_epoch(
             epoch,
             EpochResult.merge([EpochResult.from_json(g) for g in gathered]),
-            evaluate=lambda: evaluate(net.model, data, cfg, net.criterion, on_device),
+            evaluate=lambda: tests.scores(net.model, net.criterion),  # the chief, which has them
             save=ckpt.save,
         )
     tracer.close()
     ckpt.close()
-    samples = data.test_noisy[:SAMPLE_IMAGES].astype(
-        input_dtype(cfg.runtime.precision).as_numpy_dtype
-    )
-    outputs = np.asarray(net.model(samples, training=False), dtype=np.float32)
+    outputs = tests.sample_outputs(net.model) if tests else None  # the report's image grid
     return session.finish(get_weights(net.model), outputs, int(net.model.count_params()))
 
 

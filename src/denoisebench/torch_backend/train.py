@@ -12,7 +12,9 @@ holds the training images on its device as uint8; each step takes one global bat
 shared epoch order, draws its noise from a generator seeded by (seed, epoch) on every rank,
 and trains on its own slice (distributed.py states the rule). Only rank 0 writes the results
 folder; every rank's step timings are gathered into it. A checkpoint is written at the end of
-every epoch; --resume continues from it and reproduces the uninterrupted run.
+every epoch (a copy of the state, written by rank 0's record writer while the next epoch
+trains: trainer/writer.py); --resume continues from it and reproduces the uninterrupted run.
+Rank 0 holds the test set on its device for the whole run and evaluates there (evaluation.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,7 +53,7 @@ from denoisebench.core.distributed import maybe_inject_fault, replica_slice
 from denoisebench.core.placement import cuda_device, read_placement
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.gpus import nvml_indices
-from denoisebench.measure.quality import summarize
+from denoisebench.torch_backend.evaluation import TestSet
 from denoisebench.torch_backend.lost_peers import naming_lost_peers
 from denoisebench.torch_backend.model import (
     add_noise,
@@ -64,30 +67,10 @@ from denoisebench.torch_backend.model import (
     pick_device,
     set_weights,
 )
-from denoisebench.trainer.rundata import SAMPLE_IMAGES, RunData
-from denoisebench.trainer.session import (
-    EpochResult,
-    Session,
-    World,
-    damaged_checkpoint,
-    trainer_main,
-)
+from denoisebench.trainer.process import damaged_checkpoint, trainer_main
+from denoisebench.trainer.session import EpochResult, Session, World
 
 FRAMEWORK = "torch"
-
-
-def to_nchw(x: np.ndarray, device: torch.device, cfg: Config) -> torch.Tensor:
-    """NHWC float32 host images -> NCHW on the device, in the run's memory format and dtype."""
-    fmt = memory_format(cfg.runtime.channels_last)
-    x_dev = torch.from_numpy(x).to(device, param_dtype(cfg.runtime.precision))
-    return x_dev.permute(0, 3, 1, 2).contiguous(memory_format=fmt)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, noisy: np.ndarray, cfg: Config, device: torch.device) -> Any:
-    """The model's float32 NCHW output for NHWC host images, in the run's precision."""
-    with autocast(device, cfg.runtime.precision):
-        return model(to_nchw(noisy, device, cfg)).float()
 
 
 def scores_on_device(device: torch.device) -> bool:
@@ -95,40 +78,6 @@ def scores_on_device(device: torch.device) -> bool:
     pytorch-msssim. On a CPU the host's threaded NumPy version is as fast (2,000 images on 2
     cores: 5.0 s an epoch's evaluation either way)."""
     return device.type == "cuda" and importlib.util.find_spec("pytorch_msssim") is not None
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    data: RunData,
-    cfg: Config,
-    device: torch.device,
-    criterion: Any,
-    on_device: bool,
-) -> tuple[float, np.ndarray, dict[str, float] | None]:
-    """Test loss, the outputs (NHWC float32) on the fixed noisy test split, and their quality
-    computed on the device (`on_device`; else None: the host computes it)."""
-    model.eval()
-    outputs, total, psnr, ssim, abs_sum = [], 0.0, [], [], 0.0
-    n = len(data.test_noisy)
-    for i in range(0, n, cfg.train.eval_batch_size):
-        out = predict(model, data.test_noisy[i : i + cfg.train.eval_batch_size], cfg, device)
-        clean = to_nchw(data.test_clean[i : i + cfg.train.eval_batch_size], device, cfg)
-        total += criterion(out, clean.float()).item() * len(out)
-        if on_device:
-            p, s, a = image_metrics(out, clean)
-            psnr.append(p.cpu().numpy())
-            ssim.append(s.cpu().numpy())
-            abs_sum += a.item()
-        outputs.append(out.permute(0, 2, 3, 1).cpu().numpy())
-    model.train()
-    images = np.concatenate(outputs)
-    quality = (
-        summarize(np.concatenate(psnr), np.concatenate(ssim), abs_sum, images.size)
-        if on_device
-        else None
-    )
-    return total / n, images, quality
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -244,6 +193,18 @@ class StepClock:
             torch.cuda.synchronize()
             return [a.elapsed_time(b) / 1e3 for a, b in itertools.pairwise(self.marks)]
         return [b - a for a, b in itertools.pairwise(self.marks)]
+
+
+def on_host(obj: Any) -> Any:
+    """A copy of a state dict's tensors on the host (nested dicts and lists followed; other
+    values as they are): what the checkpoint writes while the next epoch changes the weights."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: on_host(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(on_host(v) for v in obj)
+    return obj
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -461,9 +422,11 @@ def _train(session: Session, device: torch.device, resume: bool) -> dict[str, An
     )
     # uint8 NHWC, on the device once, flipped in height and width for raw_model.net
     images = torch.from_numpy(data.train_u8).to(device).flip(1, 2)
+    # rank 0 evaluates: its test set on the device once, scored there (evaluation.py)
+    metrics = image_metrics if scores_on_device(device) else None
+    tests = TestSet(data, cfg, device, metrics) if session.rec else None
     dtype = param_dtype(cfg.runtime.precision)
     tracer = StepTracer(cfg, session.fw_dir / "trace" if session.rec else None, device)
-    on_device = scores_on_device(device)
     for epoch, order in session.epochs():
         if strategy != "single":
             # rank 0 evaluated and checkpointed after the last epoch while the others went on:
@@ -475,15 +438,16 @@ def _train(session: Session, device: torch.device, resume: bool) -> dict[str, An
         session.end_epoch(
             epoch,
             result,
-            evaluate=lambda: evaluate(net.raw, data, cfg, device, net.criterion, on_device),
-            save=lambda done, wall_s: save_checkpoint(ckpt_path, net.state(done, wall_s)),
+            evaluate=lambda: tests.scores(net.raw, net.criterion),  # rank 0, which has them
+            # a copy of the state now, written by the record writer while training goes on
+            save=lambda done, wall_s: partial(
+                save_checkpoint, ckpt_path, on_host(net.state(done, wall_s))
+            ),
         )
     tracer.close()
-    net.raw.eval()  # the report's image grid: outputs for the saved test samples
-    outputs = predict(net.raw, data.test_noisy[:SAMPLE_IMAGES], cfg, device)
     return session.finish(
         get_weights(net.raw),
-        outputs.permute(0, 2, 3, 1).cpu().numpy(),
+        tests.sample_outputs(net.raw) if tests else None,  # the report's image grid
         sum(p.numel() for p in net.raw.parameters()),
     )
 

@@ -4,8 +4,9 @@ on disk, as NumPy arrays.
 Both frameworks see the same images in the same order: the split is written once into the run
 folder (and checked by whichever trainer comes second), the batch order of every epoch is a
 NumPy permutation of (seed, epoch) (core.epochs.epoch_batches), and the noisy test images are
-generated once from a seed. Only the training noise differs between frameworks: it is drawn on
-the device by each one's own random ops, with the same statistics (core.noise).
+generated once from a seed (their scores, the noisy baseline, are the trainers': computed once,
+on the device, by rank 0 alone). Only the training noise differs between frameworks: it is
+drawn on the device by each one's own random ops, with the same statistics (core.noise).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from denoisebench.core.config import Config
 from denoisebench.core.noise import noisy_test_set
 from denoisebench.core.records import atomic_write_json, atomic_write_npz, read_json
 from denoisebench.data.images import Images, load_images, make_split
-from denoisebench.measure.quality import image_quality
 
 
 @dataclass(frozen=True)
@@ -29,18 +29,23 @@ class RunData:
 
     train_u8: np.ndarray
     """Training images, uint8 (N, H, W, C)."""
+    test_u8: np.ndarray
+    """Clean test images, uint8: what the trainers put on the device."""
     test_clean: np.ndarray
-    """Clean test images, float32 in [0, 1]."""
+    """Clean test images, float32 in [0, 1]: U8_TO_UNIT[test_u8], bit for bit."""
     test_noisy: np.ndarray
     """Noisy test images, float32 in [0, 1], identical for both frameworks."""
-    noisy_quality: dict[str, float]
-    """MAE/PSNR/SSIM of the noisy test inputs: the baseline a denoiser must beat."""
     description: str
     """What the images are (never calls other images EuroSAT)."""
 
 
 SAMPLE_IMAGES = 32
 """Test images whose clean, noisy and output versions are saved for the report."""
+
+U8_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+"""Each uint8 value as the float32 in [0, 1] the test set holds: the trainers index this table
+on their devices, where a division need not round as NumPy's does (CUDA divides by a scalar
+as a multiplication by its reciprocal), so both see the host's clean images bit for bit."""
 
 
 class SplitMismatchError(RuntimeError):
@@ -79,7 +84,7 @@ def prepare_data(cfg: Config, run_dir: Path, is_main: bool = True) -> RunData:
             },
         )
     test_u8 = images.images[split.test]
-    test_clean = test_u8.astype(np.float32) / 255.0
+    test_clean = test_u8.astype(np.float32) / 255.0  # U8_TO_UNIT[test_u8], bit for bit
     test_noisy = noisy_test_set(test_u8, cfg.noise)
     samples = Path(run_dir) / "test_samples.npz"
     if is_main and not samples.exists():  # for the report: image grid, classical baselines
@@ -97,8 +102,8 @@ def prepare_data(cfg: Config, run_dir: Path, is_main: bool = True) -> RunData:
         )
     return RunData(
         train_u8=images.images[split.train],
+        test_u8=test_u8,
         test_clean=test_clean,
         test_noisy=test_noisy,
-        noisy_quality=image_quality(test_clean, test_noisy),
         description=images.description,
     )

@@ -12,6 +12,20 @@ processes).
             session.end_epoch(epoch, result, evaluate, save)  # rank 0: evaluate, record, save
         session.finish(weights, outputs, parameters)  # 'completed', or 'diverged' (below)
 
+Rank 0 hands each epoch's records, checkpoint, summary, TensorBoard scalars and console line to
+one background thread (trainer.writer) and trains the next epoch while they are written, in
+that order. A checkpoint is written there from a copy of the state taken when the epoch ended
+(PyTorch's), or, where saving needs the training thread (TensorFlow's: every process saves, with
+collectives), by the training thread once the epoch's records are on disk. The run's end, a
+failure and a stop signal wait for every write handed over before they record anything.
+
+What survives a crash (SIGKILL mid-write): each file is written whole or not at all (records
+appended and fsynced a line at a time, a cut line rolled back; JSON, arrays and checkpoints
+renamed into place), and in the order above, so the run folder is always one that --resume
+continues: at most the epoch being written is lost (its records without its checkpoint are
+dropped on resume; a checkpoint whose summary still counts the epoch before resumes from the
+checkpoint), as with inline writes; only, the training may then be an epoch ahead of its files.
+
 A training loss that is not finite (nan, inf) in an epoch's gathered STEP rows ends the run after
 that epoch, on every process alike: status 'diverged', one console line, exit code 1.
 
@@ -22,10 +36,7 @@ profiler rows, one process's or, merged, the job's).
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import signal
 import socket
 import sys
 import time
@@ -37,8 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from denoisebench.core.config import Config, ConfigError, load_resolved
-from denoisebench.core.diskspace import DISK_FULL, disk_full_report
+from denoisebench.core.config import Config, ConfigError
 from denoisebench.core.distributed import maybe_delay_after_eval, process_name
 from denoisebench.core.epochs import (
     Measured,
@@ -48,26 +58,21 @@ from denoisebench.core.epochs import (
     measured_fields,
     warmup_steps,
 )
-from denoisebench.core.failures import mark_interrupted, write_failure
 from denoisebench.core.records import (
-    LAUNCHER_ENV,
-    RUN_ENV,
-    STOP_SIGNALS,
-    Interrupted,
     RunRecorder,
     read_json,
-    resume_command,
 )
 from denoisebench.core.schema import StepRow
-from denoisebench.data.images import DataError
 from denoisebench.measure.conditions_nodes import NodeConditions
 from denoisebench.measure.environment import environment
 from denoisebench.measure.hardware import peak_flops
 from denoisebench.measure.profiler import Profiler, maybe_profile
-from denoisebench.measure.quality import image_quality
+from denoisebench.measure.quality import TEST_FIELDS
 from denoisebench.measure.rapl import rapl_root
 from denoisebench.measure.tensorboard import EpochBoard
-from denoisebench.trainer.rundata import RunData, SplitMismatchError, prepare_data
+from denoisebench.trainer.process import record_failure, uninterrupted
+from denoisebench.trainer.rundata import RunData, prepare_data
+from denoisebench.trainer.writer import Job, Writer
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,8 @@ class Session:
     failed if it did.
 
     `every_process_saves`: the checkpoint is written by every process (TensorFlow's may need
-    collectives; only the chief's copy is kept), not by rank 0 alone (PyTorch's)."""
+    collectives; only the chief's copy is kept), in the training thread, not by rank 0 alone
+    (PyTorch's, on the record writer)."""
 
     def __init__(
         self,
@@ -188,6 +194,9 @@ class Session:
         self.run_dir, self.fw_dir = Path(run_dir), Path(run_dir) / framework
         self.every_process_saves = every_process_saves
         self.rec = RunRecorder(run_dir, framework) if world.is_main else None
+        self.writer = Writer() if self.rec else None
+        """Rank 0's record writer (trainer.writer): the epochs' files, written in order while
+        the next epoch trains; closed by running(), after every write handed to it."""
         self.tensorboard_skipped: str | None = None
         """Why no TensorBoard events are written though profiler.tensorboard is on (summary
         `tensorboard_skipped`); None when they are, or when it is off."""
@@ -250,7 +259,7 @@ class Session:
     def running(self, gpus: list[int]) -> Iterator[Profiler | None]:
         """The process's profiler over the run (maybe_profile; its GPU samples spooled into the
         run folder), and the failure guard: an exception, a stop signal included, is recorded
-        (record_failure) and raised again."""
+        (record_failure) and raised again, once every record handed to the writer is written."""
         spool = self.fw_dir / f"gpu_samples.rank{self.world.rank}.jsonl"
         if gpus:
             spool.parent.mkdir(parents=True, exist_ok=True)
@@ -267,13 +276,31 @@ class Session:
             ) as prof:
                 self.prof = prof
                 yield prof
+                if self.writer:
+                    self.writer.close()  # a write that failed is raised, and recorded, here
         except BaseException as e:
+            self._close_writer_after(e)
             record_failure(self.rec, e, self.fw_dir, self.process)
             raise
         finally:
             if self.conditions:
                 self.conditions.stop()
             self.board.close()
+
+    def _close_writer_after(self, e: BaseException) -> None:
+        """Write what was handed over before `e` is recorded; a write that failed and was not
+        raised yet is said in one line (`e` is what the run ended with)."""
+        if self.writer is None:
+            return
+        self.writer.close(raise_failure=False)
+        failed = self.writer.failure
+        if failed is not None and failed is not e:
+            print(
+                f"[{self.framework}] writing the records failed too: {type(failed).__name__}: "
+                f"{failed}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def load_data(self) -> RunData:
         """The run's data (rundata.prepare_data; only rank 0 writes to the run folder)."""
@@ -290,7 +317,8 @@ class Session:
         """Start training after `start_epoch` finished epochs (0, or a restored checkpoint's)
         and `wall_time_s` of them: records no checkpoint covers are dropped, and the process's
         first steps from here are warm-up again (core.epochs.warmup_steps; `capture_step`: the
-        step that captures a CUDA graph). Measures the GPUs' idle power first, then (each
+        step that captures a CUDA graph). Opens the GPUs' idle-power window (it ends where the
+        first epoch's training starts; nothing waits for it: Profiler.start_idle), then (each
         node's first rank) starts sampling the run's conditions until finish(). `hosts`: every
         process's host name in rank order, gathered by the trainer (this host alone when it
         is the only process)."""
@@ -311,7 +339,7 @@ class Session:
                     "before its checkpoint, or a start without --resume)"
                 )
         if self.prof:
-            self.prof.measure_idle(self.cfg.profiler.idle_s)
+            self.prof.start_idle(self.cfg.profiler.idle_s)
         hosts = hosts or [socket.gethostname()]
         if len(hosts) != self.world.processes:
             raise ValueError(f"{len(hosts)} host names for {self.world.processes} processes")
@@ -381,18 +409,20 @@ class Session:
         self,
         epoch: int,
         result: EpochResult,
-        evaluate: Callable[[], tuple[float, np.ndarray, dict[str, float] | None]],
-        save: Callable[[int, float], None],
+        evaluate: Callable[[], dict[str, float]],
+        save: Callable[[int, float], Job | None],
     ) -> None:
         """After an epoch's steps (`result`: the whole job's), on rank 0: evaluate on the test
-        split, write the epoch's records (durably, before the checkpoint: a resume drops
-        records no checkpoint covers), save the checkpoint, mark the epoch done, print its
-        line. A stop signal meanwhile waits until all of that is written (uninterrupted).
+        split, then hand the epoch's records, checkpoint, summary (the epoch marked done) and
+        line to the record writer, in that order (records before the checkpoint: a resume drops
+        records no checkpoint covers). A stop signal meanwhile waits until all of that is handed
+        over (uninterrupted), and the run's end until it is written (running).
 
-        `evaluate` returns the test loss, the outputs and their quality (measure.quality's
-        figures, computed on the device; None: computed here from the outputs);
-        `save(epochs_done, wall_time_s)` writes the checkpoint (on every process when
-        every_process_saves, else rank 0's only).
+        `evaluate` returns the EPOCH record's test figures (measure.quality.epoch_scores),
+        reduced on the device. `save(epochs_done, wall_time_s)` saves the checkpoint: with
+        every_process_saves on every process, in this thread, once the epoch's records are
+        written; else on rank 0 alone, returning the write (of a copy of the state taken now)
+        that the record writer then runs.
 
         A loss in `result` that is not finite ends the run here instead (diverge): every process
         sees the same rows, so all stop after this epoch."""
@@ -407,11 +437,8 @@ class Session:
                 with uninterrupted():
                     save(epoch + 1, self.wall_time_s)
             return
-        assert self.data is not None
         t_eval = time.perf_counter()
-        test_loss, outputs, quality = evaluate()
-        if quality is None:  # not computed on the device
-            quality = image_quality(self.data.test_clean, outputs)
+        scores = evaluate()
         maybe_delay_after_eval()
         eval_time_s = time.perf_counter() - t_eval  # the quality figures included
         steps = [asdict(r) for r in result.rows]
@@ -421,20 +448,45 @@ class Session:
             steps,
             result.train_time_s,
             eval_time_s,
-            test_loss,
-            quality,
-            self.data,
+            scores,
             measured(self.cfg, result.devices, result.hosts, self.world.world_size)
             if self.prof
             else None,
         )
         self.wall_time_s += time.perf_counter() - self._epoch_t0
         with uninterrupted():
-            self.rec.epoch(record, steps, result.devices, result.hosts)
+            self._hand_over(epoch, record, steps, result, save)
+
+    def _hand_over(
+        self,
+        epoch: int,
+        record: dict[str, Any],
+        steps: list[dict[str, Any]],
+        result: EpochResult,
+        save: Callable[[int, float], Job | None],
+    ) -> None:
+        """Rank 0's writes of an epoch, to the record writer in their order: the records, the
+        checkpoint, the summary that counts the epoch, the TensorBoard scalars, the line."""
+        rec, writer, board = self.rec, self.writer, self.board
+        assert rec is not None and writer is not None
+        writer.submit(lambda: rec.epoch(record, steps, result.devices, result.hosts))
+        write_checkpoint = None
+        if self.every_process_saves:
+            writer.drain()  # the records on disk before the checkpoint, as for the others
             save(epoch + 1, self.wall_time_s)
-            self.rec.summary(epochs_completed=epoch + 1, **self.conditions_fields())
-        self.board.write(record)
-        print(epoch_line(record, self.cfg.train.epochs), flush=True)
+        else:
+            write_checkpoint = save(epoch + 1, self.wall_time_s)
+        summary = {"epochs_completed": epoch + 1, **self.conditions_fields()}
+        line = epoch_line(record, self.cfg.train.epochs)
+
+        def the_rest() -> None:
+            if write_checkpoint is not None:
+                write_checkpoint()
+            rec.summary(**summary)
+            board.write(record)
+            print(line, flush=True)  # the epoch is on disk
+
+        writer.submit(the_rest)
 
     def diverge(self, epoch: int, row: StepRow, result: EpochResult) -> None:
         """The epoch's first loss that is not finite (`row`): note it, so that epochs() ends the
@@ -449,16 +501,28 @@ class Session:
             f"{self.steps_per_epoch}{on_rank} (steps.jsonl: epoch {epoch}, step {row.step})"
         )
         self.wall_time_s += time.perf_counter() - self._epoch_t0
-        if self.rec is None:
+        rec, writer = self.rec, self.writer
+        if rec is None or writer is None:
             return
-        with uninterrupted():
-            self.rec.epoch(None, [asdict(r) for r in result.rows], result.devices, result.hosts)
-        print(f"[{self.framework}] diverged: {self.diverged_error}; stopping", flush=True)
+        rows = [asdict(r) for r in result.rows]
+        line = f"[{self.framework}] diverged: {self.diverged_error}; stopping"
 
-    def finish(self, weights: list[Any], outputs: np.ndarray, parameters: int) -> dict[str, Any]:
-        """On rank 0, the run's end: the final weights (canonical layout), the outputs for the
-        report's test samples (NHWC), and the 'completed' summary, returned. After an epoch
-        that diverged, the 'diverged' summary instead (returned on every process)."""
+        def write() -> None:
+            rec.epoch(None, rows, result.devices, result.hosts)
+            print(line, flush=True)
+
+        with uninterrupted():
+            writer.submit(write)
+
+    def finish(
+        self, weights: list[Any], outputs: np.ndarray | None, parameters: int
+    ) -> dict[str, Any]:
+        """On rank 0, the run's end, once every epoch's writes are done: the final weights
+        (canonical layout), the outputs for the report's test samples (NHWC; None on the other
+        processes), and the 'completed' summary, returned. After an epoch that diverged, the
+        'diverged' summary instead (returned on every process)."""
+        if self.writer:
+            self.writer.drain()
         if self.diverged is not None:
             summary = {
                 "status": "diverged",
@@ -472,7 +536,7 @@ class Session:
             return summary
         if self.rec is None:
             return {}
-        assert self.data is not None
+        assert self.data is not None and outputs is not None
         self.rec.write_weights(weights)
         self.rec.write_outputs(outputs)
         summary = final_summary(
@@ -535,12 +599,11 @@ def epoch_record(
     steps: list[dict[str, Any]],
     train_time_s: float,
     eval_time_s: float,
-    test_loss: float,
-    quality: dict[str, float],
-    data: RunData,
+    scores: dict[str, float],
     measured: Measured | None = None,
 ) -> dict[str, Any]:
-    """The EPOCH record (schema.EPOCH_FIELDS) from every rank's STEP records of the epoch.
+    """The EPOCH record (schema.EPOCH_FIELDS) from every rank's STEP records of the epoch and
+    the test figures (`scores`: measure.quality.epoch_scores, the TEST_FIELDS).
 
     train_time_s is the slowest rank's, so the throughput is what the whole job achieved.
     """
@@ -552,156 +615,9 @@ def epoch_record(
         "train_loss": float(
             np.average([r["loss"] for r in steps], weights=[r["batch_size"] for r in steps])
         ),
-        "test_loss": float(test_loss),
-        "test_mae": quality["mae"],
-        "test_psnr_db": quality["psnr_db"],
-        "test_ssim": quality["ssim"],
-        "noisy_psnr_db": data.noisy_quality["psnr_db"],
-        "noisy_ssim": data.noisy_quality["ssim"],
+        **{name: float(scores[name]) for name in TEST_FIELDS},
         "train_time_s": train_time_s,
         "eval_time_s": eval_time_s,
         "throughput_img_s": images / train_time_s if train_time_s > 0 else None,
         **measured_fields(steps, measured),
     }
-
-
-# Errors that mean bad input rather than a bug: entry points print these without a traceback.
-USER_ERRORS = (ConfigError, DataError, SplitMismatchError)
-
-
-class CheckpointError(RuntimeError):
-    """The run's checkpoint cannot be loaded for --resume (truncated, damaged): the message names
-    the file. The run fails (exit code 1) with that one line instead of a traceback."""
-
-
-def damaged_checkpoint(path: Path, e: BaseException) -> CheckpointError:
-    """The CheckpointError for `path`, which failed to load with `e`."""
-    return CheckpointError(
-        f"{path}: cannot load the checkpoint to resume from ({type(e).__name__}: {e}); it is "
-        "damaged or truncated: restore it from a copy, or start a new run"
-    )
-
-
-def raise_on_sigterm() -> None:
-    """Turn the first stop signal into `Interrupted`, so the run folder is marked interrupted
-    (record_failure) instead of the process vanishing mid-epoch: SIGTERM from the launcher,
-    torchrun or SLURM, SIGINT from Ctrl-C, SIGHUP. Later ones do nothing: a terminal's Ctrl-C
-    reaches the launcher and its children alike, and the launcher then sends its SIGTERM
-    (SLURM, too, signals every process of a job step); a second exception would cut the record
-    short."""
-    stopping = False
-
-    def handler(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        if stopping:
-            return
-        stopping = True
-        if _HELD["depth"]:  # inside uninterrupted(): raised when it ends
-            _HELD["pending"] = signum
-            return
-        raise Interrupted(signum)
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-
-
-_HELD: dict[str, Any] = {"depth": 0, "pending": None}
-
-
-@contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Hold a stop signal back while an epoch's records and checkpoint are written, and raise
-    it (`Interrupted`) once they are: a checkpoint is never cut by the signal (torch.save turns
-    an exception in mid-write into its own RuntimeError, a traceback instead of a quiet stop),
-    and the records, checkpoint and summary of an epoch end up all written or none."""
-    _HELD["depth"] += 1
-    try:
-        yield
-    finally:
-        _HELD["depth"] -= 1
-    if not _HELD["depth"] and _HELD["pending"] is not None:
-        signum, _HELD["pending"] = _HELD["pending"], None
-        raise Interrupted(signum)
-
-
-def record_failure(rec: RunRecorder | None, e: BaseException, fw_dir: Path, process: str) -> None:
-    """How a trainer process ended early. Every process that failed on an exception writes its
-    own failure (failures.write_failure), so the launcher can name the first one and list the
-    others' knock-on errors; rank 0 (`rec`; other ranks pass None) also records the summary:
-    'interrupted' with the signal, the epochs finished and the command that resumes it, for
-    `Interrupted`; else 'failed' with the exception. A plain SystemExit (sys.exit, which
-    submitit calls once its checkpoint() has requeued the job) records nothing. The caller
-    re-raises `e`: Interrupted is a SystemExit, so the process then ends quietly with 128 + the
-    signal number."""
-    if isinstance(e, SystemExit) and not isinstance(e, Interrupted):
-        return  # sys.exit in this process: submitit's, after checkpoint() requeued (it records it)
-    if not isinstance(e, Interrupted):
-        write_failure(fw_dir, process, f"{type(e).__name__}: {e}")
-    if rec is None:
-        return
-    try:
-        if isinstance(e, Interrupted):
-            resume = resume_command(rec.dir.parent, os.environ.get(LAUNCHER_ENV))
-            mark_interrupted(rec.dir.parent, rec.framework, e.signal, resume)
-            done = read_json(rec.dir / "summary.json")["epochs_completed"]
-            print(
-                f"[{rec.framework}] interrupted by {e.signal} after {done} finished epoch(s); "
-                f"continue with: {resume}",
-                file=sys.stderr,
-                flush=True,
-            )
-        else:
-            rec.summary(status="failed", error=f"{type(e).__name__}: {e}")
-    except OSError as write_error:  # a full disk: the summary keeps its last whole state
-        print(
-            f"[{rec.framework}] could not record this in {rec.dir / 'summary.json'}: {write_error}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-def trainer_main(
-    framework: str,
-    train: Callable[..., Any],
-    argv: list[str] | None,
-    doc: str,
-    devices_option: bool = False,
-) -> None:
-    """The command line both trainers share: `python -m <trainer> RUN_DIR [--resume]` (and
-    `--devices N` for TensorFlow's MirroredStrategy). Stop signals become `Interrupted`; bad
-    input and a full disk end with one line (exit 2 and 1), not a traceback; a run that
-    diverged ends with exit code 1 on every process (its line was said in Session.diverge)."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="results/<run-id>, holding config.json")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    if devices_option:
-        parser.add_argument(
-            "--devices",
-            type=int,
-            default=1,
-            help="replicas on this machine: GPUs, or logical CPU devices without GPUs",
-        )
-    args = parser.parse_args(argv)
-    raise_on_sigterm()
-    # what this trainer starts is the run's on any node's view (measure.conditions_cpu)
-    os.environ[RUN_ENV] = str(args.run_dir.resolve())
-    extra = {"devices": args.devices} if devices_option else {}
-    try:
-        summary = train(
-            load_resolved(args.run_dir / "config.json"), args.run_dir, args.resume, **extra
-        )
-    except USER_ERRORS as e:  # bad input: a clear message, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except CheckpointError as e:  # recorded as the run's failure; one line here
-        print(f"[{framework}] error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:
-        if e.errno not in DISK_FULL:
-            raise
-        print(
-            f"[{framework}] error: {disk_full_report(e, args.run_dir / framework)}", file=sys.stderr
-        )
-        sys.exit(1)
-    if summary and summary.get("status") == "diverged":
-        sys.exit(1)
