@@ -340,8 +340,9 @@ def run_framework(
                 print(f"[{framework}] could not record the stop in {folder}: {e}", file=sys.stderr)
         print(f"[{framework}] interrupted by {stopped_by}", file=sys.stderr, flush=True)
         return 128 + signal.Signals[stopped_by].value
-    # the cause as the summary records it (a SIGKILL's out-of-memory hint), not only the exit
-    cause = failures[0] if failures else None
+    # a process a signal killed could not say why: its record does (a SIGKILL's out-of-memory
+    # hint); one that failed on its own printed its error already
+    cause = failures[0] if failures and failures[0].get("killed_by") else None
     said = f"{cause['process']}: {cause['error']}" if cause else result.failed
     print(f"[{framework}] failed: {said.splitlines()[0][:400]}", file=sys.stderr, flush=True)
     record_failed(framework, folder, topo, result.failed or "failed", failures, interrupted_now)
