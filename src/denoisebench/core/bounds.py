@@ -157,7 +157,7 @@ BOUNDS: dict[str, Bound] = {
     "profiler.sample_interval_s": Bound(
         0.01, 60, "NVML returns errors or zeros faster; at a minute short windows get no sample"
     ),
-    "profiler.idle_s": Bound(0, 600, "seconds of idle power measured before training"),
+    "profiler.idle_s": Bound(0, 600, "seconds of the start-up window read as idle power"),
     "profiler.min_window_s": Bound(0, 3600, "seconds; energy windows shorter are flagged"),
     "profiler.trace_steps": Bound(0, 1000, "steps traced; a trace holds every kernel launched"),
 }

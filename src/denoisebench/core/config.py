@@ -155,7 +155,8 @@ class ProfileConfig:
     sample_interval_s: float = 0.1
     """NVML sampling period (faster than about 0.05 s returns errors or zeros)."""
     idle_s: float = 2.0
-    """Seconds of idle power measured before training (GPU only; 0 skips it)."""
+    """At most this many seconds of the start-up window (model built to first step) give the
+    idle power, without waiting for them (GPU only; 0 skips it)."""
     min_window_s: float = 5.0
     """Energy windows shorter than this are flagged as too short to trust."""
     tensorboard: bool = True
