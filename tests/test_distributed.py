@@ -229,3 +229,20 @@ def test_a_rank_killed_by_sigkill_is_named_as_the_cause(tmp_path):
     assert summary["error"].startswith("killed by SIGKILL: most often the kernel's out-of-memory")
     assert all(k["process"] == "torch rank 0" for k in summary["knock_on_errors"])
     assert summary["epochs_completed"] == 1
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error",
+        "Application timeout caused pair closure",  # seen: the link-down test's rank 0, busy
+        "Connection closed by peer [10.213.1.3]:53461",
+    ],
+)
+def test_every_gloo_failure_of_a_collective_is_one(message):
+    """Such a rank waits for the others to check in, so the lost node is named; with 'pair
+    closure' it did not, and the failure read 'RuntimeError: Application timeout ...'."""
+    from denoisebench.torch_backend.lost_peers import collective_failed
+
+    assert collective_failed(RuntimeError(message))
+    assert not collective_failed(RuntimeError("injected fault on rank 1 at step 11"))

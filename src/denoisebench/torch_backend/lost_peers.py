@@ -63,11 +63,25 @@ def check_in(rank: int, hosts: list[str], wait_s: float) -> list[int]:
         return []
 
 
+GLOO_FAILURES = (
+    "gloo",  # most of gloo's errors name its source file: [.../third_party/gloo/gloo/...]
+    "pair closure",  # "Application timeout caused pair closure": a pair its timeout closed
+    "closed by peer",
+    "reset by peer",
+    "Timed out waiting",
+)
+"""What gloo's errors of a failed collective say. Which one a rank gets depends on timing: with
+a node's link cut, the survivor's recv times out ("Timed out waiting ...ms for recv", naming
+gloo's source), or the pair is closed by its own timeout first ("Application timeout caused
+pair closure", naming nothing): seen on a busy machine, where that rank then did not wait for
+the check-in and the failure did not name the lost node."""
+
+
 def collective_failed(e: BaseException) -> bool:
     """Whether `e` is a failed collective (a peer gone, a timeout), not this rank's own error:
-    torch raises DistError for NCCL and the store; gloo's errors come as RuntimeError naming
-    gloo's source."""
-    return isinstance(e, dist.DistError) or "gloo" in str(e)
+    torch raises DistError for NCCL and the store; gloo's errors come as RuntimeError with one
+    of GLOO_FAILURES in their message."""
+    return isinstance(e, dist.DistError) or any(text in str(e) for text in GLOO_FAILURES)
 
 
 @contextlib.contextmanager
