@@ -121,6 +121,9 @@ def test_ctrl_c_while_the_baselines_run_ends_the_report_in_one_line(finished, tm
          "--baseline-images", "64"],
         cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},  # BM3D runs, not cached
+        # SIGINT as a terminal leaves it: an xdist worker may ignore it, and an ignored signal
+        # stays ignored in its children (the report then ran to its end, exit 0, in CI)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     for line in proc.stdout:  # the baselines have started
         if line.startswith("baselines: ") and line.rstrip().endswith("..."):
