@@ -128,9 +128,7 @@ def build_horovodrun_cmd(
     Each worker is the framework's usual trainer; it finds itself under Horovod by the
     HOROVOD_RANK horovodrun sets, and sets Gloo's timeout from runtime.collective_timeout_s.
     """
-    trainer, env = build_train_cmd(
-        framework, run_dir, resume=resume, base_env=base_env, verbose=verbose
-    )
+    trainer, env = _horovod_worker(framework, run_dir, topo, resume, base_env, verbose)
     n = topo.devices
     # horovodrun, ended by a failed worker without its traceback (denoisebench.cluster.horovodrun);
     # it records a worker a signal killed (SIGKILL by the OOM killer) in the framework folder
@@ -138,10 +136,26 @@ def build_horovodrun_cmd(
     argv += [WRAPPER_FAILURES_FLAG, str(Path(run_dir) / framework), "-np", str(n)]
     argv += ["-H", f"localhost:{n}"]
     argv += ["--gloo", *trainer]
+    return argv, env
+
+
+def _horovod_worker(
+    framework: str,
+    run_dir: Path,
+    topo: Topology,
+    resume: bool,
+    base_env: dict[str, str] | None,
+    verbose: bool,
+) -> Command:
+    """A Horovod worker's command, the framework's usual trainer, and its environment: on CPU
+    workers each framework's thread count set to the topology's (either framework may run)."""
+    trainer, env = build_train_cmd(
+        framework, run_dir, resume=resume, base_env=base_env, verbose=verbose
+    )
     if topo.cpu_threads:
         env["OMP_NUM_THREADS"] = str(topo.cpu_threads)
         env["TF_NUM_INTRAOP_THREADS"] = str(topo.cpu_threads)
-    return argv, env
+    return trainer, env
 
 
 def build_horovod_node_cmd(
@@ -161,17 +175,12 @@ def build_horovod_node_cmd(
             f"Horovod across {topo.nodes} nodes needs every node's host "
             f"(--hosts or SLURM's node list), got {list(topo.hosts)}"
         )
-    trainer, env = build_train_cmd(
-        framework, run_dir, resume=resume, base_env=base_env, verbose=verbose
-    )
+    trainer, env = _horovod_worker(framework, run_dir, topo, resume, base_env, verbose)
     argv = [sys.executable, "-m", "denoisebench.cluster.horovod_nodes"]
     argv += [WRAPPER_FAILURES_FLAG, str(Path(run_dir) / framework)]
     argv += ["--hosts", ",".join(topo.hosts), "--node-rank", str(topo.node_rank)]
     argv += ["--per-node", str(topo.devices), "--master-addr", topo.master_addr]
     argv += ["--master-port", str(topo.master_port), "--", *trainer]
-    if topo.cpu_threads:
-        env["OMP_NUM_THREADS"] = str(topo.cpu_threads)
-        env["TF_NUM_INTRAOP_THREADS"] = str(topo.cpu_threads)
     return argv, env
 
 
