@@ -133,24 +133,45 @@ def test_bad_step_name_is_refused(tmp_path):
     assert "--only nope: not a step" in proc.stderr
 
 
-def test_paper_lines_project_a_cut_run():
+def test_paper_lines_give_a_whole_run_figure_only_for_a_finished_run():
+    """Issue 33: the paper's run is run to the end, not projected from a cut run."""
     figures = {
         "faithful": {
             "wall_s": 60.0, "epochs_done": 100, "epochs": 100, "returncode": 0,
             "train_time_s": 50.0, "eval_time_s": 5.0, "throughput_steady_img_s": 50_000.0,
             "gpu_energy_j": 12_000.0, "test_psnr_db": 30.0,
         },
-        "tuned": {
-            "wall_s": 30.0, "epochs_done": 10, "epochs": 100, "returncode": None,
-            "projected_wall_s": 250.0,
-        },
+        "tuned": {"wall_s": 30.0, "epochs_done": 10, "epochs": 100, "returncode": None,
+                  "cut": True},
     }  # fmt: skip
     faithful, tuned = gpu_reports.paper_lines(figures, gpu_steps.GPU_SIZES)
     assert "25,000 images x 100 epochs" in faithful and "takes 60 s on this machine" in faithful
-    assert "12.0 kJ" in faithful
+    assert "50 s of it training steps" in faithful and "12.0 kJ" in faithful
     assert tuned == (
-        "tuned: stopped after 10 of 100 epochs in 30 s; at that pace (start-up included) the whole run takes "
-        "about 250 s"
+        "tuned: not finished (cut at its time limit after 10 of 100 epochs, 30 s): "
+        "no whole-run figure"
+    )
+
+
+def test_the_paper_run_gets_its_whole_need_before_the_others_share_the_rest():
+    """At the default budget (shorter than every need together) the paper's run still gets
+    its need with the margin, wherever it stands, and the steps before it leave it that."""
+    paper = next(s for s in gpu_check.STEPS if s.name == "paper")
+    assert paper.whole and [s.name for s in gpu_check.STEPS if s.whole] == ["paper"]
+    budget = 480.0
+    assert sum(s.need_s for s in gpu_check.STEPS) > budget  # the case that matters
+    want = gpu_check.WHOLE_MARGIN * paper.need_s
+    assert gpu_check.step_limits(budget, [paper]) == want
+    i = gpu_check.STEPS.index(paper)
+    left = budget
+    for k in range(i):  # every step before it takes its whole limit
+        left -= gpu_check.step_limits(left, gpu_check.STEPS[k:])
+    assert left >= want
+    assert gpu_check.step_limits(left, gpu_check.STEPS[i:]) == want
+    # a step after it shares only what the paper's run leaves
+    tests = gpu_check.STEPS[1]  # above the floor either way
+    assert gpu_check.step_limits(budget, gpu_check.STEPS[1:]) < gpu_check.step_limit_s(
+        budget, tests.need_s, sum(s.need_s for s in gpu_check.STEPS[1:])
     )
 
 

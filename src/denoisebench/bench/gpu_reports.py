@@ -149,8 +149,8 @@ def report_trace(r: Runner, ctx: Context, res: StepResult, argvs: Argvs) -> None
 
 
 def report_paper(r: Runner, ctx: Context, res: StepResult, argvs: Argvs) -> None:
-    """Each mode's run, end to end: its epochs done, times, energy and final PSNR; a run cut
-    at its limit keeps its epochs and projects the whole run's time."""
+    """Each mode's run, end to end: its epochs done, times, energy and final PSNR. A run cut
+    at its limit keeps its epochs but gives no whole-run time."""
     s = ctx.sizes
     failures = []
     for argv in argvs:
@@ -192,37 +192,31 @@ def paper_figures(run: Run, folder: Path, epochs_asked: int) -> dict[str, Any]:
         gpu_energy_reason=last.get("gpu_energy_reason"),
         test_psnr_db=last["test_psnr_db"],
     )
-    if len(epochs) < epochs_asked:
-        # the pace so far, start-up included: every epoch also scores the test split
-        # and writes its records and checkpoint, which train and eval times leave out
-        fig["projected_wall_s"] = run.wall_s / len(epochs) * epochs_asked
     return fig
 
 
 def paper_lines(figures: dict[str, Any], s: Sizes) -> list[str]:
+    """One line per mode: the whole run's time and what it was made of, for a run that
+    finished; for one that did not, how far it got, and no whole-run figure (a projection
+    from a cut run would leave out what its last epochs and its end cost)."""
     lines = []
     train_images = round(s.paper_images * 25_000 / PAPER_IMAGES)
     for mode, f in figures.items():
         if f["epochs_done"] == f["epochs"] and f["returncode"] == 0:
             lines.append(
                 f"{mode}: the paper's run ({train_images:,} images x {f['epochs']} epochs, "
-                f"batch 128) takes {f['wall_s']:.0f} s on this machine, end to end (training "
-                f"{f['train_time_s']:.0f} s, evaluation {f['eval_time_s']:.0f} s; steady "
+                f"batch 128) takes {f['wall_s']:.0f} s on this machine, end to end "
+                f"({f['train_time_s']:.0f} s of it training steps, evaluation "
+                f"{f['eval_time_s']:.0f} s; steady "
                 f"{f['throughput_steady_img_s'] or float('nan'):,.0f} img/s; GPU energy "
                 + (f"{f['gpu_energy_j'] / 1000:.1f} kJ" if f.get("gpu_energy_j") else
                    f"missing ({f.get('gpu_energy_reason')})")
                 + f"; final test PSNR {f['test_psnr_db']:.2f} dB)"
             )  # fmt: skip
         else:
-            projected = f.get("projected_wall_s")
+            why = "cut at its time limit" if f.get("cut") else f"exit {f['returncode']}"
             lines.append(
-                f"{mode}: stopped after {f['epochs_done']} of {f['epochs']} epochs in "
-                f"{f['wall_s']:.0f} s"
-                + (
-                    f"; at that pace (start-up included) the whole run takes about "
-                    f"{projected:.0f} s"
-                    if projected
-                    else ""
-                )
+                f"{mode}: not finished ({why} after {f['epochs_done']} of {f['epochs']} "
+                f"epochs, {f['wall_s']:.0f} s): no whole-run figure"
             )
     return lines

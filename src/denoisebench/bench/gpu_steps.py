@@ -157,6 +157,10 @@ class Step:
     report: Report
     """runs those commands through the runner and fills the step's figures and table;
     StepFailed ends the step (failed, or timeout)."""
+    whole: bool = False
+    """its figure means something only when it runs to the end (the paper's run: no
+    projection from a cut run): it is given its whole need, with a margin, before the other
+    steps share what is left (gpu_check.step_limits)."""
 
 
 def probe_commands(ctx: Context) -> list[list[str]]:
