@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,6 @@ from denoisebench.core.records import (
     resume_command,
 )
 from denoisebench.measure.environment import gpu_info
-from denoisebench.report.compare import comparison_table, repeats_table, sweep_table
 from launch.checks import (
     MAX_REPEATS,
     check_horovod,
@@ -280,6 +281,8 @@ def train_frameworks(
                 break
         if topo is None or topo.node_rank == 0:
             print()
+            from denoisebench.report.compare import comparison_table, repeats_table
+
             print(comparison_table(folders[0]) if len(folders) == 1 else repeats_table(folders))
             print(f"\nresults: {run_dir}")
         if interrupted is None and stop.signum is not None:  # between two frameworks
@@ -291,6 +294,16 @@ def train_frameworks(
         )
         return interrupted
     return 1 if failed else 0
+
+
+def preload_tables() -> None:
+    """Import the console tables' module (pandas: about 0.25 s) in the background while the
+    trainers start: their own start-up (importing the framework) is one thread, so this takes
+    no time from them even on two cores, and neither the launch's start nor its end waits
+    for pandas. The import at the table then finds the module loaded (or waits for it)."""
+    threading.Thread(
+        target=importlib.import_module, args=("denoisebench.report.compare",), daemon=True
+    ).start()
 
 
 def run_framework(
@@ -316,7 +329,7 @@ def run_framework(
     first = topo.node_rank * len(cmds) if topo is not None else 0
     names = [f"{framework} worker {first + i}" for i in range(len(cmds))]
     names = names if len(cmds) > 1 else [framework]
-    result = run_group(cmds, names, stop=stop, verbose=args.verbose)
+    result = run_group(cmds, names, stop=stop, verbose=args.verbose, started=preload_tables)
     if result.returncode == 0:
         return None
     stopped_by = result.signal
@@ -394,6 +407,8 @@ def run_sweep(args: argparse.Namespace) -> int:
                 break
             if code != 0:
                 failed.append(el.name)
+    from denoisebench.report.compare import sweep_table
+
     print()
     print(sweep_table(sweep_dir, elements))
     return code if code > 128 else 1 if failed else 0

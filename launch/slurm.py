@@ -26,7 +26,6 @@ from denoisebench.core.failures import mark_failed
 from denoisebench.core.records import atomic_write_text, read_summary
 from denoisebench.core.runlock import RunLocked
 from denoisebench.core.sweep import SweepElement
-from denoisebench.report.compare import comparison_table, sweep_table
 from launch.options import prog
 from launch.sbatch import render_sbatch
 from launch.slurm_options import SlurmRequest, sbatch_options, time_minutes
@@ -180,6 +179,8 @@ def submit_to_slurm(args: argparse.Namespace, frameworks: list[str], run_dir: Pa
     if not args.wait:
         return 0
     failed = wait_for_jobs([(fw, run_dir, job) for fw, job in jobs], args.wait_timeout)
+    from denoisebench.report.compare import comparison_table  # pandas: only at the end
+
     print()
     print(comparison_table(run_dir))
     print(f"\nresults: {run_dir}")
@@ -263,5 +264,7 @@ def submit_sweep(
         [(el.framework, sweep_dir / el.name, job) for el, job in jobs], args.wait_timeout
     )
     print()
+    from denoisebench.report.compare import sweep_table  # pandas: only at the end
+
     print(sweep_table(sweep_dir, elements))
     return 1 if failed else 0

@@ -659,3 +659,16 @@ def test_a_stop_signal_during_a_checkpoint_is_raised_after_it():
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_the_launcher_sees_its_trainer_end_at_once():
+    """run_group waited in fixed 0.2 s sleeps, so every launch's end waited up to 0.2 s more
+    after its trainer's; it now wakes when a process ends (a pidfd). The bound: a process
+    that ends at once is seen long before a 30 s wait would run out."""
+    from launch.supervise import _wait_any
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    t0 = time.monotonic()
+    _wait_any([proc], 30.0)
+    assert time.monotonic() - t0 < 20.0
+    assert proc.wait(timeout=5) == 0
