@@ -1,7 +1,7 @@
 """The launcher's checks before a run folder is made: what a trainer would otherwise refuse
 only after it (the config's machine bounds, the EuroSAT path, a GPU for --device gpu,
-pytorch-msssim for PyTorch's SSIM loss), the frameworks this machine can train, and where
-Horovod can run."""
+pytorch-msssim for PyTorch's SSIM loss, --gpus N against the GPUs here), the frameworks this
+machine can train, and where Horovod can run."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import argparse
 import importlib.util
 import stat
 from pathlib import Path
+from typing import Any
 
 from denoisebench.cluster.horovod_build import engine_unavailable
 from denoisebench.core.config import Config, ConfigError, check_machine_bounds
+from denoisebench.core.placement import ranks_per_gpu
 from denoisebench.core.records import FRAMEWORKS
 from denoisebench.measure.environment import gpu_info
 from launch.commands import Topology
@@ -22,8 +24,13 @@ def check_local_inputs(cfg: Config, frameworks: list[str]) -> None:
     """What the trainers would refuse only after the run folder exists, checked before it is
     made: the bounds of this machine (threads, memory: core/bounds.py), the EuroSAT path (a
     regular file or folder that exists), a GPU for --device gpu, and pytorch-msssim for
-    PyTorch's SSIM loss."""
+    PyTorch's SSIM loss; runtime.share_gpus only for PyTorch alone."""
     check_machine_bounds(cfg)
+    if cfg.runtime.share_gpus and "tf" in frameworks:
+        raise ConfigError(
+            "runtime.share_gpus puts several PyTorch DDP ranks on one GPU; TensorFlow drives "
+            "its GPUs from one process and has no such mode here: add --framework torch"
+        )
     torch_ssim = cfg.train.loss == "ssim" and "torch" in frameworks
     if torch_ssim and importlib.util.find_spec("pytorch_msssim") is None:
         raise ConfigError(
@@ -48,6 +55,26 @@ def check_local_inputs(cfg: Config, frameworks: list[str]) -> None:
                 f"--device gpu: no GPU here ({info.get('reason', 'NVML found none')}); "
                 "use --device auto (a GPU when there is one) or --device cpu"
             )
+
+
+def check_gpu_count(devices: int, info: dict[str, Any], share_gpus: bool) -> None:
+    """--gpus N against the GPUs this node shows (gpu_info: NVML, after CUDA_VISIBLE_DEVICES):
+    at least N, a GPU per DDP rank; with runtime.share_gpus fewer, N a multiple of them
+    (placement.ranks_per_gpu: 2 ranks on 1 GPU, 4 on 2). Without GPUs the N devices are CPU
+    workers, each its own: nothing to check, and share_gpus changes nothing for them."""
+    found = len(info["gpus"] or [])
+    if not found:
+        return
+    mask = info.get("cuda_visible_devices")
+    where = (
+        f"CUDA_VISIBLE_DEVICES={mask!r} shows {found} of this node's {info['node_gpus']} GPU(s)"
+        if mask is not None
+        else f"this node has {found} GPU(s)"
+    )
+    if share_gpus:
+        ranks_per_gpu(devices, found, f"--gpus {devices}; {where}")
+    elif found < devices:
+        raise ConfigError(f"--gpus {devices}, but {where}")
 
 
 FRAMEWORK_PACKAGES = {"torch": ("torch", "PyTorch"), "tf": ("tensorflow", "TensorFlow")}

@@ -42,6 +42,7 @@ from denoisebench.core.records import (
 from denoisebench.measure.environment import gpu_info
 from launch.checks import (
     MAX_REPEATS,
+    check_gpu_count,
     check_horovod,
     check_local_inputs,
     check_results_path,
@@ -93,7 +94,7 @@ def launch(args: argparse.Namespace, given: set[str] | None) -> int:
         if args.print_config:
             print(cfg.to_json())
             return 0
-        topo = None if args.slurm else resolve_topology(args)
+        topo = None if args.slurm else resolve_topology(args, cfg.runtime.share_gpus)
         check_horovod(args, topo)
         frameworks = list(FRAMEWORKS) if args.framework == "both" else [args.framework]
         skipped: dict[str, str] = {}
@@ -137,10 +138,11 @@ def write_run_report(run_dir: Path, results: Path) -> int:
     return 0
 
 
-def resolve_topology(args: argparse.Namespace) -> Topology | None:
+def resolve_topology(args: argparse.Namespace, share_gpus: bool = False) -> Topology | None:
     """The distributed layout, or None for a plain single-device run. Prints the CPU notice.
     Inside SLURM the nodes, this node's rank, the hosts (scontrol's order), the master (node
-    0) and the ports (from the job id) are SLURM's, each option overriding its own."""
+    0) and the ports (from the job id) are SLURM's, each option overriding its own.
+    `share_gpus`: runtime.share_gpus, the --gpus N ranks sharing fewer GPUs (check_gpu_count)."""
     slurm = slurm_job_placement(os.environ, args.master_port)
     nodes = args.nodes or (slurm.nodes if slurm else 1)
     if args.gpus is None and nodes == 1:
@@ -156,14 +158,7 @@ def resolve_topology(args: argparse.Namespace) -> Topology | None:
         check_routable_hostname(*this_host(), nodes, master, os.environ)
     info = gpu_info()
     found = len(info["gpus"] or [])
-    if found and found < devices:
-        mask = info.get("cuda_visible_devices")
-        where = (
-            f"CUDA_VISIBLE_DEVICES={mask!r} shows {found} of this node's {info['node_gpus']} GPU(s)"
-            if mask is not None
-            else f"this node has {found} GPU(s)"
-        )
-        raise ConfigError(f"--gpus {devices}, but {where}")
+    check_gpu_count(devices, info, share_gpus)
     cores = len(os.sched_getaffinity(0))
     if not found and devices > cores:
         raise ConfigError(

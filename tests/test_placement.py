@@ -283,7 +283,7 @@ def test_torch_process_group_waits_the_configured_timeout(monkeypatch):
     cfg = load_config(
         "smoke", parse_overrides(["runtime.collective_timeout_s=42", "train.device=cpu"])
     )
-    assert train_torch.init_process(cfg, "ddp")[1:] == (1, 2)
+    assert train_torch.init_process(cfg, "ddp")[1:] == (1, 2, None)  # no GPU place on CPUs
     assert asked == {"backend": "gloo", "timeout": datetime.timedelta(seconds=42)}
 
 

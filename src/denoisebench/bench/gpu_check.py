@@ -10,13 +10,15 @@ allocation still returns every step that finished:
 
  1. environment   GPU, driver, CUDA, torch, clocks; the NVML energy counter read twice
  2. gpu-tests     the tests marked `gpu` (real NVML, CUDA graphs against eager, bf16 MFU)
- 3. bench         the suite's trainer against the hand-written loop, faithful float32
- 4. paper         the paper's workload (25,000 images x 100 epochs, synthetic images),
+ 3. shared-gpu    PyTorch's multi-GPU path (DDP) with 2 ranks sharing the one GPU, against
+                  one device in the exact mode: a correctness check, no speed figure
+ 4. bench         the suite's trainer against the hand-written loop, faithful float32
+ 5. paper         the paper's workload (25,000 images x 100 epochs, synthetic images),
                   faithful and tuned, each run to the end and timed end to end
- 5. fast-paths    each fast path alone and the tuned mode, with the 0.1 dB PSNR check
- 6. profiler      throughput with the profiler on and off (its overhead)
- 7. batch-sweep   tuned mode over per-device batch sizes, with the roofline bound beside it
- 8. trace         a torch.profiler trace of a few tuned steps: top operations by GPU time
+ 6. fast-paths    each fast path alone and the tuned mode, with the 0.1 dB PSNR check
+ 7. profiler      throughput with the profiler on and off (its overhead)
+ 8. batch-sweep   tuned mode over per-device batch sizes, with the roofline bound beside it
+ 9. trace         a torch.profiler trace of a few tuned steps: top operations by GPU time
 
 The paper's run is given its whole need first (it has no figure unless it finishes: nothing is
 projected from a cut run); the other steps share what is left in proportion to their needs.
@@ -27,7 +29,8 @@ step's output), top_ops.txt (the trace's operator table) and environment.json.
 
 TensorFlow is measured beside PyTorch where it is installed; where it is not, its parts are
 skipped and the summary says so. `--cpu-rehearsal` runs the same steps' code at tiny sizes on
-the CPU (about two minutes on two cores), so that GPU time is never spent on an import error.
+the CPU (about three minutes on two cores), so that GPU time is never spent on an import error;
+there each step may take what is left of the budget (it checks code, not time).
 """
 
 # The steps are data (STEPS below); gpu_steps.py holds their sizes and builds their commands,
@@ -51,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from denoisebench.bench import gpu_reports as reports
+from denoisebench.bench import gpu_shared
 from denoisebench.bench import gpu_steps as steps
 from denoisebench.bench.gpu_probe import probe
 from denoisebench.bench.gpu_runner import Runner, StepFailed, StepResult
@@ -68,7 +72,8 @@ STEPS: list[Step] = [
     # an estimate, not yet measured: faithful 100 epochs x (0.53 s of training steps + the
     # test split's figures, now on the GPU) plus start-up, about 75 s; tuned, 100 x 0.18 s
     # plus start-up and capture, about 40 s (the 2026-11-26 run, with its figures on the CPU,
-    # did 64 and 71 epochs in 111 and 89 s).
+    # did 64 and 71 epochs in 111 and 89 s); shared-gpu, a guess (two process start-ups with
+    # CUDA's, as the environment step's 8 s, and 27 tiny float64 steps; 35 s on 2 CPU cores).
     Step(
         "environment", "Environment", 8.0, (),
         steps.probe_commands, reports.report_environment,
@@ -76,6 +81,10 @@ STEPS: list[Step] = [
     Step(
         "gpu-tests", "Tests marked gpu", 86.0, (),
         steps.gpu_test_commands, reports.report_pytest,
+    ),
+    Step(
+        "shared-gpu", "2 DDP ranks sharing one GPU against one device (correctness, no speed "
+        "figure)", 45.0, gpu_shared.SIZES, gpu_shared.commands, gpu_shared.report,
     ),
     Step(
         "bench", "Suite vs hand-written loop, faithful float32", 91.0,
@@ -213,7 +222,9 @@ def run_steps(
         if left < 5:
             res.status, res.reason = "not run", "the budget was spent"
             continue
-        limit = step_limits(left, [s for s, c in zip(STEPS[i:], chosen[i:], strict=True) if c])
+        # the rehearsal checks the steps' code, not their time: each may take what is left
+        todo = [s for s, c in zip(STEPS[i:], chosen[i:], strict=True) if c]
+        limit = left if header["rehearsal"] else step_limits(left, todo)
         runner.start(res, limit)
         print(f"[{step.name}] {step.title} (up to {limit:.0f} s)", flush=True)
         run_step(step, runner, ctx, res)

@@ -142,6 +142,11 @@ class RuntimeConfig:
     or NCCL collective; TensorFlow's MultiWorkerMirroredStrategy collectives) before the job
     fails with a timeout: a dead or stuck peer ends the job in minutes, not gloo's 30. Not a
     speed setting: left out of the report's setup ids."""
+    share_gpus: bool = False
+    """PyTorch DDP (--gpus N): a node's N ranks share the fewer GPUs they see, N / GPUs on each
+    (local rank r on GPU r // (N / GPUs); N a multiple of the GPUs), over gloo, as NCCL refuses
+    two ranks on one GPU: the multi-GPU code path checked for correctness on one GPU, its
+    speed figures no figures (summary.json runtime.speed_reason). No effect on CPU workers."""
 
 
 @dataclass(frozen=True)
@@ -313,6 +318,11 @@ def _validate(cfg: Config) -> None:
             not (cfg.runtime.cuda_graphs and cfg.runtime.precision == "float16"),
             "runtime.cuda_graphs with runtime.precision=float16: loss scaling checks for inf on "
             "the host every step, which a CUDA graph cannot replay; use bfloat16",
+        ),
+        (
+            not (cfg.runtime.share_gpus and cfg.runtime.cuda_graphs),
+            "runtime.share_gpus with runtime.cuda_graphs: ranks sharing a GPU all-reduce over "
+            "gloo, through host memory, which a CUDA graph cannot capture; choose one",
         ),
         (
             cfg.data.source != "eurosat" or bool(cfg.data.path),

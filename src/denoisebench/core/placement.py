@@ -6,7 +6,8 @@ WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT), `slurm_plac
 (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, SLURM_NODEID, SLURM_JOB_NODELIST, SLURM_JOB_ID);
 `read_placement` picks the one that applies; `horovod_env` turns a place into Horovod's
 variables. The launcher (topology, ports, threads), the
-submitit task (torch's variables, TF_CONFIG) and the torch trainer (its GPU) ask these instead
+submitit task (torch's variables, TF_CONFIG) and the torch trainer (its GPU, and gloo where
+ranks share one: `gpu_place`) ask these instead
 of working out ranks, hosts or ports from SLURM_* themselves. Only `slurm_hostnames` (scontrol) and `this_host` (the resolver)
 touch the machine; everything else is arithmetic on strings, tested exhaustively
 against recorded environments (tests/test_placement.py).
@@ -327,6 +328,11 @@ def node_placements(
 # --- the device, the CPU threads, the host's address ------------------------------------------
 
 
+def _shown(env: Mapping[str, str]) -> str:
+    mask = env.get("CUDA_VISIBLE_DEVICES")
+    return f"CUDA_VISIBLE_DEVICES={mask!r}" if mask is not None else "CUDA_VISIBLE_DEVICES unset"
+
+
 def cuda_device(p: Placement, visible_gpus: int, env: Mapping[str, str]) -> int:
     """The CUDA ordinal of this process' GPU among the `visible_gpus` it sees. One visible GPU
     is its own (SLURM's --gpus-per-task, a site's ConstrainDevices, submitit's export each
@@ -336,13 +342,84 @@ def cuda_device(p: Placement, visible_gpus: int, env: Mapping[str, str]) -> int:
         return 0
     if visible_gpus >= p.local_world_size and p.local_rank < visible_gpus:
         return p.local_rank
-    mask = env.get("CUDA_VISIBLE_DEVICES")
-    shown = f"CUDA_VISIBLE_DEVICES={mask!r}" if mask is not None else "CUDA_VISIBLE_DEVICES unset"
     raise ConfigError(
         f"local rank {p.local_rank} of {p.local_world_size} processes on this node sees "
-        f"{visible_gpus} GPU(s) ({shown}): give each process one GPU, or every process at "
+        f"{visible_gpus} GPU(s) ({_shown(env)}): give each process one GPU, or every process at "
         f"least {p.local_world_size}"
     )
+
+
+def ranks_per_gpu(ranks: int, gpus: int, shown: str) -> int:
+    """How many of a node's `ranks` DDP processes share each of the `gpus` they see under
+    runtime.share_gpus: ranks / gpus, a whole number above 1, else ConfigError naming the
+    counts (`shown`: where the GPUs come from, e.g. CUDA_VISIBLE_DEVICES)."""
+    if gpus >= 1 and ranks > gpus and ranks % gpus == 0:
+        return ranks // gpus
+    fix = (
+        "each has its own GPU: leave runtime.share_gpus false (NCCL), or show fewer GPUs, "
+        "e.g. CUDA_VISIBLE_DEVICES=0"
+        if ranks <= gpus
+        else f"give a multiple of {gpus} ranks"
+    )
+    raise ConfigError(
+        f"runtime.share_gpus: {ranks} DDP rank(s) on this node cannot share {gpus} GPU(s) "
+        f"({shown}) evenly: {fix}"
+    )
+
+
+@dataclass(frozen=True)
+class GpuPlace:
+    """A DDP rank's GPU: its CUDA ordinal, and how many of its node's ranks train on it."""
+
+    ordinal: int
+    ranks_per_gpu: int = 1
+    gpus: int = 1
+    """GPUs the node's ranks share (runtime.share_gpus), 1 otherwise."""
+
+    @property
+    def backend(self) -> str:
+        """The process group's backend: NCCL, or gloo where ranks share a GPU.
+
+        NCCL refuses two ranks of one host on one GPU: its communicator set-up (NVIDIA/nccl
+        src/init.cc, initTransportsRank) compares the ranks' host hashes and PCI bus ids and
+        fails, ncclInvalidUsage "Duplicate GPU detected : rank 1 and rank 0 both on CUDA device
+        ...", since NCCL 2.5, and would not work without that check (NVIDIA/nccl#418). Gloo
+        stages CUDA tensors through pinned host memory (torch's ProcessGroupGloo.cpp:
+        AsyncAllreduceCUDAWork, AsyncBroadcastCUDAWork, AsyncAllgatherCUDAWork; gloo's GPU
+        broadcast and all_reduce in torch.distributed's backend table; Backend.backend_capability
+        gloo: cpu, cuda) and never asks which GPU a tensor is on: all DDP needs (an all-gather of
+        the parameters' shapes, rank 0's weights broadcast, an all-reduce per gradient bucket)."""
+        return "gloo" if self.ranks_per_gpu > 1 else "nccl"
+
+    @property
+    def speed_reason(self) -> str | None:
+        """Why the run's speed figures are none: its ranks share GPUs (None when they do not)."""
+        if self.ranks_per_gpu == 1:
+            return None
+        where = "one GPU" if self.gpus == 1 else "each GPU"
+        return f"{self.ranks_per_gpu} ranks share {where}: correctness check, no speed figure"
+
+    def runtime_fields(self) -> dict[str, int | str]:
+        """What summary.json's `runtime` records of a shared GPU (nothing for a GPU of its own)."""
+        if self.speed_reason is None:
+            return {}
+        return {
+            "ranks_per_gpu": self.ranks_per_gpu,
+            "backend": self.backend,
+            "speed_reason": self.speed_reason,
+        }
+
+
+def gpu_place(
+    p: Placement, visible_gpus: int, env: Mapping[str, str], share: bool = False
+) -> GpuPlace:
+    """A DDP rank's GPU among the `visible_gpus` it sees: cuda_device's, or with `share`
+    (runtime.share_gpus) GPU local_rank // ranks_per_gpu, every rank of the node seeing the
+    same GPUs (CUDA_VISIBLE_DEVICES="0" for two ranks: both on ordinal 0, over gloo)."""
+    if not share:
+        return GpuPlace(cuda_device(p, visible_gpus, env))
+    per_gpu = ranks_per_gpu(p.local_world_size, visible_gpus, _shown(env))
+    return GpuPlace(p.local_rank // per_gpu, per_gpu, visible_gpus)
 
 
 def cpu_threads(env: Mapping[str, str], workers: int, cpus: int) -> int:

@@ -43,7 +43,7 @@ METRICS = [
     Metric("gpu_energy_per_image_j", "GPU J/img", "gpu_energy_reason"),
     Metric("gpu_energy_per_epoch_j", "GPU J/epoch", "gpu_energy_reason"),
     Metric("cpu_energy_per_image_j", "CPU J/img (RAPL)", "cpu_energy_reason"),
-    Metric("epoch_time_s", "epoch train s", None),
+    Metric("epoch_time_s", "epoch train s", "epoch_time_reason"),
     Metric("target_psnr_db", "target PSNR dB", "target_reason", digits=2),
     Metric("epochs_to_target", "epochs to target", "target_reason", digits=0),
     Metric("time_to_target_s", "time to target s", "target_reason"),

@@ -31,6 +31,8 @@ def _setup_id(config: dict[str, Any]) -> str:
     rest.get("train", {}).pop("batch_size", None)
     rest.get("train", {}).pop("seed", None)
     rest.get("runtime", {}).pop("collective_timeout_s", None)  # how long peers wait
+    if not rest.get("runtime", {}).get("share_gpus", True):  # the default, new in the config:
+        rest["runtime"].pop("share_gpus")  # older run folders keep pooling with newer ones
     digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
     mode = f"{config['mode']}:" if config.get("mode") else ""
     return f"{config.get('profile', '?')}:{mode}{digest}"
@@ -147,6 +149,34 @@ def _is_gpu(summary: dict[str, Any], devices: list[dict[str, Any]]) -> bool:
     return bool(devices) or "cuda" in device or "gpu" in device
 
 
+SPEED_FIGURES = {
+    "throughput_steady_img_s": "throughput_reason",
+    "throughput_per_device_img_s": "throughput_reason",
+    "step_time_p50_s": "step_time_reason",
+    "step_time_p95_s": "step_time_reason",
+    "mfu": "mfu_reason",
+    "epoch_time_s": "epoch_time_reason",
+    "time_to_target_s": "target_reason",
+    "energy_to_target_j": "energy_target_reason",
+    "gpu_energy_per_image_j": "gpu_energy_reason",
+    "gpu_energy_per_epoch_j": "gpu_energy_reason",
+    "cpu_energy_per_image_j": "cpu_energy_reason",
+}
+"""Each time or energy figure of a run and the key of its reason when missing."""
+
+
+def without_speed_figures(record: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    """`record` with its time and energy figures missing for `reason`, where the trainer gave
+    one (runtime.speed_reason: ranks sharing a GPU wait for each other, a correctness check):
+    quality, memory and the rest stay."""
+    if not reason:
+        return record
+    for figure, why in SPEED_FIGURES.items():
+        record[figure] = None
+        record[why] = reason
+    return record
+
+
 def run_record(
     folder: Path, framework: str, label: str, target_psnr_db: float | None, gain_db: float
 ) -> dict[str, Any]:
@@ -189,7 +219,7 @@ def run_record(
     error = summary.get("error") or summary.get("failed_process")
     if status == "diverged":  # the error says where: epoch and step
         error = f"diverged: {error}"
-    return {
+    record = {
         "run": label,
         "folder": str(folder),
         "framework": framework,
@@ -237,6 +267,7 @@ def run_record(
         if cpu_ok
         else (_first(epochs, "cpu_energy_reason") or "not recorded"),
         "epoch_time_s": _median([e["train_time_s"] for e in epochs]),
+        "epoch_time_reason": None if epochs else "no epoch records",
         "target_psnr_db": target,
         "epochs_to_target": to_target.get("epochs_to_target"),
         "time_to_target_s": to_target.get("time_to_target_s"),
@@ -251,3 +282,4 @@ def run_record(
         "wall_time_s": summary.get("wall_time_s"),
         **load_fields(summary),
     }
+    return without_speed_figures(record, (summary.get("runtime") or {}).get("speed_reason"))

@@ -50,7 +50,7 @@ from denoisebench.core.config import (
 )
 from denoisebench.core.diskspace import disk_full
 from denoisebench.core.distributed import maybe_inject_fault, replica_slice
-from denoisebench.core.placement import cuda_device, read_placement
+from denoisebench.core.placement import GpuPlace, gpu_place, read_placement
 from denoisebench.core.spec import shared_weights
 from denoisebench.measure.gpus import nvml_indices
 from denoisebench.torch_backend.evaluation import TestSet
@@ -315,18 +315,21 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     strategy = (
         "horovod" if "HOROVOD_RANK" in os.environ else "ddp" if "RANK" in os.environ else "single"
     )
-    device, rank, ranks = init_process(cfg, strategy)
+    device, rank, ranks, gpu = init_process(cfg, strategy)
+    shared = gpu.speed_reason if gpu else None  # ranks share a GPU: a correctness check
     world = World.of(
         cfg,
         rank=rank,
         processes=ranks,
         replicas=ranks,
         strategy=strategy,
-        device=str(device) if strategy == "single" else f"{ranks} x {device.type}",
+        device=device_label(device, strategy, ranks, gpu),
         # CUDA events on a GPU (StepClock); on the CPU a step has finished when it returns
         step_clock="cuda_events" if device.type == "cuda" else "host",
-        runtime=apply_runtime(cfg),
+        runtime=apply_runtime(cfg) | (gpu.runtime_fields() if gpu else {}),
     )
+    if shared and rank == 0:
+        print(f"[torch] notice: {shared} (gloo: NCCL refuses two ranks on one GPU)", flush=True)
     session = Session(FRAMEWORK, cfg, run_dir, world)
     gpus = nvml_indices([device.index or 0]) if device.type == "cuda" else []
     try:
@@ -351,6 +354,16 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
             horovod_engine().shutdown()
 
 
+def device_label(device: torch.device, strategy: str, ranks: int, gpu: GpuPlace | None) -> str:
+    """summary.json's `device`: 'cuda:0', '2 x cuda', or where ranks share each GPU
+    (runtime.share_gpus) '2 ranks on cuda, 2 per GPU'."""
+    if strategy == "single":
+        return str(device)
+    if gpu is not None and gpu.speed_reason:
+        return f"{ranks} ranks on cuda, {gpu.ranks_per_gpu} per GPU"
+    return f"{ranks} x {device.type}"
+
+
 def horovod_engine() -> ModuleType:
     """The Horovod pieces (horovod_engine.py), imported only under horovodrun."""
     from denoisebench.torch_backend import horovod_engine
@@ -358,28 +371,30 @@ def horovod_engine() -> ModuleType:
     return horovod_engine
 
 
-def init_process(cfg: Config, strategy: str) -> tuple[torch.device, int, int]:
-    """Join the job (torchrun's process group: NCCL on GPUs, gloo on CPUs; or Horovod's):
-    (this rank's device, its rank, the ranks). The group's set-up and every collective wait
+def init_process(cfg: Config, strategy: str) -> tuple[torch.device, int, int, GpuPlace | None]:
+    """Join the job (torchrun's process group: NCCL on GPUs, gloo on CPUs and on GPUs that
+    ranks share, runtime.share_gpus; or Horovod's): (this rank's device, its rank, the ranks,
+    its GPU's place under DDP, else None). The group's set-up and every collective wait
     runtime.collective_timeout_s for a peer; on NCCL the watchdog then aborts the group
     (TORCH_NCCL_ASYNC_ERROR_HANDLING, on by default, off only for CUDA graphs)."""
     if strategy == "single":
-        return pick_device(cfg.train.device), 0, 1
+        return pick_device(cfg.train.device), 0, 1, None
     if strategy == "horovod":
-        return horovod_engine().init_process(cfg)
-    use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
-    if use_cuda and cfg.runtime.cuda_graphs:
+        return (*horovod_engine().init_process(cfg), None)
+    gpu = None
+    if torch.cuda.is_available() and cfg.train.device != "cpu":
+        # the GPU this rank sees as its own (the only one, or its local rank's), or shares with
+        # the node's other ranks, and the backend that can serve it (placement.GpuPlace)
+        place = read_placement(os.environ)
+        gpu = gpu_place(place, torch.cuda.device_count(), os.environ, cfg.runtime.share_gpus)
+        torch.cuda.set_device(gpu.ordinal)
+    if gpu and cfg.runtime.cuda_graphs:
         # capturing NCCL all-reduces needs DDP's async error handling off (see GraphedStep)
         os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
     timeout = datetime.timedelta(seconds=cfg.runtime.collective_timeout_s)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
-    device = torch.device("cpu")
-    if use_cuda:
-        # the GPU this rank sees as its own: the only one, or its local rank's (placement)
-        place = read_placement(os.environ)
-        device = torch.device("cuda", cuda_device(place, torch.cuda.device_count(), os.environ))
-        torch.cuda.set_device(device)
-    return device, dist.get_rank(), dist.get_world_size()
+    dist.init_process_group(backend=gpu.backend if gpu else "gloo", timeout=timeout)
+    device = torch.device("cuda", gpu.ordinal) if gpu else torch.device("cpu")
+    return device, dist.get_rank(), dist.get_world_size(), gpu
 
 
 def barrier(strategy: str, device: torch.device) -> None:
