@@ -1,5 +1,6 @@
 """A run's folder: the config and folder a launch resolves to (new, resumed, or requeued),
-the checks and writes that make the folder before anything trains, and the repeat folders in it."""
+the checks and writes that make the folder before anything trains (the disk's room, a training
+step's memory), and the repeat folders in it."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from denoisebench.core.bounds import available_bytes
 from denoisebench.core.config import (
     Config,
     ConfigError,
+    RuntimeConfig,
     load_config,
     load_resolved,
     parse_overrides,
 )
 from denoisebench.core.diskspace import check_free_space, space_needed
 from denoisebench.core.fingerprint import check_unchanged, write_fingerprint
+from denoisebench.core.memory import Layout, gib, step_problem
 from denoisebench.core.records import (
     FRAMEWORKS,
     LAUNCH_CHOICES,
@@ -226,10 +230,64 @@ def repeat_seeds(args: argparse.Namespace, run_dir: Path) -> list[int] | None:
     return list(seeds)
 
 
+def check_step_memory(args: argparse.Namespace, cfg: Config, topo: Topology | None) -> None:
+    """Each framework's training step (core/memory.py: the batch, the data, the framework)
+    against what this machine has, before anything is allocated or written: on a CPU the
+    memory available (MemAvailable) shared by the processes that train at once, on a GPU the
+    smallest total memory of the GPUs used (NVML), shared by the ranks of runtime.share_gpus.
+    Not under --slurm (the nodes' memory is not known here), nor with --no-memory-check."""
+    if args.slurm or getattr(args, "no_memory_check", False):
+        return
+    devices, nodes = (topo.devices, topo.nodes) if topo else (1, 1)
+    gpus = (gpu_info()["gpus"] or []) if cfg.train.device != "cpu" else []
+    for framework in FRAMEWORKS if args.framework == "both" else (args.framework,):
+        # TensorFlow's MirroredStrategy: one process drives the node's devices
+        mirrored = framework == "tf" and nodes == 1 and args.engine != "horovod"
+        mirrored = mirrored and args.tf_strategy != "multiworker"
+        processes, replicas = (1, devices) if mirrored else (devices, 1)
+        layout = Layout(processes, replicas, devices * nodes, gpu=bool(gpus))
+        if gpus:
+            available, where = gpu_memory(gpus[:devices], devices, cfg.runtime)
+        else:
+            available, where = host_memory(processes)
+        problem = available and step_problem(cfg, framework, layout, available, where)
+        if problem:
+            raise ConfigError(f"{problem}; --no-memory-check starts anyway")
+
+
+def host_memory(processes: int) -> tuple[int | None, str]:
+    """The memory available to each of `processes` (MemAvailable; None: unknown), and what it
+    is, for the message."""
+    total = available_bytes()
+    if total is None:
+        return None, ""
+    where = f"this machine has {gib(total)} available"
+    if processes > 1:
+        where += f", {gib(total / processes)} for each of {processes} processes"
+    return total // processes, where
+
+
+def gpu_memory(
+    gpus: list[dict[str, Any]], devices: int, runtime: RuntimeConfig
+) -> tuple[int | None, str]:
+    """The memory of the smallest GPU used (None: NVML does not say, a MIG device), shared by
+    the ranks that runtime.share_gpus puts on it, and what it is, for the message."""
+    totals = [g.get("memory_total_gib") for g in gpus]
+    if not totals or None in totals:
+        return None, ""
+    total = min(totals) * 2**30
+    ranks = -(-devices // len(gpus)) if runtime.share_gpus else 1
+    where = f"the GPU has {gib(total)}"
+    if ranks > 1:
+        where += f", {gib(total / ranks)} for each of the {ranks} ranks on it"
+    return int(total // ranks), where
+
+
 def prepare_run_folder(
     args: argparse.Namespace, cfg: Config, run_dir: Path, topo: Topology | None
 ) -> RunLock | None:
-    """Node 0 checks the disk has room, takes the lock of each framework it trains
+    """Every node checks that a training step fits its memory (check_step_memory); node 0
+    checks the disk has room, takes the lock of each framework it trains
     (runlock.take_run_locks: one process trains a framework of a run at a time; a new run
     creates the folder first, refused when it exists; a requeued SLURM job waits for the lock
     up to runlock.REQUEUE_WAIT_S) and writes a new run's folders (launch.json first, then each
@@ -237,6 +295,7 @@ def prepare_run_folder(
     held until released."""
     is_node0 = topo is None or topo.node_rank == 0
     seeds = repeat_seeds(args, run_dir)
+    check_step_memory(args, cfg, topo)
     if is_node0 and not args.no_space_check:
         devices = topo.devices * topo.nodes if topo else 1
         needed = space_needed(cfg, 2 if args.framework == "both" else 1, devices)

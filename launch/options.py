@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         _data_options,
         _training_options,
         _output_options,
+        _check_options,
         _distributed_options,
         _slurm_options,
     ):
@@ -196,12 +197,6 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         "(default: <UTC time>-<profile>)",
     )
     g.add_argument(
-        "--no-space-check",
-        action="store_true",
-        help="start even where the results disk looks too full for one epoch's records and "
-        "checkpoints (checked by default)",
-    )
-    g.add_argument(
         "--repeats",
         type=int,
         default=1,
@@ -233,6 +228,23 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--print-config", action="store_true", help="print the resolved config as JSON and exit"
+    )
+
+
+def _check_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("checks before anything is written")
+    g.add_argument(
+        "--no-space-check",
+        action="store_true",
+        help="start even where the results disk looks too full for one epoch's records and "
+        "checkpoints (checked by default)",
+    )
+    g.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="start even where a training step looks too large for this machine's memory "
+        "(estimated from the model, the batch and the data: docs/usage.md#memory; checked by "
+        "default)",
     )
 
 
