@@ -287,7 +287,7 @@ def test_verdict_rule():
 
 
 def test_report_verdicts_follow_the_rule(built):
-    lines = csv(built, "verdicts")["verdict"].tolist()
+    lines = csv(built, "verdicts")["detail"].tolist()  # the full reasoning
     two = [v for v in lines if "on 2 CPU workers" in v]
     # one run on 2 workers: no winner may be named there
     assert two and all("not enough repeats" in v or "missing" in v for v in two)
@@ -302,9 +302,10 @@ def test_report_verdicts_follow_the_rule(built):
 
 
 def verdict_lines(folders: list[Path]) -> dict[str, str]:
-    """The report's verdicts on `folders`, by their figure's words."""
+    """The full reasoning of the report's verdicts on `folders` (verdicts.csv's detail; the
+    report's short lines: tests/test_report_screen.py), by their figure's words."""
     _report, csvs = report.build_report(folders, baseline_images=0)
-    lines = csvs["verdicts"]["verdict"].tolist()
+    lines = csvs["verdicts"]["detail"].tolist()
     assert len(lines) == 3, lines
     return {v.split(" on 1 CPU worker")[0]: v for v in lines}
 
@@ -392,8 +393,13 @@ def test_run_folders_without_load_records_read_as_not_recorded(tmp_path):
     assert all(
         c.startswith("not recorded (run folder written before") for c in env["run conditions"]
     )
-    speed = csvs["verdicts"]["verdict"].iloc[0]
+    speed = csvs["verdicts"]["detail"].iloc[0]
     assert "no winner: not enough repeats" in speed and "disturbed" not in speed
+    line = csvs["verdicts"]["verdict"].iloc[0]  # the report's short line
+    assert line.endswith(
+        "(120 vs 100 img/s, 1 run each, machine load not recorded); no winner: that needs 2 "
+        "runs or more of each (--repeats 3)."
+    )
     assert "1 TensorFlow run and 1 PyTorch run, machine load not recorded" in speed
 
 
@@ -404,8 +410,10 @@ def test_baselines_beat_the_noisy_input_on_the_same_sample(built):
     assert table.loc["BM3D", "psnr_db"] > noisy + 5.0  # sigma 0.2: BM3D gains ~12 dB here
     assert table.loc["non-local means", "psnr_db"] > noisy
     assert table.loc["total variation", "psnr_db"] > noisy
-    for framework in ("PyTorch", "TensorFlow"):
-        assert not math.isnan(table.loc[framework, "psnr_db"])
+    for framework in ("PyTorch", "TensorFlow"):  # every run folder's, on the same sample
+        scores = table.loc[[framework], "psnr_db"]
+        assert len(scores) == len(built["folders"]) and not scores.isna().any()
+    assert len(table.loc[["BM3D"]]) == 1  # the classical methods once: one set of test images
     md = (built["out"] / "report.md").read_text()
     assert f"{BASELINE_IMAGES} test images (seeded sample" in md
 
@@ -610,7 +618,10 @@ def test_columns_that_hold_nothing_are_left_out_with_one_line_why(tmp_path):
     gpu_line = next(line for line in rep.left_out["Memory and energy"] if "GPU J/img" in line)
     assert gpu_line.startswith("GPU mem peak GiB (allocator), GPU mem peak GiB (NVML), GPU J/img")
     assert gpu_line.endswith("left out: missing in every row (no GPU: training on CPU).")
-    assert rep.shared.startswith("Every group: engine native, batch per device 64, setup default:")
+    assert rep.shared.startswith(
+        "Every group: engine native (torchrun, tf.distribute; not Horovod), batch per device 64, "
+        "setup default:"
+    )
     md = (
         write_report([tmp_path / "cpu"], tmp_path / "out", tmp_path, baseline_images=0)
     ).with_name("report.md")
@@ -736,17 +747,20 @@ def test_the_config_shown_is_the_one_the_run_used(tmp_path):
     assert config["data"]["n_train"] == 25000 and "no readable data.json" in rep.config_notes[setup]
 
 
-def test_first_screen_verdicts_give_ratio_difference_spread_n_and_load(tmp_path):
+def test_first_screen_verdicts_give_ratio_medians_n_and_load(tmp_path):
     html = write_report(single_runs(tmp_path / "runs"), tmp_path / "out", tmp_path)
     md = html.with_name("report.md").read_text()
     first = md.split("\n## ")[1]  # the first section: the verdicts, before any table
     assert first.startswith("Verdicts")
     speed = next(line for line in first.splitlines() if line.startswith("- Throughput"))
-    assert "TensorFlow trains 1.20x as fast as PyTorch" in speed  # ratio
-    assert "+20.0 img/s" in speed and "one value per side: no spread" in speed
-    assert "1 TensorFlow run and 1 PyTorch run, none disturbed by machine load" in speed
+    assert "TensorFlow 1.20x as fast as PyTorch" in speed  # ratio
+    assert "(120 vs 100 img/s, 1 run each, none disturbed)" in speed  # medians, n, load
+    # the difference and the spread: in verdicts.csv's full reasoning
+    detail = pd.read_csv(html.with_name("verdicts.csv"))["detail"].iloc[0]
+    assert "+20.0 img/s" in detail and "one value per side: no spread" in detail
+    assert "1 TensorFlow run and 1 PyTorch run, none disturbed by machine load" in detail
     # a figure no run has: one line, not one per comparison
     assert "- GPU energy per image: not compared: missing in every run (no GPU" in first
     page = html.read_text()
     assert page.index("<h2>Verdicts</h2>") < page.index("<h2>Speed</h2>")
-    assert "none disturbed by machine load" in page.split("<h2>Speed</h2>")[0]
+    assert "1 run each, none disturbed" in page.split("<h2>Speed</h2>")[0]

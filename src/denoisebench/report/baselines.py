@@ -17,6 +17,11 @@ noise kinds are not additive Gaussian, so sigma is estimated from the noisy imag
 sigma, not tuned on these images (tuning on the test images would flatter the baselines).
 A method that cannot run (bm3d not installed, say) is a row with no figures and the reason.
 
+A report of many run folders (`score_run_folders`) scores every folder's frameworks; the
+classical methods and the noisy input once per set of noisy test images: a folder whose sample
+is the same as one scored before (repeats, other device counts of one config) gets only its
+frameworks' rows and says whose images it shares. A folder with no rows gets a line saying why.
+
 A method's outputs depend only on the noisy images and its parameters, so they are cached
 (`cache_dir()`, one file per method, parameters, library version and noisy sample): a report
 after every run, or over many runs of one test set, scores the classical methods once. A cache
@@ -30,7 +35,7 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -70,6 +75,9 @@ class BaselineResult:
     sigma: float | None = None
     sigma_source: str = ""
     """Where sigma came from: the config, or an estimate (non-Gaussian noise)."""
+    same_images_as: Path | None = None
+    """The run folder scored before on the same noisy sample: its rows for the noisy input and
+    the classical methods hold for this one, which has only its frameworks' rows; None: own."""
 
 
 def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
@@ -205,12 +213,15 @@ def run_baselines(
     images: int = 8,
     seed: int = 0,
     methods: tuple[str, ...] = tuple(METHODS),
+    scored: Sequence[BaselineResult] = (),
 ) -> BaselineResult:
     """Score the classical methods, the noisy input and each framework's outputs on one sample.
 
     `run_dir` is one run folder (test_samples.npz, config.json, <framework>/test_outputs.npz);
     a damaged test_samples.npz is a ValueError naming it (the report skips such a folder first:
-    discover.damage), a damaged test_outputs.npz a row with no figures that names it.
+    discover.damage), a damaged test_outputs.npz a row with no figures that names it. When one
+    of `scored` drew the same clean and noisy sample, only the frameworks are scored and the
+    result names that folder (`same_images_as`).
     """
     run_dir = Path(run_dir)
     try:
@@ -221,6 +232,9 @@ def run_baselines(
     clean = samples["clean"][idx].astype(np.float32)
     noisy = samples["noisy"][idx].astype(np.float32)
     sigma, sigma_source = noise_sigma(read_json(run_dir / "config.json"), noisy)
+    same = next((r for r in scored if _same_sample(r, idx, clean, noisy)), None)
+    if same is not None:
+        methods = ()
     n = len(idx)
     rows: list[dict[str, Any]] = []
     outputs: dict[str, np.ndarray] = {}
@@ -244,7 +258,8 @@ def run_baselines(
     def missing(method: str, reason: str, params: str = "") -> None:
         rows.append({"method": method, "images": n, "params": params, "reason": reason})
 
-    score("noisy input", noisy, None, sigma_source)
+    if same is None:
+        score("noisy input", noisy, None, sigma_source)
     for method in methods:
         try:
             out, seconds, cached = denoise_cached(method, sigma, noisy, run_dir.name)
@@ -277,4 +292,51 @@ def run_baselines(
         outputs=outputs,
         sigma=sigma,
         sigma_source=sigma_source,
+        same_images_as=None if same is None else same.run_dir,
     )
+
+
+def _same_sample(
+    result: BaselineResult, idx: np.ndarray, clean: np.ndarray, noisy: np.ndarray
+) -> bool:
+    """Whether `result` scored its own methods on exactly this sample."""
+    return (
+        result.same_images_as is None
+        and np.array_equal(result.indices, idx)
+        and np.array_equal(result.clean, clean)
+        and np.array_equal(result.noisy, noisy)
+    )
+
+
+def score_run_folders(
+    runs: pd.DataFrame, images: int, seed: int, methods: tuple[str, ...]
+) -> tuple[list[BaselineResult], list[str]]:
+    """The baselines of every run folder of the report's runs table (columns run, folder,
+    framework, devices, status, data_setup) with at least one completed run, and one line per
+    folder that has no rows, saying why.
+
+    Per test set (data and noise config; the sets in the order of their first folder's path),
+    the folder with both frameworks and the fewest devices is scored first, then the others by
+    path; each later folder with the same sample adds only
+    its frameworks' rows (run_baselines' `scored`)."""
+    results: list[BaselineResult] = []
+    none: list[str] = []
+    labels = dict(zip(runs["folder"], runs["run"], strict=True)) if not runs.empty else {}
+    done = runs[runs["status"] == "completed"]
+    test_sets = sorted(done.groupby("data_setup"), key=lambda item: item[1]["folder"].min())
+    for _data_id, sel in test_sets:
+        folders = sel.groupby("folder").agg(
+            frameworks=("framework", "nunique"), devices=("devices", "min")
+        )
+        order = folders.sort_values(
+            ["frameworks", "devices"], ascending=[False, True], kind="stable"
+        )
+        for folder in map(Path, order.index):
+            if not (folder / "test_samples.npz").is_file():
+                none.append(f"{labels[str(folder)]}: no rows (no test_samples.npz in it)")
+                continue
+            results.append(run_baselines(folder, images, seed, methods, scored=results))
+    for folder in dict.fromkeys(runs["folder"]) if not runs.empty else ():
+        if folder not in set(done["folder"]):
+            none.append(f"{labels[folder]}: no rows (no completed framework run)")
+    return results, none

@@ -37,7 +37,7 @@ from denoisebench.core.records import (
     default_results,
     utc_now,
 )
-from denoisebench.report.baselines import METHODS, BaselineResult, run_baselines
+from denoisebench.report.baselines import METHODS, BaselineResult, score_run_folders
 from denoisebench.report.claims import claims_section
 from denoisebench.report.configs import resolved_config
 from denoisebench.report.discover import ReportError, damage, find_run_folders
@@ -55,18 +55,21 @@ from denoisebench.report.plots import (
     plot_samples,
     plot_scaling,
 )
-from denoisebench.report.render import Report, render_html, render_markdown
+from denoisebench.report.render import Report, docs_href, render_html, render_markdown
 from denoisebench.report.runs import DEFAULT_TARGET_GAIN_DB
 from denoisebench.report.tables import (
     TABLES,
     baseline_csv,
     baseline_display,
+    baseline_note,
     csv_table,
     environment_table,
     group_tables,
     runs_display,
     speed_modes_table,
+    target_term,
 )
+from denoisebench.report.terms import steady_term, table_keys
 from denoisebench.report.verdicts import verdicts
 
 
@@ -99,29 +102,41 @@ def build_report(
 
     env = environment_table(runs)
     csvs["environment"] = env
-    verdict_lines = verdicts(groups)
-    csvs["verdicts"] = pd.DataFrame({"verdict": verdict_lines})
+    found = verdicts(groups)
+    csvs["verdicts"] = pd.DataFrame(
+        {"verdict": [v.line for v in found], "detail": [v.detail for v in found]}
+    )
     configs, config_notes = {}, {}
     for _, r in runs.drop_duplicates("setup").iterrows():
         configs[r["setup"]], config_notes[r["setup"]] = resolved_config(Path(r["folder"]))
     runs_shown, left_out["Runs"] = trim_table(runs_display(runs))
     env_shown, left_out["Environment"] = trim_table(env)
+    keys = table_keys(
+        [*tables.values(), ("Runs", runs_shown), ("Environment", env_shown)],
+        {
+            "target PSNR dB": target_term(groups, target_psnr_db, target_gain_db),
+            "throughput img/s": steady_term(
+                {c.get("profiler", {}).get("warmup_steps") for c in configs.values()} - {None}
+            ),
+        },
+    )
     report = Report(
         title="denoisebench: PyTorch vs TensorFlow",
         generated=utc_now(),
         runs=runs,
         runs_display=runs_shown,
         groups=groups,
-        verdicts=verdict_lines or ["No framework runs to compare."],
+        verdicts=[v.line for v in found] or ["No framework runs to compare."],
         tables=tables,
         plots=plots,
-        baselines=baseline_display(baseline_results),
+        baselines=baseline_display(baseline_results, _labels(runs)),
         baseline_note=note,
         environment=env_shown,
         configs=configs,
         data=sorted(set(runs["data"].dropna())),
         config_notes=config_notes,
         left_out=left_out,
+        keys=keys,
         shared=shared,
     )
     if claims:
@@ -133,38 +148,22 @@ def build_report(
 def _baselines(
     runs: pd.DataFrame, baseline_images: int, baseline_seed: int
 ) -> tuple[list[BaselineResult], str]:
-    """The classical baselines of each test set, and the line saying what they were scored on."""
-    # Baselines per test set (data and noise config): on one run folder of it, the one with
-    # both frameworks' outputs, fewest devices, first by path. With the classical methods
-    # switched off the sample still scores the noisy input and the frameworks, for the grid.
+    """The classical baselines and every run folder's frameworks on a seeded sample of its test
+    images (baselines.score_run_folders), and the line saying what they were scored on. With
+    the classical methods switched off the sample still scores the noisy input and the
+    frameworks, for the grid."""
     methods = tuple(METHODS) if baseline_images > 0 else ()
     sample = baseline_images if baseline_images > 0 else GRID_ROWS
-    baseline_results: list[BaselineResult] = []
-    done = runs[runs["status"] == "completed"]
-    for _data_id, sel in done.groupby("data_setup", sort=True):
-        folders = sel.groupby("folder").agg(
-            frameworks=("framework", "nunique"), devices=("devices", "min")
-        )
-        best = folders.sort_values(
-            ["frameworks", "devices"], ascending=[False, True], kind="stable"
-        )
-        folder = Path(best.index[0])
-        if (folder / "test_samples.npz").is_file():
-            baseline_results.append(
-                run_baselines(folder, images=sample, seed=baseline_seed, methods=methods)
-            )
-    if baseline_results:
-        note = "; ".join(
-            f"{res.run_dir.name}: {len(res.indices)} test images (seeded sample, seed "
-            f"{baseline_seed}, of test_samples.npz), noise sigma {res.sigma_source}"
-            for res in baseline_results
-        )
-        note += ". Every row of one run folder is scored on the same images."
-        if not methods:
-            note += " Classical baselines: missing (switched off: --baseline-images 0)."
-    else:
-        note = "missing (no completed run with test_samples.npz)"
-    return baseline_results, note
+    results, none = score_run_folders(runs, sample, baseline_seed, methods)
+    note = baseline_note(results, none, _labels(runs), baseline_seed)
+    if results and not methods:
+        note += " Classical baselines: missing (switched off: --baseline-images 0)."
+    return results, note
+
+
+def _labels(runs: pd.DataFrame) -> dict[str, str]:
+    """Run folder -> its name in the runs table."""
+    return dict(zip(runs["folder"], runs["run"], strict=True)) if not runs.empty else {}
 
 
 def _plots(
@@ -188,7 +187,8 @@ def _plots(
         ("power_over_time.png", "GPU power over time", plot_power(runs)),
         ("peak_memory.png", _memory_caption(groups), plot_memory(groups)),
     ]
-    for i, res in enumerate(baseline_results):
+    own = [res for res in baseline_results if res.same_images_as is None]
+    for i, res in enumerate(own):  # one grid per sample: the frameworks of its first folder
         name = "test_images.png" if i == 0 else f"test_images_{i + 1}.png"
         plots.append(
             (
@@ -243,6 +243,7 @@ def write_report(
     )
     report.skipped = skipped
     out_dir = Path(out_dir)
+    report.docs = docs_href(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ReportError(f"--out {out_dir}: a file, not a folder")
     try:

@@ -1,12 +1,16 @@
-"""The side-by-side table printed at the end of a run, read back from the results folder."""
+"""The side-by-side table printed at the end of a run, read back from the results folder, with
+a few lines under it saying what its columns mean (`legend`)."""
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from denoisebench.core.records import FRAMEWORKS, FrameworkRecords
+from denoisebench.core.records import FRAMEWORKS, FrameworkRecords, read_json
+from denoisebench.report.terms import WARMUP, warmup
 
 COLUMNS = {
     "framework": "framework",
@@ -22,6 +26,34 @@ COLUMNS = {
     "host_rss_peak_gib": "RSS GiB",
     "wall_time_s": "wall s",
 }
+
+
+LEGEND: list[tuple[tuple[str, ...], str]] = [
+    (("steady img/s",), f"steady img/s: without warm-up ({WARMUP}), median over epochs"),
+    (("img/s",), "img/s: all training steps"),
+    (("test MAE", "PSNR dB", "SSIM"), "PSNR dB, SSIM, test MAE: last epoch, test images"),
+    (("noisy PSNR dB",), "noisy PSNR dB: the noisy inputs' (before denoising)"),
+    (("GPU J/img",), "GPU J/img: GPU energy per training image"),
+    (("RSS GiB",), "RSS GiB: peak host memory"),
+    (("wall s",), "wall s: training + evaluation"),
+]
+"""(the column labels an entry explains, its words); the words of terms.py where shared."""
+
+
+def legend(labels: Iterable[str], run_dir: Path | None = None) -> list[str]:
+    """What the shown columns (`labels`) mean, wrapped into a few indented lines; with
+    `run_dir`, the warm-up steps its config.json sets."""
+    shown = set(labels)
+    words = [text for columns, text in LEGEND if shown & set(columns)]
+    if not words:
+        return []
+    text = "; ".join(words) + "."
+    try:
+        steps = read_json(Path(run_dir) / "config.json")["profiler"]["warmup_steps"]
+        text = text.replace(WARMUP, warmup(int(steps)))
+    except (TypeError, OSError, ValueError, KeyError):
+        pass  # no run folder, or no readable config: the words without the number
+    return textwrap.wrap(text, 100, initial_indent="  ", subsequent_indent="  ")
 
 
 def comparison_frame(run_dir: Path) -> pd.DataFrame:
@@ -79,7 +111,9 @@ def repeats_table(folders: list[Path]) -> str:
                 f"  {label:>12}: {values.median():.{digits}f} "
                 f"[{values.min():.{digits}f}, {values.max():.{digits}f}]"
             )
-    return "\n".join(lines)
+    return "\n".join(
+        [*lines, *legend(["steady img/s", "GPU J/img", "PSNR dB", "wall s"], folders[0])]
+    )
 
 
 def comparison_table(run_dir: Path) -> str:
@@ -103,7 +137,14 @@ def comparison_table(run_dir: Path) -> str:
         na_rep="missing",
         formatters={col: _fixed(digits) for col, digits in formats.items()},
     )
-    return "\n".join([table, *diverged_lines(run_dir), *missing_reasons(run_dir)])
+    return "\n".join(
+        [
+            table,
+            *diverged_lines(run_dir),
+            *missing_reasons(run_dir),
+            *legend(frame.columns, run_dir),
+        ]
+    )
 
 
 def diverged_lines(run_dir: Path) -> list[str]:
@@ -178,17 +219,19 @@ def sweep_table(sweep_dir: Path, elements: list) -> str:
         "gpu_energy_per_image_j",
         "wall_time_s",
     ]
-    return (
-        frame.reindex(columns=columns)
-        .rename(columns=COLUMNS)
-        .to_string(
-            index=False,
-            na_rep="missing",
-            formatters={
-                "steady img/s": _fixed(0),
-                "PSNR dB": _fixed(2),
-                "GPU J/img": _fixed(4),
-                "wall s": _fixed(1),
-            },
-        )
+    shown = frame.reindex(columns=columns).rename(columns=COLUMNS)
+    return "\n".join(
+        [
+            shown.to_string(
+                index=False,
+                na_rep="missing",
+                formatters={
+                    "steady img/s": _fixed(0),
+                    "PSNR dB": _fixed(2),
+                    "GPU J/img": _fixed(4),
+                    "wall s": _fixed(1),
+                },
+            ),
+            *legend(shown.columns, Path(sweep_dir) / elements[0].name if elements else None),
+        ]
     )

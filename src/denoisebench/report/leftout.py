@@ -3,7 +3,7 @@
 Decided by the figures, never by the kind of run: a column is left out of a displayed table when
 every row of it is missing (the reasons are the records'), empty, or a figure that is the same by
 definition (scaling efficiency of single-device groups, per-device throughput of one device).
-The CSV tables keep every column.
+The CSV tables keep every column. In the report the lines follow their table.
 """
 
 from __future__ import annotations
@@ -14,9 +14,16 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from denoisebench.report.groups import METRIC
+from denoisebench.report.terms import SETUP
 
 IDENTITY_COLUMNS = {"engine": "engine", "batch/device": "batch per device", "setup": "setup"}
 """Group-table columns (display name -> words) that say nothing when every row shares them."""
+IDENTITY_MEANING = {
+    ("engine", "native"): "torchrun, tf.distribute; not Horovod",
+    ("engine", "horovod"): "horovodrun",
+    ("setup", None): SETUP,
+}
+"""(column, value or None for any) -> what the shared value means, said beside it."""
 ROW_KEYS = ("framework", "devices", "repeats", "run")
 """Columns that name a row: never left out."""
 _MISSING = re.compile(r"^missing(?: \((?P<why>.*)\))?$", re.DOTALL)
@@ -111,5 +118,8 @@ def identity_line(frame: pd.DataFrame) -> str | None:
     shared = shared_identity(frame)
     if not shared:
         return None
-    words = ", ".join(f"{IDENTITY_COLUMNS[c]} {v}" for c, v in shared.items())
-    return f"Every group: {words} (so these columns are left out of the group tables)."
+    words = []
+    for column, value in shared.items():
+        meaning = IDENTITY_MEANING.get((column, value)) or IDENTITY_MEANING.get((column, None))
+        words.append(f"{IDENTITY_COLUMNS[column]} {value}" + (f" ({meaning})" if meaning else ""))
+    return f"Every group: {', '.join(words)}. These columns are left out of the group tables."

@@ -5,11 +5,16 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+from denoisebench.report.terms import GROUP
+from denoisebench.report.verdicts import METHOD
 
 if TYPE_CHECKING:
     from denoisebench.report.claims import ClaimsSection
@@ -18,6 +23,45 @@ if TYPE_CHECKING:
 
 HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
 """Where Markdown would start raw HTML (CommonMark: `<` then a tag name, `/`, `!` or `?`)."""
+
+
+DOCS_LINK = re.compile(r"\[([^\[\]]+)\]\(docs:([\w.-]+\.md(?:#[\w-]+)?)\)")
+"""A link to the reference in the report's own lines: [words](docs:results.md#verdicts)."""
+BOLD = re.compile(r"\*\*([^*]+)\*\*")
+"""A column's name in a table's key line (terms.table_keys), bold in both files."""
+DOCS_DIR = Path(__file__).resolve().parents[3] / "docs"
+"""docs/ of the source checkout this module runs from (absent in a plain wheel install)."""
+
+
+def docs_href(out_dir: Path) -> str | None:
+    """docs/ as a link from a report written to `out_dir` (relative, so a results folder inside
+    the checkout keeps its links when moved with it); None: no docs/ beside the source."""
+    if not DOCS_DIR.is_dir():
+        return None
+    return Path(os.path.relpath(DOCS_DIR, Path(out_dir).resolve())).as_posix()
+
+
+def _md_links(text: str, docs: str | None) -> str:
+    """The report's docs links as Markdown links, or as words and the page without docs/."""
+
+    def link(m: re.Match[str]) -> str:
+        if docs is None:
+            return f"{m[1]} (docs/{m[2]})"
+        target = f"{docs}/{m[2]}"
+        return f"[{m[1]}](<{target}>)" if " " in target else f"[{m[1]}]({target})"
+
+    return DOCS_LINK.sub(link, text)
+
+
+def _html_links(escaped: str, docs: str | None) -> str:
+    """The docs links of already escaped HTML text as anchors."""
+
+    def link(m: re.Match[str]) -> str:
+        if docs is None:
+            return f"{m[1]} (docs/{m[2]})"
+        return f'<a href="{html.escape(f"{docs}/{m[2]}")}">{m[1]}</a>'
+
+    return DOCS_LINK.sub(link, escaped)
 
 
 def _md_text(text: str) -> str:
@@ -64,10 +108,12 @@ NOTES = [
     "the same framework, per-device batch and setup; the range is the widest the repeats allow.",
     "Time to target: training time summed over epochs (evaluation excluded) up to the first "
     "epoch whose test PSNR reaches the target; energy to target sums the GPU energy the same way.",
-    "Each verdict gives the ratio of the medians, the difference, the range the repeats' "
-    "extremes allow, n (each side's runs) and whether machine load disturbed any; it names a winner only when both frameworks have at least two repeats, "
-    "their [min, max] ranges do not overlap and, for speed and energy, no run was disturbed by "
-    "other load on the machine (environment table); otherwise it says 'no winner' and why.",
+    "Each verdict gives who is ahead by how much (ratio of the medians; for PSNR their "
+    "difference), the medians, n (each side's runs) and whether machine load disturbed any; it "
+    "names a winner only when both frameworks have at least two repeats, their [min, max] "
+    "ranges do not overlap and, for speed and energy, no run was disturbed by other load on the "
+    "machine (environment table); otherwise it says 'no winner' and why. verdicts.csv adds the "
+    "full reasoning (column detail): the range of the ratio the repeats' extremes allow.",
 ]
 
 
@@ -94,6 +140,10 @@ class Report:
     """setup -> one line on how its config was resolved from config.json."""
     left_out: dict[str, list[str]] = field(default_factory=dict)
     """table heading -> one line per reason for the columns left out of it (leftout.py)."""
+    keys: dict[str, str] = field(default_factory=dict)
+    """table heading -> one line saying what its columns mean (terms.table_keys)."""
+    docs: str | None = None
+    """docs/ as a link from where the report is written (docs_href); None: links as text."""
     shared: str | None = None
     """One line naming the engine, batch and setup every group shares; None: they differ."""
     skipped: list[str] = field(default_factory=list)
@@ -107,11 +157,11 @@ class Report:
 
 
 def _sections(r: Report) -> list[tuple[str, str, Any]]:
-    """(heading, kind, content) in report order; kind: text, list, left_out (the lines on a
-    table's columns left out), table, plots, configs."""
+    """(heading, kind, content) in report order; kind: text, list, key (what a table's
+    columns mean), left_out (the lines on a table's columns left out), table, plots, configs."""
     intro = [
         f"Generated {r.generated} from {r.runs['folder'].nunique()} run folder(s), "
-        f"{len(r.runs)} framework run(s), {len(r.groups)} group(s).",
+        f"{len(r.runs)} framework run(s), {len(r.groups)} group(s) (a group: {GROUP}).",
         *(f"Data: {d}" for d in r.data),
         *([r.shared] if r.shared else []),
     ]
@@ -125,28 +175,37 @@ def _sections(r: Report) -> list[tuple[str, str, Any]]:
         out.append(("", "list", r.claims.rule))
         out.append(("", "plots", r.claims.plots))
     out.append(("Verdicts", "list", r.verdicts))
+    out.append(("", "key", METHOD))
     for title, frame in r.tables.values():
-        out += _table(title, frame, r.left_out.get(title, []))
+        out += _table(r, title, frame)
     out.append(("Classical baselines (same noisy test images)", "text", r.baseline_note))
     out.append(("", "table", r.baselines))
     out.append(("Plots", "plots", r.plots))
-    out += _table("Runs", r.runs_display, r.left_out.get("Runs", []))
-    out += _table("Environment", r.environment, r.left_out.get("Environment", []))
+    out += _table(r, "Runs", r.runs_display)
+    out += _table(r, "Environment", r.environment)
     out.append(("Configs", "configs", r.configs))
     out.append(("How the figures are computed", "list", NOTES))
     return out
 
 
-def _table(title: str, frame: pd.DataFrame, left_out: list[str]) -> list[tuple[str, str, Any]]:
-    """A table's sections: the lines on what was left out of it, then the table (none when
-    every figure was left out)."""
-    if not left_out:
-        return [(title, "table", frame)]
-    return [(title, "left_out", left_out), *([("", "table", frame)] if not frame.empty else [])]
+def _table(r: Report, title: str, frame: pd.DataFrame) -> list[tuple[str, str, Any]]:
+    """A table's sections: the table (none when every figure was left out), the line saying
+    what its columns mean, then the lines on what was left out of it."""
+    left_out = r.left_out.get(title, [])
+    parts: list[tuple[str, Any]] = []
+    if not frame.empty or not left_out:
+        parts.append(("table", frame))
+        if title in r.keys and not frame.empty:
+            parts.append(("key", r.keys[title]))
+    if left_out:
+        parts.append(("left_out", left_out))
+    return [(title if i == 0 else "", kind, content) for i, (kind, content) in enumerate(parts)]
 
 
 def render_markdown(r: Report) -> str:
-    esc = _md_text
+    def esc(text: str) -> str:
+        return _md_links(_md_text(text), r.docs)
+
     lines = [f"# {esc(r.title)}", ""]
     for heading, kind, content in _sections(r):
         if heading:
@@ -157,6 +216,8 @@ def render_markdown(r: Report) -> str:
             lines += [f"{esc(x)}  " for x in content] + [""]  # two spaces: a line break
         elif kind == "text":
             lines += [esc(content), ""]
+        elif kind == "key":
+            lines += [f"_{esc(content)}_", ""]
         elif kind == "table":
             lines += [_md_table(content)]
         elif kind == "plots":
@@ -188,6 +249,7 @@ table.t th, table.t td { border: 1px solid #ccc; padding: 3px 6px; text-align: l
 table.t th { background: #f3f3f3; }
 td.missing, p.missing { color: #888; font-style: italic; }
 p.left-out { color: #666; font-size: 13px; margin: 0.2em 0; }
+p.key { color: #444; font-size: 13px; margin: -1em 0 1em; }
 figure { margin: 1em 0 2em; } figcaption { font-weight: 600; margin-bottom: 0.3em; }
 img { max-width: 100%; } pre { background: #f6f6f6; padding: 0.5em; overflow: auto; font-size: 12px; }
 """
@@ -206,7 +268,9 @@ window.addEventListener("load", function () {
 
 
 def render_html(r: Report) -> str:
-    esc = html.escape
+    def esc(text: str) -> str:
+        return _html_links(html.escape(text), r.docs)
+
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -222,6 +286,9 @@ def render_html(r: Report) -> str:
             parts += [f'<p class="left-out">{esc(x)}</p>' for x in content]
         elif kind == "text":
             parts.append(f"<p>{esc(content)}</p>")
+        elif kind == "key":  # a column's name in bold: **name**
+            key = BOLD.sub(r"<b>\1</b>", esc(content))
+            parts.append(f'<p class="key">{key}</p>')
         elif kind == "table":
             parts.append(_html_table(content))
         elif kind == "plots":

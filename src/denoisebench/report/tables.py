@@ -12,6 +12,7 @@ from denoisebench.core.records import FrameworkRecords
 from denoisebench.report.baselines import FRAMEWORK_NAMES, BaselineResult
 from denoisebench.report.groups import GROUP_KEYS, METRIC, Metric
 from denoisebench.report.leftout import ROW_KEYS, identity_line, trim_table
+from denoisebench.report.terms import TARGET_DOC
 from denoisebench.report.values import _missing, _sig
 
 
@@ -175,14 +176,15 @@ def csv_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return groups.reindex(columns=cols)
 
 
-def baseline_display(results: list[BaselineResult]) -> pd.DataFrame:
+def baseline_display(results: list[BaselineResult], labels: dict[str, str]) -> pd.DataFrame:
+    """The baselines' rows as displayed; `labels`: run folder -> its name in the runs table."""
     rows = []
     for res in results:
         for _, r in res.frame.iterrows():
             ok = not _missing(r["psnr_db"])
             rows.append(
                 {
-                    "run folder": res.run_dir.name,
+                    "run folder": labels.get(str(res.run_dir), res.run_dir.name),
                     "method": r["method"],
                     "images": f"{r['images']} (seeded sample)",
                     "PSNR dB": f"{r['psnr_db']:.2f}" if ok else f"missing ({r['reason']})",
@@ -195,9 +197,67 @@ def baseline_display(results: list[BaselineResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def baseline_note(
+    results: list[BaselineResult], none: list[str], labels: dict[str, str], seed: int
+) -> str:
+    """What the baselines were scored on, which run folders share another's images (only their
+    frameworks' rows), and which have no rows and why (`none`)."""
+
+    def name(folder: Path) -> str:
+        return labels.get(str(folder), folder.name)
+
+    parts = [
+        f"{name(r.run_dir)}: {len(r.indices)} test images (seeded sample, seed {seed}, of "
+        f"test_samples.npz), noise sigma {r.sigma_source}"
+        for r in results
+        if r.same_images_as is None
+    ]
+    sharing: dict[Path, list[str]] = {}
+    for r in results:
+        if r.same_images_as is not None:
+            sharing.setdefault(r.same_images_as, []).append(name(r.run_dir))
+    parts += [
+        f"{', '.join(names)}: the same images as {name(ref)}, whose noisy-input and classical "
+        "rows hold for them too: only their frameworks' rows"
+        for ref, names in sharing.items()
+    ]
+    text = "; ".join(parts) + ". Every row of one test set is scored on the same images."
+    if not results:
+        text = "missing (no completed run with test_samples.npz)."
+    return " ".join([text, *(f"{line}." for line in none)])
+
+
 def baseline_csv(results: list[BaselineResult]) -> pd.DataFrame:
-    frames = [r.frame.assign(run_folder=str(r.run_dir), sigma=r.sigma) for r in results]
+    frames = [
+        r.frame.assign(
+            run_folder=str(r.run_dir),
+            sigma=r.sigma,
+            same_images_as=str(r.same_images_as or ""),
+        )
+        for r in results
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def target_term(groups: pd.DataFrame, target_psnr_db: float | None, gain_db: float) -> str:
+    """What the time-to-target table's target PSNR is for these runs, and where it comes from
+    (runs.run_record: the given --target-psnr, else each run's noisy-input PSNR + gain_db)."""
+    link = f"([time to target]({TARGET_DOC}))"
+    if target_psnr_db is not None:
+        return f"the test PSNR to reach, {target_psnr_db:.2f} dB, set by --target-psnr {link}"
+    columns = ["target_psnr_db_median", "noisy_psnr_db_median"]
+    figures = groups.reindex(columns=columns).astype(float)
+    targets = figures[columns[0]].dropna().round(2).unique()
+    noisy = figures[columns[1]].dropna().round(2).unique()
+    if len(targets) == 1 and len(noisy) == 1:
+        return (
+            f"the test PSNR to reach, {targets[0]:.2f} dB: the noisy test inputs' PSNR "
+            f"({noisy[0]:.2f} dB) + {gain_db:g} dB (--target-psnr sets another) {link}"
+        )
+    return (
+        f"the test PSNR to reach: each run's noisy test inputs' PSNR (noisy PSNR dB) + "
+        f"{gain_db:g} dB (--target-psnr sets another) {link}"
+    )
 
 
 def _share(v: Any) -> str:

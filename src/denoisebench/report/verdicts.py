@@ -1,4 +1,9 @@
-"""Verdicts: one sentence per metric and setup, PyTorch against TensorFlow."""
+"""Verdicts: PyTorch against TensorFlow, per metric and setup: a short line with the numbers for
+the report (`Verdict.line`) and the full reasoning for verdicts.csv (`Verdict.detail`).
+
+The rule (docs/results.md#verdicts): a winner only when each side has two runs or more, their
+[min, max] ranges do not overlap and, for speed and energy, no run was disturbed by machine load.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,26 @@ from dataclasses import dataclass
 import pandas as pd
 
 from denoisebench.report.baselines import FRAMEWORK_NAMES
+from denoisebench.report.terms import RUN_CONDITIONS_DOC, VERDICTS_DOC
 from denoisebench.report.values import _missing, _sig
+
+METHOD = (
+    f"How a winner is decided: [docs/results.md, Verdicts]({VERDICTS_DOC}) (medians, the runs' "
+    "[min, max] ranges, 2 runs a framework at least). Disturbed: other load on the machine "
+    f"crossed a threshold while the run trained ([run conditions]({RUN_CONDITIONS_DOC})). Each "
+    "line's full reasoning: verdicts.csv, column detail."
+)
+"""The line under the verdicts: the method, behind links."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One comparison: its line in the report and its full reasoning (verdicts.csv)."""
+
+    line: str
+    """One or two short sentences with the numbers (headline)."""
+    detail: str
+    """Ratio, difference, the range the repeats' extremes allow, n, load (verdict)."""
 
 
 @dataclass(frozen=True)
@@ -44,11 +68,19 @@ class VerdictMetric:
     """What the winner does, after its name."""
     load_sensitive: bool
     """Machine load changes it: no winner from a disturbed run."""
+    short: str | None
+    """The ratio in the headline ({a}, {b}, {r}); None: the difference ({a} {d} above {b})."""
 
 
 VERDICT_METRICS = {
     "throughput_steady_img_s": VerdictMetric(
-        "throughput", "img/s", True, "{a} trains {r}x as fast as {b}", "is faster", True
+        "throughput",
+        "img/s",
+        True,
+        "{a} trains {r}x as fast as {b}",
+        "is faster",
+        True,
+        "{a} {r}x as fast as {b}",
     ),
     "gpu_energy_per_image_j": VerdictMetric(
         "GPU energy per image",
@@ -57,9 +89,10 @@ VERDICT_METRICS = {
         "{a} uses {r}x the GPU energy per image of {b}",
         "uses less GPU energy per image",
         True,
+        "{a} uses {r}x the energy of {b}",
     ),
     "test_psnr_db": VerdictMetric(
-        "final test PSNR", "dB", True, None, "reaches the higher final test PSNR", False
+        "final test PSNR", "dB", True, None, "reaches the higher final test PSNR", False, None
     ),
 }
 
@@ -144,8 +177,42 @@ def load_reason(a: Stat, b: Stat) -> str | None:
     return " and ".join(parts) or None
 
 
+def _head(m: VerdictMetric, where: str) -> str:
+    return f"{m.words[0].upper()}{m.words[1:]} {where}"
+
+
+def _missing_line(head: str, a: Stat, b: Stat) -> str | None:
+    """The line for a comparison one side has no figure for; None: both have one."""
+    for s in (a, b):
+        if s.median is None:
+            return f"{head}: missing for {s.name} ({s.reason or 'not recorded'}); no comparison."
+    return None
+
+
+def _spread(a: Stat, b: Stat) -> str | None:
+    """Why the repeats name no winner: "few" (under 2 runs a side), "same" (every repeat gave
+    the same value), "overlap" (the [min, max] ranges overlap); None: the ranges separate."""
+    if a.n < 2 or b.n < 2:
+        return "few"
+    if a.min == a.max and b.min == b.max:
+        return "same"
+    assert a.min is not None and a.max is not None and b.min is not None and b.max is not None
+    if a.min <= b.max and b.min <= a.max:
+        return "overlap"
+    return None
+
+
+SHORT_WHY = {
+    "few": "no winner: that needs 2 runs or more of each (--repeats 3)",
+    "same": "no winner: every repeat gave the same value, so no spread was measured",
+    "overlap": "no winner: the ranges overlap",
+}
+"""The headline's reason for each `_spread` outcome."""
+
+
 def verdict(metric: str, a: Stat, b: Stat, where: str) -> str:
-    """One sentence comparing two groups on `metric` at one device count (`where`).
+    """The full reasoning of one comparison of two groups on `metric` at one device count
+    (`where`), for verdicts.csv.
 
     It always gives the ratio of the medians (the difference for PSNR) with the range the
     repeats' extremes allow. A winner is named only when each side has at least two repeats,
@@ -154,11 +221,9 @@ def verdict(metric: str, a: Stat, b: Stat, where: str) -> str:
     disturbed comparison labels its ratio "not a verdict".
     """
     m = VERDICT_METRICS[metric]
-    head = f"{m.words[0].upper()}{m.words[1:]} {where}"
-    for s in (a, b):
-        if s.median is None:
-            return f"{head}: missing for {s.name} ({s.reason or 'not recorded'}); no comparison."
-    assert a.min is not None and a.max is not None and b.min is not None and b.max is not None
+    head = _head(m, where)
+    if (missing := _missing_line(head, a, b)) is not None:
+        return missing
     measured = comparison(metric, a, b)
     load = load_reason(a, b)
     first, second = _better_first(m, a, b)
@@ -166,23 +231,16 @@ def verdict(metric: str, a: Stat, b: Stat, where: str) -> str:
         f"the ranges {first.name} {_range(first, m.unit)} and {second.name} "
         f"{_range(second, m.unit)} {m.unit} over {first.n} and {second.n} repeats"
     )
-    if a.n < 2 or b.n < 2:
-        why = (
-            f"not enough repeats ({a.n} and {b.n} run(s)): a single run cannot separate the "
-            "difference from run-to-run noise (use --repeats 3 or more)"
-        )
-    elif a.min == a.max and b.min == b.max:
+    why = {
+        "few": f"not enough repeats ({a.n} and {b.n} run(s)): a single run cannot separate the "
+        "difference from run-to-run noise (use --repeats 3 or more)",
         # Repeats share the config's seed; with deterministic kernels they give identical
         # figures, which measure no spread at all rather than a spread of zero.
-        why = (
-            "within noise / no spread measured (every repeat gave the same value: same seed, "
-            "deterministic kernels): the difference cannot be separated from seed-to-seed "
-            "variation"
-        )
-    elif a.min <= b.max and b.min <= a.max:
-        why = f"{ranges} overlap: the difference is within noise"
-    else:
-        why = None
+        "same": "within noise / no spread measured (every repeat gave the same value: same seed, "
+        "deterministic kernels): the difference cannot be separated from seed-to-seed variation",
+        "overlap": f"{ranges} overlap: the difference is within noise",
+        None: None,
+    }[_spread(a, b)]
     if load and m.load_sensitive:
         also = f"; also {why}" if why else ""
         return f"{head}: no winner: {load}{also}. Not a verdict, as measured: {measured}."
@@ -190,6 +248,63 @@ def verdict(metric: str, a: Stat, b: Stat, where: str) -> str:
     if why:
         return f"{head}: {measured}; no winner: {why}{note}."
     return f"{head}: {measured}; {ranges} do not overlap: {first.name} {m.better}{note}."
+
+
+def headline(metric: str, a: Stat, b: Stat, where: str) -> str:
+    """The report's line for one comparison: who is ahead by how much, the medians, the runs
+    and their load, and the decision in a few words (the rule is behind METHOD's link):
+    "Throughput on 1 CPU worker: TensorFlow 1.11x as fast as PyTorch (1,017 vs 918 img/s,
+    1 run each, none disturbed); no winner: that needs 2 runs or more of each (--repeats 3)."
+    """
+    m = VERDICT_METRICS[metric]
+    head = _head(m, where)
+    if (missing := _missing_line(head, a, b)) is not None:
+        return missing
+    first, second = _better_first(m, a, b)
+    assert first.median is not None and second.median is not None
+    if first.median == second.median:
+        claim = f"{first.name} and {second.name} equal"
+    elif m.short is None or second.median <= 0 or first.median < 0:
+        diff = _fmt_plain(abs(first.median - second.median), m.unit)
+        side = "above" if m.higher_better else "below"
+        claim = f"{first.name} {diff} {m.unit} {side} {second.name}"
+    else:
+        ratio = f"{first.median / second.median:.2f}"
+        claim = m.short.format(a=first.name, b=second.name, r=ratio)
+    numbers = (
+        f"{_fmt_plain(first.median, m.unit)} vs {_fmt_plain(second.median, m.unit)} {m.unit}, "
+        f"{_runs_short(first, second)}"
+    )
+    disturbed = [s for s in (first, second) if s.disturbed]
+    if m.load_sensitive and disturbed:
+        why = "no winner: machine load disturbed " + " and ".join(
+            f"{s.disturbed} of {s.runs or s.n} {s.name} run{'s' if (s.runs or s.n) > 1 else ''}"
+            for s in disturbed
+        )
+    else:
+        numbers += f", {_load_short(first, second)}"
+        spread = _spread(a, b)
+        why = (
+            SHORT_WHY[spread] if spread else f"{first.name} {m.better} (the ranges do not overlap)"
+        )
+    return f"{head}: {claim} ({numbers}); {why}."
+
+
+def _runs_short(first: Stat, second: Stat) -> str:
+    """How many runs each median is of, in a few words."""
+    if first.n == second.n:
+        return "1 run each" if first.n == 1 else f"medians of {first.n} runs each"
+    return f"{first.n} {first.name} and {second.n} {second.name} runs"
+
+
+def _load_short(first: Stat, second: Stat) -> str:
+    """Whether machine load disturbed any run, in a few words."""
+    disturbed = [f"{s.disturbed} {s.name}" for s in (first, second) if s.disturbed]
+    if disturbed:
+        return f"{' and '.join(disturbed)} disturbed"
+    if first.load_recorded and second.load_recorded:
+        return "none disturbed"
+    return "machine load not recorded"
 
 
 def _range(s: Stat, unit: str) -> str:
@@ -222,10 +337,10 @@ def group_stat(g: pd.Series, metric: str) -> Stat:
     )
 
 
-def verdicts(groups: pd.DataFrame) -> list[str]:
+def verdicts(groups: pd.DataFrame) -> list[Verdict]:
     """Every PyTorch vs TensorFlow comparison at the same devices, batch, engine and setup; a
     figure that no run has is one line at the end (not compared, and why), not one per pair."""
-    out: list[str] = []
+    out: list[Verdict] = []
     if groups.empty:
         return out
     absent = {
@@ -244,23 +359,19 @@ def verdicts(groups: pd.DataFrame) -> list[str]:
             where += f" (batch {batch}/device, setup {setup})"
         if "torch" not in by_fw or "tf" not in by_fw:
             only = ", ".join(FRAMEWORK_NAMES.get(f, f) for f in by_fw)
-            out.append(f"Only {only} ran {where}: nothing to compare.")
+            line = f"Only {only} ran {where}: nothing to compare."
+            out.append(Verdict(line, line))
             continue
         compared = True
         for metric in (m for m in VERDICT_METRICS if m not in absent):
-            out.append(
-                verdict(
-                    metric,
-                    group_stat(by_fw["torch"], metric),
-                    group_stat(by_fw["tf"], metric),
-                    where,
-                )
-            )
+            stats = (group_stat(by_fw["torch"], metric), group_stat(by_fw["tf"], metric))
+            out.append(Verdict(headline(metric, *stats, where), verdict(metric, *stats, where)))
     if compared:
         for metric, why in absent.items():
             words = VERDICT_METRICS[metric].words
-            out.append(
+            line = (
                 f"{words[0].upper()}{words[1:]}: not compared: missing in every run "
                 f"({why or 'not recorded'})."
             )
+            out.append(Verdict(line, line))
     return out
