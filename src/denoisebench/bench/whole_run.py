@@ -15,7 +15,9 @@ run folder, records, checkpoints, TensorBoard, the profiler), and (b) the plain 
 framework (plain_torch.py, plain_tf.py: they import nothing of the suite and are run as files,
 not as modules of the package), each timed from spawn to exit. The order reverses every other
 repeat, so a drift of the machine hits both alike; before the first repeat each framework is
-imported once, untimed, so that neither side pays for reading the libraries from a cold disk.
+imported once, untimed, so that neither side pays for reading the libraries from a cold disk,
+and the suite's modules are compiled to bytecode, as a first run leaves them. The suite runs in
+the plain script's memory layout (channels-last for PyTorch: SAME_LAYOUT).
 The figure is the ratio suite / plain of the medians, with its spread (the extremes of the
 per-repeat ratios); above 1 the suite's whole run is slower than the plain script's.
 """
@@ -38,7 +40,7 @@ from PIL import Image
 
 from denoisebench.bench.suite import machine_line, run_checked
 from denoisebench.core.config import ConfigError
-from denoisebench.core.records import FRAMEWORKS, read_jsonl
+from denoisebench.core.records import FRAMEWORKS, REPO_ROOT, read_jsonl
 from denoisebench.data.images import EUROSAT_CLASSES
 
 PLAIN_SCRIPTS = {
@@ -52,6 +54,15 @@ WEIGHTS_SUFFIX = {"torch": ".pt", "tf": ".keras"}
 PAPER_TRAIN, PAPER_TEST = 25_000, 2_000
 KINDS = ("suite", "plain")
 IMPORTS = {"torch": "torch", "tf": "tensorflow"}
+SAME_LAYOUT = {"torch": ["--set", "runtime.channels_last=true"], "tf": []}
+"""The suite's option for the layout the plain script's convolutions run in. plain_torch.py
+feeds its model a permuted view of its (N, H, W, C) images, so PyTorch runs it channels-last
+(its faster CPU convolutions: 1.06x a step at batch 64 on this project's 2-core EPYC,
+results/benchmarks/fast_paths_cpu.json), where the paper profile's faithful mode pins NCHW; TensorFlow is NHWC on both sides. Timed in
+the same layout, the ratio is the whole run's cost around the same steps, not a layout choice
+(the layout's own speed-up is a fast path: `bench --paths`)."""
+SOURCES = ("src/denoisebench", "launch")
+"""The suite's modules, compiled once before the timed runs (compile_suite)."""
 
 
 def split_sizes(images: int) -> tuple[int, int]:
@@ -92,13 +103,14 @@ def plan(frameworks: list[str], repeat: int) -> list[tuple[str, str]]:
 def suite_argv(
     framework: str, args: argparse.Namespace, data: Path, results: Path, run_id: str
 ) -> list[str]:
-    """The ordinary launcher run a user makes, on the paper's profile sized to --images."""
+    """The ordinary launcher run a user makes, on the paper's profile sized to --images, in the
+    plain script's memory layout (SAME_LAYOUT)."""
     n_train, n_test = split_sizes(args.images)
     return [
         sys.executable, "-m", "launch", "--framework", framework, "--profile", "paper",
         "--data", str(data), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
         "--set", f"data.n_train={n_train}", "--set", f"data.n_test={n_test}",
-        "--results", str(results), "--run-id", run_id, "--no-report",
+        *SAME_LAYOUT[framework], "--results", str(results), "--run-id", run_id, "--no-report",
     ]  # fmt: skip
 
 
@@ -148,9 +160,16 @@ def run_one(
 
 def warm_imports(frameworks: list[str]) -> None:
     """Import each framework once, untimed: its libraries then come from the page cache for
-    every timed run, the first one too."""
+    every timed run, the first one too. And compile the suite's modules to bytecode in
+    Python's own cache (__pycache__, ignored by git), as any first run does, except where
+    PYTHONDONTWRITEBYTECODE is set (as on this project's build machines): every suite process
+    would otherwise compile its modules again (about 0.1 s each), which no user's second run
+    does. The plain scripts are run as files, compiled on every run either way."""
     for f in frameworks:
         subprocess.run([sys.executable, "-c", f"import {IMPORTS[f]}"], capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", *SOURCES], cwd=REPO_ROOT, capture_output=True
+    )
 
 
 def run_all(
