@@ -44,3 +44,17 @@ def test_a_run_without_a_finished_epoch_says_so(tmp_path):
     write_run(run, "torch", {"status": "failed", "epochs_completed": 0}, [])
     lines = comparison_table(run).splitlines()
     assert "  torch: test MAE, PSNR dB, SSIM, noisy PSNR dB missing: no epoch finished" in lines
+
+
+def test_the_repeats_table_says_why_a_figure_is_missing_in_every_repeat(tmp_path):
+    """`--repeats 3`'s table printed 'GPU J/img: missing' and nothing more (the main job's)."""
+    from denoisebench.report.compare import repeats_table
+
+    folders = [tmp_path / f"repeat-{k}" for k in range(2)]
+    for folder in folders:
+        write_run(folder, "torch", {"status": "completed", "epochs_completed": 1, "final": EPOCH,
+                                    "throughput_steady_img_s": 900.0, "wall_time_s": 3.0,
+                                    "gpu_energy_reason": "no GPU: training on CPU"}, [EPOCH])  # fmt: skip
+    lines = repeats_table(folders).splitlines()
+    assert "     GPU J/img: missing: no GPU: training on CPU" in lines
+    assert not [line for line in lines if line.endswith(": missing")]

@@ -105,7 +105,7 @@ def repeats_table(folders: list[Path]) -> str:
         ):
             values = done[col].dropna()
             if values.empty:
-                lines.append(f"  {label:>12}: missing")
+                lines.append(f"  {label:>12}: missing: {_why_missing_in(col, folders, framework)}")
                 continue
             lines.append(
                 f"  {label:>12}: {values.median():.{digits}f} "
@@ -180,6 +180,15 @@ def missing_reasons(run_dir: Path) -> list[str]:
         for why, labels in reasons.items():
             lines.append(f"  {framework}: {', '.join(labels)} missing: {why}")
     return lines
+
+
+def _why_missing_in(column: str, folders: list[Path], framework: str) -> str:
+    """Why a figure is missing in every repeat: the first repeat's reason that has records."""
+    for folder in folders:
+        records = FrameworkRecords.read(folder, framework)
+        if records is not None:
+            return _why_missing(column, records.summary, records.final())
+    return "no records"
 
 
 def _why_missing(column: str, summary: dict, final: dict) -> str:
