@@ -4,6 +4,8 @@ thread; the run's end and a failure wait for every write handed over."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -132,3 +134,33 @@ def test_a_failure_waits_for_the_writes_handed_over_then_resume_continues(tmp_pa
     monkeypatch.setattr(session, "epoch_record", real_epoch_record)
     assert train_torch.train(smoke(3), tmp_path, resume=True)["status"] == "completed"
     assert [e["epoch"] for e in read_jsonl(fw / "epochs.jsonl")] == [0, 1, 2]
+
+
+EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from denoisebench.trainer.process import exit_without_teardown
+atexit.register(lambda: print("atexit ran", flush=True))
+sys.stdout.write("unflushed line")  # no newline, no flush: the exit must flush it
+if sys.argv[1] == "thread":  # a non-daemon thread still writing: it must finish
+    def late():
+        time.sleep(0.5)
+        Path(sys.argv[2]).write_text("done")
+    threading.Thread(target=late).start()
+exit_without_teardown(3)
+"""
+
+
+@pytest.mark.parametrize("case", ["plain", "thread"])
+def test_a_trainer_exits_without_teardown_but_keeps_what_an_exit_does(tmp_path, case):
+    """trainer_main ends a recorded run with os._exit (the interpreter's teardown cost 0.7 s
+    with torch loaded): the exit code, atexit handlers and unflushed output survive, and a
+    live non-daemon thread is waited for (the ordinary exit) rather than cut off."""
+    marker = tmp_path / "marker"
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, case, str(marker)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "unflushed line" in proc.stdout and "atexit ran" in proc.stdout
+    assert marker.exists() == (case == "thread")
