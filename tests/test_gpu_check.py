@@ -10,7 +10,7 @@ import re
 import pytest
 from helpers import REPO, launch
 
-from denoisebench.bench import gpu_check, gpu_reports, gpu_steps
+from denoisebench.bench import gpu_check, gpu_reports, gpu_shared, gpu_steps
 
 
 def test_gpu_test_files_list_every_file_with_gpu_tests():
@@ -41,6 +41,19 @@ def test_cpu_rehearsal_runs_every_step(tmp_path):
     assert set(steps["profiler"]["figures"]["raw"]["torch"]) == {"on", "off"}
     assert steps["batch-sweep"]["figures"]["16"]["table"][0]["suite img/s"] > 0
     assert steps["paper"]["figures"]["tuned"]["epochs_done"] == 1
+    # the shared-gpu step for real (gpu_shared.py): one device with batch 16 against torchrun's
+    # 2 gloo ranks with batch 8, exact mode, 2 epochs: the final weights agree to 1e-9
+    # (measured: 9e-17), and no speed figure is taken
+    shared = steps["shared-gpu"]["figures"]
+    assert shared["problems"] == [] and len(shared["epochs"]) == 2
+    assert shared["max_weight_diff"] <= gpu_shared.WEIGHT_ATOL
+    assert shared["shared_run"]["strategy"] == "ddp" and shared["shared_run"]["device"] == "2 x cpu"
+    assert shared["note"] == gpu_shared.REHEARSAL_NOTE
+    assert (
+        len(steps["shared-gpu"]["commands"]) == 2
+        and "--gpus 2" in steps["shared-gpu"]["commands"][1]
+    )
+    assert not any("throughput" in key for key in shared)
     assert "aten::" in (out / "top_ops.txt").read_text()
     # what comes back from a GPU node: at most 8 files, one folder
     files = list(out.iterdir())
