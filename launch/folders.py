@@ -23,6 +23,7 @@ from denoisebench.core.config import (
 from denoisebench.core.diskspace import check_free_space, space_needed
 from denoisebench.core.fingerprint import check_unchanged, write_fingerprint
 from denoisebench.core.memory import Layout, gib, step_problem
+from denoisebench.core.placement import ranks_per_gpu
 from denoisebench.core.records import (
     FRAMEWORKS,
     LAUNCH_CHOICES,
@@ -276,7 +277,8 @@ def gpu_memory(
     if not totals or None in totals:
         return None, ""
     total = min(totals) * 2**30
-    ranks = -(-devices // len(gpus)) if runtime.share_gpus else 1
+    # the layout check_gpu_count let through: --gpus N a multiple of the GPUs shown
+    ranks = ranks_per_gpu(devices, len(gpus), "the GPUs shown") if runtime.share_gpus else 1
     where = f"the GPU has {gib(total)}"
     if ranks > 1:
         where += f", {gib(total / ranks)} for each of the {ranks} ranks on it"

@@ -134,6 +134,19 @@ def apt_install(
             skip_or_fail(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{output}", require_var)
 
 
+def gpu_node(gpus: int) -> dict:
+    """measure.environment.gpu_info's answer on a node of `gpus` H100s (80 GiB, driver 580)."""
+    return {
+        "gpus": [
+            {"index": i, "name": "H100", "uuid": f"GPU-{i}aa{i}-ffff", "memory_total_gib": 80.0,
+             "compute_capability": [9, 0]}
+            for i in range(gpus)
+        ],
+        "driver": "580.1",
+        "node_gpus": gpus,
+    }  # fmt: skip
+
+
 INJECTED_FAULT = {"DENOISEBENCH_FAULT": "1:11"}
 """Rank 1 raises at step 11, in the second epoch (core.distributed.maybe_inject_fault)."""
 

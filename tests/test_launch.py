@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import gpu_node
 
 from denoisebench.core.config import ConfigError
 from denoisebench.core.distributed import maybe_inject_fault, tf_config, tf_worker_index
@@ -228,15 +229,7 @@ def test_multi_node_needs_a_shared_run_id(tmp_path, capsys, monkeypatch):
     assert "--run-id" in capsys.readouterr().err
 
 
-NODE = {
-    "gpus": [
-        {"index": i, "name": "H100", "uuid": f"GPU-{i}aa{i}-ffff", "memory_total_gib": 80.0,
-         "compute_capability": [9, 0]}
-        for i in range(8)
-    ],
-    "driver": "580.1",
-    "node_gpus": 8,
-}  # fmt: skip
+NODE = gpu_node(8)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import gpu_node
 
 from denoisebench.bench import gpu_shared
 from denoisebench.bench.gpu_runner import Run, StepFailed, StepResult
@@ -114,15 +115,7 @@ def test_ranks_that_cannot_share_the_gpus_evenly_are_refused(ranks, gpus, mask, 
     assert said in str(refused.value) and "\n" not in str(refused.value)
 
 
-NODE = {
-    "gpus": [
-        {"index": i, "name": "H100", "uuid": f"GPU-{i}aa{i}-ffff", "memory_total_gib": 80.0,
-         "compute_capability": [9, 0]}
-        for i in range(2)
-    ],
-    "driver": "580.1",
-    "node_gpus": 2,
-}  # fmt: skip
+NODE = gpu_node(2)
 
 
 def test_the_launcher_counts_ranks_against_gpus_with_share_gpus():
